@@ -1,0 +1,257 @@
+"""The `guard` command: one subcommand per verb, each `cmd_<verb>(args) -> int`.
+
+Results go to stdout, diagnostics to stderr; failures are one line, `--debug`
+adds the traceback. Nothing here touches audio beyond handing frames along.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from guard import __version__, config, models
+from guard.audio import FRAME_SAMPLES, RATE_HZ, MicSource, WavSource, list_devices
+from guard.errors import ExitStatus, GuardError
+from guard.wake import Detection, WakeDetector
+
+log = logging.getLogger("guard")
+
+SCAN_TAIL_SECONDS = 1.0  # silence fed after a file so a wake word at its very end still fires
+
+
+def _models_dir(cfg: config.Config) -> Path:
+    return Path(cfg.wake.models_dir).expanduser() if cfg.wake.models_dir else models.MODELS_DIR
+
+
+def _detector(cfg: config.Config, names: list[str] | None, threshold: float | None) -> WakeDetector:
+    wake = dataclasses.replace(cfg.wake, models=tuple(names)) if names else cfg.wake
+    if threshold is not None:
+        wake = dataclasses.replace(wake, threshold=threshold, overrides={})
+    return WakeDetector(wake.settings(), wake.vad_threshold, _models_dir(cfg))
+
+
+def scan_file(detector: WakeDetector, path: Path) -> list[Detection]:
+    """Every wake in one WAV file, as if it were streamed live from a fresh start."""
+    source = WavSource(path)
+    detector.wipe()
+    found = [d for frame in source.frames() for d in detector.process(frame)]
+    silence = np.zeros(FRAME_SAMPLES, np.int16)
+    for _ in range(math.ceil(SCAN_TAIL_SECONDS * RATE_HZ / FRAME_SAMPLES)):
+        found += detector.process(silence)
+    duration = source.format.duration_seconds
+    detector.wipe()
+    return [dataclasses.replace(d, end_seconds=min(d.end_seconds, duration)) for d in found]
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    cfg, _ = config.load(args.config)
+    detector = _detector(cfg, args.model, args.threshold)
+    status = ExitStatus.OK
+    for name in args.files:
+        try:
+            detections = scan_file(detector, Path(name))
+        except GuardError as e:
+            print(f"guard: error: {e}", file=sys.stderr)
+            status = max(status, e.exit_status)
+            continue
+        for d in detections:
+            if args.json:
+                print(json.dumps({"file": name, "model": d.model, "score": round(d.score, 4),
+                                  "end": round(d.end_seconds, 2)}), flush=True)
+            else:
+                print(f"{name}: {d.model} (score {d.score:.2f}) ending at {d.end_seconds:.2f} s", flush=True)
+    return status
+
+
+def _level_dbfs(frame: np.ndarray) -> float:
+    rms = math.sqrt(float(np.mean(np.square(frame, dtype=np.float64)))) / 32768
+    return 20 * math.log10(max(rms, 1e-5))
+
+
+def _meter(dbfs: float, scores: dict[str, float]) -> str:
+    bars = int(max(0.0, dbfs + 60) / 60 * 20)
+    best = max(scores, key=scores.get)
+    return f"\r[{'#' * bars:<20}] {dbfs:6.1f} dBFS  {best} {scores[best]:.2f} "
+
+
+def _mic(cfg: config.Config) -> MicSource:
+    a = cfg.audio
+    return MicSource(a.device or None, a.channels, a.channel, a.rate_hz or None)
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    cfg, _ = config.load(args.config)
+    detector = _detector(cfg, args.model, args.threshold)
+    mic = _mic(cfg)
+    show_meter = sys.stderr.isatty()
+    print(f"listening on {mic.name} at {mic.rate_hz} Hz for {', '.join(w.name for w in detector.words)}; "
+          "Ctrl-C stops", file=sys.stderr)
+    limit = args.seconds * RATE_HZ / FRAME_SAMPLES if args.seconds else math.inf
+    try:
+        for count, frame in enumerate(mic.frames(), start=1):
+            for d in detector.process(frame):
+                print(f"{time.strftime('%H:%M:%S')} {d.model} (score {d.score:.2f})", flush=True)
+            if show_meter:
+                print(_meter(_level_dbfs(frame), detector.scores()), end="", file=sys.stderr, flush=True)
+            if count >= limit:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        mic.close()
+        detector.wipe()
+        if show_meter:
+            print(file=sys.stderr)
+    return ExitStatus.OK
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    devices = list_devices()
+    for d in devices:
+        if args.json:
+            print(d.to_json())
+        else:
+            rates = ", ".join(str(r) for r in d.rates_hz) or f"{d.default_rate_hz} only"
+            print(f"{d.index:3}  {d.name}  ({d.channels} ch; mono int16 at {rates} Hz)")
+    if not devices and not args.json:
+        print("no input devices; plug in a microphone or check `arecord -l`", file=sys.stderr)
+    return ExitStatus.OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg, path = config.load(args.path or args.config)
+    print(f"{path or 'built-in defaults'}: ok", file=sys.stderr)
+    for table in dataclasses.fields(cfg):
+        print(f"[{table.name}]")
+        for f in dataclasses.fields(getattr(cfg, table.name)):
+            value = getattr(getattr(cfg, table.name), f.name)
+            text = '"mix"' if f.name == "channel" and value is None else json.dumps(
+                list(value) if isinstance(value, tuple) else value)
+            print(f"{f.name} = {text}")
+    return ExitStatus.OK
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", metavar="NAME|PATH",
+                   help="wake-word model, repeatable: alexa, hey_jarvis, hey_mycroft, hey_marvin, "
+                        "a stem in models/, or a path to .onnx (default: [wake] models)")
+    p.add_argument("--threshold", type=_unit_interval, metavar="F",
+                   help="score that counts as a wake (0-1, default: [wake] threshold, 0.5)")
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
+def _unit_interval(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} is outside 0-1")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be above 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="guard",
+        description="On-device privacy guard: hears the wake word locally and lets audio leave "
+                    "only after you confirm it on the device.",
+        epilog="Config: --config PATH, else $GUARD_CONFIG, else /etc/guard/guard.toml, else built-in "
+               "defaults. Exit codes: 0 ok, 1 runtime failure, 2 bad usage, config or input.")
+    parser.add_argument("--version", action="version", version=f"guard {__version__}")
+    parser.add_argument("--config", metavar="PATH", help="TOML config file (see guard.example.toml)")
+    parser.add_argument("--debug", action="store_true", help="log per-frame detail and show tracebacks")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+
+    scan = verbs.add_parser("scan", help="find wake words in WAV files",
+                            description="Find wake words in WAV files (any PCM or float format, rate "
+                                        "and channel count; channels are mixed). Prints one line per "
+                                        "detection; nothing when there is none.")
+    scan.add_argument("files", nargs="+", metavar="FILE.wav")
+    _add_model_flags(scan)
+    scan.add_argument("--json", action="store_true",
+                      help='one JSON object per line: {"file", "model", "score", "end": seconds into the file}')
+    scan.set_defaults(func=cmd_scan)
+
+    listen = verbs.add_parser("listen", help="detect wake words on the live microphone",
+                              description="Detect wake words on the microphone from [audio] and print "
+                                          "them, with a level meter on a terminal, until Ctrl-C. "
+                                          "Nothing is recorded or sent.")
+    _add_model_flags(listen)
+    listen.add_argument("--seconds", type=_positive, metavar="S", help="stop after S seconds (default: never)")
+    listen.set_defaults(func=cmd_listen)
+
+    devices = verbs.add_parser("devices", help="list microphones",
+                               description="List capture devices with channels and the rates guard can "
+                                           "open them at; put the index or part of the name in "
+                                           "[audio] device.")
+    devices.add_argument("--json", action="store_true", help="one JSON object per device per line")
+    devices.set_defaults(func=cmd_devices)
+
+    cfg = verbs.add_parser("config", help="check the config file")
+    cfg_verbs = cfg.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
+    check = cfg_verbs.add_parser("check", help="validate a config and print the settings in effect")
+    check.add_argument("path", nargs="?", metavar="PATH", help="file to check (default: the one guard would use)")
+    check.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def setup_logging(debug: bool) -> None:
+    """Under systemd, drop timestamps (journald adds them) and tag levels so `journalctl -p` filters."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        levels = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.addFilter(lambda r: setattr(r, "msg", f"<{levels[r.levelname]}>{r.msg}") or True)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("guard")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """Run `guard`; returns the exit status instead of exiting."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as e:
+        return int(e.code or 0)
+    setup_logging(args.debug)
+    try:
+        return int(args.func(args))
+    except GuardError as e:
+        if args.debug:
+            log.exception("failed")
+        print(f"guard: error: {e}", file=sys.stderr)
+        return int(e.exit_status)
+    except KeyboardInterrupt:
+        return ExitStatus.FAILURE
+    except Exception as e:  # the outer edge: one line, not a traceback, unless asked
+        if args.debug:
+            log.exception("unexpected failure")
+        print(f"guard: error: {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return ExitStatus.FAILURE
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
