@@ -1,0 +1,56 @@
+"""Fixtures: real synthesized speech, real WAV files, and an ALSA capture device made of a file."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import speech  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+GUARD = ROOT / ".venv" / "bin" / "guard"
+
+
+@pytest.fixture(scope="session")
+def wake_clips(tmp_path_factory) -> list[tuple[Path, str, str, float]]:
+    """(wav, model, voice, phrase end in s) for each wake phrase in each espeak-ng voice."""
+    folder = tmp_path_factory.mktemp("wake")
+    clips = []
+    for model in speech.WAKE_PHRASES:
+        for voice in speech.VOICES:
+            samples, end = speech.wake_clip(model, voice)
+            clips.append((speech.write_wav(folder / f"{model}_{voice}.wav", samples), model, voice, end))
+    return clips
+
+
+@pytest.fixture(scope="session")
+def alexa_samples() -> np.ndarray:
+    samples, _ = speech.wake_clip("alexa", "en")
+    return samples
+
+
+@pytest.fixture(scope="session")
+def alexa_wav(tmp_path_factory, alexa_samples) -> Path:
+    return speech.write_wav(tmp_path_factory.mktemp("alexa") / "alexa.wav", alexa_samples)
+
+
+def alsa_home(home: Path, raw: Path, pcm: str = "guardtest") -> dict[str, str]:
+    """An environment whose HOME declares an ALSA `file` PCM that captures from `raw`.
+
+    PortAudio sees it as an ordinary input device, so the real pyaudio path runs
+    without a sound card.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".asoundrc").write_text(
+        f'pcm.{pcm} {{\n  type file\n  slave.pcm "null"\n  file "/dev/null"\n'
+        f'  infile "{raw}"\n  format "raw"\n}}\n')
+    return {**os.environ, "HOME": str(home)}
+
+
+def run_guard(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The installed `guard` command as a user runs it."""
+    return subprocess.run([str(GUARD), *args], capture_output=True, text=True, env=env, timeout=timeout)

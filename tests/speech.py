@@ -1,0 +1,75 @@
+"""Synthesized test speech: espeak-ng voices converted by sox to 16 kHz mono int16.
+
+Used by the tests and by bench/. Nothing here is shipped with guard.
+"""
+
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+
+RATE_HZ = 16000
+VOICES = ("en", "en-us", "en+m3", "en-us+f2", "en-gb-x-rp", "en+f4")
+WAKE_PHRASES = {"alexa": "Alexa", "hey_jarvis": "hey Jarvis"}
+LICENSES = Path("/usr/share/common-licenses")
+PROSE = ("GPL-3", "Apache-2.0", "MPL-2.0", "Artistic", "LGPL-2.1", "GFDL-1.3")
+SPEECH_LEVEL = 300  # samples above this magnitude count as voiced when finding where a phrase ends
+
+
+def say(text: str, voice: str = "en", speed_wpm: int = 160, pitch: int = 50) -> np.ndarray:
+    """Speak `text` with espeak-ng; returns 16 kHz mono int16 samples."""
+    espeak = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-p", str(pitch), "--stdout", text],
+                            check=True, capture_output=True).stdout
+    raw = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-r", str(RATE_HZ), "-e", "signed", "-b", "16",
+                          "-c", "1", "-"], input=espeak, check=True, capture_output=True).stdout
+    return np.frombuffer(raw, np.int16).copy()
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE_HZ), np.int16)
+
+
+def voiced_end_seconds(samples: np.ndarray) -> float:
+    """Where the last voiced sample is: the end of the spoken phrase."""
+    return (np.nonzero(np.abs(samples.astype(np.int32)) > SPEECH_LEVEL)[0][-1] + 1) / RATE_HZ
+
+
+def write_wav(path: Path, samples: np.ndarray, rate_hz: int = RATE_HZ, channels: int = 1) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(2)
+        w.setframerate(rate_hz)
+        w.writeframes(samples.astype("<i2").tobytes())
+    return path
+
+
+def wake_clip(model: str, voice: str, lead_seconds: float = 0.5, tail_seconds: float = 1.0
+              ) -> tuple[np.ndarray, float]:
+    """A wake phrase between silences, and the time (s) the phrase ends."""
+    speech = say(WAKE_PHRASES[model], voice)
+    clip = np.concatenate([silence(lead_seconds), speech, silence(tail_seconds)])
+    return clip, lead_seconds + voiced_end_seconds(speech)
+
+
+def paragraphs(min_words: int = 8) -> list[str]:
+    """Ordinary English prose from the licence texts every Debian system carries."""
+    out = []
+    for name in PROSE:
+        text = (LICENSES / name).read_text(errors="replace")
+        for block in text.split("\n\n"):
+            words = block.split()
+            if len(words) >= min_words:
+                out.append(" ".join(words))
+    return out
+
+
+def ordinary_speech(seconds: float) -> np.ndarray:
+    """At least `seconds` of prose read by rotating voices, with short pauses between paragraphs."""
+    parts, total, target = [], 0, int(seconds * RATE_HZ)
+    for i, text in enumerate(paragraphs()):
+        parts += [say(text, VOICES[i % len(VOICES)], speed_wpm=150 + 10 * (i % 5)), silence(0.4)]
+        total += len(parts[-2]) + len(parts[-1])
+        if total >= target:
+            return np.concatenate(parts)
+    raise RuntimeError(f"only {total / RATE_HZ:.0f} s of prose available, {seconds} s asked")
