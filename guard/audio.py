@@ -48,7 +48,8 @@ class StreamResampler:
     def wipe(self) -> None:
         """Forget the samples held between blocks."""
         self._history = np.zeros(self.taps - 1, np.float32)
-        self._pos = (self.taps - 1) * self.up
+        # Start half a filter late so each output sample lines up with its input time (no group delay).
+        self._pos = (self.taps - 1) * self.up + (self.taps * self.up - 1) // 2
 
     def process(self, block: np.ndarray) -> np.ndarray:
         """Resample one block; returns every output sample it can already compute."""
@@ -66,6 +67,12 @@ class StreamResampler:
         buf.fill(0)
         self._pos = next_pos - keep_from * self.up
         return out
+
+    def flush(self) -> np.ndarray:
+        """The samples still held back by the filter's look-ahead."""
+        if self.up == self.down:
+            return np.zeros(0, np.float32)
+        return self.process(np.zeros(self.taps // 2, np.float32))
 
 
 class FrameAssembler:
@@ -129,6 +136,7 @@ class Converter:
         yield from self.assembler.push(self.resampler.process(to_mono(samples, self.channel)))
 
     def flush(self) -> Iterator[np.ndarray]:
+        yield from self.assembler.push(self.resampler.flush())
         yield from self.assembler.flush()
 
     def wipe(self) -> None:

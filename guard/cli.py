@@ -126,16 +126,30 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def _toml_value(value: object) -> str:
+    if value is None:
+        return '"mix"'
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg, path = config.load(args.path or args.config)
     print(f"{path or 'built-in defaults'}: ok", file=sys.stderr)
     for table in dataclasses.fields(cfg):
+        section = getattr(cfg, table.name)
         print(f"[{table.name}]")
-        for f in dataclasses.fields(getattr(cfg, table.name)):
-            value = getattr(getattr(cfg, table.name), f.name)
-            text = '"mix"' if f.name == "channel" and value is None else json.dumps(
-                list(value) if isinstance(value, tuple) else value)
-            print(f"{f.name} = {text}")
+        subtables = []
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            if isinstance(value, dict):
+                subtables += [(f"{table.name}.{f.name}.{k}", v) for k, v in value.items()]
+            else:
+                print(f"{f.name} = {_toml_value(value)}")
+        for name, values in subtables:
+            print(f"\n[{name}]")
+            for key, value in values.items():
+                print(f"{key} = {_toml_value(value)}")
+        print()
     return ExitStatus.OK
 
 

@@ -1,0 +1,134 @@
+"""The `guard` command as users and scripts meet it: outputs, exit codes, one-line errors."""
+
+import json
+import subprocess
+
+import pytest
+from conftest import run_guard
+
+from guard import __version__, cli
+
+
+def _one_line_error(stderr: str, *needles: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("guard: error: ") and "Traceback" not in stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def _sox(src, dst, *opts):
+    subprocess.run(["sox", str(src), *opts, str(dst)], check=True, capture_output=True)
+    return dst
+
+
+def test_version(capsys):
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"guard {__version__}"
+
+
+def test_help_teaches_units_and_defaults(capsys):
+    assert cli.main(["scan", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "(0-1, default: [wake] threshold, 0.5)" in out and '"end": seconds into the file' in out
+
+
+def test_scan_plain_output_names_file_model_and_time(alexa_wav, capsys):
+    assert cli.main(["scan", str(alexa_wav)]) == 0
+    line, = capsys.readouterr().out.splitlines()
+    assert line.startswith(f"{alexa_wav}: alexa (score ") and " s" in line
+
+
+def test_scan_of_silence_prints_nothing_and_succeeds(tmp_path, capsys):
+    import numpy as np
+    from speech import write_wav
+    wav = write_wav(tmp_path / "quiet.wav", np.zeros(16000 * 3, np.int16))
+    assert cli.main(["scan", "--json", str(wav)]) == 0
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (None, "no such file"),
+    (b"", "file is empty"),
+    (b"shopping list\n", "not a WAV file"),
+], ids=["missing", "empty", "not-wav"])
+def test_bad_input_files_exit_2_with_one_line(tmp_path, content, needle):
+    path = tmp_path / "input.wav"
+    if content is not None:
+        path.write_bytes(content)
+    result = run_guard("scan", "--json", str(path))
+    assert result.returncode == 2 and result.stdout == ""
+    _one_line_error(result.stderr, str(path), needle)
+
+
+@pytest.mark.parametrize("opts", [["-b", "8", "-e", "unsigned-integer"], ["-r", "96000", "-c", "2"]],
+                         ids=["8-bit", "96kHz-stereo"])
+def test_unusual_but_valid_wavs_are_scanned(tmp_path, alexa_wav, opts):
+    wav = _sox(alexa_wav, tmp_path / "odd.wav", *opts)
+    result = run_guard("scan", "--json", str(wav))
+    assert result.returncode == 0, result.stderr
+    hit, = [json.loads(line) for line in result.stdout.splitlines()]
+    assert hit["model"] == "alexa" and hit["file"] == str(wav)
+
+
+def test_one_bad_file_does_not_stop_the_others(tmp_path, alexa_wav):
+    result = run_guard("scan", "--json", str(tmp_path / "gone.wav"), str(alexa_wav))
+    assert result.returncode == 2
+    assert [json.loads(line)["file"] for line in result.stdout.splitlines()] == [str(alexa_wav)]
+    _one_line_error(result.stderr, "gone.wav")
+
+
+def test_unknown_model_name(alexa_wav):
+    result = run_guard("scan", "--model", "alexia", str(alexa_wav))
+    assert result.returncode == 2
+    _one_line_error(result.stderr, "unknown model 'alexia'", "alexa")
+
+
+def test_corrupt_model_file(tmp_path, alexa_wav):
+    model = tmp_path / "mine.onnx"
+    model.write_bytes(b"\x00\x01 not a model " * 100)
+    result = run_guard("scan", "--model", str(model), str(alexa_wav))
+    assert result.returncode == 2
+    _one_line_error(result.stderr, str(model), "not a usable ONNX model")
+
+
+def test_bad_threshold_is_a_usage_error(alexa_wav):
+    result = run_guard("scan", "--threshold", "1.5", str(alexa_wav))
+    assert result.returncode == 2 and "outside 0-1" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("toml", "needles"), [
+    ("[wake]\ntreshold = 0.4\n", ["[wake] treshold: unknown key; did you mean threshold?"]),
+    ("[wake]\nthreshold = 1.5\n", ["[wake] threshold = 1.5: must be 0-1", "default (0.5)"]),
+    ("[wake]\nmodels = 'alexa'\n", ["[wake] models = 'alexa': must be a list of strings"]),
+    ("[audio]\nchannel = -1\n", ['must be "mix" or a channel number']),
+    ("[wake.overrides.hey_mycroft]\nthreshold = 0.7\n", ["hey_mycroft is not in [wake] models"]),
+    ("[wake.overrides.alexa]\nthresh = 0.7\n", ["[wake.overrides.alexa] thresh: unknown key"]),
+    ("[mic]\ndevice = 'x'\n", ["[mic]: unknown key"]),
+    ("[wake\n", ["not valid TOML"]),
+])
+def test_bad_config_names_the_key(tmp_path, toml, needles):
+    path = tmp_path / "guard.toml"
+    path.write_text(toml)
+    result = run_guard("--config", str(path), "config", "check")
+    assert result.returncode == 2
+    _one_line_error(result.stderr, str(path), *needles)
+
+
+def test_config_from_environment_and_overrides_apply(tmp_path, alexa_wav, monkeypatch, capsys):
+    path = tmp_path / "guard.toml"
+    path.write_text("[wake]\nmodels = ['alexa']\n[wake.overrides.alexa]\npatience_frames = 25\n")
+    monkeypatch.setenv("GUARD_CONFIG", str(path))
+    assert cli.main(["config", "check"]) == 0
+    out = capsys.readouterr()
+    assert f"{path}: ok" in out.err and '[wake.overrides.alexa]\npatience_frames = 25' in out.out
+    assert cli.main(["scan", "--json", str(alexa_wav)]) == 0
+    assert capsys.readouterr().out == ""  # no wake word holds 25 frames (2 s) over threshold
+    assert cli.main(["scan", "--json", "--threshold", "0.5", str(alexa_wav)]) == 0  # a flag drops overrides
+    assert json.loads(capsys.readouterr().out)["model"] == "alexa"
+
+
+def test_missing_config_file_is_named(tmp_path):
+    result = run_guard("--config", str(tmp_path / "nope.toml"), "config", "check")
+    assert result.returncode == 2
+    _one_line_error(result.stderr, "nope.toml: config file not found")
