@@ -1,12 +1,13 @@
 """The `guard` command as users and scripts meet it: outputs, exit codes, one-line errors."""
 
 import json
+import re
 import subprocess
 
 import pytest
-from conftest import run_guard
+from conftest import ROOT, run_guard
 
-from guard import __version__, cli
+from guard import __version__, cli, config
 
 
 def _one_line_error(stderr: str, *needles: str) -> None:
@@ -132,3 +133,18 @@ def test_missing_config_file_is_named(tmp_path):
     result = run_guard("--config", str(tmp_path / "nope.toml"), "config", "check")
     assert result.returncode == 2
     _one_line_error(result.stderr, "nope.toml: config file not found")
+
+
+def test_example_config_shows_exactly_the_defaults(tmp_path):
+    text = (ROOT / "guard.example.toml").read_text().split("# [wake.overrides")[0]
+    lines = [line[2:] if re.match(r"# \w+ = ", line) else line for line in text.splitlines()]
+    example = tmp_path / "example.toml"
+    example.write_text("\n".join(lines))
+    cfg, _ = config.load(str(example))
+    assert cfg == config.Config()
+    assert sum(" = " in line and not line.startswith("#") for line in lines) == len(config.reference()) - 1
+
+
+def test_readme_config_table_matches_the_code():
+    table = subprocess.run([str(ROOT / "script" / "config-table")], capture_output=True, text=True, check=True)
+    assert table.stdout.strip() in (ROOT / "README.md").read_text()
