@@ -61,7 +61,7 @@ wanted="$(sha256sum pyproject.toml | cut -d' ' -f1) dev=$dev"
 stamp=.venv/.guard-install-stamp
 have=$(cat "$stamp" 2>/dev/null || true)
 if [ -x .venv/bin/guard ] && { [ "$have" = "$wanted" ] || [ "$have" = "${wanted% dev=0} dev=1" ]; }; then
-    say "already up to date; nothing changed"
+    say "Python environment already up to date; nothing changed there"
     exit 0
 fi
 

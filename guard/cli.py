@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import __version__, config, models
+from guard import __version__, audit, config, models
 from guard.audio import FRAME_SAMPLES, RATE_HZ, MicSource, WavSource, list_devices
 from guard.errors import ExitStatus, GuardError
 from guard.wake import Detection, WakeDetector
@@ -126,6 +126,34 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def _describe_record(record: dict) -> str:
+    if "damaged" in record:
+        return f"{record['seq']:>5}  (damaged) {record['damaged']}"
+    extra = " ".join(f"{k}={v}" for k, v in record.items()
+                     if k not in ("seq", "time", "device", "event", "prev", "hash"))
+    return f"{record['seq']:>5}  {record['time']}  {record['device']}  {record['event']:<10} {extra}".rstrip()
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    cfg, _ = config.load(args.config)
+    path = Path(args.path) if args.path else cfg.audit.resolved_path()
+    if not path.exists():
+        raise GuardError(f"{path}: no audit log here yet (nothing has been decided); set [audit] path if it moved")
+    if args.verify:
+        verdict = audit.verify(path)
+        if args.json:
+            print(json.dumps({"file": str(path), "intact": verdict.intact, "records": verdict.records,
+                              "bad_line": verdict.bad_line, "reason": verdict.reason}))
+        elif verdict.intact:
+            print(f"{path}: {verdict.records} records, chain intact")
+        else:
+            print(f"{path}: line {verdict.bad_line}: {verdict.reason}; {verdict.records} records before it hold")
+        return ExitStatus.OK if verdict.intact else ExitStatus.FAILURE
+    for record in audit.read(path):
+        print(json.dumps(record) if args.json else _describe_record(record))
+    return ExitStatus.OK
+
+
 def _toml_value(value: object) -> str:
     if value is None:
         return '"mix"'
@@ -218,6 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
                                            "[audio] device.")
     devices.add_argument("--json", action="store_true", help="one JSON object per device per line")
     devices.set_defaults(func=cmd_devices)
+
+    trail = verbs.add_parser("audit", help="show or verify the audit log",
+                             description="Show the hash-chained log of every wake, release, discard and "
+                                         "mute (metadata only, never audio), or verify that no line was "
+                                         "edited, deleted or reordered.")
+    trail.add_argument("--verify", action="store_true",
+                       help="check the hash chain; exit 1 and name the first bad line if it is broken")
+    trail.add_argument("--json", action="store_true", help="records (or the verdict) as one JSON object per line")
+    trail.add_argument("--path", metavar="FILE", help="log file (default: [audit] path)")
+    trail.set_defaults(func=cmd_audit)
 
     cfg = verbs.add_parser("config", help="check the config file")
     cfg_verbs = cfg.add_subparsers(dest="config_verb", metavar="ACTION", required=True)

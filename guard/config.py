@@ -8,6 +8,8 @@ a remote command.
 import difflib
 import json
 import os
+import re
+import socket
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -29,6 +31,48 @@ def _parse_channel(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 63:
         return value
     raise ValueError('must be "mix" or a channel number 0-63')
+
+
+def _parse_device_id(value: Any) -> str:
+    if isinstance(value, str) and (value == "" or re.fullmatch(DEVICE_ID_PATTERN, value)):
+        return value
+    raise ValueError("must be 1-64 characters of a-z 0-9 _ - (empty: derived from the hostname)")
+
+
+DEVICE_ID_PATTERN = r"[a-z0-9_-]{1,64}"
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """[device]: who this guard is, in audit records (and later topics and sink names)."""
+
+    id: str = field(default="", metadata=_doc(
+        "device id, a-z 0-9 _ -; empty derives it from the hostname", parse=_parse_device_id))
+
+    def resolved_id(self) -> str:
+        """The configured id, or the hostname squeezed into a-z 0-9 _ -."""
+        if self.id:
+            return self.id
+        name = re.sub(r"[^a-z0-9_-]+", "-", socket.gethostname().lower()).strip("-")[:64]
+        return name or "guard"
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """[audit]: where the hash-chained decision log lives."""
+
+    path: str = field(default="", metadata=_doc(
+        "audit log file; empty: $STATE_DIRECTORY/audit.jsonl under systemd, "
+        "/var/lib/guard/audit.jsonl as root, else ~/.local/state/guard/audit.jsonl"))
+
+    def resolved_path(self) -> Path:
+        if self.path:
+            return Path(self.path).expanduser()
+        if os.environ.get("STATE_DIRECTORY"):
+            return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "audit.jsonl"
+        if os.geteuid() == 0:
+            return Path("/var/lib/guard/audit.jsonl")
+        return Path.home() / ".local" / "state" / "guard" / "audit.jsonl"
 
 
 @dataclass(frozen=True)
@@ -75,8 +119,10 @@ class WakeConfig:
 class Config:
     """The whole config file; each attribute is one TOML table."""
 
+    device: DeviceConfig = field(default_factory=DeviceConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     wake: WakeConfig = field(default_factory=WakeConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
 
 _OVERRIDE_KEYS = ("threshold", "patience_frames", "refractory_seconds")
