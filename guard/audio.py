@@ -160,7 +160,7 @@ class WavFormat:
         return self.data_bytes / (self.sample_bytes * self.channels) / self.rate_hz
 
 
-def _read_chunks(f, path: Path) -> Iterator[tuple[bytes, int, int]]:
+def _read_chunks(f) -> Iterator[tuple[bytes, int, int]]:
     """Yield (id, offset of body, size) for each RIFF chunk."""
     f.seek(12)
     while True:
@@ -202,7 +202,7 @@ def read_wav_format(path: Path) -> WavFormat:
                 raise AudioInputError(f"{path}: not a WAV file (no RIFF/WAVE header)")
             fmt = None
             file_bytes = os.fstat(f.fileno()).st_size
-            for chunk_id, offset, size in _read_chunks(f, path):
+            for chunk_id, offset, size in _read_chunks(f):
                 if chunk_id == b"fmt ":
                     f.seek(offset)
                     fmt = _parse_fmt(f.read(size), path)
@@ -428,7 +428,6 @@ class MicSource:
         while self._stream is not None:
             data = self._stream.read(self.block_frames, exception_on_overflow=False)
             samples = np.frombuffer(data, "<i2").astype(np.float32).reshape(-1, self.channels)
-            del data
             yield from self.converter.push(samples)
 
     def close_stream(self) -> None:

@@ -265,13 +265,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class JournalFormatter(logging.Formatter):
+    """journald adds timestamps itself; a `<N>` level prefix lets `journalctl -p` filter."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self.PRIORITIES.get(record.levelno, 6)}>{super().format(record)}"
+
+
 def setup_logging(debug: bool) -> None:
-    """Under systemd, drop timestamps (journald adds them) and tag levels so `journalctl -p` filters."""
+    """Log to stderr; under systemd (JOURNAL_STREAM set) in journald's own format."""
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM"):
-        levels = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler.addFilter(lambda r: setattr(r, "msg", f"<{levels[r.levelname]}>{r.msg}") or True)
+        handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
     root = logging.getLogger("guard")

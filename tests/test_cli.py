@@ -148,3 +148,13 @@ def test_example_config_shows_exactly_the_defaults(tmp_path):
 def test_readme_config_table_matches_the_code():
     table = subprocess.run([str(ROOT / "script" / "config-table")], capture_output=True, text=True, check=True)
     assert table.stdout.strip() in (ROOT / "README.md").read_text()
+
+
+def test_under_systemd_log_lines_carry_journal_levels(tmp_path, alexa_wav):
+    import os
+    env = {**os.environ, "JOURNAL_STREAM": "8:1234"}
+    (tmp_path / "g.toml").write_text('[audio]\ndevice = "nothing-like-this"\n')
+    result = run_guard("--config", str(tmp_path / "g.toml"), "--debug", "scan", str(alexa_wav), env=env)
+    assert result.returncode == 0
+    debug_lines = [line for line in result.stderr.splitlines() if "wake alexa" in line]
+    assert debug_lines and all(line.startswith("<7>guard.wake: ") for line in debug_lines)
