@@ -125,8 +125,7 @@ def to_mono(samples: np.ndarray, channel: int | None) -> np.ndarray:
 class Converter:
     """Interleaved int16 or float blocks at any rate in, 16 kHz mono frames out."""
 
-    def __init__(self, rate_hz: int, channels: int, channel: int | None) -> None:
-        self.channels = channels
+    def __init__(self, rate_hz: int, channel: int | None) -> None:
         self.channel = channel
         self.resampler = StreamResampler(rate_hz)
         self.assembler = FrameAssembler()
@@ -254,7 +253,7 @@ class WavSource:
         self.format = read_wav_format(path)
         if channel is not None and channel >= self.format.channels:
             raise AudioInputError(f"{path}: has {self.format.channels} channels, no channel {channel}")
-        self.converter = Converter(self.format.rate_hz, self.format.channels, channel)
+        self.converter = Converter(self.format.rate_hz, channel)
 
     def frames(self) -> Iterator[np.ndarray]:
         """Yield 80 ms int16 frames; the last is padded with silence. Each frame is reused."""
@@ -390,7 +389,7 @@ class MicSource:
                                   f"not {channels}; fix [audio] channels")
             self.channels = channels
             self.rate_hz = rate_hz or self._pick_rate()
-            self.converter = Converter(self.rate_hz, channels, channel)
+            self.converter = Converter(self.rate_hz, channel)
             self._stream = None
             self.open()
         except BaseException:
