@@ -154,12 +154,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
-def _toml_value(value: object) -> str:
-    if value is None:
-        return '"mix"'
-    return json.dumps(list(value) if isinstance(value, tuple) else value)
-
-
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg, path = config.load(args.path or args.config)
     print(f"{path or 'built-in defaults'}: ok", file=sys.stderr)
@@ -172,11 +166,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
             if isinstance(value, dict):
                 subtables += [(f"{table.name}.{f.name}.{k}", v) for k, v in value.items()]
             else:
-                print(f"{f.name} = {_toml_value(value)}")
+                print(f"{f.name} = {config.value_text(f, value)}")
         for name, values in subtables:
             print(f"\n[{name}]")
             for key, value in values.items():
-                print(f"{key} = {_toml_value(value)}")
+                print(f"{key} = {json.dumps(value)}")
         print()
     return ExitStatus.OK
 

@@ -83,7 +83,7 @@ class AudioConfig:
         "microphone: index or part of its name from `guard devices`; empty for the system default"))
     channels: int = field(default=1, metadata=_doc("channels to open (ReSpeaker USB v2.0: 6)", 1, 64))
     channel: int | None = field(default=None, metadata=_doc(
-        'channel to keep, 0-based, or "mix" to average them', parse=_parse_channel, toml='"mix"'))
+        'channel to keep, 0-based, or "mix" to average them', parse=_parse_channel, none_text='"mix"'))
     rate_hz: int = field(default=0, metadata=_doc(
         "native rate to open the mic at; 0 tries 16000, 48000, 44100", 0, 192000))
     pre_roll_seconds: float = field(default=2.0, metadata=_doc(
@@ -106,7 +106,7 @@ class WakeConfig:
         "Silero speech probability needed just before a wake; 0 disables", 0, 1))
     models_dir: str = field(default="", metadata=_doc("folder of your own .onnx models; empty for models/"))
     overrides: dict = field(default_factory=dict, metadata=_doc(
-        "per-model threshold, patience_frames, refractory_seconds: [wake.overrides.alexa]", toml="{}"))
+        "per-model threshold, patience_frames, refractory_seconds: [wake.overrides.alexa]"))
 
     def settings(self) -> list[WakeModelSettings]:
         """One trigger rule per configured model, overrides applied."""
@@ -132,11 +132,15 @@ def _where(source: str, table: str, key: str, value: Any) -> str:
     return f"{source}: [{table}] {key} = {value!r}"
 
 
-def _default_text(f) -> str:
-    if "toml" in f.metadata:
-        return f.metadata["toml"]
-    value = f.default if f.default is not MISSING else f.default_factory()
+def value_text(f, value: Any) -> str:
+    """A setting's value as TOML text; None is written the way the field spells it ("mix")."""
+    if value is None:
+        return f.metadata["none_text"]
     return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _default_text(f) -> str:
+    return value_text(f, f.default if f.default is not MISSING else f.default_factory())
 
 
 def _check_type(value: Any, annotation: Any) -> bool:
