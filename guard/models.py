@@ -79,12 +79,17 @@ def _check_hash(model: ModelFile) -> None:
                          "the file is corrupt or replaced, reinstall with ./install.sh")
 
 
-def open_session(model: ModelFile) -> ort.InferenceSession:
-    """Open a verified model on one CPU thread (the Pi has four cores and other work)."""
+def verify(model: ModelFile) -> None:
+    """Refuse a missing file, or a bundled one whose SHA-256 is not the manifest's."""
     if not model.path.is_file():
         raise ModelError(f"{model.path}: model file not found")
     if model.sha256 is not None:
         _check_hash(model)
+
+
+def open_session(model: ModelFile) -> ort.InferenceSession:
+    """Open a verified model on one CPU thread (the Pi has four cores and other work)."""
+    verify(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1

@@ -1,10 +1,11 @@
-"""Wake-word detection: openWakeWord's ONNX graphs run directly on numpy buffers.
+"""Wake-word detection: openWakeWord's models run directly on small numpy buffers.
 
 openWakeWord 0.4.0's `Model` keeps 10 s of raw audio in a Python deque and
 copies it to a list every 80 ms; that audio cannot be wiped and costs CPU. Here
-the same graphs (melspectrogram -> embedding -> classifier) run on small
-preallocated arrays that `wipe()` resets. `tests/test_wake.py` proves the scores
-equal `openwakeword.model.Model`'s. This module never releases or stores audio.
+the same models (melspectrogram and classifiers on onnxruntime, the embedding
+incrementally in `embedding.py`) run on preallocated arrays that `wipe()`
+resets. `tests/test_wake.py` proves the scores equal `openwakeword.model.Model`'s.
+This module never releases or stores audio.
 """
 
 import logging
@@ -16,6 +17,7 @@ import numpy as np
 
 from guard import models
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ
+from guard.embedding import HOP_MEL_FRAMES, StreamingEmbedding
 from guard.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -64,10 +66,12 @@ class FeatureExtractor:
 
     def __init__(self, history_frames: int) -> None:
         self._melspec = models.open_session(models.resolve("melspectrogram"))
-        self._embedding = models.open_session(models.resolve("embedding"))
-        self._initial = self._silence_embeddings(history_frames)
+        embedding_file = models.resolve("embedding")
+        models.verify(embedding_file)
+        self._embed = StreamingEmbedding(embedding_file.path)
         self._raw = np.zeros((1, MEL_CONTEXT_SAMPLES + FRAME_SAMPLES), np.float32)
-        self._mel = np.ones((1, MEL_WINDOW, MEL_BINS, 1), np.float32)
+        self._mel = np.ones((MEL_WINDOW, MEL_BINS), np.float32)
+        self._initial = self._silence_embeddings(history_frames)
         self.embeddings = self._initial.copy()
         self._raw_filled = 0
 
@@ -75,11 +79,12 @@ class FeatureExtractor:
         """openWakeWord starts from the embeddings of 10 s of silence; so must we, to score alike."""
         spec = self._melspec.run(None, {"input": np.zeros((1, 10 * RATE_HZ), np.float32)})[0]
         spec = spec.reshape(-1, MEL_BINS) / 10 + 2
-        starts = [i for i in range(0, len(spec), 8) if i + MEL_WINDOW <= len(spec)][-count:]
-        if len(starts) < count:
-            raise ModelError(f"a classifier wants {count} embedding frames; at most {len(starts)} are kept")
-        batch = np.stack([spec[i:i + MEL_WINDOW] for i in starts])[..., None].astype(np.float32)
-        return self._embedding.run(None, {"input_1": batch})[0].reshape(count, EMBEDDING_DIM)
+        ends = [i + MEL_WINDOW for i in range(0, len(spec), HOP_MEL_FRAMES) if i + MEL_WINDOW <= len(spec)][-count:]
+        if len(ends) < count:
+            raise ModelError(f"a classifier wants {count} embedding frames; at most {len(ends)} are kept")
+        silence = np.stack([self._embed(spec[end - MEL_WINDOW:end], HOP_MEL_FRAMES) for end in ends])
+        self._embed.wipe()
+        return silence
 
     def push(self, frame: np.ndarray) -> None:
         """Add one 80 ms int16 frame and compute its embedding."""
@@ -89,11 +94,10 @@ class FeatureExtractor:
         audio = self._raw[:, self._raw.shape[1] - self._raw_filled:]
         spec = self._melspec.run(None, {"input": audio})[0].reshape(-1, MEL_BINS)
         n = len(spec)
-        self._mel[0, :-n, :, 0] = self._mel[0, n:, :, 0]
-        self._mel[0, -n:, :, 0] = spec / 10 + 2  # openWakeWord's scaling towards Google's TF features
-        embedding = self._embedding.run(None, {"input_1": self._mel})[0].reshape(EMBEDDING_DIM)
+        self._mel[:-n] = self._mel[n:]
+        self._mel[-n:] = spec / 10 + 2  # openWakeWord's scaling towards Google's TF features
         self.embeddings[:-1] = self.embeddings[1:]
-        self.embeddings[-1] = embedding
+        self.embeddings[-1] = self._embed(self._mel, shifted_by=n)
 
     def window(self, count: int) -> np.ndarray:
         """The newest `count` embeddings as a [1, count, 96] classifier input (a view)."""
@@ -104,6 +108,7 @@ class FeatureExtractor:
         self._raw.fill(0)
         self._raw_filled = 0
         self._mel.fill(1)
+        self._embed.wipe()
         np.copyto(self.embeddings, self._initial)
 
 
