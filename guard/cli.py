@@ -10,7 +10,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,11 +21,14 @@ import numpy as np
 
 from guard import __version__, audit, config, models
 from guard.audio import FRAME_SAMPLES, RATE_HZ, MicSource, WavSource, list_devices
+from guard.daemon import Daemon, RunOptions
 from guard.errors import ExitStatus, GuardError
+from guard.gate import Event
 from guard.wake import Detection, WakeDetector
 
 log = logging.getLogger("guard")
 
+DEMO_WAV = Path(__file__).resolve().parent.parent / "demo" / "two-requests.wav"
 SCAN_TAIL_SECONDS = 1.0  # silence fed after a file so a wake word at its very end still fires
 
 
@@ -126,6 +131,87 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def _print_event(event: Event) -> None:
+    print(json.dumps(event.to_dict()), flush=True)
+
+
+def _report_sinks(daemon: Daemon) -> None:
+    if not daemon.sinks:
+        log.warning("no [sinks] configured: a confirmed utterance has nowhere to go and is wiped")
+    for sink in daemon.sinks:
+        problem = sink.problem()
+        if problem:
+            log.error("%s; releases to it will fail until fixed", problem)
+
+
+def _serve(daemon: Daemon) -> None:
+    """Run the loop with SIGTERM and SIGINT asking it to stop cleanly (buffers wiped)."""
+    handler = lambda signum, frame: daemon.stop()  # noqa: E731
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        daemon.run()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg, path = config.load(args.config)
+    log.info("config: %s", path or "built-in defaults")
+    detector = _detector(cfg, None, None)
+    log.info("models: %s", ", ".join(w.name for w in detector.words))
+    daemon = Daemon(cfg, RunOptions(args.source, args.gpio, args.fast, publish=_print_event), detector)
+    source = daemon.source
+    log.info("audio: %s", f"{source.name} at {source.rate_hz} Hz" if isinstance(source, MicSource) else source.path)
+    log.info("gpio: %s", args.gpio)
+    _report_sinks(daemon)
+    _serve(daemon)
+    return ExitStatus.OK
+
+
+def _describe_event(event: Event) -> str:
+    details = " ".join(f"{k}={v}" for k, v in event.to_dict().items() if k not in ("kind", "time", "state"))
+    return f"  {event.kind:<10} -> {event.state:<9} {details}"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="guard-demo-") as tmp:
+        released = Path(tmp) / "released"
+        released.mkdir(mode=0o700)
+        defaults = config.Config()
+        cfg = dataclasses.replace(
+            defaults, device=config.DeviceConfig("demo"), audit=config.AuditConfig(str(Path(tmp) / "audit.jsonl")),
+            gpio=dataclasses.replace(defaults.gpio, bounce_seconds=0.0),
+            sinks={"demo": config.SinkConfig(path=str(released))})
+        presses = []
+
+        def on_event(event: Event) -> None:
+            print(_describe_event(event), flush=True)
+            if event.kind == "pending" and not presses:
+                presses.append(event.utterance)
+                print("  (the demo presses the button while the LED blinks)", flush=True)
+                pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+                pin.drive_low()
+                pin.drive_high()
+            elif event.kind == "pending":
+                print(f"  (no press: the {cfg.gate.pending_timeout_seconds:g} s window runs out)", flush=True)
+
+        print(f"guard demo: {DEMO_WAV.name} holds two requests; only the first gets a button press.\n")
+        daemon = Daemon(cfg, RunOptions(str(DEMO_WAV), "mock", fast=True, publish=on_event), _detector(cfg, None, None))
+        _serve(daemon)
+        files = sorted(released.iterdir())
+        print(f"\nreleased to the sink ({released}):")
+        for f in files:
+            print(f"  {f.name}  {f.stat().st_size} bytes")
+        print("\naudit log:")
+        for record in audit.read(daemon.audit.path):
+            print(_describe_record(record))
+        verdict = audit.verify(daemon.audit.path)
+        print(f"\naudit chain: {verdict.records} records, {'intact' if verdict.intact else 'BROKEN'}")
+        print("everything else was wiped; the temporary sink and log are deleted now.")
+    return ExitStatus.OK if len(files) == 1 and verdict.intact else ExitStatus.FAILURE
+
+
 def _describe_record(record: dict) -> str:
     if "damaged" in record:
         return f"{record['seq']:>5}  (damaged) {record['damaged']}"
@@ -157,21 +243,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg, path = config.load(args.path or args.config)
     print(f"{path or 'built-in defaults'}: ok", file=sys.stderr)
-    for table in dataclasses.fields(cfg):
-        section = getattr(cfg, table.name)
-        print(f"[{table.name}]")
-        subtables = []
-        for f in dataclasses.fields(section):
-            value = getattr(section, f.name)
-            if isinstance(value, dict):
-                subtables += [(f"{table.name}.{f.name}.{k}", v) for k, v in value.items()]
-            else:
-                print(f"{f.name} = {config.value_text(f, value)}")
-        for name, values in subtables:
-            print(f"\n[{name}]")
-            for key, value in values.items():
-                print(f"{key} = {json.dumps(value)}")
-        print()
+    print(config.to_toml(cfg), end="")
     return ExitStatus.OK
 
 
@@ -240,6 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
                                            "[audio] device.")
     devices.add_argument("--json", action="store_true", help="one JSON object per device per line")
     devices.set_defaults(func=cmd_devices)
+
+    run = verbs.add_parser("run", help="the guard daemon",
+                           description="Listen for the wake word, capture the request, show pending on "
+                                       "the LED and release it to the [sinks] only on a button press "
+                                       "while pending; everything else is wiped. Prints one JSON event "
+                                       "per line; SIGTERM or Ctrl-C stop it cleanly.")
+    run.add_argument("--source", default="mic", metavar="mic|FILE.wav",
+                     help="the microphone from [audio] (default), or a WAV file played as if live; "
+                          "after a file ends, an open pending window runs out and guard exits 0")
+    run.add_argument("--gpio", choices=("auto", "mock", "none"), default="auto",
+                     help="auto: the Pi's GPIO (default); mock: simulated pins; none: no button or LED "
+                          "(nothing can be released)")
+    run.add_argument("--fast", action="store_true",
+                     help="with a file: play it as fast as possible, time measured in audio")
+    run.set_defaults(func=cmd_run)
+
+    demo = verbs.add_parser("demo", help="the whole pipeline on bundled audio, no hardware needed",
+                            description="Plays two synthesized requests through the real detector and "
+                                        "gate with simulated GPIO: the first is released after a "
+                                        "simulated press into a temporary sink, the second is wiped when "
+                                        "its window expires. Prints the events and the audit log.")
+    demo.set_defaults(func=cmd_demo)
 
     trail = verbs.add_parser("audit", help="show or verify the audit log",
                              description="Show the hash-chained log of every wake, release, discard and "

@@ -33,6 +33,19 @@ def _parse_channel(value: Any) -> int | None:
     raise ValueError('must be "mix" or a channel number 0-63')
 
 
+def _choice(value: Any, choices: tuple[str, ...]) -> str:
+    if value in choices:
+        return value
+    raise ValueError(f"must be one of {', '.join(choices)}")
+
+
+def _parse_pins(value: Any) -> tuple[int, ...]:
+    if (isinstance(value, list) and 1 <= len(value) <= 3
+            and all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 27 for p in value)):
+        return tuple(value)
+    raise ValueError("must be a list of 1-3 BCM pin numbers 0-27")
+
+
 def _parse_device_id(value: Any) -> str:
     if isinstance(value, str) and (value == "" or re.fullmatch(DEVICE_ID_PATTERN, value)):
         return value
@@ -116,13 +129,59 @@ class WakeConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """[gate]: how an utterance is captured and how long consent is waited for."""
+
+    pending_timeout_seconds: float = field(default=10.0, metadata=_doc(
+        "how long the LED shows pending and a press can release; then the audio is wiped", 1, 60))
+    max_utterance_seconds: float = field(default=10.0, metadata=_doc(
+        "longest capture after the wake word", 1, 30))
+    end_silence_seconds: float = field(default=1.0, metadata=_doc(
+        "quiet that ends the utterance", 0.3, 5))
+    silence_dbfs: float = field(default=-45.0, metadata=_doc(
+        "frame level (dBFS) below which a frame counts as quiet", -90, 0))
+
+
+@dataclass(frozen=True)
+class GpioConfig:
+    """[gpio]: the consent button and the status LED (BCM pin numbers)."""
+
+    button_pin: int = field(default=17, metadata=_doc("BCM pin of the button, wired to GND", 0, 27))
+    button_pull_up: bool = field(default=True, metadata=_doc(
+        "true: internal pull-up, button to GND; false: pull-down, button to 3V3"))
+    bounce_seconds: float = field(default=0.05, metadata=_doc("contact bounce ignored", 0, 0.5))
+    long_press_seconds: float = field(default=2.0, metadata=_doc("hold this long to mute or unmute", 0.2, 10))
+    led_type: str = field(default="plain", metadata=_doc(
+        "plain, pwm or rgb", parse=lambda v: _choice(v, ("plain", "pwm", "rgb"))))
+    led_pins: tuple[int, ...] = field(default=(27,), metadata=_doc(
+        "BCM pin of the LED; rgb takes three: [red, green, blue]", parse=_parse_pins))
+    led_active_high: bool = field(default=True, metadata=_doc("false for an LED wired from 3V3 to the pin"))
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """[sinks.NAME]: one place released audio may go. Only this file can name one."""
+
+    type: str = field(default="directory", metadata=_doc(
+        "directory (a WAV file per release) or command (the WAV on its stdin)",
+        parse=lambda v: _choice(v, ("directory", "command"))))
+    path: str = field(default="", metadata=_doc("directory sink: the folder the WAV files go to"))
+    command: tuple[str, ...] = field(default=(), metadata=_doc(
+        'command sink: argv, run without a shell, e.g. ["/usr/local/bin/upload", "--quiet"]'))
+    timeout_seconds: float = field(default=30.0, metadata=_doc("command sink: killed after this long", 1, 600))
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole config file; each attribute is one TOML table."""
 
     device: DeviceConfig = field(default_factory=DeviceConfig)
     audio: AudioConfig = field(default_factory=AudioConfig)
     wake: WakeConfig = field(default_factory=WakeConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    gpio: GpioConfig = field(default_factory=GpioConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    sinks: dict[str, SinkConfig] = field(default_factory=dict)
 
 
 _OVERRIDE_KEYS = ("threshold", "patience_frames", "refractory_seconds")
@@ -152,11 +211,13 @@ def _check_type(value: Any, annotation: Any) -> bool:
         return isinstance(value, str)
     if annotation is dict:
         return isinstance(value, dict)
+    if annotation is bool:
+        return isinstance(value, bool)
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def _type_name(annotation: Any) -> str:
-    return {float: "a number", int: "a whole number", str: "a string", dict: "a table"}.get(
+    return {float: "a number", int: "a whole number", str: "a string", dict: "a table", bool: "true or false"}.get(
         annotation, "a list of strings")
 
 
@@ -207,14 +268,34 @@ def _check_overrides(source: str, wake: WakeConfig) -> None:
             _value(source, where, defaults[key], value)
 
 
+def _sink(source: str, name: str, raw: Any) -> SinkConfig:
+    table = f"sinks.{name}"
+    if not re.fullmatch(DEVICE_ID_PATTERN, name):
+        raise ConfigError(f"{source}: [{table}]: sink names are 1-64 characters of a-z 0-9 _ -")
+    sink = _build(SinkConfig, source, table, raw)
+    if sink.type == "directory" and not sink.path:
+        raise ConfigError(f"{source}: [{table}] path: a directory sink needs path = \"/folder/for/wavs\"")
+    if sink.type == "command" and not sink.command:
+        raise ConfigError(f"{source}: [{table}] command: a command sink needs command = [\"/path/to/program\", ...]")
+    return sink
+
+
 def parse(raw: dict, source: str) -> Config:
     """Validate a parsed TOML document; the first problem raises ConfigError naming the key."""
     tables = {f.name: f for f in fields(Config)}
     for key in raw:
         if key not in tables:
             raise _unknown(source, "", key, list(tables))
-    config = Config(**{k: _build(tables[k].default_factory, source, k, v) for k, v in raw.items()})
+    sinks = raw.get("sinks", {})
+    if not isinstance(sinks, dict):
+        raise ConfigError(f"{source}: [sinks] must hold tables like [sinks.archive]")
+    built = {k: _build(tables[k].default_factory, source, k, v) for k, v in raw.items() if k != "sinks"}
+    config = Config(**built, sinks={name: _sink(source, name, table) for name, table in sinks.items()})
     _check_overrides(source, config.wake)
+    wanted = 3 if config.gpio.led_type == "rgb" else 1
+    if len(config.gpio.led_pins) != wanted:
+        raise ConfigError(f"{source}: [gpio] led_pins = {list(config.gpio.led_pins)}: "
+                          f"a {config.gpio.led_type} LED takes {wanted} pin(s)")
     return config
 
 
@@ -244,12 +325,38 @@ def load(explicit: str | None = None) -> tuple[Config, Path | None]:
     return parse(raw, str(path)), path
 
 
+def _table_toml(name: str, section: Any) -> list[str]:
+    lines, subtables = [f"[{name}]"], []
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, dict):
+            subtables += [(f"{name}.{f.name}.{k}", v) for k, v in value.items()]
+        else:
+            lines.append(f"{f.name} = {value_text(f, value)}")
+    for sub, values in subtables:
+        lines += ["", f"[{sub}]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return lines + [""]
+
+
+def to_toml(config: Config) -> str:
+    """The settings in effect, as a TOML file that would load back to the same Config."""
+    lines = []
+    for table in fields(Config):
+        if table.name == "sinks":
+            for name, sink in config.sinks.items():
+                lines += _table_toml(f"sinks.{name}", sink)
+        else:
+            lines += _table_toml(table.name, getattr(config, table.name))
+    return "\n".join(lines)
+
+
 def reference() -> list[tuple[str, str, str, str]]:
     """(table, key, default, doc with range) for every setting: the README table and `config check`."""
     rows = []
     for table in fields(Config):
-        for f in fields(table.default_factory):
+        cls, name = (SinkConfig, "sinks.NAME") if table.name == "sinks" else (table.default_factory, table.name)
+        for f in fields(cls):
             lo, hi = f.metadata["range"]
             span = f" ({lo}-{hi})" if lo is not None else ""
-            rows.append((table.name, f.name, _default_text(f), f.metadata["doc"] + span))
+            rows.append((name, f.name, _default_text(f), f.metadata["doc"] + span))
     return rows

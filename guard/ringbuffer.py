@@ -84,3 +84,44 @@ class RingBuffer:
     def is_zero(self) -> bool:
         """True when no sample holds audio: what tests and the shutdown path check."""
         return not self._samples.any()
+
+
+class CaptureBuffer:
+    """One utterance (pre-roll + speech) in a fixed, RAM-locked array; `wipe()` zeroes it.
+
+    Args:
+        seconds: capacity; appends past it are refused (the gate ends capture there).
+        rate_hz: sample rate of what is appended.
+    """
+
+    def __init__(self, seconds: float, rate_hz: int = RATE_HZ) -> None:
+        self._samples = np.zeros(int(round(seconds * rate_hz)), np.int16)
+        self._count = 0
+        self.locked = lock_in_ram(self._samples)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def load(self, ring: RingBuffer) -> None:
+        """Start from the ring's pre-roll."""
+        self._count = len(ring.snapshot(self._samples))
+
+    def append(self, samples: np.ndarray) -> bool:
+        """Add samples; False (and nothing added) when they would not fit."""
+        end = self._count + len(samples)
+        if end > len(self._samples):
+            return False
+        self._samples[self._count:end] = samples
+        self._count = end
+        return True
+
+    def view(self) -> np.ndarray:
+        """The captured samples (a view: valid until the next wipe)."""
+        return self._samples[:self._count]
+
+    def wipe(self) -> None:
+        self._samples.fill(0)
+        self._count = 0
+
+    def is_zero(self) -> bool:
+        return not self._samples.any()

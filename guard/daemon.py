@@ -1,0 +1,217 @@
+"""`guard run`: one loop owns the gate; the audio thread and gpiozero only queue messages.
+
+The audio thread reads the source and posts copies of 80 ms frames; when the
+gate mutes, that same thread closes the microphone stream. The loop zeroes
+every frame after the gate has seen it, and drains the queue on mute and exit.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from guard import sinks
+from guard.audio import FRAME_SECONDS, MicSource, WavSource
+from guard.audit import AuditLog
+from guard.config import Config
+from guard.gate import Event, Gate, State
+from guard.hardware import ConsentButton, StatusLed, pin_factory
+from guard.wake import WakeDetector
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.05
+QUEUE_FRAMES = 50  # 4 s of audio: a slow loop holds the reader back instead of dropping frames
+
+
+class AudioClock:
+    """Time measured in audio consumed, for `--fast` file runs that must not wait in real time."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+@dataclass
+class RunOptions:
+    """Per-run choices: where audio comes from, which GPIO, how fast a file plays."""
+
+    source: str = "mic"
+    gpio: str = "auto"
+    fast: bool = False
+    models_dir: Path | None = None
+    publish: Callable[[Event], None] = field(default=lambda e: None)
+
+
+class Daemon:
+    """Wires source, detector, gate, button, LED, sinks and audit together, and runs the loop."""
+
+    def __init__(self, config: Config, options: RunOptions, detector: WakeDetector) -> None:
+        self.config, self.options = config, options
+        self.frames: queue.Queue = queue.Queue()  # (frame copy, None) from the audio thread
+        self.words: queue.Queue = queue.Queue()  # (word, clock) from gpiozero and the audio thread; served first
+        self.listening = threading.Event()
+        self.listening.set()
+        self.stopping = threading.Event()
+        self.clock = AudioClock() if options.fast else time.monotonic
+        device_id = config.device.resolved_id()
+        self.sinks = sinks.build(config.sinks, device_id)
+        self.audit = AuditLog(config.audit.resolved_path(), device_id)
+        self.button, self.led = self._gpio()
+        self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
+                         publish=options.publish, show=self.led.show if self.led else lambda s: None,
+                         set_listening=self._set_listening, clock=self.clock)
+        self.source = self._open_source()
+        self._eof = threading.Event()
+
+    def _gpio(self) -> tuple[ConsentButton | None, StatusLed | None]:
+        if self.options.gpio == "none":
+            log.warning("no GPIO (--gpio none): nothing can be released by button; every utterance is wiped")
+            return None, None
+        factory = pin_factory(self.options.gpio)
+        self.pin_factory = factory
+        return ConsentButton(self.config.gpio, self._post_word, factory), StatusLed(self.config.gpio, factory)
+
+    def _open_source(self) -> MicSource | WavSource:
+        if self.options.source != "mic":
+            return WavSource(Path(self.options.source))
+        a = self.config.audio
+        return MicSource(a.device or None, a.channels, a.channel, a.rate_hz or None)
+
+    def _post_word(self, word: str) -> None:
+        self.words.put((word, self.clock()))
+
+    def _set_listening(self, on: bool) -> None:
+        if on:
+            self.listening.set()
+            return
+        self.listening.clear()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Zero and drop queued frames (mute, exit)."""
+        while True:
+            try:
+                self.frames.get_nowait()[0].fill(0)
+            except queue.Empty:
+                return
+
+    # -- the audio thread -----------------------------------------------------------
+
+    def _frames(self) -> Iterator[np.ndarray]:
+        if isinstance(self.source, WavSource):
+            yield from self.source.frames()
+            return
+        while not self.stopping.is_set():
+            if not self.listening.is_set():
+                self.source.close_stream()
+                self.listening.wait(TICK_SECONDS)
+                continue
+            self.source.open()
+            for frame in self.source.frames():
+                yield frame
+                if not self.listening.is_set() or self.stopping.is_set():
+                    break
+
+    def _read(self) -> None:
+        next_due = time.monotonic()
+        try:
+            for frame in self._frames():
+                while not self.listening.is_set() and not self.stopping.is_set():
+                    self.listening.wait(TICK_SECONDS)  # a file pauses while muted
+                if self.stopping.is_set():
+                    break
+                while self.frames.qsize() >= QUEUE_FRAMES and not self.stopping.is_set():
+                    time.sleep(TICK_SECONDS / 10)  # back-pressure: the loop is behind
+                self.frames.put((frame.copy(), None))
+                if isinstance(self.source, WavSource) and not self.options.fast:
+                    next_due += FRAME_SECONDS
+                    time.sleep(max(0.0, next_due - time.monotonic()))
+        except Exception as e:  # a dying audio thread must not take the guard's state with it
+            log.error("audio source failed: %s", e)
+            self.words.put(("source-failed", str(e)))
+        finally:
+            self.source.wipe()
+            self._eof.set()
+
+    # -- the loop -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish (signal handlers call this)."""
+        self.stopping.set()
+        self.listening.set()
+        self.words.put(("stop", None))
+
+    def run(self) -> None:
+        """Serve until stopped, or until a file source ends and nothing is pending."""
+        reader = threading.Thread(target=self._read, name="audio", daemon=True)
+        reader.start()
+        log.info("guarding as %s: %d sink(s), audit log %s", self.config.device.resolved_id(), len(self.sinks),
+                 self.audit.path)
+        try:
+            while not self.stopping.is_set():
+                self._step()
+                if self._eof.is_set() and self.frames.empty() and self.words.empty() and self._file_done():
+                    break
+        finally:
+            self.stopping.set()
+            self.listening.set()
+            self._drain()
+            self.gate.shutdown()
+            reader.join(timeout=2)
+            self._close()
+
+    def _step(self) -> None:
+        try:
+            item, payload = self.words.get_nowait()
+        except queue.Empty:
+            try:
+                item, payload = self.frames.get(timeout=TICK_SECONDS)
+            except queue.Empty:
+                item = payload = None
+        try:
+            self._handle(item, payload)
+            self.gate.tick()
+        except Exception as e:  # the loop's edge: log, wipe, show fault, keep serving
+            log.exception("fault in the guard loop")
+            self.gate.fault(f"{type(e).__name__}: {e}")
+        finally:
+            if isinstance(item, np.ndarray):
+                item.fill(0)
+
+    def _handle(self, item, payload) -> None:
+        if isinstance(item, np.ndarray):
+            self.gate.feed(item)
+            if self.options.fast:
+                self.clock.seconds += FRAME_SECONDS
+        elif item == "pressed":
+            self.gate.press(payload)
+        elif item == "released":
+            self.gate.release(payload)
+        elif item == "held":
+            self.gate.hold(payload)
+        elif item == "source-failed":
+            self.gate.fault(f"audio source failed: {payload}")
+
+    def _file_done(self) -> bool:
+        """After a file ends: close the utterance, let a pending window run out, then stop."""
+        if self.gate.state is State.CAPTURING:
+            self.gate.end_capture()
+        expires = self.gate.expires_at()
+        if expires is not None and self.options.fast:
+            self.clock.seconds = max(self.clock.seconds, expires)
+        return expires is None
+
+    def _close(self) -> None:
+        if isinstance(self.source, MicSource):
+            self.source.close()
+        for part in (self.button, self.led):
+            if part is not None:
+                part.close()

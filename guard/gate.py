@@ -1,0 +1,278 @@
+"""The privacy gate: the only code that may hand audio to a sink.
+
+idle -> (wake) -> capturing -> (end of utterance) -> pending -> released | discarded -> idle.
+Audio leaves only on a button press that *began* while pending (and ended
+before a long press), never on a press from before, a held or stuck button,
+or any remote command. Everything not released is zeroed: on discard,
+timeout, mute, fault and shutdown. Every decision goes to the audit log first.
+"""
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import numpy as np
+
+from guard.audio import FRAME_SECONDS, RATE_HZ
+from guard.audit import AuditLog
+from guard.config import GateConfig
+from guard.ringbuffer import CaptureBuffer, RingBuffer
+from guard.sinks import Sink, SinkError, Utterance, encode_wav
+from guard.wake import Detection, WakeDetector
+
+log = logging.getLogger(__name__)
+
+FAULT_SHOW_SECONDS = 3.0  # how long the LED shows a fault before listening resumes
+
+
+class State(StrEnum):
+    """What the guard is doing; the same words in the LED, the audit log and MQTT."""
+
+    IDLE = "idle"
+    CAPTURING = "capturing"
+    PENDING = "pending"
+    MUTED = "muted"
+    FAULT = "fault"
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the hub may know: never audio, only what happened and to which utterance."""
+
+    kind: str
+    state: str
+    time: str
+    utterance: str | None = None
+    model: str | None = None
+    score: float | None = None
+    sink: str | None = None
+    reason: str | None = None
+    confirmed_by: str | None = None
+    duration_seconds: float | None = None
+    by: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _level_dbfs(frame: np.ndarray) -> float:
+    rms = math.sqrt(float(np.mean(np.square(frame, dtype=np.float64)))) / 32768
+    return 20 * math.log10(max(rms, 1e-9))
+
+
+class Gate:
+    """Decides, frame by frame and press by press, what happens to captured audio.
+
+    One loop owns it; PortAudio and gpiozero callbacks only queue messages for
+    that loop. Collaborators are passed in, so tests drive it with real models,
+    a real audit log and a test clock.
+
+    Args:
+        settings: the [gate] table.
+        detector: the wake-word detector.
+        pre_roll_seconds: audio kept before the wake word ends.
+        sinks: where a confirmed utterance goes (may be empty: then nothing can leave).
+        audit: the decision log, written before each decision takes effect.
+        publish: receives every Event (printing, MQTT).
+        show: receives the state the LED should show (plus "released" for the flash).
+        set_listening: opens (True) or closes (False) the microphone.
+        clock: monotonic seconds.
+    """
+
+    def __init__(self, settings: GateConfig, detector: WakeDetector, pre_roll_seconds: float,
+                 sinks: list[Sink], audit: AuditLog, publish: Callable[[Event], None] = lambda e: None,
+                 show: Callable[[str], None] = lambda s: None, set_listening: Callable[[bool], None] = lambda b: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.ring = RingBuffer(pre_roll_seconds)
+        self.capture = CaptureBuffer(pre_roll_seconds + settings.max_utterance_seconds)
+        self.sinks = sinks
+        self.audit = audit
+        self._publish, self._show, self._set_listening, self.clock = publish, show, set_listening, clock
+        self.state = State.IDLE
+        self.muted_by: str | None = None
+        self._utterance: Utterance | None = None
+        self._pending_since = math.inf
+        self._quiet_frames = 0
+        self._press_counts = False
+        self._held = False
+        self._fault_until = 0.0
+
+    # -- audio -----------------------------------------------------------------
+
+    def feed(self, frame: np.ndarray) -> None:
+        """One 80 ms frame from the microphone."""
+        if self.state in (State.MUTED, State.FAULT):
+            return
+        if self.state is State.IDLE:
+            self.ring.write(frame)
+        detections = self.detector.process(frame)
+        if self.state is State.IDLE:
+            if detections:
+                self._start_capture(max(detections, key=lambda d: d.score))
+        elif self.state is State.CAPTURING:
+            self._continue_capture(frame)
+        if detections and self.state is not State.CAPTURING:
+            log.debug("wake %s ignored while %s", detections[0].model, self.state)
+
+    def _start_capture(self, wake: Detection) -> None:
+        heard_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.capture.load(self.ring)
+        self.ring.wipe()
+        self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at, self.capture.view())
+        self._quiet_frames = 0
+        self._decide("wake", State.CAPTURING, model=wake.model, score=round(wake.score, 4))
+
+    def _continue_capture(self, frame: np.ndarray) -> None:
+        full = not self.capture.append(frame)
+        self._quiet_frames = self._quiet_frames + 1 if _level_dbfs(frame) < self.settings.silence_dbfs else 0
+        if full or self._quiet_frames * FRAME_SECONDS >= self.settings.end_silence_seconds:
+            self.end_capture()
+
+    def end_capture(self) -> None:
+        """The utterance is complete: show pending and start the confirmation window."""
+        if self.state is not State.CAPTURING:
+            return
+        self._pending_since = self.clock()
+        self._press_counts = False
+        self._decide("pending", State.PENDING, duration_seconds=self._duration())
+
+    # -- the button ---------------------------------------------------------------
+
+    def press(self, at: float) -> None:
+        """The button went down. It can only count if that happened while pending."""
+        self._press_counts = self.state is State.PENDING and at >= self._pending_since
+        self._held = False
+
+    def release(self, at: float) -> None:
+        """The button came up: a short press that began during pending releases the audio."""
+        counts, held = self._press_counts, self._held
+        self._press_counts = self._held = False
+        if counts and not held and self.state is State.PENDING:
+            self._release("button")
+
+    def hold(self, at: float) -> None:
+        """A long press toggles the hardware mute; it never releases anything."""
+        self._held = True
+        self._press_counts = False
+        if self.state is State.MUTED:
+            self.unmute("button")
+        else:
+            self.mute("button")
+
+    # -- decisions ------------------------------------------------------------------
+
+    def _release(self, confirmed_by: str) -> None:
+        utterance = self._utterance
+        wav = encode_wav(self.capture.view())
+        duration = self._duration()
+        if not self.sinks:
+            self._discard("no sink configured")
+            return
+        for sink in self.sinks:
+            try:
+                where = sink.deliver(wav, utterance)
+            except SinkError as e:
+                log.error("%s", e)
+                self._record("fault", self.state, sink=sink.name, reason=str(e))
+                continue
+            log.info("released %s to %s (%s)", utterance.id, sink.name, where)
+            self._record("released", State.IDLE, sink=sink.name, confirmed_by=confirmed_by,
+                         duration_seconds=duration)
+        del wav
+        self._wipe()
+        self._utterance = None
+        self._enter(State.IDLE, show="released")
+
+    def _discard(self, reason: str) -> None:
+        self._record("discarded", State.IDLE, reason=reason, duration_seconds=self._duration())
+        self._wipe()
+        self._utterance = None
+        self._enter(State.IDLE)
+
+    def tick(self) -> None:
+        """Time passing: the confirmation window closes; a shown fault clears."""
+        now = self.clock()
+        if self.state is State.PENDING and now - self._pending_since >= self.settings.pending_timeout_seconds:
+            self._discard("timeout")
+        elif self.state is State.FAULT and now >= self._fault_until:
+            self._enter(State.IDLE)
+
+    def expires_at(self) -> float | None:
+        """When the current state ends by itself (pending window, shown fault), or None."""
+        if self.state is State.PENDING:
+            return self._pending_since + self.settings.pending_timeout_seconds
+        if self.state is State.FAULT:
+            return self._fault_until
+        return None
+
+    def mute(self, by: str) -> None:
+        """Close the microphone and wipe everything held; only `by` (or the button) lifts it."""
+        if self.state is State.MUTED:
+            return
+        if self.state in (State.CAPTURING, State.PENDING):
+            self._discard("muted")
+        self._set_listening(False)
+        self._wipe()
+        self.muted_by = by
+        self._decide("muted", State.MUTED, by=by)
+
+    def unmute(self, by: str) -> bool:
+        """Reopen the microphone. A remote unmute cannot lift a mute set by the button."""
+        if self.state is not State.MUTED:
+            return False
+        if by != "button" and self.muted_by == "button":
+            log.warning("unmute by %s refused: the button muted, only the button unmutes", by)
+            return False
+        self.muted_by = None
+        self._decide("unmuted", State.IDLE, by=by)
+        self._set_listening(True)
+        return True
+
+    def fault(self, reason: str) -> None:
+        """Something broke inside the loop: wipe, show the fault, keep serving."""
+        self._wipe()
+        self._utterance = None
+        self._fault_until = self.clock() + FAULT_SHOW_SECONDS
+        self._decide("fault", State.FAULT, reason=reason[:200])
+
+    def shutdown(self) -> None:
+        """On SIGTERM/SIGINT: nothing held survives the process."""
+        if self.state in (State.CAPTURING, State.PENDING):
+            self._discard("shutdown")
+        self._wipe()
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _duration(self) -> float:
+        return round(len(self.capture) / RATE_HZ, 2)
+
+    def _wipe(self) -> None:
+        self.capture.wipe()
+        self.ring.wipe()
+        self.detector.wipe()
+
+    def is_wiped(self) -> bool:
+        """True when no buffer holds a sample of audio."""
+        return self.capture.is_zero() and self.ring.is_zero()
+
+    def _decide(self, kind: str, state: State, **fields) -> None:
+        self._record(kind, state, **fields)
+        self._enter(state)
+
+    def _record(self, kind: str, state: State, **fields) -> None:
+        utterance = self._utterance.id if self._utterance else None
+        self.audit.record(kind, utterance=utterance, **fields)
+        event = Event(kind, str(state), datetime.now(UTC).isoformat(timespec="milliseconds"), utterance, **fields)
+        log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in event.to_dict().items() if k not in ("kind", "time")))
+        self._publish(event)
+
+    def _enter(self, state: State, show: str | None = None) -> None:
+        self.state = state
+        self._show(show or str(state))

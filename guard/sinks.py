@@ -1,0 +1,126 @@
+"""Where released audio may go: a directory of WAV files, or a command's stdin.
+
+Only `gate.py` calls a sink, and only after local consent. Destinations come
+from the local config file alone. A sink leaves no partial file behind.
+"""
+
+import io
+import os
+import subprocess
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from guard.audio import RATE_HZ
+from guard.config import SinkConfig
+from guard.errors import GuardError
+
+
+class SinkError(GuardError):
+    """A release that did not arrive: disk full, folder missing, command failed or timed out."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """What is released: its id, when it was heard (UTC, compact ISO) and the samples (16 kHz mono)."""
+
+    id: str
+    heard_at: str
+    samples: np.ndarray
+
+
+def encode_wav(samples: np.ndarray) -> bytes:
+    """16 kHz mono 16-bit WAV bytes, in memory."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE_HZ)
+        w.writeframes(samples.astype("<i2").tobytes())
+    return out.getvalue()
+
+
+class DirectorySink:
+    """Writes each release as `<device>-<time>-<utterance>.wav` (mode 0600), atomically.
+
+    Args:
+        name: the sink's name in the config.
+        folder: an existing, writable folder.
+        device_id: this guard's id, part of every file name.
+    """
+
+    def __init__(self, name: str, folder: Path, device_id: str) -> None:
+        self.name, self.folder, self.device_id = name, folder, device_id
+
+    def problem(self) -> str | None:
+        """Why a release would fail now, checked at start so the user hears of it early."""
+        if not self.folder.is_dir():
+            return f"sink {self.name}: {self.folder}: no such directory; create it or fix [sinks.{self.name}] path"
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            return f"sink {self.name}: {self.folder}: not writable by this user"
+        return None
+
+    def deliver(self, wav: bytes, utterance: Utterance) -> str:
+        """Write the file under a hidden name, fsync, then rename, so readers never see half a file."""
+        final = self.folder / f"{self.device_id}-{utterance.heard_at}-{utterance.id}.wav"
+        partial = self.folder / f".{final.name}.partial"
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(wav)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(partial, final)
+        except OSError as e:
+            partial.unlink(missing_ok=True)
+            raise SinkError(f"sink {self.name}: {self.folder}: {e.strerror}") from None
+        return str(final)
+
+
+class CommandSink:
+    """Runs a configured argv (never through a shell) with the WAV on its stdin.
+
+    Args:
+        name: the sink's name in the config.
+        argv: the program and its arguments.
+        timeout_seconds: the command is killed after this long.
+        device_id: passed as $GUARD_DEVICE, with $GUARD_UTTERANCE.
+    """
+
+    def __init__(self, name: str, argv: tuple[str, ...], timeout_seconds: float, device_id: str) -> None:
+        self.name, self.argv, self.timeout_seconds, self.device_id = name, argv, timeout_seconds, device_id
+
+    def problem(self) -> str | None:
+        program = Path(self.argv[0])
+        if not (program.is_file() and os.access(program, os.X_OK)):
+            return f"sink {self.name}: {self.argv[0]}: not an executable file; give its full path"
+        return None
+
+    def deliver(self, wav: bytes, utterance: Utterance) -> str:
+        env = {**os.environ, "GUARD_DEVICE": self.device_id, "GUARD_UTTERANCE": utterance.id}
+        try:
+            result = subprocess.run(self.argv, input=wav, capture_output=True, timeout=self.timeout_seconds, env=env)
+        except subprocess.TimeoutExpired:
+            raise SinkError(f"sink {self.name}: {self.argv[0]} still running after {self.timeout_seconds:g} s; "
+                            "killed") from None
+        except OSError as e:
+            raise SinkError(f"sink {self.name}: {self.argv[0]}: {e.strerror}") from None
+        if result.returncode != 0:
+            said = result.stderr.decode(errors="replace").strip().splitlines()
+            raise SinkError(f"sink {self.name}: {self.argv[0]} exited {result.returncode}"
+                            + (f": {said[-1][:200]}" if said else ""))
+        return " ".join(self.argv)
+
+
+Sink = DirectorySink | CommandSink
+
+
+def build(sinks: dict[str, SinkConfig], device_id: str) -> list[Sink]:
+    """The configured sinks, in config order."""
+    return [DirectorySink(name, Path(c.path).expanduser(), device_id) if c.type == "directory"
+            else CommandSink(name, c.command, c.timeout_seconds, device_id) for name, c in sinks.items()]
