@@ -169,23 +169,26 @@ class Gate:
     # -- decisions ------------------------------------------------------------------
 
     def _release(self, confirmed_by: str) -> None:
-        utterance = self._utterance
-        wav = encode_wav(self.capture.view())
-        duration = self._duration()
         if not self.sinks:
             self._discard("no sink configured")
             return
+        wav = encode_wav(self.capture.view())
+        delivered = 0
         for sink in self.sinks:
             try:
-                where = sink.deliver(wav, utterance)
+                where = sink.deliver(wav, self._utterance)
             except SinkError as e:
                 log.error("%s", e)
                 self._record("fault", self.state, sink=sink.name, reason=str(e))
                 continue
-            log.info("released %s to %s (%s)", utterance.id, sink.name, where)
+            delivered += 1
+            log.info("released %s to %s (%s)", self._utterance.id, sink.name, where)
             self._record("released", State.IDLE, sink=sink.name, confirmed_by=confirmed_by,
-                         duration_seconds=duration)
+                         duration_seconds=self._duration())
         del wav
+        if not delivered:
+            self._discard("every sink failed")
+            return
         self._wipe()
         self._utterance = None
         self._enter(State.IDLE, show="released")

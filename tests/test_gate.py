@@ -1,0 +1,282 @@
+"""The privacy gate with the real models, a real audit log, real sinks and gpiozero's MockFactory.
+
+Each invariant test is named for DESIGN.md's invariant it proves.
+"""
+
+import sys
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import speech
+from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+from guard import audit
+from guard.audio import FRAME_SAMPLES, FRAME_SECONDS
+from guard.audit import AuditLog
+from guard.config import GateConfig, GpioConfig
+from guard.gate import Gate, State
+from guard.hardware import ConsentButton, StatusLed
+from guard.sinks import CommandSink, DirectorySink
+from guard.wake import WakeDetector, WakeModelSettings
+
+PRE_ROLL_SECONDS = 2.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return WakeDetector([WakeModelSettings("alexa")])
+
+
+@pytest.fixture(scope="module")
+def request_audio() -> np.ndarray:
+    """'Alexa, what time is it', then quiet: one utterance the gate captures and holds."""
+    audio = np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
+                            speech.say("what time is it"), speech.silence(1.6)])
+    return audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES]
+
+
+class Rig:
+    """A gate wired to a mock button and LED, a directory sink and an audit log in tmp_path."""
+
+    def __init__(self, tmp_path, detector, sinks=None, long_press_seconds=5.0) -> None:
+        detector.wipe()
+        self.factory = MockFactory(pin_class=MockPWMPin)
+        self.clock = Clock()
+        self.events, self.listening = [], []
+        self.sink_dir = tmp_path / "sink"
+        self.sink_dir.mkdir()
+        self.audit_path = tmp_path / "state" / "audit.jsonl"
+        gpio = GpioConfig(bounce_seconds=0.0, long_press_seconds=long_press_seconds)
+        self.led = StatusLed(gpio, self.factory)
+        self.gate = Gate(GateConfig(pending_timeout_seconds=10.0), detector, PRE_ROLL_SECONDS,
+                         sinks if sinks is not None else [DirectorySink("box", self.sink_dir, "test")],
+                         AuditLog(self.audit_path, "test"), publish=self.events.append, show=self.led.show,
+                         set_listening=self.listening.append, clock=self.clock)
+        self.button = ConsentButton(gpio, self._word, self.factory)
+        self.button_pin = self.factory.pin(gpio.button_pin)
+        self.led_pin = self.factory.pin(gpio.led_pins[0])
+
+    def _word(self, word: str) -> None:
+        {"pressed": self.gate.press, "released": self.gate.release, "held": self.gate.hold}[word](self.clock())
+
+    def feed(self, audio: np.ndarray) -> None:
+        for frame in audio.reshape(-1, FRAME_SAMPLES):
+            self.gate.feed(frame.copy())
+            self.clock.seconds += FRAME_SECONDS
+            self.gate.tick()
+
+    def wait(self, seconds: float) -> None:
+        self.clock.seconds += seconds
+        self.gate.tick()
+
+    def press(self) -> None:
+        self.button_pin.drive_low()
+        self.button_pin.drive_high()
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+    def released_files(self) -> list:
+        return sorted(self.sink_dir.iterdir())
+
+    def close(self) -> None:
+        self.button.close()
+        self.led.close()
+
+
+@pytest.fixture
+def rig(tmp_path, detector):
+    made = []
+
+    def make(**kwargs) -> Rig:
+        made.append(Rig(tmp_path, detector, **kwargs))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_invariant1_press_during_pending_releases_exactly_the_utterance(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    assert r.gate.state is State.PENDING and r.kinds() == ["wake", "pending"]
+    r.press()
+    assert r.gate.state is State.IDLE and r.kinds()[-1] == "released"
+    wav_path, = r.released_files()
+    assert wav_path.name.startswith("test-") and wav_path.stat().st_mode & 0o777 == 0o600
+    with wave.open(str(wav_path)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+        released = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    starts = [s for s in range(0, len(request_audio) - len(released) + 1, FRAME_SAMPLES)
+              if np.array_equal(request_audio[s:s + len(released)], released)]
+    assert len(starts) == 1, "the WAV is one contiguous stretch of what the mic heard"
+    wake_word_start = 16000  # "Alexa" begins after 1 s of silence
+    assert starts[0] <= wake_word_start, "pre-roll includes the wake word"
+    assert len(released) >= 2.5 * 16000, "the request after the wake word is included"
+    assert r.gate.is_wiped()
+    records = audit.read(r.audit_path)
+    assert [x["event"] for x in records] == ["wake", "pending", "released"]
+    assert records[-1]["confirmed_by"] == "button" and records[-1]["sink"] == "box"
+
+
+def test_invariant1_no_press_wipes_everything_on_timeout(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    assert r.gate.state is State.PENDING and not r.gate.is_wiped()
+    r.wait(10.0)
+    assert r.gate.state is State.IDLE and r.kinds()[-1] == "discarded"
+    assert r.released_files() == []
+    assert r.gate.is_wiped()
+    assert np.array_equal(r.gate.detector.features.embeddings, r.gate.detector.features._initial)
+    assert audit.read(r.audit_path)[-1]["reason"] == "timeout"
+
+
+def test_invariant1_press_before_pending_never_releases(rig, request_audio):
+    r = rig()
+    wake_at = int(2.0 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES  # just after "Alexa", while capturing
+    r.feed(request_audio[:wake_at])
+    assert r.gate.state is State.CAPTURING
+    r.press()
+    r.feed(request_audio[wake_at:])
+    assert r.gate.state is State.PENDING
+    r.wait(10.0)
+    assert r.released_files() == [] and "released" not in r.kinds()
+
+
+def test_invariant1_button_held_through_pending_start_never_releases(rig, request_audio):
+    r = rig()
+    r.feed(request_audio[:2 * 16000 // FRAME_SAMPLES * FRAME_SAMPLES])
+    r.button_pin.drive_low()
+    r.feed(request_audio[2 * 16000 // FRAME_SAMPLES * FRAME_SAMPLES:])
+    assert r.gate.state is State.PENDING
+    r.button_pin.drive_high()  # let go during pending: the press began before it, so it counts for nothing
+    assert r.gate.state is State.PENDING
+    r.wait(10.0)
+    assert r.released_files() == [] and r.kinds()[-1] == "discarded"
+
+
+def test_invariant1_stuck_button_never_releases(rig, request_audio):
+    r = rig()
+    r.button_pin.drive_low()  # stuck down from before anything was heard
+    r.feed(request_audio)
+    assert r.gate.state is State.PENDING
+    r.wait(10.0)
+    r.button_pin.drive_high()
+    assert r.released_files() == [] and "released" not in r.kinds()
+
+
+def test_a_second_wake_during_pending_starts_nothing(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    r.feed(request_audio)  # someone says it again while the LED blinks
+    assert r.gate.state is State.PENDING and r.kinds() == ["wake", "pending"]
+    r.press()
+    assert len(r.released_files()) == 1 and r.kinds().count("released") == 1
+
+
+def test_long_press_mutes_wipes_and_only_the_button_unmutes(rig, request_audio):
+    r = rig(long_press_seconds=0.2)
+    r.feed(request_audio)
+    r.button_pin.drive_low()
+    deadline = time.monotonic() + 3
+    while r.gate.state is not State.MUTED and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r.button_pin.drive_high()
+    assert r.gate.state is State.MUTED and r.gate.muted_by == "button"
+    assert r.listening == [False], "the microphone is closed, not ignored"
+    assert r.gate.is_wiped() and r.released_files() == []
+    assert r.kinds()[-2:] == ["discarded", "muted"]
+    assert r.led.showing == "muted" and r.led_pin.state == 1
+    r.feed(request_audio)  # frames that still arrive are dropped
+    assert r.gate.state is State.MUTED and r.gate.is_wiped()
+    assert not r.gate.unmute("remote") and r.gate.state is State.MUTED
+    r.button_pin.drive_low()
+    deadline = time.monotonic() + 3
+    while r.gate.state is State.MUTED and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r.button_pin.drive_high()
+    assert r.gate.state is State.IDLE and r.listening == [False, True]
+    assert [x["event"] for x in audit.read(r.audit_path)][-2:] == ["muted", "unmuted"]
+
+
+def test_led_blinks_while_pending_and_is_dark_when_idle(rig, request_audio):
+    r = rig()
+    assert r.led_pin.state == 0
+    r.feed(request_audio)
+    r.led_pin.clear_states()
+    time.sleep(0.5)
+    assert len({s.state for s in r.led_pin.states}) == 2 and len(r.led_pin.states) >= 3
+    r.wait(10.0)
+    time.sleep(0.05)
+    assert r.led.showing == "idle" and r.led_pin.state == 0
+
+
+def test_missing_sink_folder_is_a_fault_and_nothing_is_kept(rig, request_audio, tmp_path):
+    missing = DirectorySink("gone", tmp_path / "no-such-folder", "test")
+    assert "no such directory" in missing.problem()
+    r = rig(sinks=[missing])
+    r.feed(request_audio)
+    r.press()
+    assert r.kinds() == ["wake", "pending", "fault", "discarded"]
+    assert r.gate.state is State.IDLE and r.gate.is_wiped()
+    fault = [x for x in audit.read(r.audit_path) if x["event"] == "fault"][0]
+    assert fault["sink"] == "gone" and "No such file or directory" in fault["reason"]
+    assert not (tmp_path / "no-such-folder").exists()
+    r.feed(request_audio)  # the guard keeps serving
+    assert r.gate.state is State.PENDING
+
+
+def test_unwritable_sink_leaves_no_partial_file(rig, request_audio, tmp_path):
+    unwritable = DirectorySink("proc", Path("/proc/self"), "test")
+    r = rig(sinks=[unwritable])
+    r.feed(request_audio)
+    r.press()
+    assert "fault" in r.kinds() and r.gate.is_wiped()
+    assert not any(p.name.endswith(".partial") for p in Path("/proc/self").iterdir())
+
+
+@pytest.mark.parametrize(("script", "needle"), [
+    ("import sys; sys.stdin.buffer.read(); sys.stderr.write('upload refused\\n'); sys.exit(3)",
+     "exited 3: upload refused"),
+    ("import time; time.sleep(5)", "still running after 1 s; killed"),
+])
+def test_failing_sink_command_is_a_fault(rig, request_audio, script, needle):
+    r = rig(sinks=[CommandSink("cmd", (sys.executable, "-c", script), 1.0, "test")])
+    r.feed(request_audio)
+    r.press()
+    assert r.gate.state is State.IDLE and r.gate.is_wiped()
+    fault, = [e for e in r.events if e.kind == "fault"]
+    assert needle in fault.reason
+
+
+def test_sink_command_gets_the_wav_on_stdin(rig, request_audio, tmp_path):
+    out = tmp_path / "got.wav"
+    script = f"import sys, pathlib; pathlib.Path({str(out)!r}).write_bytes(sys.stdin.buffer.read())"
+    r = rig(sinks=[CommandSink("cmd", (sys.executable, "-c", script), 10.0, "test")])
+    r.feed(request_audio)
+    r.press()
+    assert r.kinds()[-1] == "released"
+    with wave.open(str(out)) as w:
+        assert w.getnframes() > 2.5 * 16000
+
+
+def test_fault_wipes_and_recovers(rig, request_audio):
+    r = rig()
+    r.feed(request_audio[:3 * 16000 // FRAME_SAMPLES * FRAME_SAMPLES])
+    assert r.gate.state is State.CAPTURING
+    r.gate.fault("RuntimeError: test")
+    assert r.gate.state is State.FAULT and r.gate.is_wiped() and r.led.showing == "fault"
+    r.wait(3.0)
+    assert r.gate.state is State.IDLE

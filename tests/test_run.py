@@ -1,0 +1,150 @@
+"""`guard run` and `guard demo` as processes: real files, real PortAudio, signals, exit codes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import speech
+from conftest import GUARD, ROOT, alsa_home, run_guard
+
+from guard import audit
+
+
+@pytest.fixture(scope="module")
+def request_wav(tmp_path_factory):
+    audio = np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
+                            speech.say("what time is it"), speech.silence(1.6)])
+    return speech.write_wav(tmp_path_factory.mktemp("req") / "request.wav", audio)
+
+
+def _setup(tmp_path, extra: str = "", pending_timeout_seconds: float = 2) -> tuple[dict, dict]:
+    home, state, sink, etc = (tmp_path / d for d in ("home", "state", "sink", "etc"))
+    for d in (home, state, sink, etc):
+        d.mkdir()
+    (etc / "guard.toml").write_text(
+        f'[device]\nid = "kitchen"\n[wake]\nmodels = ["alexa"]\n'
+        f'[gate]\npending_timeout_seconds = {pending_timeout_seconds}\n'
+        f'[sinks.box]\npath = "{sink}"\n{extra}')
+    env = {**alsa_home(home, tmp_path / "none.raw"), "STATE_DIRECTORY": str(state),
+           "GUARD_CONFIG": str(etc / "guard.toml")}
+    return env, {"home": home, "state": state, "sink": sink}
+
+
+def _events(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_run_on_a_file_without_a_press_leaves_nothing_but_the_audit_log(tmp_path, request_wav):
+    env, dirs = _setup(tmp_path)
+    started = time.monotonic()
+    result = run_guard("run", "--source", str(request_wav), "--gpio", "mock", env=env)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert [e["kind"] for e in _events(result.stdout)] == ["wake", "pending", "discarded"]
+    assert elapsed >= 5.0, "a file plays at real-time pace unless --fast"
+    left = sorted(p.relative_to(tmp_path) for d in dirs.values() for p in d.rglob("*") if p.is_file())
+    assert [str(p) for p in left if not str(p).startswith("home/.asoundrc")] == ["state/audit.jsonl"]
+    records = audit.read(dirs["state"] / "audit.jsonl")
+    assert [r["event"] for r in records] == ["wake", "pending", "discarded"]
+    assert records[-1]["reason"] == "timeout" and all(r["device"] == "kitchen" for r in records)
+    assert audit.verify(dirs["state"] / "audit.jsonl").intact
+
+
+def test_sigterm_during_pending_wipes_and_exits_cleanly(tmp_path, request_wav):
+    env, dirs = _setup(tmp_path, pending_timeout_seconds=60)
+    proc = subprocess.Popen([str(GUARD), "run", "--source", str(request_wav), "--gpio", "mock", "--fast"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if json.loads(line)["kind"] == "pending":
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert [e["kind"] for e in _events(rest)] == ["discarded"]
+    assert audit.read(dirs["state"] / "audit.jsonl")[-1]["reason"] == "shutdown"
+    assert list(dirs["sink"].iterdir()) == []
+
+
+def test_missing_sink_folder_is_reported_and_the_guard_still_runs(tmp_path, request_wav):
+    env, dirs = _setup(tmp_path)
+    dirs["sink"].rmdir()
+    result = run_guard("run", "--source", str(request_wav), "--gpio", "mock", "--fast", env=env)
+    assert result.returncode == 0
+    assert f"sink box: {dirs['sink']}: no such directory; create it or fix [sinks.box] path" in result.stderr
+    assert [e["kind"] for e in _events(result.stdout)] == ["wake", "pending", "discarded"]
+
+
+def test_no_gpio_here_suggests_mock(tmp_path, request_wav):
+    env, _ = _setup(tmp_path)
+    result = run_guard("run", "--source", str(request_wav), env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "guard: error: no GPIO here (not a Raspberry Pi, or lgpio missing); "
+        "try --gpio mock to simulate, or --gpio none")
+
+
+def test_gpio_none_warns_that_nothing_can_be_released(tmp_path, request_wav):
+    env, _ = _setup(tmp_path)
+    result = run_guard("run", "--source", str(request_wav), "--gpio", "none", "--fast", env=env)
+    assert result.returncode == 0
+    assert "nothing can be released by button" in result.stderr
+
+
+def test_bad_config_stops_before_listening(tmp_path, request_wav):
+    env, _ = _setup(tmp_path, "[gpio]\nled_type = \"rgb\"\n")
+    result = run_guard("run", "--source", str(request_wav), "--gpio", "mock", env=env)
+    assert result.returncode == 2
+    assert "[gpio] led_pins = [27]: a rgb LED takes 3 pin(s)" in result.stderr
+
+
+def test_demo_runs_with_no_hardware_and_no_broker(tmp_path):
+    result = run_guard("demo", env={**alsa_home(tmp_path / "home", tmp_path / "none.raw")})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.count("released   -> idle") == 1 and "discarded  -> idle" in out and "reason=timeout" in out
+    assert "audit chain: 6 records, intact" in out
+
+
+MUTE_SCRIPT = r"""
+import sys, threading, time
+from guard import config
+from guard.daemon import Daemon, RunOptions
+from guard.wake import WakeDetector, WakeModelSettings
+cfg, _ = config.load(sys.argv[1])
+daemon = Daemon(cfg, RunOptions("mic", "mock"), WakeDetector([WakeModelSettings("alexa")]))
+loop = threading.Thread(target=daemon.run)
+loop.start()
+pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+def hold_until(condition):
+    pin.drive_low()
+    deadline = time.monotonic() + 5
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pin.drive_high()
+time.sleep(0.5)
+print("open before:", daemon.source.is_open)
+hold_until(lambda: not daemon.source.is_open)
+print("open while muted:", daemon.source.is_open, daemon.gate.state)
+hold_until(lambda: daemon.source.is_open)
+print("open after unmute:", daemon.source.is_open, daemon.gate.state)
+daemon.stop()
+loop.join(5)
+"""
+
+
+def test_mute_closes_the_real_microphone_stream(tmp_path):
+    raw = tmp_path / "room.raw"
+    raw.write_bytes(np.zeros(16000 * 30, "<i2").tobytes())
+    env = alsa_home(tmp_path / "home", raw)
+    (tmp_path / "guard.toml").write_text(
+        f'[audio]\ndevice = "guardtest"\n[gpio]\nlong_press_seconds = 0.3\nbounce_seconds = 0.0\n'
+        f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n')
+    result = subprocess.run([sys.executable, "-c", MUTE_SCRIPT, str(tmp_path / "guard.toml")], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.stdout.splitlines() == ["open before: True", "open while muted: False muted",
+                                          "open after unmute: True idle"], result.stderr
+    assert [r["event"] for r in audit.read(tmp_path / "audit.jsonl")] == ["muted", "unmuted"]
