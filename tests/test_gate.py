@@ -280,3 +280,41 @@ def test_fault_wipes_and_recovers(rig, request_audio):
     assert r.gate.state is State.FAULT and r.gate.is_wiped() and r.led.showing == "fault"
     r.wait(3.0)
     assert r.gate.state is State.IDLE
+
+
+def test_shutdown_during_pending_zeroes_every_buffer(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    assert not r.gate.is_wiped()
+    r.gate.shutdown()
+    assert r.gate.is_wiped() and r.kinds()[-1] == "discarded" and r.released_files() == []
+    assert audit.read(r.audit_path)[-1]["reason"] == "shutdown"
+
+
+@pytest.mark.parametrize(("led_type", "pins"), [("pwm", (27,)), ("rgb", (5, 6, 13))])
+def test_pwm_and_rgb_leds_show_each_state(led_type, pins):
+    factory = MockFactory(pin_class=MockPWMPin)
+    led = StatusLed(GpioConfig(led_type=led_type, led_pins=pins), factory)
+    try:
+        led.show("muted")
+        muted = [factory.pin(p).state for p in pins]
+        led.show("idle")
+        assert [factory.pin(p).state for p in pins] == [0] * len(pins)
+        assert muted == ([1, 0, 0] if led_type == "rgb" else [1])
+        led.show("pending")
+        time.sleep(0.4)
+        assert len({s.state for s in factory.pin(pins[0]).states}) >= 2
+    finally:
+        led.close()
+
+
+def test_active_low_led_is_dark_at_high():
+    factory = MockFactory(pin_class=MockPWMPin)
+    led = StatusLed(GpioConfig(led_active_high=False), factory)
+    try:
+        led.show("muted")
+        assert factory.pin(27).state == 0
+        led.show("idle")
+        assert factory.pin(27).state == 1
+    finally:
+        led.close()
