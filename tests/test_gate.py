@@ -3,6 +3,7 @@
 Each invariant test is named for DESIGN.md's invariant it proves.
 """
 
+import subprocess
 import sys
 import time
 import wave
@@ -318,3 +319,22 @@ def test_active_low_led_is_dark_at_high():
         assert factory.pin(27).state == 1
     finally:
         led.close()
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 64 KiB tmpfs: a release (about 150 KB) cannot fit."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(folder)], check=True)
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_full_disk_is_a_fault_and_leaves_no_partial_file(rig, request_audio, full_disk):
+    r = rig(sinks=[DirectorySink("small", full_disk, "test")])
+    r.feed(request_audio)
+    r.press()
+    fault, = [e for e in r.events if e.kind == "fault"]
+    assert "No space left on device" in fault.reason
+    assert list(full_disk.iterdir()) == [] and r.gate.is_wiped() and r.kinds()[-1] == "discarded"
