@@ -9,6 +9,7 @@ canonical form, so an edited, deleted or reordered line breaks the chain that
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,6 +88,7 @@ class AuditLog:
         self.device_id = device_id
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._last_line, self._seq = self._tail()
+        self._lock = threading.Lock()  # the loop and the MQTT thread both record
 
     def _tail(self) -> tuple[str | None, int]:
         if not self.path.exists():
@@ -99,6 +101,10 @@ class AuditLog:
         for key, value in fields.items():
             if not isinstance(value, FieldValue):
                 raise TypeError(f"audit field {key!r} must be str, number, bool or None, not {type(value).__name__}")
+        with self._lock:
+            return self._append(event, fields)
+
+    def _append(self, event: str, fields: dict) -> dict:
         record = {"seq": self._seq + 1, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                   "device": self.device_id, "event": event, **fields,
                   "prev": GENESIS if self._last_line is None else _digest(self._last_line)}

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import __version__, audit, config, models
+from guard import __version__, audit, config, models, mqtt
 from guard.audio import FRAME_SAMPLES, RATE_HZ, MicSource, WavSource, list_devices
 from guard.daemon import Daemon, RunOptions
-from guard.errors import ExitStatus, GuardError
+from guard.errors import ExitStatus, GuardError, UsageError
 from guard.gate import Event
 from guard.wake import Detection, WakeDetector
 
@@ -164,8 +164,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = daemon.source
     log.info("audio: %s", f"{source.name} at {source.rate_hz} Hz" if isinstance(source, MicSource) else source.path)
     log.info("gpio: %s", args.gpio)
+    log.info("mqtt: %s", f"{cfg.mqtt.host}:{cfg.mqtt.port}" if cfg.mqtt.host else "off ([mqtt] host is empty)")
     _report_sinks(daemon)
     _serve(daemon)
+    return ExitStatus.OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg, _ = config.load(args.config)
+    if not cfg.mqtt.host:
+        raise UsageError("no [mqtt] host configured; guard status reads the state from the broker")
+    device_id = cfg.device.resolved_id()
+    got = mqtt.read_status(cfg.mqtt, device_id)
+    if "state" not in got:
+        print(f"{device_id}: no state on {cfg.mqtt.host}:{cfg.mqtt.port} (never ran with this broker?)")
+        return ExitStatus.FAILURE
+    state = json.loads(got["state"])
+    if args.json:
+        print(json.dumps({"device": device_id, "availability": got.get("availability"), **state}))
+    else:
+        muted = f" by {state['muted_by']}" if state.get("muted_by") else ""
+        print(f"{device_id}: {got.get('availability', 'unknown')}, {state['state']}{muted} since {state['since']}")
     return ExitStatus.OK
 
 
@@ -334,6 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
                                         "simulated press into a temporary sink, the second is wiped when "
                                         "its window expires. Prints the events and the audit log.")
     demo.set_defaults(func=cmd_demo)
+
+    status = verbs.add_parser("status", help="the guard's state as its MQTT broker holds it",
+                              description="Read the retained availability and state of this guard "
+                                          "([device] id) from the broker in [mqtt].")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(func=cmd_status)
 
     trail = verbs.add_parser("audit", help="show or verify the audit log",
                              description="Show the hash-chained log of every wake, release, discard and "

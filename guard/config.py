@@ -159,16 +159,41 @@ class GpioConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    """[mqtt]: the broker the hub listens on. Empty host: no MQTT at all."""
+
+    host: str = field(default="", metadata=_doc("broker host name or address; empty disables MQTT"))
+    port: int = field(default=1883, metadata=_doc("broker port (8883 is usual with TLS)", 1, 65535))
+    tls: bool = field(default=False, metadata=_doc("connect with TLS"))
+    ca_file: str = field(default="", metadata=_doc("CA certificate (PEM) for TLS; empty: the system CAs"))
+    cert_file: str = field(default="", metadata=_doc("client certificate (PEM) for TLS, if the broker wants one"))
+    key_file: str = field(default="", metadata=_doc("client key (PEM) for cert_file"))
+    username: str = field(default="", metadata=_doc("user name; empty connects anonymously"))
+    password_file: str = field(default="", metadata=_doc(
+        "file holding the password; must not be readable by group or others (chmod 600)"))
+    keepalive_seconds: int = field(default=30, metadata=_doc(
+        "MQTT keepalive; the broker declares the guard offline after 1.5 times this", 2, 600))
+    reconnect_max_seconds: int = field(default=60, metadata=_doc("longest wait between reconnect tries", 1, 3600))
+    outbox_events: int = field(default=1000, metadata=_doc(
+        "events kept while the broker is away; older ones are dropped and counted in the audit log", 10, 100000))
+    discovery: bool = field(default=True, metadata=_doc("publish Home Assistant discovery"))
+    discovery_prefix: str = field(default="homeassistant", metadata=_doc("Home Assistant's discovery prefix"))
+    hermes: bool = field(default=False, metadata=_doc(
+        "Rhasspy/Hermes: publish hermes/hotword/<id>/detected; toggleOff/toggleOn act as remote mute"))
+
+
+@dataclass(frozen=True)
 class SinkConfig:
     """[sinks.NAME]: one place released audio may go. Only this file can name one."""
 
     type: str = field(default="directory", metadata=_doc(
-        "directory (a WAV file per release) or command (the WAV on its stdin)",
-        parse=lambda v: _choice(v, ("directory", "command"))))
+        "directory (a WAV file per release), command (the WAV on its stdin) or mqtt (guard/<id>/audio/<utterance>)",
+        parse=lambda v: _choice(v, ("directory", "command", "mqtt"))))
     path: str = field(default="", metadata=_doc("directory sink: the folder the WAV files go to"))
     command: tuple[str, ...] = field(default=(), metadata=_doc(
         'command sink: argv, run without a shell, e.g. ["/usr/local/bin/upload", "--quiet"]'))
-    timeout_seconds: float = field(default=30.0, metadata=_doc("command sink: killed after this long", 1, 600))
+    timeout_seconds: float = field(default=30.0, metadata=_doc(
+        "command sink: killed after this long; mqtt sink: wait this long for the broker's ack", 1, 600))
 
 
 @dataclass(frozen=True)
@@ -180,6 +205,7 @@ class Config:
     wake: WakeConfig = field(default_factory=WakeConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     sinks: dict[str, SinkConfig] = field(default_factory=dict)
 
@@ -292,6 +318,8 @@ def parse(raw: dict, source: str) -> Config:
     built = {k: _build(tables[k].default_factory, source, k, v) for k, v in raw.items() if k != "sinks"}
     config = Config(**built, sinks={name: _sink(source, name, table) for name, table in sinks.items()})
     _check_overrides(source, config.wake)
+    if any(sink.type == "mqtt" for sink in config.sinks.values()) and not config.mqtt.host:
+        raise ConfigError(f"{source}: an mqtt sink needs [mqtt] host")
     wanted = 3 if config.gpio.led_type == "rgb" else 1
     if len(config.gpio.led_pins) != wanted:
         raise ConfigError(f"{source}: [gpio] led_pins = {list(config.gpio.led_pins)}: "

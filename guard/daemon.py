@@ -21,6 +21,7 @@ from guard.audit import AuditLog
 from guard.config import Config
 from guard.gate import Event, Gate, State
 from guard.hardware import ConsentButton, StatusLed, pin_factory
+from guard.mqtt import MqttLink
 from guard.wake import WakeDetector
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,13 @@ class Daemon:
         self.stopping = threading.Event()
         self.clock = AudioClock() if options.fast else time.monotonic
         device_id = config.device.resolved_id()
-        self.sinks = sinks.build(config.sinks, device_id)
         self.audit = AuditLog(config.audit.resolved_path(), device_id)
+        self.mqtt = MqttLink(config.mqtt, device_id, lambda verb: self.words.put(("remote", verb)), self.audit) \
+            if config.mqtt.host else None
+        self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None)
         self.button, self.led = self._gpio()
         self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
-                         publish=options.publish, show=self.led.show if self.led else lambda s: None,
+                         publish=self._publish, show=self.led.show if self.led else lambda s: None,
                          set_listening=self._set_listening, clock=self.clock)
         self.source = self._open_source()
         self._eof = threading.Event()
@@ -84,6 +87,11 @@ class Daemon:
             return WavSource(Path(self.options.source))
         a = self.config.audio
         return MicSource(a.device or None, a.channels, a.channel, a.rate_hz or None)
+
+    def _publish(self, event: Event) -> None:
+        self.options.publish(event)
+        if self.mqtt is not None:
+            self.mqtt.event(event)
 
     def _post_word(self, word: str) -> None:
         self.words.put((word, self.clock()))
@@ -151,6 +159,8 @@ class Daemon:
 
     def run(self) -> None:
         """Serve until stopped, or until a file source ends and nothing is pending."""
+        if self.mqtt is not None:
+            self.mqtt.start()
         reader = threading.Thread(target=self._read, name="audio", daemon=True)
         reader.start()
         log.info("guarding as %s: %d sink(s), audit log %s", self.config.device.resolved_id(), len(self.sinks),
@@ -166,6 +176,8 @@ class Daemon:
             self._drain()
             self.gate.shutdown()
             reader.join(timeout=2)
+            if self.mqtt is not None:
+                self.mqtt.stop()
             self._close()
 
     def _step(self) -> None:
@@ -197,6 +209,9 @@ class Daemon:
             self.gate.release(payload)
         elif item == "held":
             self.gate.hold(payload)
+        elif item == "remote":
+            {"mute": self.gate.mute, "unmute": self.gate.unmute, "cancel": self.gate.cancel,
+             "wipe": self.gate.wipe}[payload]("remote")
         elif item == "source-failed":
             self.gate.fault(f"audio source failed: {payload}")
 

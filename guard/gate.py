@@ -231,12 +231,24 @@ class Gate:
         if self.state is not State.MUTED:
             return False
         if by != "button" and self.muted_by == "button":
-            log.warning("unmute by %s refused: the button muted, only the button unmutes", by)
+            self._record("refused", self.state, by=by, reason="unmute: the button muted, only the button unmutes")
             return False
         self.muted_by = None
         self._decide("unmuted", State.IDLE, by=by)
         self._set_listening(True)
         return True
+
+    def cancel(self, by: str) -> None:
+        """Discard the utterance being captured or waiting for consent, now."""
+        if self.state in (State.CAPTURING, State.PENDING):
+            self._discard(f"cancelled by {by}")
+
+    def wipe(self, by: str) -> None:
+        """Discard anything held and zero every buffer, whatever the state."""
+        if self.state in (State.CAPTURING, State.PENDING):
+            self._discard(f"wiped by {by}")
+        self._wipe()
+        self._record("wiped", self.state, by=by)
 
     def fault(self, reason: str) -> None:
         """Something broke inside the loop: wipe, show the fault, keep serving."""

@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,10 +118,40 @@ class CommandSink:
         return " ".join(self.argv)
 
 
-Sink = DirectorySink | CommandSink
+class MqttSink:
+    """Publishes each release to `guard/<device>/audio/<utterance>` (QoS 1, not retained); never queues audio.
+
+    Args:
+        name: the sink's name in the config.
+        send: the MQTT link's `send_audio(utterance_id, wav, timeout_seconds) -> topic`.
+        timeout_seconds: how long to wait for the broker's acknowledgement.
+    """
+
+    def __init__(self, name: str, send: Callable[[str, bytes, float], str], timeout_seconds: float) -> None:
+        self.name, self.send, self.timeout_seconds = name, send, timeout_seconds
+
+    def problem(self) -> str | None:
+        return None
+
+    def deliver(self, wav: bytes, utterance: Utterance) -> str:
+        try:
+            return self.send(utterance.id, wav, self.timeout_seconds)
+        except GuardError as e:
+            raise SinkError(f"sink {self.name}: {e}") from None
 
 
-def build(sinks: dict[str, SinkConfig], device_id: str) -> list[Sink]:
+Sink = DirectorySink | CommandSink | MqttSink
+
+
+def build(sinks: dict[str, SinkConfig], device_id: str,
+          send_mqtt: Callable[[str, bytes, float], str] | None = None) -> list[Sink]:
     """The configured sinks, in config order."""
-    return [DirectorySink(name, Path(c.path).expanduser(), device_id) if c.type == "directory"
-            else CommandSink(name, c.command, c.timeout_seconds, device_id) for name, c in sinks.items()]
+    built: list[Sink] = []
+    for name, c in sinks.items():
+        if c.type == "directory":
+            built.append(DirectorySink(name, Path(c.path).expanduser(), device_id))
+        elif c.type == "command":
+            built.append(CommandSink(name, c.command, c.timeout_seconds, device_id))
+        else:
+            built.append(MqttSink(name, send_mqtt, c.timeout_seconds))
+    return built

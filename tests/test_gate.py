@@ -209,7 +209,7 @@ def test_long_press_mutes_wipes_and_only_the_button_unmutes(rig, request_audio):
         time.sleep(0.02)
     r.button_pin.drive_high()
     assert r.gate.state is State.IDLE and r.listening == [False, True]
-    assert [x["event"] for x in audit.read(r.audit_path)][-2:] == ["muted", "unmuted"]
+    assert [x["event"] for x in audit.read(r.audit_path)][-3:] == ["muted", "refused", "unmuted"]
 
 
 def test_led_blinks_while_pending_and_is_dark_when_idle(rig, request_audio):

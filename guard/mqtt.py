@@ -1,0 +1,320 @@
+"""The hub's view: events, retained state, Home Assistant discovery, and commands that only add privacy.
+
+The only paho user. Inbound messages become one of four verbs (mute, unmute,
+cancel, wipe) posted to the daemon's loop; nothing here can release audio or
+change a sink. Events wait in a bounded outbox until the broker acknowledges
+them, so a broker restart loses none; overflow is counted in the audit log.
+"""
+
+import json
+import logging
+import os
+import stat
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import paho.mqtt.client as paho
+
+from guard import __version__
+from guard.audit import AuditLog
+from guard.config import MqttConfig
+from guard.errors import ConfigError, GuardError
+from guard.gate import Event
+
+log = logging.getLogger(__name__)
+
+VERBS = ("mute", "unmute", "cancel", "wipe")
+MAX_COMMAND_BYTES = 1024
+ACTIVITY_TYPES = {"wake": "wake_detected", "pending": "pending", "released": "released", "discarded": "discarded"}
+
+
+class CommandError(ValueError):
+    """An inbound message that is not a command guard accepts."""
+
+
+def parse_command(topic: str, payload: bytes, device_id: str) -> str | None:
+    """The verb an inbound message asks for, None if it is not addressed to commands at all.
+
+    Raises CommandError for anything under our `cmd/` tree (or Hermes toggles for
+    this site) that is not one of the documented verbs with a valid payload.
+    """
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(f"payload of {len(payload)} bytes on {topic!r} is over {MAX_COMMAND_BYTES}")
+    prefix = f"guard/{device_id}/cmd/"
+    if topic.startswith(prefix):
+        verb = topic[len(prefix):]
+        if verb == "remote_mute":  # Home Assistant's switch: ON / OFF on one topic
+            text = payload.decode("utf-8", "replace").strip().upper()
+            if text not in ("ON", "OFF"):
+                raise CommandError(f"remote_mute takes ON or OFF, not {text[:20]!r}")
+            return "mute" if text == "ON" else "unmute"
+        if verb not in VERBS:
+            raise CommandError(f"unknown command {verb[:40]!r}; known: {', '.join(VERBS)}, remote_mute")
+        return verb
+    if topic in ("hermes/hotword/toggleOff", "hermes/hotword/toggleOn"):
+        try:
+            site = json.loads(payload).get("siteId")
+        except (ValueError, AttributeError):
+            raise CommandError(f"{topic}: payload is not a JSON object") from None
+        if site != device_id:
+            return None
+        return "mute" if topic.endswith("Off") else "unmute"
+    return None
+
+
+def _read_password(path: str) -> str:
+    try:
+        mode = os.stat(path).st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{path}: MQTT password file is readable by group or others; run: chmod 600 {path}")
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the MQTT password file ({e.strerror}); fix [mqtt] password_file") \
+            from None
+
+
+@dataclass
+class _Outgoing:
+    topic: str
+    payload: bytes
+    mid: int | None = None
+    acked: bool = False
+
+
+class MqttLink:
+    """One connection to the broker, kept up with backoff; the daemon keeps guarding without it.
+
+    Args:
+        settings: the [mqtt] table.
+        device_id: topic root `guard/<device_id>/`.
+        on_command: receives "mute", "unmute", "cancel" or "wipe" (from paho's thread: queue it).
+        audit: where dropped events are counted.
+    """
+
+    def __init__(self, settings: MqttConfig, device_id: str, on_command: Callable[[str], None],
+                 audit: AuditLog) -> None:
+        self.settings, self.device_id, self.on_command, self.audit = settings, device_id, on_command, audit
+        self.root = f"guard/{device_id}"
+        self.started = datetime.now(UTC).isoformat(timespec="seconds")
+        self._state = {"state": "idle", "since": self.started, "muted_by": None, "started": self.started}
+        self._outbox: deque[_Outgoing] = deque()
+        self._dropped = 0
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.client = self._client()
+
+    def _client(self) -> paho.Client:
+        s = self.settings
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"guard-{self.device_id}")
+        client.will_set(f"{self.root}/availability", "offline", qos=1, retain=True)
+        if s.username:
+            client.username_pw_set(s.username, _read_password(s.password_file) if s.password_file else None)
+        if s.tls:
+            try:
+                client.tls_set(ca_certs=s.ca_file or None, certfile=s.cert_file or None, keyfile=s.key_file or None)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"[mqtt] TLS files: {e}; fix ca_file, cert_file, key_file") from None
+        client.reconnect_delay_set(min_delay=1, max_delay=s.reconnect_max_seconds)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_seconds)
+        self.client.loop_start()
+
+    def stop(self, flush_seconds: float = 2.0) -> None:
+        """Say offline, give queued events a moment to leave, disconnect."""
+        if self.connected.is_set():
+            info = self.client.publish(f"{self.root}/availability", "offline", qos=1, retain=True)
+            info.wait_for_publish(flush_seconds)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s:%d refused the connection: %s", self.settings.host, self.settings.port, reason_code)
+            return
+        log.info("broker %s:%d connected", self.settings.host, self.settings.port)
+        client.subscribe([(f"{self.root}/cmd/#", 1), ("homeassistant/status", 1)]
+                         + ([("hermes/hotword/toggleOff", 1), ("hermes/hotword/toggleOn", 1)]
+                            if self.settings.hermes else []))
+        client.publish(f"{self.root}/availability", "online", qos=1, retain=True)
+        if self.settings.discovery:
+            self.publish_discovery()
+        with self._lock:
+            client.publish(f"{self.root}/state", json.dumps(self._state), qos=1, retain=True)
+            if self._dropped:
+                self.audit.record("events_dropped", count=self._dropped, reason="broker unreachable, outbox full")
+                self._dropped = 0
+            self.connected.set()
+            for item in self._outbox:
+                item.mid, item.acked = self.client.publish(item.topic, item.payload, qos=1).mid, False
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected.is_set():
+            log.warning("broker connection lost (%s); events wait in the outbox", reason_code)
+        self.connected.clear()
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._lock:
+            for item in self._outbox:
+                if item.mid == mid:
+                    item.acked = True
+            while self._outbox and self._outbox[0].acked:
+                self._outbox.popleft()
+
+    # -- outbound -------------------------------------------------------------------
+
+    def _send(self, topic: str, payload: bytes) -> None:
+        """Queue an event; it leaves now if connected, else after reconnect, in order."""
+        with self._lock:
+            if len(self._outbox) >= self.settings.outbox_events:
+                self._outbox.popleft()
+                self._dropped += 1
+            item = _Outgoing(topic, payload)
+            self._outbox.append(item)
+            if self.connected.is_set():
+                item.mid = self.client.publish(topic, payload, qos=1).mid
+
+    def event(self, event: Event) -> None:
+        """Publish a gate event, the retained state it leads to, and the hub-facing extras."""
+        body = event.to_dict()
+        self._send(f"{self.root}/event/{event.kind}", json.dumps(body).encode())
+        if event.kind in ACTIVITY_TYPES:
+            self._send(f"{self.root}/activity", json.dumps({"event_type": ACTIVITY_TYPES[event.kind],
+                                                             "utterance": event.utterance}).encode())
+        if event.kind == "wake" and self.settings.hermes:
+            self._send(f"hermes/hotword/{event.model}/detected", json.dumps(
+                {"siteId": self.device_id, "modelId": event.model, "currentSensitivity": event.score}).encode())
+        self._update_state(event)
+
+    def _update_state(self, event: Event) -> None:
+        with self._lock:
+            muted_by = event.by if event.kind == "muted" else self._state["muted_by"]
+            if event.state != "muted":
+                muted_by = None
+            if event.state == self._state["state"] and muted_by == self._state["muted_by"]:
+                return
+            self._state.update(state=event.state, since=event.time, muted_by=muted_by)
+            if self.connected.is_set():
+                self.client.publish(f"{self.root}/state", json.dumps(self._state), qos=1, retain=True)
+
+    def error(self, reason: str) -> None:
+        """A refused inbound message: logged and told to the hub, never acted on."""
+        log.warning("MQTT command ignored: %s", reason)
+        self._send(f"{self.root}/event/error", json.dumps(
+            {"kind": "error", "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+             "reason": reason}).encode())
+
+    def send_audio(self, utterance_id: str, wav: bytes, timeout_seconds: float) -> str:
+        """Publish a released WAV (QoS 1, not retained) and wait for the broker's ack. Never queued."""
+        if not self.connected.is_set():
+            raise GuardError("broker not connected; nothing was sent")
+        topic = f"{self.root}/audio/{utterance_id}"
+        info = self.client.publish(topic, wav, qos=1, retain=False)
+        info.wait_for_publish(timeout_seconds)
+        if not info.is_published():
+            raise GuardError(f"broker did not acknowledge {topic} within {timeout_seconds:g} s")
+        return topic
+
+    # -- inbound --------------------------------------------------------------------
+
+    def _on_message(self, client, userdata, message) -> None:
+        if message.topic == "homeassistant/status":
+            if message.payload == b"online" and self.settings.discovery:
+                self.publish_discovery()
+            return
+        try:
+            verb = parse_command(message.topic, message.payload, self.device_id)
+        except CommandError as e:
+            self.error(str(e))
+            return
+        if verb is not None:
+            self.on_command(verb)
+
+    # -- Home Assistant -------------------------------------------------------------
+
+    def discovery_messages(self) -> dict[str, dict]:
+        """Config topic -> payload for every Home Assistant entity of this guard."""
+        prefix, node, root = self.settings.discovery_prefix, self.device_id, self.root
+        device = {"identifiers": [f"guard_{node}"], "name": f"pi-guard {node}", "manufacturer": "pi-guard",
+                  "model": "privacy guard", "sw_version": __version__}
+        common = {"availability_topic": f"{root}/availability", "device": device}
+
+        def entity(component: str, key: str, **config) -> tuple[str, dict]:
+            return (f"{prefix}/{component}/{node}/{key}/config",
+                    {"unique_id": f"guard_{node}_{key}", "object_id": f"guard_{node}_{key}", **common, **config})
+
+        state = f"{root}/state"
+        return dict([
+            entity("binary_sensor", "capturing", name="Capturing", state_topic=state,
+                   value_template="{{ 'ON' if value_json.state in ('capturing', 'pending') else 'OFF' }}"),
+            entity("binary_sensor", "muted", name="Muted", state_topic=state,
+                   value_template="{{ 'ON' if value_json.state == 'muted' else 'OFF' }}"),
+            entity("switch", "remote_mute", name="Remote mute", state_topic=state,
+                   command_topic=f"{root}/cmd/remote_mute", payload_on="ON", payload_off="OFF",
+                   value_template="{{ 'ON' if value_json.muted_by == 'remote' else 'OFF' }}"),
+            entity("button", "cancel", name="Cancel pending", command_topic=f"{root}/cmd/cancel",
+                   payload_press="PRESS"),
+            entity("button", "wipe", name="Wipe buffers", command_topic=f"{root}/cmd/wipe", payload_press="PRESS"),
+            entity("event", "activity", name="Activity", state_topic=f"{root}/activity",
+                   event_types=list(ACTIVITY_TYPES.values())),
+            entity("sensor", "last_wake_word", name="Last wake word", state_topic=f"{root}/event/wake",
+                   value_template="{{ value_json.model }}", entity_category="diagnostic"),
+            entity("sensor", "last_wake_score", name="Last wake score", state_topic=f"{root}/event/wake",
+                   value_template="{{ value_json.score }}", entity_category="diagnostic"),
+            entity("sensor", "started", name="Started", state_topic=state, device_class="timestamp",
+                   value_template="{{ value_json.started }}", entity_category="diagnostic"),
+        ])
+
+    def publish_discovery(self) -> None:
+        for topic, payload in self.discovery_messages().items():
+            self.client.publish(topic, json.dumps(payload), qos=1, retain=True)
+
+
+def read_status(settings: MqttConfig, device_id: str, wait_seconds: float = 3.0) -> dict:
+    """The retained availability and state of a guard, as its broker holds them."""
+    got: dict = {}
+    done = threading.Event()
+    root = f"guard/{device_id}"
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"guard-status-{os.getpid()}")
+    if settings.username:
+        client.username_pw_set(settings.username,
+                               _read_password(settings.password_file) if settings.password_file else None)
+    if settings.tls:
+        client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
+                       keyfile=settings.key_file or None)
+
+    def on_connect(c, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            got["refused"] = str(reason_code)
+            done.set()
+        else:
+            c.subscribe([(f"{root}/availability", 1), (f"{root}/state", 1)])
+
+    def on_message(c, userdata, message):
+        got[message.topic.rsplit("/", 1)[1]] = message.payload.decode()
+        if {"availability", "state"} <= got.keys():
+            done.set()
+
+    client.on_connect, client.on_message = on_connect, on_message
+    try:
+        client.connect(settings.host, settings.port, keepalive=10)
+    except OSError as e:
+        raise GuardError(f"no MQTT broker reachable at {settings.host}:{settings.port} ({e.strerror or e})") from None
+    client.loop_start()
+    done.wait(wait_seconds)
+    client.disconnect()
+    client.loop_stop()
+    if "refused" in got:
+        raise GuardError(f"broker {settings.host}:{settings.port} refused the connection: {got['refused']}")
+    return got
