@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,8 +82,7 @@ def _read_password(path: str) -> str:
 class _Outgoing:
     topic: str
     payload: bytes
-    mid: int | None = None
-    acked: bool = False
+    sent: paho.MQTTMessageInfo | None = None  # the latest try; its is_published() is the broker's ack
 
 
 class MqttLink:
@@ -103,7 +103,8 @@ class MqttLink:
         self._state = {"state": "idle", "since": self.started, "muted_by": None, "started": self.started}
         self._outbox: deque[_Outgoing] = deque()
         self._dropped = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the outbox and state; never held while calling paho
+        self._order = threading.Lock()  # one publisher at a time, so events leave in the order they came
         self.connected = threading.Event()
         self.client = self._client()
 
@@ -121,7 +122,6 @@ class MqttLink:
         client.reconnect_delay_set(min_delay=1, max_delay=s.reconnect_max_seconds)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
 
@@ -131,11 +131,17 @@ class MqttLink:
         self.client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_seconds)
         self.client.loop_start()
 
-    def stop(self, flush_seconds: float = 2.0) -> None:
-        """Say offline, give queued events a moment to leave, disconnect."""
+    def stop(self, flush_seconds: float = 3.0) -> None:
+        """Give queued events a moment to leave, say offline, disconnect."""
+        deadline = time.monotonic() + flush_seconds
+        while self.undelivered() and time.monotonic() < deadline:
+            time.sleep(0.02)
         if self.connected.is_set():
             info = self.client.publish(f"{self.root}/availability", "offline", qos=1, retain=True)
-            info.wait_for_publish(flush_seconds)
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        if self.undelivered():
+            log.warning("%d MQTT message(s) not delivered before exit", self.undelivered())
+        self.connected.clear()
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -147,43 +153,55 @@ class MqttLink:
         client.subscribe([(f"{self.root}/cmd/#", 1), ("homeassistant/status", 1)]
                          + ([("hermes/hotword/toggleOff", 1), ("hermes/hotword/toggleOn", 1)]
                             if self.settings.hermes else []))
-        client.publish(f"{self.root}/availability", "online", qos=1, retain=True)
-        if self.settings.discovery:
-            self.publish_discovery()
-        with self._lock:
-            client.publish(f"{self.root}/state", json.dumps(self._state), qos=1, retain=True)
-            if self._dropped:
-                self.audit.record("events_dropped", count=self._dropped, reason="broker unreachable, outbox full")
-                self._dropped = 0
-            self.connected.set()
-            for item in self._outbox:
-                item.mid, item.acked = self.client.publish(item.topic, item.payload, qos=1).mid, False
+        with self._order:
+            client.publish(f"{self.root}/availability", "online", qos=1, retain=True)
+            if self.settings.discovery:
+                self.publish_discovery()
+            with self._lock:
+                self._prune_locked()
+                state, waiting = json.dumps(self._state), list(self._outbox)
+                dropped, self._dropped = self._dropped, 0
+                self.connected.set()
+            client.publish(f"{self.root}/state", state, qos=1, retain=True)
+            for item in waiting:
+                item.sent = client.publish(item.topic, item.payload, qos=1)
+        if dropped:
+            self.audit.record("events_dropped", count=dropped, reason="broker unreachable, outbox full")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set():
             log.warning("broker connection lost (%s); events wait in the outbox", reason_code)
         self.connected.clear()
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _prune_locked(self) -> None:
+        """Forget events from the front of the outbox that the broker has acknowledged.
+
+        Done lazily (paho marks a message published only after its on_publish callback).
+        """
+        while self._outbox and self._outbox[0].sent is not None and self._outbox[0].sent.is_published():
+            self._outbox.popleft()
+
+    def undelivered(self) -> int:
+        """Messages not yet acknowledged by the broker."""
         with self._lock:
-            for item in self._outbox:
-                if item.mid == mid:
-                    item.acked = True
-            while self._outbox and self._outbox[0].acked:
-                self._outbox.popleft()
+            self._prune_locked()
+            return len(self._outbox)
 
     # -- outbound -------------------------------------------------------------------
 
     def _send(self, topic: str, payload: bytes) -> None:
         """Queue an event; it leaves now if connected, else after reconnect, in order."""
-        with self._lock:
-            if len(self._outbox) >= self.settings.outbox_events:
-                self._outbox.popleft()
-                self._dropped += 1
-            item = _Outgoing(topic, payload)
-            self._outbox.append(item)
-            if self.connected.is_set():
-                item.mid = self.client.publish(topic, payload, qos=1).mid
+        with self._order:
+            with self._lock:
+                self._prune_locked()
+                if len(self._outbox) >= self.settings.outbox_events:
+                    self._outbox.popleft()
+                    self._dropped += 1
+                item = _Outgoing(topic, payload)
+                self._outbox.append(item)
+                connected = self.connected.is_set()
+            if connected:
+                item.sent = self.client.publish(topic, payload, qos=1)
 
     def event(self, event: Event) -> None:
         """Publish a gate event, the retained state it leads to, and the hub-facing extras."""
@@ -198,15 +216,17 @@ class MqttLink:
         self._update_state(event)
 
     def _update_state(self, event: Event) -> None:
-        with self._lock:
-            muted_by = event.by if event.kind == "muted" else self._state["muted_by"]
-            if event.state != "muted":
-                muted_by = None
-            if event.state == self._state["state"] and muted_by == self._state["muted_by"]:
-                return
-            self._state.update(state=event.state, since=event.time, muted_by=muted_by)
-            if self.connected.is_set():
-                self.client.publish(f"{self.root}/state", json.dumps(self._state), qos=1, retain=True)
+        with self._order:
+            with self._lock:
+                muted_by = event.by if event.kind == "muted" else self._state["muted_by"]
+                if event.state != "muted":
+                    muted_by = None
+                if event.state == self._state["state"] and muted_by == self._state["muted_by"]:
+                    return
+                self._state.update(state=event.state, since=event.time, muted_by=muted_by)
+                state, connected = json.dumps(self._state), self.connected.is_set()
+            if connected:
+                self.client.publish(f"{self.root}/state", state, qos=1, retain=True)
 
     def error(self, reason: str) -> None:
         """A refused inbound message: logged and told to the hub, never acted on."""

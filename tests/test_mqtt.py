@@ -1,0 +1,410 @@
+"""MQTT against a real mosquitto: events, retained state, Last Will, discovery, commands, outages, auth, TLS."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+import speech
+from conftest import GUARD, alsa_home
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mqtt_broker import Broker, Subscriber
+
+from guard import audit, config
+from guard.audit import AuditLog
+from guard.daemon import Daemon, RunOptions
+from guard.errors import ConfigError
+from guard.gate import Event, State
+from guard.mqtt import VERBS, CommandError, MqttLink, parse_command
+from guard.wake import WakeDetector, WakeModelSettings
+
+DEVICE = "kitchen"
+ROOT = f"guard/{DEVICE}"
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def two_requests_wav(tmp_path_factory):
+    audio = np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
+                            speech.say("what time is it"), speech.silence(3.0), speech.say("Alexa"),
+                            speech.silence(0.3), speech.say("turn on the radio"), speech.silence(1.5)])
+    return speech.write_wav(tmp_path_factory.mktemp("mqtt") / "two.wav", audio)
+
+
+@pytest.fixture(scope="module")
+def quiet_wav(tmp_path_factory):
+    return speech.write_wav(tmp_path_factory.mktemp("quiet") / "quiet.wav", speech.silence(60))
+
+
+def _config(tmp_path, port: int, **mqtt) -> config.Config:
+    sink = tmp_path / "sink"
+    sink.mkdir(exist_ok=True)
+    base = config.Config()
+    return dataclasses.replace(
+        base, device=config.DeviceConfig(DEVICE), wake=dataclasses.replace(base.wake, models=("alexa",)),
+        gpio=dataclasses.replace(base.gpio, bounce_seconds=0.0, long_press_seconds=0.3),
+        audit=config.AuditConfig(str(tmp_path / "audit.jsonl")),
+        mqtt=config.MqttConfig(host="127.0.0.1", port=port, **mqtt),
+        sinks={"box": config.SinkConfig(path=str(sink))})
+
+
+def _daemon(cfg, source, fast=True, publish=lambda e: None) -> Daemon:
+    detector = WakeDetector([WakeModelSettings("alexa")])
+    return Daemon(cfg, RunOptions(str(source), "mock", fast=fast, publish=publish), detector)
+
+
+def _start(daemon: Daemon) -> threading.Thread:
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _events(sub: Subscriber) -> list[str]:
+    return [t.rsplit("/", 1)[1] for t in sub.topics() if t.startswith(f"{ROOT}/event/")]
+
+
+def test_released_and_discarded_utterances_reach_the_hub_in_order(tmp_path, broker, two_requests_wav):
+    sub = Subscriber(broker.port, [f"{ROOT}/#"])
+    cfg = _config(tmp_path, broker.port)
+    pressed = []
+
+    def press_first(event: Event) -> None:
+        if event.kind == "pending" and not pressed:
+            pressed.append(event.utterance)
+            pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+            pin.drive_low()
+            pin.drive_high()
+
+    daemon = _daemon(cfg, two_requests_wav, publish=press_first)
+    _start(daemon).join(30)
+    expected = ["wake", "pending", "released", "wake", "pending", "discarded"]
+    assert sub.wait_for(lambda: _events(sub) == expected), _events(sub)
+    events = [json.loads(m[1]) for m in sub.messages if m[0].startswith(f"{ROOT}/event/")]
+    assert events[2]["utterance"] == pressed[0] and events[2]["confirmed_by"] == "button"
+    assert events[5]["reason"] == "timeout"
+    assert all("audio" not in e and "samples" not in e for e in events)
+    assert [a["event_type"] for a in sub.json(f"{ROOT}/activity")] == [
+        "wake_detected", "pending", "released", "wake_detected", "pending", "discarded"]
+    assert sub.wait_for(lambda: (f"{ROOT}/availability", b"offline", False) in sub.messages)
+    sub.close()
+    late = Subscriber(broker.port, [f"{ROOT}/state", f"{ROOT}/availability"])
+    assert late.wait_for(lambda: len(late.messages) == 2)
+    retained = {t: (p, r) for t, p, r in late.messages}
+    assert retained[f"{ROOT}/availability"] == (b"offline", True)
+    state, was_retained = retained[f"{ROOT}/state"]
+    assert was_retained and json.loads(state)["state"] == "idle"
+    late.close()
+
+
+def test_last_will_says_offline_when_the_daemon_is_killed(tmp_path, broker, quiet_wav):
+    home = tmp_path / "home"
+    (tmp_path / "guard.toml").write_text(
+        f'[device]\nid = "{DEVICE}"\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nkeepalive_seconds = 2\n'
+        f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n')
+    env = {**alsa_home(home, tmp_path / "none.raw"), "GUARD_CONFIG": str(tmp_path / "guard.toml")}
+    sub = Subscriber(broker.port, [f"{ROOT}/availability", f"{ROOT}/state"])
+    proc = subprocess.Popen([str(GUARD), "run", "--source", str(quiet_wav), "--gpio", "mock"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert sub.wait_for(lambda: (f"{ROOT}/availability", b"online", False) in sub.messages, 20)
+        state = [json.loads(p) for t, p, _ in sub.messages if t == f"{ROOT}/state"][-1]
+        assert state["state"] == "idle" and state["muted_by"] is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(5)
+        assert sub.wait_for(lambda: (f"{ROOT}/availability", b"offline", False) in sub.messages, 10)
+    finally:
+        proc.kill()
+        sub.close()
+
+
+def test_discovery_is_consistent_and_republished_when_home_assistant_returns(tmp_path, broker, quiet_wav):
+    sub = Subscriber(broker.port, ["homeassistant/#"])
+    daemon = _daemon(_config(tmp_path, broker.port), quiet_wav, fast=False)
+    thread = _start(daemon)
+    try:
+        assert sub.wait_for(lambda: len(sub.messages) >= 9)
+        configs = {t: json.loads(p) for t, p, _ in sub.messages if t.endswith("/config")}
+        components = {t.split("/")[1] for t in configs}
+        assert components == {"binary_sensor", "switch", "button", "event", "sensor"}
+        ids = [c["unique_id"] for c in configs.values()]
+        assert len(ids) == len(set(ids)) == len(configs)
+        ours = {f"{ROOT}/state", f"{ROOT}/activity", f"{ROOT}/event/wake"} | {f"{ROOT}/cmd/{v}" for v in
+                                                                               ("remote_mute", "cancel", "wipe")}
+        for c in configs.values():
+            assert c["availability_topic"] == f"{ROOT}/availability"
+            assert c["device"]["identifiers"] == [f"guard_{DEVICE}"]
+            for key in ("state_topic", "command_topic"):
+                if key in c:
+                    assert c[key] in ours
+        assert not any("release" in t for t in configs), "no entity can release audio"
+        count = len(sub.messages)
+        sub.publish("homeassistant/status", "online")
+        assert sub.wait_for(lambda: len(sub.messages) >= count + len(configs))
+    finally:
+        daemon.stop()
+        thread.join(10)
+        sub.close()
+
+
+def _hold_button(daemon: Daemon, cfg, until) -> None:
+    pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+    pin.drive_low()
+    deadline = time.monotonic() + 5
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pin.drive_high()
+
+
+def test_remote_unmute_does_not_lift_a_button_mute(tmp_path, broker, quiet_wav):
+    cfg = _config(tmp_path, broker.port)
+    sub = Subscriber(broker.port, [f"{ROOT}/#"])
+    daemon = _daemon(cfg, quiet_wav, fast=False)
+    thread = _start(daemon)
+    try:
+        assert sub.wait_for(lambda: daemon.mqtt.connected.is_set())
+        _hold_button(daemon, cfg, lambda: daemon.gate.state is State.MUTED)
+        assert daemon.gate.muted_by == "button"
+        sub.publish(f"{ROOT}/cmd/unmute", "")
+        sub.publish(f"{ROOT}/cmd/remote_mute", "OFF")
+        assert sub.wait_for(lambda: _events(sub).count("refused") == 2)
+        assert daemon.gate.state is State.MUTED
+        state = sub.json(f"{ROOT}/state")[-1]
+        assert state["state"] == "muted" and state["muted_by"] == "button"
+        _hold_button(daemon, cfg, lambda: daemon.gate.state is State.IDLE)
+        sub.publish(f"{ROOT}/cmd/mute", "")
+        assert sub.wait_for(lambda: daemon.gate.state is State.MUTED and daemon.gate.muted_by == "remote")
+        sub.publish(f"{ROOT}/cmd/unmute", "")
+        assert sub.wait_for(lambda: daemon.gate.state is State.IDLE)
+    finally:
+        daemon.stop()
+        thread.join(10)
+        sub.close()
+
+
+def test_cancel_wipes_a_pending_utterance(tmp_path, broker, two_requests_wav):
+    cfg = dataclasses.replace(_config(tmp_path, broker.port), gate=config.GateConfig(pending_timeout_seconds=60))
+    sub = Subscriber(broker.port, [f"{ROOT}/#"])
+    daemon = _daemon(cfg, two_requests_wav, fast=False)
+    thread = _start(daemon)
+    try:
+        assert sub.wait_for(lambda: "pending" in _events(sub), 20)
+        assert not daemon.gate.is_wiped()
+        sub.publish(f"{ROOT}/cmd/cancel", "PRESS")
+        assert sub.wait_for(lambda: "discarded" in _events(sub))
+        assert sub.json(f"{ROOT}/event/discarded")[0]["reason"] == "cancelled by remote"
+        assert daemon.gate.state is not State.PENDING
+        assert list((tmp_path / "sink").iterdir()) == []
+    finally:
+        daemon.stop()
+        thread.join(10)
+        sub.close()
+    assert daemon.gate.is_wiped()
+
+
+def _numbered(link: MqttLink, first: int, count: int) -> None:
+    for n in range(first, first + count):
+        link.event(Event("wake", "capturing", "t", utterance=f"u{n:03}", model="alexa", score=0.9))
+
+
+def _received(sub: Subscriber) -> list[str]:
+    return list(dict.fromkeys(e["utterance"] for e in sub.json(f"{ROOT}/event/wake")))
+
+
+def test_no_event_lost_when_the_broker_starts_late_or_restarts(tmp_path):
+    broker = Broker(tmp_path / "broker", persistence=True).start()
+    sub = Subscriber(broker.port, [f"{ROOT}/event/#"], client_id="hub", persistent=True)
+    assert sub.wait_for(lambda: sub.client.is_connected())
+    time.sleep(0.3)
+    broker.stop()
+    link = MqttLink(config.MqttConfig(host="127.0.0.1", port=broker.port, reconnect_max_seconds=1), DEVICE,
+                    lambda verb: None, AuditLog(tmp_path / "audit.jsonl", DEVICE))
+    link.start()
+    try:
+        _numbered(link, 1, 20)  # the broker is down: these wait in the outbox
+        broker.start()
+        assert sub.wait_for(lambda: len(_received(sub)) == 20, 20), _received(sub)
+        assert _received(sub) == [f"u{n:03}" for n in range(1, 21)]
+        broker.stop()  # a restart in the middle of a run
+        _numbered(link, 21, 10)
+        broker.start()
+        assert sub.wait_for(lambda: len(_received(sub)) == 30, 20), _received(sub)
+        assert _received(sub) == [f"u{n:03}" for n in range(1, 31)]
+    finally:
+        link.stop(0.5)
+        sub.close()
+        broker.stop()
+
+
+def test_outbox_overflow_is_counted_in_the_audit_log(tmp_path):
+    broker = Broker(tmp_path / "broker")
+    log_path = tmp_path / "audit.jsonl"
+    link = MqttLink(config.MqttConfig(host="127.0.0.1", port=broker.port, outbox_events=10,
+                                      reconnect_max_seconds=1), DEVICE, lambda verb: None, AuditLog(log_path, DEVICE))
+    link.start()
+    try:
+        _numbered(link, 1, 15)
+        broker.start()
+        sub = Subscriber(broker.port, [f"{ROOT}/event/#"])
+        assert link.connected.wait(10)
+        def drops() -> list[dict]:
+            return [r for r in audit.read(log_path) if r["event"] == "events_dropped"] if log_path.exists() else []
+
+        assert sub.wait_for(drops)
+        dropped, = drops()
+        assert dropped["count"] == 15 * 2 - 10  # each wake is two messages: event/wake and activity
+        assert sub.wait_for(lambda: link.undelivered() == 0), "the ten kept messages were delivered"
+        sub.close()
+    finally:
+        link.stop(0.5)
+        broker.stop()
+
+
+@given(topic=st.one_of(st.text(max_size=60).map(lambda t: f"{ROOT}/cmd/{t}"), st.text(max_size=80),
+                       st.sampled_from([f"{ROOT}/cmd/mute", f"{ROOT}/cmd/remote_mute", "hermes/hotword/toggleOn",
+                                        "hermes/hotword/toggleOff", f"{ROOT}/cmd/release", f"{ROOT}/cmd/sink"])),
+       payload=st.binary(max_size=2048))
+@settings(max_examples=400, deadline=None)
+def test_any_inbound_message_is_a_documented_verb_or_refused(topic, payload):
+    try:
+        verb = parse_command(topic, payload, DEVICE)
+    except CommandError:
+        return
+    assert verb is None or verb in VERBS
+
+
+# what mosquitto accepts in a topic: no wildcards, no control characters, valid UTF-8 (else it drops the client)
+TOPIC_TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="#+\x00"), max_size=30)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(st.tuples(TOPIC_TEXT, st.binary(max_size=300)), min_size=1, max_size=30))
+def test_arbitrary_commands_never_release_and_never_stall(hypo_rig, messages):
+    """Whatever arrives on cmd/#, the gate only ever mutes, unmutes, cancels or wipes."""
+    sub, daemon = hypo_rig
+    start = len(sub.messages)
+    for suffix, payload in messages:
+        sub.client.publish(f"{ROOT}/cmd/{suffix}", payload, qos=1)
+    sub.publish(f"{ROOT}/cmd/wipe", "")  # a marker: once it is handled, everything before it was
+    assert sub.wait_for(lambda: any(t == f"{ROOT}/event/wiped" for t in sub.topics()[start:]), 10)
+    assert daemon.thread.is_alive()
+    kinds = set(_events(sub))
+    assert "released" not in kinds
+    assert kinds <= {"muted", "unmuted", "refused", "discarded", "wiped", "error", "wake", "pending"}
+    assert list(daemon.sink_dir.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def hypo_rig(tmp_path_factory, quiet_wav):
+    tmp = tmp_path_factory.mktemp("hypo")
+    broker = Broker(tmp / "broker").start()
+    cfg = _config(tmp, broker.port)
+    sub = Subscriber(broker.port, [f"{ROOT}/#"])
+    daemon = _daemon(cfg, quiet_wav, fast=False)
+    daemon.sink_dir = tmp / "sink"
+    daemon.thread = _start(daemon)
+    assert sub.wait_for(lambda: daemon.mqtt.connected.is_set())
+    yield sub, daemon
+    daemon.stop()
+    daemon.thread.join(10)
+    sub.close()
+    broker.stop()
+
+
+def test_password_auth_and_a_private_password_file(tmp_path, quiet_wav):
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "guard-kitchen", "s3cret"], check=True,
+                   capture_output=True)
+    os.chmod(passwords, 0o644)
+    broker = Broker(tmp_path / "broker", extra=f"listener PORT 127.0.0.1\nallow_anonymous false\n"
+                                               f"password_file {passwords}\n").start()
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("s3cret\n")
+    os.chmod(secret, 0o644)
+    try:
+        with pytest.raises(ConfigError, match="readable by group or others; run: chmod 600"):
+            _daemon(_config(tmp_path, broker.port, username="guard-kitchen", password_file=str(secret)), quiet_wav)
+        os.chmod(secret, 0o600)
+        daemon = _daemon(_config(tmp_path, broker.port, username="guard-kitchen", password_file=str(secret)),
+                         quiet_wav, fast=False)
+        thread = _start(daemon)
+        assert daemon.mqtt.connected.wait(10)
+        daemon.stop()
+        thread.join(10)
+    finally:
+        broker.stop()
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def test_tls_with_a_test_ca(tmp_path, quiet_wav):
+    ca_key, ca, key, csr, cert, ext = (tmp_path / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem",
+                                                                "ext.cnf"))
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+             "-subj", "/CN=guard test CA")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-out", str(cert), "-days", "2", "-extfile", str(ext))
+    broker = Broker(tmp_path / "broker", extra=f"listener PORT 127.0.0.1\nallow_anonymous true\ncafile {ca}\n"
+                                               f"certfile {cert}\nkeyfile {key}\n").start()
+    try:
+        daemon = _daemon(_config(tmp_path, broker.port, tls=True, ca_file=str(ca)), quiet_wav, fast=False)
+        thread = _start(daemon)
+        assert daemon.mqtt.connected.wait(10)
+        daemon.stop()
+        thread.join(10)
+        plain = _daemon(_config(tmp_path, broker.port), quiet_wav, fast=False)
+        thread = _start(plain)
+        assert not plain.mqtt.connected.wait(2), "a plain connection to a TLS listener must not succeed"
+        plain.stop()
+        thread.join(10)
+    finally:
+        broker.stop()
+
+
+def test_mqtt_sink_publishes_the_released_wav(tmp_path, broker, two_requests_wav):
+    cfg = dataclasses.replace(_config(tmp_path, broker.port), sinks={"hub": config.SinkConfig(type="mqtt")})
+    sub = Subscriber(broker.port, [f"{ROOT}/audio/#"])
+    pressed = []
+
+    def press_first(event: Event) -> None:
+        if event.kind == "pending" and not pressed:
+            pressed.append(event.utterance)
+            pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+            pin.drive_low()
+            pin.drive_high()
+
+    daemon = _daemon(cfg, two_requests_wav, fast=False, publish=press_first)
+    _start(daemon).join(40)
+    assert sub.wait_for(lambda: len(sub.messages) == 1)
+    topic, payload, retained = sub.messages[0]
+    assert topic == f"{ROOT}/audio/{pressed[0]}" and payload[:4] == b"RIFF" and not retained
+    sub.close()
+
+
+def test_status_reads_the_state_from_the_broker(tmp_path, broker, two_requests_wav):
+    _start(_daemon(_config(tmp_path, broker.port), two_requests_wav)).join(30)
+    toml = tmp_path / "guard.toml"
+    toml.write_text(f'[device]\nid = "{DEVICE}"\n[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\n')
+    result = subprocess.run([str(GUARD), "--config", str(toml), "status"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{DEVICE}: offline, idle since ")
+    broker.stop()
+    result = subprocess.run([str(GUARD), "--config", str(toml), "status"], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"guard: error: no MQTT broker reachable at 127.0.0.1:{broker.port} " \
+                                    "(Connection refused)"
