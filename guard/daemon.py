@@ -129,25 +129,31 @@ class Daemon:
                     break
 
     def _read(self) -> None:
+        paced = isinstance(self.source, WavSource) and not self.options.fast
         next_due = time.monotonic()
         try:
             for frame in self._frames():
+                if paced:  # like a microphone, a frame is there once its 80 ms have been heard
+                    next_due += FRAME_SECONDS
+                    time.sleep(max(0.0, next_due - time.monotonic()))
                 while not self.listening.is_set() and not self.stopping.is_set():
                     self.listening.wait(TICK_SECONDS)  # a file pauses while muted
+                    next_due = time.monotonic()
                 if self.stopping.is_set():
                     break
                 while self.frames.qsize() >= QUEUE_FRAMES and not self.stopping.is_set():
                     time.sleep(TICK_SECONDS / 10)  # back-pressure: the loop is behind
-                self.frames.put((frame.copy(), None))
-                if isinstance(self.source, WavSource) and not self.options.fast:
-                    next_due += FRAME_SECONDS
-                    time.sleep(max(0.0, next_due - time.monotonic()))
+                self.post_frame(frame)
         except Exception as e:  # a dying audio thread must not take the guard's state with it
             log.error("audio source failed: %s", e)
             self.words.put(("source-failed", str(e)))
         finally:
             self.source.wipe()
             self._eof.set()
+
+    def post_frame(self, frame: np.ndarray) -> None:
+        """Hand a copy of one frame to the loop (the copy is zeroed once the gate has seen it)."""
+        self.frames.put((frame.copy(), None))
 
     # -- the loop -----------------------------------------------------------------
 
