@@ -22,11 +22,13 @@ from guard.config import Config
 from guard.gate import Event, Gate, State
 from guard.hardware import ConsentButton, StatusLed, pin_factory
 from guard.mqtt import MqttLink
+from guard.systemd import Notifier
 from guard.wake import WakeDetector
 
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.05
+AUDIO_STALL_SECONDS = 3.0  # no frame for this long while listening: the audio side is hung
 QUEUE_FRAMES = 50  # 4 s of audio: a slow loop holds the reader back instead of dropping frames
 
 
@@ -73,6 +75,8 @@ class Daemon:
                          set_listening=self._set_listening, clock=self.clock)
         self.source = self._open_source()
         self._eof = threading.Event()
+        self.notifier = Notifier()
+        self._last_frame = time.monotonic()
 
     def _gpio(self) -> tuple[ConsentButton | None, StatusLed | None]:
         if self.options.gpio == "none":
@@ -98,6 +102,7 @@ class Daemon:
 
     def _set_listening(self, on: bool) -> None:
         if on:
+            self._last_frame = time.monotonic()  # the reopened mic gets its own grace period
             self.listening.set()
             return
         self.listening.clear()
@@ -169,6 +174,8 @@ class Daemon:
             self.mqtt.start()
         reader = threading.Thread(target=self._read, name="audio", daemon=True)
         reader.start()
+        self._last_frame = time.monotonic()
+        self.notifier.ready(f"guarding as {self.config.device.resolved_id()}")
         log.info("guarding as %s: %d sink(s), audit log %s", self.config.device.resolved_id(), len(self.sinks),
                  self.audit.path)
         try:
@@ -177,6 +184,7 @@ class Daemon:
                 if self._eof.is_set() and self.frames.empty() and self.words.empty() and self._file_done():
                     break
         finally:
+            self.notifier.stopping()
             self.stopping.set()
             self.listening.set()
             self._drain()
@@ -197,6 +205,7 @@ class Daemon:
         try:
             self._handle(item, payload)
             self.gate.tick()
+            self.notifier.watchdog(self._audio_alive())
         except Exception as e:  # the loop's edge: log, wipe, show fault, keep serving
             log.exception("fault in the guard loop")
             self.gate.fault(f"{type(e).__name__}: {e}")
@@ -204,8 +213,14 @@ class Daemon:
             if isinstance(item, np.ndarray):
                 item.fill(0)
 
+    def _audio_alive(self) -> bool:
+        """Frames keep coming, or none are expected (muted, or the file has ended)."""
+        expected = self.listening.is_set() and not self._eof.is_set()
+        return not expected or time.monotonic() - self._last_frame < AUDIO_STALL_SECONDS
+
     def _handle(self, item, payload) -> None:
         if isinstance(item, np.ndarray):
+            self._last_frame = time.monotonic()
             self.gate.feed(item)
             if self.options.fast:
                 self.clock.seconds += FRAME_SECONDS
