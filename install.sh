@@ -8,13 +8,20 @@ cd "$(dirname "$0")"
 usage() {
     cat <<'USAGE'
 usage: ./install.sh [--dev]
+       sudo ./install.sh --system [--with-broker] [--dry-run]
+       sudo ./install.sh --uninstall [--purge] [--dry-run]
 
   (no option)  install guard into ./.venv (needs portaudio19-dev; installed via apt when root or sudo)
   --dev        also install the test tools: mosquitto, espeak-ng, sox (apt) and pytest, ruff, hypothesis
+  --system     install the hardened systemd service into /opt/guard (see script/install-system --help)
 
 Then: .venv/bin/guard --help
 USAGE
 }
+
+case "${1:-}" in
+    --system|--uninstall) exec script/install-system "$@" ;;
+esac
 
 dev=0
 for arg in "$@"; do
