@@ -1,0 +1,218 @@
+"""The guard as a service: systemd unit, notify protocol, install.sh --system, firmware_config."""
+
+import re
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import speech
+from conftest import ROOT
+from mqtt_broker import Broker, Subscriber
+
+from guard import config
+from guard.daemon import Daemon, RunOptions
+from guard.wake import WakeDetector, WakeModelSettings
+
+INSTALL = ROOT / "install.sh"
+
+
+def _install(destdir: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(INSTALL), *args], env={"DESTDIR": str(destdir), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("destdir")
+    result = _install(root, "--system", "--with-broker")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root
+
+
+def test_unit_verifies_and_scores_at_most_2(staged):
+    shutil.copytree("/usr/lib/systemd/system", staged / "usr/lib/systemd/system", symlinks=True,
+                    dirs_exist_ok=True)
+    verify = subprocess.run(["systemd-analyze", "verify", f"--root={staged}", "guard.service"],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stderr
+    security = subprocess.run(["systemd-analyze", "security", "--offline=true", str(ROOT / "systemd/guard.service")],
+                              capture_output=True, text=True)
+    score = float(re.search(r"Overall exposure level for guard.service: ([\d.]+)", security.stdout).group(1))
+    print(f"systemd-analyze security --offline=true: {score}")
+    assert score <= 2.0
+
+
+def _mode(path: Path) -> str:
+    return oct(path.stat().st_mode & 0o777)[2:]
+
+
+def test_system_install_lands_with_the_right_modes_and_is_idempotent(staged):
+    assert _mode(staged / "etc/guard/guard.toml") == "640"
+    assert _mode(staged / "etc/guard") == "750"
+    assert _mode(staged / "var/lib/guard") == "700"
+    assert _mode(staged / "etc/guard/mqtt-password") == "600"
+    assert (staged / "etc/systemd/system/guard.service").read_bytes() == (ROOT / "systemd/guard.service").read_bytes()
+    cfg = staged / "etc/guard/guard.toml"
+    assert 'host = "localhost"' in cfg.read_text() and 'password_file = "/etc/guard/mqtt-password"' in cfg.read_text()
+    guard = staged / "opt/guard/.venv/bin/guard"
+    check = subprocess.run([str(guard), "config", "check", str(cfg)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    cfg.write_text(cfg.read_text() + "\n# my own line\n")
+    again = _install(staged, "--system", "--with-broker")
+    assert again.returncode == 0
+    assert "already installed; nothing changed" in again.stdout and "keep" in again.stdout
+    assert cfg.read_text().endswith("# my own line\n"), "an existing config is never overwritten"
+
+
+def test_dry_run_touches_nothing(tmp_path):
+    result = _install(tmp_path, "--system", "--with-broker", "--dry-run")
+    assert result.returncode == 0
+    assert "would install" in result.stdout and "would create the venv" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uninstall_keeps_config_and_audit_log_and_purge_removes_them(tmp_path):
+    assert _install(tmp_path, "--system").returncode == 0
+    (tmp_path / "var/lib/guard/audit.jsonl").write_text("{}\n")
+    result = _install(tmp_path, "--uninstall")
+    assert result.returncode == 0
+    assert not (tmp_path / "opt/guard").exists() and not (tmp_path / "etc/systemd/system/guard.service").exists()
+    assert (tmp_path / "etc/guard/guard.toml").exists() and (tmp_path / "var/lib/guard/audit.jsonl").exists()
+    assert "install.sh: nothing to remove" in _install(tmp_path, "--uninstall").stdout
+    assert _install(tmp_path, "--uninstall", "--purge").returncode == 0
+    assert not (tmp_path / "etc/guard").exists() and not (tmp_path / "var/lib/guard").exists()
+
+
+@pytest.mark.parametrize("name", ["respeaker-usb-v2", "respeaker-2mic-hat", "respeaker-4mic-hat", "usb-mic"])
+def test_each_alsa_config_parses_and_shows_its_pcm(tmp_path, name):
+    text = (ROOT / "firmware_config/alsa" / f"{name}.conf").read_text()
+    pcm = re.findall(r"^pcm\.(\w+) \{", text, re.M)[-1]
+    (tmp_path / ".asoundrc").write_text(text)
+    listing = subprocess.run(["arecord", "-L"], env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                             capture_output=True, text=True)
+    lines = listing.stdout.splitlines()
+    assert pcm in lines, listing.stdout + listing.stderr
+    assert lines[lines.index(pcm) + 1].strip().startswith("ReSpeaker") or "USB" in lines[lines.index(pcm) + 1]
+    (tmp_path / ".asoundrc").write_text(text.replace("}", "", 1))  # the same check catches a broken file
+    broken = subprocess.run(["arecord", "-L"], env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                            capture_output=True, text=True)
+    assert pcm not in broken.stdout.splitlines()
+
+
+def test_broker_acl_confines_each_guard_to_its_own_tree(tmp_path):
+    passwd, acl = tmp_path / "passwd", tmp_path / "guard.acl"
+    shutil.copy(ROOT / "firmware_config/mosquitto/guard.acl", acl)
+    for user in ("kitchen", "homeassistant"):
+        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if user == "kitchen" else []), str(passwd), user, "pw"],
+                       check=True, capture_output=True)
+    conf = (ROOT / "firmware_config/mosquitto/guard.conf").read_text()
+    conf = conf.replace("listener 1883 127.0.0.1", "listener PORT 127.0.0.1")
+    conf = conf.replace("/etc/mosquitto/guard.passwd", str(passwd)).replace("/etc/mosquitto/guard.acl", str(acl))
+    broker = Broker(tmp_path / "broker", extra=conf).start()
+    try:
+        hub = Subscriber(broker.port, ["guard/#"], username_pw_set=("homeassistant", "pw"))
+        kitchen = Subscriber(broker.port, ["guard/#"], username_pw_set=("kitchen", "pw"))
+        assert hub.wait_for(lambda: hub.client.is_connected() and kitchen.client.is_connected())
+        time.sleep(0.3)
+        kitchen.publish("guard/hall/event/wake", "spoofed")
+        kitchen.publish("guard/kitchen/event/wake", "mine")
+        hub.publish("guard/kitchen/cmd/mute", "")
+        assert hub.wait_for(lambda: "guard/kitchen/cmd/mute" in hub.topics())
+        assert kitchen.wait_for(lambda: "guard/kitchen/cmd/mute" in kitchen.topics())
+        assert "guard/kitchen/event/wake" in hub.topics()
+        assert "guard/hall/event/wake" not in hub.topics(), "a guard cannot publish as another"
+        hub.close()
+        kitchen.close()
+    finally:
+        broker.stop()
+
+
+class NotifyListener:
+    """A test NOTIFY_SOCKET: collects what the daemon tells systemd, with arrival times."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except TimeoutError:
+                continue
+
+    def pings(self, since: float = 0.0) -> int:
+        return sum(1 for t, m in self.messages if t >= since and "WATCHDOG=1" in m)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path, monkeypatch):
+    listener = NotifyListener(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")
+    yield listener
+    listener.close()
+
+
+def _daemon(tmp_path, wav) -> Daemon:
+    cfg = config.Config(audit=config.AuditConfig(str(tmp_path / "audit.jsonl")))
+    return Daemon(cfg, RunOptions(str(wav), "none"), WakeDetector([WakeModelSettings("alexa")]))
+
+
+def test_ready_after_start_then_watchdog_pings(tmp_path, notify):
+    wav = speech.write_wav(tmp_path / "quiet.wav", speech.silence(30))
+    daemon = _daemon(tmp_path, wav)
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        time.sleep(2.0)
+        first = notify.messages[0][1].splitlines()
+        assert first[0] == "READY=1" and first[1].startswith("STATUS=guarding as ")
+        assert notify.pings() >= 5, notify.messages
+    finally:
+        daemon.stop()
+        thread.join(10)
+    assert notify.messages[-1][1] == "STOPPING=1"
+
+
+def test_watchdog_pings_stop_when_the_audio_loop_hangs(tmp_path, notify):
+    wav = speech.write_wav(tmp_path / "quiet.wav", speech.silence(30))
+    daemon = _daemon(tmp_path, wav)
+    hang = threading.Event()
+    frames = daemon.source.frames
+
+    def hanging_frames():
+        for n, frame in enumerate(frames()):
+            if n == 12:
+                hang.wait()  # the audio thread blocks, as a wedged USB device would
+            yield frame
+
+    daemon.source.frames = hanging_frames
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        time.sleep(0.8)
+        assert notify.pings() >= 2, "pings while audio flows"
+        time.sleep(3.5)  # the stall is now longer than AUDIO_STALL_SECONDS
+        since = time.monotonic()
+        time.sleep(1.5)
+        assert notify.pings(since) == 0, "no pings while the audio thread hangs"
+        assert thread.is_alive()
+    finally:
+        hang.set()
+        daemon.stop()
+        thread.join(10)
