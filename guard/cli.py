@@ -158,13 +158,10 @@ def _serve(daemon: Daemon) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg, path = config.load(args.config)
     log.info("config: %s", path or "built-in defaults")
-    detector = _detector(cfg, None, None)
-    log.info("models: %s", ", ".join(w.name for w in detector.words))
-    daemon = Daemon(cfg, RunOptions(args.source, args.gpio, args.fast, publish=_print_event), detector)
-    source = daemon.source
-    log.info("audio: %s", f"{source.name} at {source.rate_hz} Hz" if isinstance(source, MicSource) else source.path)
-    log.info("gpio: %s", args.gpio)
-    log.info("mqtt: %s", f"{cfg.mqtt.host}:{cfg.mqtt.port}" if cfg.mqtt.host else "off ([mqtt] host is empty)")
+    daemon = Daemon(cfg, RunOptions(args.source, args.gpio, args.fast, publish=_print_event),
+                    _detector(cfg, None, None))
+    for part, status in daemon.health.items():
+        log.info("%s: %s", part, status)
     _report_sinks(daemon)
     _serve(daemon)
     return ExitStatus.OK
@@ -185,6 +182,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         muted = f" by {state['muted_by']}" if state.get("muted_by") else ""
         print(f"{device_id}: {got.get('availability', 'unknown')}, {state['state']}{muted} since {state['since']}")
+        for part, status in state.get("health", {}).items():
+            print(f"  {part}: {status}")
     return ExitStatus.OK
 
 

@@ -74,6 +74,9 @@ class Daemon:
                          publish=self._publish, show=self.led.show if self.led else lambda s: None,
                          set_listening=self._set_listening, clock=self.clock)
         self.source = self._open_source()
+        self.health = self._health()
+        if self.mqtt is not None:
+            self.mqtt.health = self.health
         self._eof = threading.Event()
         self.notifier = Notifier()
         self._last_frame = time.monotonic()
@@ -96,6 +99,21 @@ class Daemon:
         self.options.publish(event)
         if self.mqtt is not None:
             self.mqtt.event(event)
+
+    def _health(self) -> dict[str, str]:
+        """One line per part, logged at start and kept in the retained MQTT state for `guard status`."""
+        source, words = self.source, self.gate.detector.words
+        locked = self.gate.ring.locked and self.gate.capture.locked
+        return {
+            "audio": f"{source.name} at {source.rate_hz} Hz" if isinstance(source, MicSource) else str(source.path),
+            "models": ", ".join(f"{w.name} (threshold {w.settings.threshold:g})" for w in words),
+            "buffers": "locked in RAM" if locked else "not locked in RAM (raise LimitMEMLOCK)",
+            "gpio": {"none": "none: nothing can be released by button", "mock": "simulated pins"}.get(
+                self.options.gpio, f"button GPIO{self.config.gpio.button_pin}, "
+                                   f"{self.config.gpio.led_type} LED GPIO{list(self.config.gpio.led_pins)}"),
+            "mqtt": f"{self.config.mqtt.host}:{self.config.mqtt.port}" if self.mqtt else "off",
+            "sinks": ", ".join(f"{s.name} ({type(s).__name__})" for s in self.sinks) or "none",
+        }
 
     def _post_word(self, word: str) -> None:
         self.words.put((word, self.clock()))

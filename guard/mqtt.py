@@ -101,6 +101,7 @@ class MqttLink:
         self.root = f"guard/{device_id}"
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
         self._state = {"state": "idle", "since": self.started, "muted_by": None, "started": self.started}
+        self.health: dict[str, str] = {}
         self._outbox: deque[_Outgoing] = deque()
         self._dropped = 0
         self._lock = threading.Lock()  # the outbox and state; never held while calling paho
@@ -159,7 +160,7 @@ class MqttLink:
                 self.publish_discovery()
             with self._lock:
                 self._prune_locked()
-                state, waiting = json.dumps(self._state), list(self._outbox)
+                state, waiting = json.dumps({**self._state, "health": self.health}), list(self._outbox)
                 dropped, self._dropped = self._dropped, 0
                 self.connected.set()
             client.publish(f"{self.root}/state", state, qos=1, retain=True)
@@ -224,7 +225,7 @@ class MqttLink:
                 if event.state == self._state["state"] and muted_by == self._state["muted_by"]:
                     return
                 self._state.update(state=event.state, since=event.time, muted_by=muted_by)
-                state, connected = json.dumps(self._state), self.connected.is_set()
+                state, connected = json.dumps({**self._state, "health": self.health}), self.connected.is_set()
             if connected:
                 self.client.publish(f"{self.root}/state", state, qos=1, retain=True)
 
