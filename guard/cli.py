@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import __version__, audit, config, models, mqtt
+from guard import __version__, audit, config, confirm, models, mqtt
 from guard.audio import FRAME_SAMPLES, RATE_HZ, MicSource, WavSource, list_devices
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ExitStatus, GuardError, UsageError
 from guard.gate import Event
-from guard.wake import Detection, WakeDetector
+from guard.wake import Detection, FeatureExtractor, WakeDetector
 
 log = logging.getLogger("guard")
 
@@ -230,6 +230,71 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return ExitStatus.OK if len(files) == 1 and verdict.intact else ExitStatus.FAILURE
 
 
+def _read_take(name: str) -> np.ndarray:
+    frames = [f.copy() for f in WavSource(Path(name)).frames()]
+    samples = np.concatenate(frames) if frames else np.zeros(0, np.int16)
+    problem = confirm.take_problem(samples)
+    if problem:
+        raise confirm.EnrollError(f"{name}: {problem}")
+    return samples
+
+
+def _record_takes(cfg: config.Config, count: int, seconds: float) -> list[np.ndarray]:
+    """Ask for each take on the terminal and record it from the microphone, retrying bad ones."""
+    mic = _mic(cfg)
+    takes: list[np.ndarray] = []
+    try:
+        while len(takes) < count:
+            print(f"take {len(takes) + 1}/{count}: say your confirmation phrase now ({seconds:g} s)",
+                  file=sys.stderr, flush=True)
+            wanted = math.ceil(seconds * RATE_HZ / FRAME_SAMPLES)
+            frames = [f.copy() for _, f in zip(range(wanted), mic.frames(), strict=False)]
+            samples = np.concatenate(frames)
+            problem = confirm.take_problem(samples)
+            if problem:
+                print(f"  that take is not usable: {problem}; again", file=sys.stderr, flush=True)
+                samples.fill(0)
+                continue
+            print("  ok", file=sys.stderr, flush=True)
+            takes.append(samples)
+    finally:
+        mic.close()
+    return takes
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    cfg, _ = config.load(args.config)
+    path = cfg.confirm.resolved_path()
+    if args.list:
+        enrolment = confirm.Enrolment.load(path)
+        print(f"{path}: {len(enrolment.templates)} takes enrolled {enrolment.created}; threshold "
+              f"{enrolment.threshold:.3f} (takes within {enrolment.positive_max:.3f}, ordinary speech no closer "
+              f"than {enrolment.negative_min:.3f})")
+        return ExitStatus.OK
+    if args.remove:
+        if not path.exists():
+            raise UsageError(f"{path}: nothing enrolled")
+        path.unlink()
+        print(f"{path}: removed; spoken confirmation is off", file=sys.stderr)
+        return ExitStatus.OK
+    if args.what != "confirm":
+        raise UsageError("say what to enrol: guard enroll confirm [--from A.wav B.wav C.wav]")
+    if args.from_files and len(args.from_files) < confirm.MIN_TAKES:
+        raise UsageError(f"--from needs at least {confirm.MIN_TAKES} takes, got {len(args.from_files)}")
+    samples = [_read_take(f) for f in args.from_files] if args.from_files else \
+        _record_takes(cfg, args.takes, args.seconds)
+    features = FeatureExtractor(16)
+    takes = [confirm.embed(s, features)[confirm.voiced_frames(s)] for s in samples]
+    for s in samples:
+        s.fill(0)
+    enrolment = confirm.calibrate(takes, confirm.load_negatives())
+    enrolment.save(path)
+    print(f"{path}: enrolled {len(takes)} takes; threshold {enrolment.threshold:.3f} (takes within "
+          f"{enrolment.positive_max:.3f} of each other, ordinary speech no closer than {enrolment.negative_min:.3f}). "
+          'Add "voice" to a sink\'s confirm list to use it.')
+    return ExitStatus.OK
+
+
 def _describe_record(record: dict) -> str:
     if "damaged" in record:
         return f"{record['seq']:>5}  (damaged) {record['damaged']}"
@@ -352,6 +417,21 @@ def build_parser() -> argparse.ArgumentParser:
                                         "simulated press into a temporary sink, the second is wiped when "
                                         "its window expires. Prints the events and the audit log.")
     demo.set_defaults(func=cmd_demo)
+
+    enroll = verbs.add_parser("enroll", help="enrol your spoken confirmation phrase",
+                              description="Record your own confirmation phrase (at least 3 takes; each is "
+                                          "checked for speech and clipping), or take WAV files, and store its "
+                                          "templates (embeddings, never audio) in the state directory. A "
+                                          'sink then accepts it with confirm = ["button", "voice"].')
+    enroll.add_argument("what", nargs="?", choices=["confirm"], help="what to enrol: confirm")
+    enroll.add_argument("--from", dest="from_files", nargs="+", metavar="WAV", help="takes from WAV files")
+    enroll.add_argument("--takes", type=int, default=confirm.MIN_TAKES, metavar="N",
+                        help=f"takes to record from the mic (default {confirm.MIN_TAKES})")
+    enroll.add_argument("--seconds", type=_positive, default=3.5, metavar="S",
+                        help="recording time per take (default 3.5)")
+    enroll.add_argument("--list", action="store_true", help="show what is enrolled")
+    enroll.add_argument("--remove", action="store_true", help="delete the enrolled phrase (voice consent off)")
+    enroll.set_defaults(func=cmd_enroll)
 
     status = verbs.add_parser("status", help="the guard's state as its MQTT broker holds it",
                               description="Read the retained availability and state of this guard "

@@ -46,6 +46,12 @@ def _parse_pins(value: Any) -> tuple[int, ...]:
     raise ValueError("must be a list of 1-3 BCM pin numbers 0-27")
 
 
+def _parse_confirm(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list) and value and all(v in ("button", "voice") for v in value):
+        return tuple(dict.fromkeys(value))
+    raise ValueError('must be ["button"], ["voice"] or ["button", "voice"]')
+
+
 def _parse_device_id(value: Any) -> str:
     if isinstance(value, str) and (value == "" or re.fullmatch(DEVICE_ID_PATTERN, value)):
         return value
@@ -79,13 +85,27 @@ class AuditConfig:
         "/var/lib/guard/audit.jsonl as root, else ~/.local/state/guard/audit.jsonl"))
 
     def resolved_path(self) -> Path:
-        if self.path:
-            return Path(self.path).expanduser()
-        if os.environ.get("STATE_DIRECTORY"):
-            return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "audit.jsonl"
-        if os.geteuid() == 0:
-            return Path("/var/lib/guard/audit.jsonl")
-        return Path.home() / ".local" / "state" / "guard" / "audit.jsonl"
+        return Path(self.path).expanduser() if self.path else state_dir() / "audit.jsonl"
+
+
+def state_dir() -> Path:
+    """$STATE_DIRECTORY under systemd, /var/lib/guard as root, else ~/.local/state/guard."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/guard")
+    return Path.home() / ".local" / "state" / "guard"
+
+
+@dataclass(frozen=True)
+class ConfirmConfig:
+    """[confirm]: where the enrolled spoken-confirmation phrase lives."""
+
+    templates_path: str = field(default="", metadata=_doc(
+        "enrolled phrase templates (.npz, embeddings only); empty: confirm.npz in the state directory"))
+
+    def resolved_path(self) -> Path:
+        return Path(self.templates_path).expanduser() if self.templates_path else state_dir() / "confirm.npz"
 
 
 @dataclass(frozen=True)
@@ -194,6 +214,9 @@ class SinkConfig:
         'command sink: argv, run without a shell, e.g. ["/usr/local/bin/upload", "--quiet"]'))
     timeout_seconds: float = field(default=30.0, metadata=_doc(
         "command sink: killed after this long; mqtt sink: wait this long for the broker's ack", 1, 600))
+    confirm: tuple[str, ...] = field(default=("button",), metadata=_doc(
+        'which consent releases to this sink: ["button"] or ["button", "voice"] (voice needs guard enroll)',
+        parse=_parse_confirm))
 
 
 @dataclass(frozen=True)
@@ -207,6 +230,7 @@ class Config:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     sinks: dict[str, SinkConfig] = field(default_factory=dict)
 
 

@@ -19,6 +19,7 @@ from guard import sinks
 from guard.audio import FRAME_SECONDS, MicSource, WavSource
 from guard.audit import AuditLog
 from guard.config import Config
+from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
 from guard.gate import Event, Gate, State
 from guard.hardware import ConsentButton, StatusLed, pin_factory
 from guard.mqtt import MqttLink
@@ -70,9 +71,11 @@ class Daemon:
             if config.mqtt.host else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None)
         self.button, self.led = self._gpio()
+        accepts = {name: sink.confirm for name, sink in config.sinks.items()}
         self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
-                         publish=self._publish, show=self.led.show if self.led else lambda s: None,
-                         set_listening=self._set_listening, clock=self.clock)
+                         accepts=accepts, confirmation=self._spoken_confirmation(accepts), publish=self._publish,
+                         show=self.led.show if self.led else lambda s: None, set_listening=self._set_listening,
+                         clock=self.clock)
         self.source = self._open_source()
         self.health = self._health()
         if self.mqtt is not None:
@@ -100,6 +103,16 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.event(event)
 
+    def _spoken_confirmation(self, accepts: dict[str, tuple[str, ...]]) -> SpokenConfirmation | None:
+        """The enrolled phrase if some sink accepts voice; fails closed (button only) on any problem."""
+        if not any("voice" in a for a in accepts.values()):
+            return None
+        try:
+            return SpokenConfirmation(Enrolment.load(self.config.confirm.resolved_path()))
+        except EnrollError as e:
+            log.warning("spoken confirmation off: %s; the button still works", e)
+            return None
+
     def _health(self) -> dict[str, str]:
         """One line per part, logged at start and kept in the retained MQTT state for `guard status`."""
         source, words = self.source, self.gate.detector.words
@@ -112,7 +125,9 @@ class Daemon:
                 self.options.gpio, f"button GPIO{self.config.gpio.button_pin}, "
                                    f"{self.config.gpio.led_type} LED GPIO{list(self.config.gpio.led_pins)}"),
             "mqtt": f"{self.config.mqtt.host}:{self.config.mqtt.port}" if self.mqtt else "off",
-            "sinks": ", ".join(f"{s.name} ({type(s).__name__})" for s in self.sinks) or "none",
+            "sinks": ", ".join(f"{s.name} ({type(s).__name__}, by {' or '.join(self.gate.accepted_by(s))})"
+                               for s in self.sinks) or "none",
+            "spoken confirmation": "listening while pending" if self.gate.confirmation else "off",
         }
 
     def _post_word(self, word: str) -> None:

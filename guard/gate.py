@@ -21,6 +21,7 @@ import numpy as np
 from guard.audio import FRAME_SECONDS, RATE_HZ
 from guard.audit import AuditLog
 from guard.config import GateConfig
+from guard.confirm import SpokenConfirmation
 from guard.ringbuffer import CaptureBuffer, RingBuffer
 from guard.sinks import Sink, SinkError, Utterance, encode_wav
 from guard.wake import Detection, WakeDetector
@@ -55,6 +56,7 @@ class Event:
     confirmed_by: str | None = None
     duration_seconds: float | None = None
     by: str | None = None
+    match_score: float | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -78,6 +80,8 @@ class Gate:
         pre_roll_seconds: audio kept before the wake word ends.
         sinks: where a confirmed utterance goes (may be empty: then nothing can leave).
         audit: the decision log, written before each decision takes effect.
+        accepts: per sink name, which consents release to it ("button", "voice"); default button only.
+        confirmation: the enrolled spoken phrase, or None (then only the button consents).
         publish: receives every Event (printing, MQTT).
         show: receives the state the LED should show (plus "released" for the flash).
         set_listening: opens (True) or closes (False) the microphone.
@@ -85,7 +89,8 @@ class Gate:
     """
 
     def __init__(self, settings: GateConfig, detector: WakeDetector, pre_roll_seconds: float,
-                 sinks: list[Sink], audit: AuditLog, publish: Callable[[Event], None] = lambda e: None,
+                 sinks: list[Sink], audit: AuditLog, accepts: dict[str, tuple[str, ...]] | None = None,
+                 confirmation: SpokenConfirmation | None = None, publish: Callable[[Event], None] = lambda e: None,
                  show: Callable[[str], None] = lambda s: None, set_listening: Callable[[bool], None] = lambda b: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
@@ -94,6 +99,8 @@ class Gate:
         self.capture = CaptureBuffer(pre_roll_seconds + settings.max_utterance_seconds)
         self.sinks = sinks
         self.audit = audit
+        self.accepts = accepts or {}
+        self.confirmation = confirmation if any("voice" in self.accepted_by(s) for s in sinks) else None
         self._publish, self._show, self._set_listening, self.clock = publish, show, set_listening, clock
         self.state = State.IDLE
         self.muted_by: str | None = None
@@ -113,6 +120,10 @@ class Gate:
         if self.state is State.IDLE:
             self.ring.write(frame)
         detections = self.detector.process(frame)
+        if self.state is State.PENDING and self.confirmation is not None \
+                and self.confirmation.push(self.detector.features.embeddings[-1]):
+            self._release("voice", match_score=round(self.confirmation.score, 4))
+            return
         if self.state is State.IDLE:
             if detections:
                 self._start_capture(max(detections, key=lambda d: d.score))
@@ -141,7 +152,10 @@ class Gate:
             return
         self._pending_since = self.clock()
         self._press_counts = False
-        self._decide("pending", State.PENDING, duration_seconds=self._duration())
+        if self.confirmation is not None:
+            self.confirmation.reset()  # only what is said from now on can confirm
+        self._record("pending", State.PENDING, duration_seconds=self._duration())
+        self._enter(State.PENDING, show="pending_voice" if self.confirmation is not None else None)
 
     # -- the button ---------------------------------------------------------------
 
@@ -168,13 +182,17 @@ class Gate:
 
     # -- decisions ------------------------------------------------------------------
 
-    def _release(self, confirmed_by: str) -> None:
-        if not self.sinks:
-            self._discard("no sink configured")
+    def accepted_by(self, sink: Sink) -> tuple[str, ...]:
+        return self.accepts.get(sink.name, ("button",))
+
+    def _release(self, confirmed_by: str, **extra) -> None:
+        eligible = [s for s in self.sinks if confirmed_by in self.accepted_by(s)]
+        if not eligible:
+            self._discard("no sink configured" if not self.sinks else f"no sink accepts {confirmed_by} consent")
             return
         wav = encode_wav(self.capture.view())
         delivered = 0
-        for sink in self.sinks:
+        for sink in eligible:
             try:
                 where = sink.deliver(wav, self._utterance)
             except SinkError as e:
@@ -184,7 +202,7 @@ class Gate:
             delivered += 1
             log.info("released %s to %s (%s)", self._utterance.id, sink.name, where)
             self._record("released", State.IDLE, sink=sink.name, confirmed_by=confirmed_by,
-                         duration_seconds=self._duration())
+                         duration_seconds=self._duration(), **extra)
         del wav
         if not delivered:
             self._discard("every sink failed")

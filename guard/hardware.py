@@ -21,11 +21,12 @@ PATTERNS: dict[str, tuple[float, float] | tuple | None] = {
     "idle": None,
     "capturing": (0.5, 0.5),
     "pending": (0.15, 0.15),
+    "pending_voice": (0.45, 0.15),  # mostly on: also listening for the spoken confirmation
     "muted": (),
     "fault": (0.05, 0.95),
 }
-COLOURS = {"capturing": (0, 0, 1), "pending": (1, 0.5, 0), "muted": (1, 0, 0), "fault": (1, 0, 0),
-           "released": (0, 1, 0)}
+COLOURS = {"capturing": (0, 0, 1), "pending": (1, 0.5, 0), "pending_voice": (0, 1, 1), "muted": (1, 0, 0),
+           "fault": (1, 0, 0), "released": (0, 1, 0)}
 RELEASED_FLASHES = 3
 
 
