@@ -181,3 +181,25 @@ def test_sink_confirm_values_are_checked(tmp_path):
     path.write_text('[sinks.box]\npath = "/tmp"\nconfirm = ["voice", "wink"]\n')
     result = run_guard("--config", str(path), "config", "check")
     assert result.returncode == 2 and 'must be ["button"], ["voice"] or ["button", "voice"]' in result.stderr
+
+
+def test_live_enrolment_through_portaudio_retries_a_silent_take(tmp_path):
+    from conftest import alsa_home
+    window = int(3.5 * 16000)
+
+    def padded(audio):
+        return np.concatenate([audio, speech.silence((window - len(audio)) / 16000)])[:window]
+
+    takes = [speech.silence(3.5)] + [padded(np.concatenate([speech.silence(0.4), speech.say(PHRASE, "en-us",
+                                                                                             speed_wpm=s)]))
+                                      for s in (150, 165, 180)]
+    raw = tmp_path / "mic.raw"
+    raw.write_bytes(np.concatenate(takes).astype("<i2").tobytes())
+    (tmp_path / "guard.toml").write_text('[audio]\ndevice = "guardtest"\n')
+    env = {**alsa_home(tmp_path / "home", raw), "STATE_DIRECTORY": str(tmp_path / "state"),
+           "GUARD_CONFIG": str(tmp_path / "guard.toml")}
+    result = run_guard("enroll", "confirm", env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("say your confirmation phrase now") == 4
+    assert "that take is not usable: no speech heard" in result.stderr and result.stderr.count("  ok") == 3
+    assert (tmp_path / "state" / "confirm.npz").exists()
