@@ -5,6 +5,7 @@ live in numpy buffers that `wipe()` zeroes.
 """
 
 import json
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -113,6 +114,12 @@ class FrameAssembler:
         self._pending.fill(0)
         self.frame.fill(0)
         self._filled = 0
+
+
+def level_dbfs(frame: np.ndarray) -> float:
+    """RMS level of int16 samples in dB relative to full scale (silence is about -180)."""
+    rms = math.sqrt(float(np.mean(np.square(frame, dtype=np.float64)))) / 32768
+    return 20 * math.log10(max(rms, 1e-9))
 
 
 def to_mono(samples: np.ndarray, channel: int | None) -> np.ndarray:

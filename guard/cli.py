@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from guard import __version__, audit, config, confirm, models, mqtt
-from guard.audio import FRAME_SAMPLES, RATE_HZ, MicSource, WavSource, list_devices
+from guard.audio import FRAME_SAMPLES, RATE_HZ, MicSource, WavSource, level_dbfs, list_devices
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ExitStatus, GuardError, UsageError
 from guard.gate import Event
@@ -76,10 +76,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return status
 
 
-def _level_dbfs(frame: np.ndarray) -> float:
-    rms = math.sqrt(float(np.mean(np.square(frame, dtype=np.float64)))) / 32768
-    return 20 * math.log10(max(rms, 1e-5))
-
 
 def _meter(dbfs: float, scores: dict[str, float]) -> str:
     bars = int(max(0.0, dbfs + 60) / 60 * 20)
@@ -105,7 +101,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
             for d in detector.process(frame):
                 print(f"{time.strftime('%H:%M:%S')} {d.model} (score {d.score:.2f})", flush=True)
             if show_meter:
-                print(_meter(_level_dbfs(frame), detector.scores()), end="", file=sys.stderr, flush=True)
+                print(_meter(level_dbfs(frame), detector.scores()), end="", file=sys.stderr, flush=True)
             if count >= limit:
                 break
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from guard.audio import FRAME_SECONDS, RATE_HZ
+from guard.audio import FRAME_SECONDS, RATE_HZ, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig
 from guard.confirm import SpokenConfirmation
@@ -61,10 +61,6 @@ class Event:
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
-
-def _level_dbfs(frame: np.ndarray) -> float:
-    rms = math.sqrt(float(np.mean(np.square(frame, dtype=np.float64)))) / 32768
-    return 20 * math.log10(max(rms, 1e-9))
 
 
 class Gate:
@@ -136,13 +132,13 @@ class Gate:
         heard_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.capture.load(self.ring)
         self.ring.wipe()
-        self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at, self.capture.view())
+        self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
         self._quiet_frames = 0
         self._decide("wake", State.CAPTURING, model=wake.model, score=round(wake.score, 4))
 
     def _continue_capture(self, frame: np.ndarray) -> None:
         full = not self.capture.append(frame)
-        self._quiet_frames = self._quiet_frames + 1 if _level_dbfs(frame) < self.settings.silence_dbfs else 0
+        self._quiet_frames = self._quiet_frames + 1 if level_dbfs(frame) < self.settings.silence_dbfs else 0
         if full or self._quiet_frames * FRAME_SECONDS >= self.settings.end_silence_seconds:
             self.end_capture()
 

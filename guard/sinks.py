@@ -25,11 +25,10 @@ class SinkError(GuardError):
 
 @dataclass(frozen=True)
 class Utterance:
-    """What is released: its id, when it was heard (UTC, compact ISO) and the samples (16 kHz mono)."""
+    """Which utterance is released: its id and when it was heard (UTC, compact ISO), for names and topics."""
 
     id: str
     heard_at: str
-    samples: np.ndarray
 
 
 def encode_wav(samples: np.ndarray) -> bytes:

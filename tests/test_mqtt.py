@@ -65,6 +65,19 @@ def _daemon(cfg, source, fast=True, publish=lambda e: None) -> Daemon:
     return Daemon(cfg, RunOptions(str(source), "mock", fast=fast, publish=publish), detector)
 
 
+def _press_on_first_pending(cfg):
+    """A publish hook that presses the mock button once, when the first utterance is pending."""
+    pressed, daemons = [], []
+
+    def hook(event: Event) -> None:
+        if event.kind == "pending" and not pressed:
+            pressed.append(event.utterance)
+            pin = daemons[0].pin_factory.pin(cfg.gpio.button_pin)
+            pin.drive_low()
+            pin.drive_high()
+    return hook, pressed, daemons
+
+
 def _start(daemon: Daemon) -> threading.Thread:
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
@@ -78,16 +91,9 @@ def _events(sub: Subscriber) -> list[str]:
 def test_released_and_discarded_utterances_reach_the_hub_in_order(tmp_path, broker, two_requests_wav):
     sub = Subscriber(broker.port, [f"{ROOT}/#"])
     cfg = _config(tmp_path, broker.port)
-    pressed = []
-
-    def press_first(event: Event) -> None:
-        if event.kind == "pending" and not pressed:
-            pressed.append(event.utterance)
-            pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
-            pin.drive_low()
-            pin.drive_high()
-
+    press_first, pressed, daemons = _press_on_first_pending(cfg)
     daemon = _daemon(cfg, two_requests_wav, publish=press_first)
+    daemons.append(daemon)
     _start(daemon).join(30)
     expected = ["wake", "pending", "released", "wake", "pending", "discarded"]
     assert sub.wait_for(lambda: _events(sub) == expected), _events(sub)
@@ -379,16 +385,9 @@ def test_tls_with_a_test_ca(tmp_path, quiet_wav):
 def test_mqtt_sink_publishes_the_released_wav(tmp_path, broker, two_requests_wav):
     cfg = dataclasses.replace(_config(tmp_path, broker.port), sinks={"hub": config.SinkConfig(type="mqtt")})
     sub = Subscriber(broker.port, [f"{ROOT}/audio/#"])
-    pressed = []
-
-    def press_first(event: Event) -> None:
-        if event.kind == "pending" and not pressed:
-            pressed.append(event.utterance)
-            pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
-            pin.drive_low()
-            pin.drive_high()
-
+    press_first, pressed, daemons = _press_on_first_pending(cfg)
     daemon = _daemon(cfg, two_requests_wav, fast=False, publish=press_first)
+    daemons.append(daemon)
     _start(daemon).join(40)
     assert sub.wait_for(lambda: len(sub.messages) == 1)
     topic, payload, retained = sub.messages[0]
