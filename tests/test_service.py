@@ -186,7 +186,10 @@ def test_ready_after_start_then_watchdog_pings(tmp_path, notify):
     finally:
         daemon.stop()
         thread.join(10)
-    assert notify.messages[-1][1] == "STOPPING=1"
+    deadline = time.monotonic() + 2
+    while not any(m == "STOPPING=1" for _, m in notify.messages) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the listener thread may not have read the last datagram yet
+    assert [m for _, m in notify.messages][-1] == "STOPPING=1"
 
 
 def test_watchdog_pings_stop_when_the_audio_loop_hangs(tmp_path, notify):
