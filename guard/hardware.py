@@ -4,7 +4,6 @@ Callbacks here only post a word ("pressed", "released", "held") to the daemon's
 queue; the gate decides what a press means.
 """
 
-import logging
 import warnings
 from collections.abc import Callable
 
@@ -13,8 +12,6 @@ from gpiozero.exc import BadPinFactory, GPIOZeroError
 
 from guard.config import GpioConfig
 from guard.errors import DeviceError
-
-log = logging.getLogger(__name__)
 
 # on/off seconds per state for a one-colour LED; None is off, () is steady on.
 PATTERNS: dict[str, tuple[float, float] | tuple | None] = {
