@@ -50,7 +50,6 @@ class RunOptions:
     source: str = "mic"
     gpio: str = "auto"
     fast: bool = False
-    models_dir: Path | None = None
     publish: Callable[[Event], None] = field(default=lambda e: None)
 
 
