@@ -151,8 +151,12 @@ class Daemon:
     # -- the audio thread -----------------------------------------------------------
 
     def _frames(self) -> Iterator[np.ndarray]:
+        """Frames while listening. Muted, a mic's stream is closed here, in the thread that reads it."""
         if isinstance(self.source, WavSource):
-            yield from self.source.frames()
+            for frame in self.source.frames():
+                while not self.listening.is_set() and not self.stopping.is_set():
+                    self.listening.wait(TICK_SECONDS)  # a file pauses while muted
+                yield frame
             return
         while not self.stopping.is_set():
             if not self.listening.is_set():
@@ -171,11 +175,8 @@ class Daemon:
         try:
             for frame in self._frames():
                 if paced:  # like a microphone, a frame is there once its 80 ms have been heard
-                    next_due += FRAME_SECONDS
+                    next_due = max(next_due + FRAME_SECONDS, time.monotonic() - FRAME_SECONDS)  # no burst after a pause
                     time.sleep(max(0.0, next_due - time.monotonic()))
-                while not self.listening.is_set() and not self.stopping.is_set():
-                    self.listening.wait(TICK_SECONDS)  # a file pauses while muted
-                    next_due = time.monotonic()
                 if self.stopping.is_set():
                     break
                 while self.frames.qsize() >= QUEUE_FRAMES and not self.stopping.is_set():
