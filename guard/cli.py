@@ -395,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = verbs.add_parser("run", help="the guard daemon",
                            description="Listen for the wake word, capture the request, show pending on "
                                        "the LED and release it to the [sinks] only on a button press "
-                                       "while pending; everything else is wiped. Prints one JSON event "
+                                       "while pending (or the enrolled phrase, for sinks that accept "
+                                       "voice); everything else is wiped. Prints one JSON event "
                                        "per line; SIGTERM or Ctrl-C stop it cleanly.")
     run.add_argument("--source", default="mic", metavar="mic|FILE.wav",
                      help="the microphone from [audio] (default), or a WAV file played as if live; "
