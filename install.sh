@@ -43,7 +43,7 @@ command -v "$python" >/dev/null || fail "no $python; install Python 3.11 (sudo a
     || fail "Python's venv module is missing; run: sudo apt-get install python3-venv"
 
 packages=(portaudio19-dev)
-[ "$dev" = 1 ] && packages+=(mosquitto espeak-ng sox)
+[ "$dev" = 1 ] && packages+=(mosquitto espeak-ng sox alsa-utils)
 
 missing=()
 if command -v dpkg-query >/dev/null; then

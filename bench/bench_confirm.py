@@ -1,12 +1,18 @@
-"""Spoken confirmation: accept rate, false confirmations per hour, margin, and matching cost.
+"""Spoken confirmation: who and what can confirm a pending release, for several enrolled phrases.
 
-Enrols a phrase from 3 takes of one espeak-ng voice (as `guard enroll --from` does),
-then plays: the phrase by that voice at other speeds and pitches (should confirm);
->= 1 hour of other speech in six voices, including sentences that share a word
-with the phrase (must not); and the phrase inside the captured utterance, i.e.
-just before pending starts (must not).
+For each phrase, enrols 3 takes of one espeak-ng voice (as `guard enroll --from`
+does; the voice is in neither the calibration nor the cohort list), then plays,
+each into a fresh pending window after 1 s of room tone:
 
-    .venv/bin/python bench/bench_confirm.py [--minutes 60]
+- the phrase by that voice at other speeds and pitches, clean and at 10 dB SNR room noise (should confirm);
+- partial phrases and hand-written near-phrases (real words, not the calibration's
+  generated sound-alikes) in the enrolled voice and 7 others (must not);
+- the exact phrase in 8 other voices at 3 speeds (at most 10 % may);
+- >= 1 hour of ordinary speech in rotating voices, including sentences that share
+  words with the phrases (must not), streamed through one long pending window;
+- the phrase inside the captured utterance, ending as pending begins (must not).
+
+    .venv/bin/python bench/bench_confirm.py [--minutes 60] [--quick]
 """
 
 import argparse
@@ -25,48 +31,91 @@ from guard import confirm  # noqa: E402
 from guard.audio import FRAME_SAMPLES, RATE_HZ  # noqa: E402
 from guard.wake import FeatureExtractor, WakeDetector, WakeModelSettings  # noqa: E402
 
-PHRASE = "please send it now, guard"
-VOICE = "en-us"
+PHRASES = {  # phrase: (enrolled voice, hand-written near-phrases)
+    "please send it now, guard": ("en-us+m2", [
+        "please spend it now, god", "police end it now, guard", "please send it now, guys",
+        "please sent it now, card", "please lend it now, guard", "please send it out, guard",
+        "these send it now, guard", "please mend it now, guard",
+    ]),
+    "okay then, send my request": ("en-gb-x-rp+m5", [
+        "okay then, spend my request", "okay then, send my regrets", "okay Ben, send my request",
+        "okay then, end my request", "okay then, send your request", "hey then, send my request",
+        "okay then, lend my request", "okay then, send my quest",
+    ]),
+    "guard, release the recording": ("en+f3", [
+        "guard, release the recorder", "god, release the recording", "guard, replace the recording",
+        "card, release the recording", "guard, relieve the recording", "guard, please the recording",
+        "guard, release a recording", "guard, receive the recording",
+    ]),
+}
+OTHER_VOICES = ("en-us+Alex", "en-us+Mike", "en-us+max", "en+m3", "en-gb-x-rp", "en-us+Andy", "en-gb-x-gbcwmd+m1",
+                "en-us", "en-029+f4", "en+f3", "en-us+m2", "en-gb-x-rp+m5")
 ENROL_SPEEDS = (150, 165, 180)
-TRIAL_SPEEDS = (120, 135, 150, 165, 180, 195, 210)
-TRIAL_PITCHES = (25, 40, 55, 70)
-SHARED_WORDS = [  # each shares one word with the phrase
+TRIAL_SPEEDS = (120, 140, 160, 180, 200, 220)
+TRIAL_PITCHES = (30, 45, 60, 70)
+NOISY = [(s, p) for s in (130, 160, 190) for p in (35, 50, 65)]
+OTHER_SPEEDS = (140, 165, 190)
+SHARED_WORDS = [
     "please pass the salt and the pepper", "could you send the letter tomorrow morning",
     "it is now or never for the team", "the night guard walked along the fence",
     "send me a postcard from the coast", "not now, I am busy with the dishes",
-    "please close the window, it is cold", "we should send it by train instead",
-    "the guard dog barked at the mailman", "right now the kettle is boiling",
+    "okay then, we will see you on Sunday", "my request was turned down again",
+    "release the brakes slowly on the hill", "the recording of the concert was lovely",
+    "right, okay then", "yes, send it", "do it now", "okay, guard the door",
 ]
 
 
-def enrol(features: FeatureExtractor) -> confirm.Enrolment:
-    takes = []
-    for speed in ENROL_SPEEDS:
-        audio = np.concatenate([speech.silence(0.5), speech.say(PHRASE, VOICE, speed_wpm=speed), speech.silence(0.5)])
-        takes.append(confirm.embed(audio, features)[confirm.voiced_frames(audio)])
-    return confirm.calibrate(takes, confirm.load_negatives())
+def room(audio: np.ndarray) -> np.ndarray:
+    return np.concatenate([speech.silence(1.0), audio, speech.silence(0.5)])
 
 
-def heard(listener: confirm.SpokenConfirmation, stream: np.ndarray) -> tuple[int, float]:
-    """Confirmations in a stream (resetting after each) and the lowest score seen."""
-    hits, lowest = 0, np.inf
-    for embedding in stream:
-        confirmed = listener.push(embedding)
-        lowest = min(lowest, listener.score)
-        if confirmed:
-            hits += 1
-            listener.reset()
-    return hits, lowest
+class Trials:
+    """Fresh pending windows for one enrolment; counts what confirms."""
+
+    def __init__(self, enrolment: confirm.Enrolment, features: FeatureExtractor) -> None:
+        self.listener = confirm.SpokenConfirmation(enrolment)
+        self.features = features
+
+    def confirms(self, audio: np.ndarray, skip_frames: int = 0) -> bool:
+        self.listener.reset()
+        self.features.wipe()
+        frames = audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
+        hit = False
+        for i, frame in enumerate(frames):
+            self.features.push(frame)
+            if i >= skip_frames and self.listener.push(self.features.embeddings[-1], frame):
+                hit = True
+                break
+        self.features.wipe()
+        return hit
+
+    def stream_hits(self, embeddings: np.ndarray, frames: np.ndarray) -> tuple[int, float]:
+        """Confirmations in one long pending window (restarting after each), and CPU s per frame of matching."""
+        self.listener.reset()
+        hits = 0
+        started = time.process_time()
+        for embedding, frame in zip(embeddings, frames, strict=True):
+            if self.listener.push(embedding, frame):
+                hits += 1
+                self.listener.reset()
+        return hits, (time.process_time() - started) / len(frames)
 
 
-def negative_speech(minutes: float) -> tuple[np.ndarray, float]:
-    """Prose from every licence text but the one the shipped negatives use, plus shared-word sentences."""
+def enrol(phrase: str, voice: str, features: FeatureExtractor) -> confirm.Enrolment:
+    takes = [room(speech.say(phrase, voice, speed_wpm=s)) for s in ENROL_SPEEDS]
+    return confirm.calibrate(phrase, takes, features)
+
+
+def partials(phrase: str) -> list[str]:
+    words = phrase.replace(",", "").split()
+    return [" ".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1)
+            if (i, j) != (0, len(words))]
+
+
+def ordinary_speech(minutes: float) -> tuple[np.ndarray, float]:
     parts, seconds = [], 0.0
-    sentences = [s for s in SHARED_WORDS for _ in range(3)]
-    prose = [p for name in speech.PROSE if name != "GFDL-1.3"
-             for p in [" ".join(b.split()) for b in (speech.LICENSES / name).read_text().split("\n\n")]
-             if len(p.split()) >= 8]
-    for i, text in enumerate(sentences + prose * 3):
+    texts = [s for s in SHARED_WORDS for _ in range(2)] + speech.paragraphs() * 3
+    for i, text in enumerate(texts):
         audio = speech.say(text, speech.VOICES[i % len(speech.VOICES)], speed_wpm=140 + 10 * (i % 6),
                            pitch=30 + 10 * (i % 5))
         parts += [audio, speech.silence(0.3)]
@@ -76,54 +125,76 @@ def negative_speech(minutes: float) -> tuple[np.ndarray, float]:
     return np.concatenate(parts), seconds
 
 
+def evaluate(phrase: str, voice: str, near: list[str], features: FeatureExtractor, quick: bool) -> dict:
+    started = time.monotonic()
+    enrolment = enrol(phrase, voice, features)
+    enrol_seconds = time.monotonic() - started
+    trials = Trials(enrolment, features)
+    speeds, pitches = (TRIAL_SPEEDS[::2], TRIAL_PITCHES[::2]) if quick else (TRIAL_SPEEDS, TRIAL_PITCHES)
+    clean = [trials.confirms(room(speech.say(phrase, voice, speed_wpm=s, pitch=p))) for s in speeds for p in pitches]
+    noisy = [trials.confirms(speech.with_room_noise(room(speech.say(phrase, voice, speed_wpm=s, pitch=p)), 10, s + p))
+             for s, p in (NOISY[::3] if quick else NOISY)]
+    others = [v for v in OTHER_VOICES if v != voice][:4 if quick else 8]
+    confusable_voices = [voice] + others[:7]
+    confusable = {kind: [(text, v) for text in texts for v in confusable_voices
+                         if trials.confirms(room(speech.say(text, v)))]
+                  for kind, texts in (("partial", partials(phrase)), ("near", near))}
+    n_confusable = (len(partials(phrase)) + len(near)) * len(confusable_voices)
+    per_voice = {v: sum(trials.confirms(room(speech.say(phrase, v, speed_wpm=s))) for s in OTHER_SPEEDS)
+                 for v in others}
+    said = speech.say(phrase, voice)
+    inside = sum(trials.confirms(np.concatenate([speech.silence(1.0), said, speech.silence(1.0)]),
+                                 skip_frames=(RATE_HZ + len(said)) // FRAME_SAMPLES - k) for k in range(0, 4))
+    return {"enrolment": enrolment, "enrol_seconds": enrol_seconds, "clean": clean, "noisy": noisy,
+            "confusable": confusable, "n_confusable": n_confusable, "voices": len(confusable_voices),
+            "per_voice": per_voice, "inside": inside, "trials": trials}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=60.0, help="minutes of other speech (default 60)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="minutes of ordinary speech (default 60)")
+    parser.add_argument("--quick", action="store_true", help="fewer trials, for a look while tuning")
     args = parser.parse_args()
     features = FeatureExtractor(16)
-    enrolment = enrol(features)
-    listener = confirm.SpokenConfirmation(enrolment)
-
-    accepted, inside, worst = 0, 0, 0.0
-    trials = [(s, p) for s in TRIAL_SPEEDS for p in TRIAL_PITCHES]
-    for speed, pitch in trials:
-        said = speech.say(PHRASE, VOICE, speed_wpm=speed, pitch=pitch)
-        listener.reset()
-        hits, score = heard(listener, confirm.embed(np.concatenate([speech.silence(1.0), said, speech.silence(1.0)]),
-                                                    features))
-        accepted += hits > 0
-        worst = max(worst, score)
-        # the phrase as the end of the captured utterance: pending starts right after it
-        stream = confirm.embed(np.concatenate([speech.silence(1.0), said, speech.silence(1.5)]), features)
-        listener.reset()
-        pending_at = (RATE_HZ + len(said)) // FRAME_SAMPLES  # the frame where the phrase ends
-        inside += heard(listener, stream[pending_at:])[0]
-
-    audio, seconds = negative_speech(args.minutes)
-    stream = confirm.embed(audio, features)
-    listener.reset()
-    started = time.process_time()
-    false_hits, closest = heard(listener, stream)
-    match_cpu = (time.process_time() - started) / len(stream)
-
+    audio, seconds = ordinary_speech(args.minutes)
+    frames = audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
+    embeddings = confirm.embed(audio, features)
+    print(f"| phrase (enrolled voice) | accepted clean | accepted 10 dB SNR | partials + near-phrases confirmed "
+          f"| exact phrase by other voices | ordinary speech ({seconds / 3600:.2f} h) | inside utterance "
+          f"| content thr / closest confusable | speaker thr / nearest cohort |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    totals = {"confusable": 0, "n": 0, "other": 0, "n_other": 0}
+    match_cpu = []
+    for phrase, (voice, near) in PHRASES.items():
+        r = evaluate(phrase, voice, near, features, args.quick)
+        e = r["enrolment"]
+        false_hits, cpu = r["trials"].stream_hits(embeddings, frames)
+        match_cpu.append(cpu)
+        wrong = sum(len(v) for v in r["confusable"].values())
+        other_hits, other_n = sum(r["per_voice"].values()), len(OTHER_SPEEDS) * len(r["per_voice"])
+        totals["confusable"] += wrong
+        totals["n"] += r["n_confusable"]
+        totals["other"] += other_hits
+        totals["n_other"] += other_n
+        print(f"| {phrase!r} ({voice}) | {sum(r['clean'])}/{len(r['clean'])} | {sum(r['noisy'])}/{len(r['noisy'])} "
+              f"| {wrong}/{r['n_confusable']} ({r['voices']} voices) "
+              f"| {other_hits}/{other_n}: "
+              + ", ".join(f"{v} {n}/{len(OTHER_SPEEDS)}" for v, n in r["per_voice"].items())
+              + f" | {false_hits} | {r['inside']}/4 | {e.threshold:.3f} / {e.negative_min:.3f} ({e.closest}) "
+              f"| {e.speaker_threshold:.2f} / {e.speaker_negative_min:.2f} |")
+        for kind, hits in r["confusable"].items():
+            for text, v in hits:
+                print(f"    confirmed by {kind}: {text!r} in {v}")
+        print(f"    enrolment took {r['enrol_seconds']:.1f} s")
     detector = WakeDetector([WakeModelSettings("alexa")])
-    frames = audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)[:3000]
     started = time.process_time()
-    for frame in frames:
+    for frame in frames[:3000]:
         detector.process(frame)
-    detect_cpu = (time.process_time() - started) / len(frames)
-
-    print(f"phrase {PHRASE!r}, enrolled from 3 takes of {VOICE} at {ENROL_SPEEDS} wpm; threshold "
-          f"{enrolment.threshold:.3f}")
-    print(f"accepted: {accepted}/{len(trials)} = {accepted / len(trials):.0%} "
-          f"(same voice at {TRIAL_SPEEDS} wpm x pitch {TRIAL_PITCHES}); farthest trial's best "
-          f"score {worst:.3f}")
-    print(f"false confirmations: {false_hits} in {seconds / 3600:.2f} h of other speech "
-          f"= {false_hits / (seconds / 3600):.1f} per hour")
-    print(f"closest other speech: {closest:.3f}; margin to threshold {closest - enrolment.threshold:+.3f}")
-    print(f"phrase inside the captured utterance: {inside} confirmations in {len(trials)} trials")
-    print(f"cost per 80 ms frame: matching {match_cpu * 1e6:.0f} us (only while pending), wake detector "
-          f"{detect_cpu * 1e6:.0f} us; ratio {match_cpu / detect_cpu:.2f}")
+    detect_cpu = (time.process_time() - started) / len(frames[:3000])
+    print(f"\nconfusables: {totals['confusable']}/{totals['n']} confirmed; exact phrase by other voices: "
+          f"{totals['other']}/{totals['n_other']} = {totals['other'] / totals['n_other']:.0%}")
+    print(f"cost per 80 ms frame while pending: matching {np.median(match_cpu) * 1e6:.0f} us "
+          f"(range {min(match_cpu) * 1e6:.0f}-{max(match_cpu) * 1e6:.0f}), wake detector {detect_cpu * 1e6:.0f} us")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import __version__, audit, config, confirm, models, mqtt
+from guard import __version__, audit, config, confirm, confusables, models, mqtt
 from guard.audio import FRAME_SAMPLES, RATE_HZ, MicSource, WavSource, level_dbfs, list_devices
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ExitStatus, GuardError, UsageError
@@ -263,9 +263,11 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     path = cfg.confirm.resolved_path()
     if args.list:
         enrolment = confirm.Enrolment.load(path)
-        print(f"{path}: {len(enrolment.templates)} takes enrolled {enrolment.created}; threshold "
-              f"{enrolment.threshold:.3f} (takes within {enrolment.positive_max:.3f}, ordinary speech no closer "
-              f"than {enrolment.negative_min:.3f})")
+        print(f"{path}: {enrolment.phrase!r}, {len(enrolment.templates)} takes enrolled {enrolment.created}; "
+              f"content threshold {enrolment.threshold:.3f} (takes within {enrolment.positive_max:.3f}, closest "
+              f"confusable {enrolment.negative_min:.3f}: {enrolment.closest}); speaker threshold "
+              f"{enrolment.speaker_threshold:.2f} (takes within {enrolment.speaker_positive_max:.2f}, nearest "
+              f"synthetic voice {enrolment.speaker_negative_min:.2f})")
         return ExitStatus.OK
     if args.remove:
         if not path.exists():
@@ -277,18 +279,30 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         raise UsageError("say what to enrol: guard enroll confirm [--from A.wav B.wav C.wav]")
     if args.from_files and len(args.from_files) < confirm.MIN_TAKES:
         raise UsageError(f"--from needs at least {confirm.MIN_TAKES} takes, got {len(args.from_files)}")
+    phrase = confusables.check_phrase(args.phrase if args.phrase is not None else _ask_phrase())
     samples = [_read_take(f) for f in args.from_files] if args.from_files else \
         _record_takes(cfg, args.takes, args.seconds)
-    features = FeatureExtractor(16)
-    takes = [confirm.embed(s, features)[confirm.voiced_frames(s)] for s in samples]
-    for s in samples:
-        s.fill(0)
-    enrolment = confirm.calibrate(takes, confirm.load_negatives())
+    print(f"calibrating {phrase!r} against its partials, sound-alikes and other voices (about a minute)...",
+          file=sys.stderr, flush=True)
+    try:
+        enrolment = confirm.calibrate(phrase, samples, FeatureExtractor(16))
+    finally:
+        for s in samples:
+            s.fill(0)
     enrolment.save(path)
-    print(f"{path}: enrolled {len(takes)} takes; threshold {enrolment.threshold:.3f} (takes within "
-          f"{enrolment.positive_max:.3f} of each other, ordinary speech no closer than {enrolment.negative_min:.3f}). "
-          'Add "voice" to a sink\'s confirm list to use it.')
+    print(f"{path}: enrolled {phrase!r} from {len(samples)} takes; content threshold {enrolment.threshold:.3f} "
+          f"(closest confusable {enrolment.negative_min:.3f}: {enrolment.closest}); speaker threshold "
+          f"{enrolment.speaker_threshold:.2f}. Add \"voice\" to a sink's confirm list to use it.")
     return ExitStatus.OK
+
+
+def _ask_phrase() -> str:
+    """The phrase's words, asked on a terminal (scripts pass --phrase)."""
+    if not sys.stdin.isatty():
+        raise UsageError('say which phrase the takes hold: --phrase "okay then, send my request"')
+    print("type your confirmation phrase, as you will say it (at least 4 syllables, not something you say "
+          "anyway): ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline()
 
 
 def _describe_record(record: dict) -> str:
@@ -421,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "templates (embeddings, never audio) in the state directory. A "
                                           'sink then accepts it with confirm = ["button", "voice"].')
     enroll.add_argument("what", nargs="?", choices=["confirm"], help="what to enrol: confirm")
+    enroll.add_argument("--phrase", metavar="TEXT",
+                        help="the phrase's words, e.g. \"okay then, send my request\" (asked when omitted); "
+                             f"at least {confusables.MIN_SYLLABLES} syllables; calibration synthesizes its "
+                             "partials and sound-alikes with espeak-ng")
     enroll.add_argument("--from", dest="from_files", nargs="+", metavar="WAV", help="takes from WAV files")
     enroll.add_argument("--takes", type=int, default=confirm.MIN_TAKES, metavar="N",
                         help=f"takes to record from the mic (default {confirm.MIN_TAKES})")

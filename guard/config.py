@@ -47,9 +47,12 @@ def _parse_pins(value: Any) -> tuple[int, ...]:
 
 
 def _parse_confirm(value: Any) -> tuple[str, ...]:
-    if isinstance(value, list) and value and all(v in ("button", "voice") for v in value):
+    if isinstance(value, list) and "button" in value and all(v in ("button", "voice") for v in value):
         return tuple(dict.fromkeys(value))
-    raise ValueError('must be ["button"], ["voice"] or ["button", "voice"]')
+    if value == ["voice"]:
+        raise ValueError('voice alone is refused: the button must always work, and the LED must show pending; '
+                         'use ["button", "voice"]')
+    raise ValueError('must be ["button"] or ["button", "voice"]')
 
 
 def _parse_device_id(value: Any) -> str:

@@ -20,6 +20,7 @@ from guard.audio import FRAME_SECONDS, MicSource, WavSource
 from guard.audit import AuditLog
 from guard.config import Config
 from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
+from guard.errors import UsageError
 from guard.gate import Event, Gate, State
 from guard.hardware import ConsentButton, StatusLed, pin_factory
 from guard.mqtt import MqttLink
@@ -85,6 +86,11 @@ class Daemon:
 
     def _gpio(self) -> tuple[ConsentButton | None, StatusLed | None]:
         if self.options.gpio == "none":
+            voice = [name for name, sink in self.config.sinks.items() if "voice" in sink.confirm]
+            if voice:
+                raise UsageError(f"[sinks.{voice[0]}] accepts spoken confirmation, but --gpio none has no LED to "
+                                 "show that a release is pending; use --gpio auto, or remove \"voice\" from its "
+                                 "confirm list")
             log.warning("no GPIO (--gpio none): nothing can be released by button; every utterance is wiped")
             return None, None
         factory = pin_factory(self.options.gpio)

@@ -57,6 +57,7 @@ class Event:
     duration_seconds: float | None = None
     by: str | None = None
     match_score: float | None = None
+    speaker_score: float | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -117,8 +118,9 @@ class Gate:
             self.ring.write(frame)
         detections = self.detector.process(frame)
         if self.state is State.PENDING and self.confirmation is not None \
-                and self.confirmation.push(self.detector.features.embeddings[-1]):
-            self._release("voice", match_score=round(self.confirmation.score, 4))
+                and self.confirmation.push(self.detector.features.embeddings[-1], frame):
+            self._release("voice", match_score=round(self.confirmation.score, 4),
+                          speaker_score=round(self.confirmation.speaker_score, 3))
             return
         if self.state is State.IDLE:
             if detections:
@@ -286,6 +288,8 @@ class Gate:
         self.capture.wipe()
         self.ring.wipe()
         self.detector.wipe()
+        if self.confirmation is not None:
+            self.confirmation.wipe()
 
     def is_wiped(self) -> bool:
         """True when no buffer holds a sample of audio."""

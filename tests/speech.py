@@ -73,3 +73,15 @@ def ordinary_speech(seconds: float) -> np.ndarray:
         if total >= target:
             return np.concatenate(parts)
     raise RuntimeError(f"only {total / RATE_HZ:.0f} s of prose available, {seconds} s asked")
+
+
+def with_room_noise(samples: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
+    """`samples` in a room: low-frequency-heavy noise (HVAC, fridge) at `snr_db` below the speech's level."""
+    rng = np.random.default_rng(seed)
+    brown = np.cumsum(rng.standard_normal(len(samples) + 800))
+    noise = (brown - np.convolve(brown, np.ones(400) / 400, "same"))[400:400 + len(samples)]  # no DC drift
+    noise /= np.sqrt(np.mean(noise ** 2))
+    voiced = samples[np.abs(samples.astype(np.int32)) > SPEECH_LEVEL].astype(np.float64)
+    level = np.sqrt(np.mean(voiced ** 2)) if len(voiced) else 1000.0
+    mixed = samples + noise * level / 10 ** (snr_db / 20)
+    return np.clip(np.round(mixed), -32768, 32767).astype(np.int16)

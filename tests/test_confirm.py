@@ -9,7 +9,7 @@ import speech
 from conftest import run_guard
 from test_gate import PRE_ROLL_SECONDS, Clock
 
-from guard import audit, confirm
+from guard import audit, confirm, confusables, voiceprint
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS
 from guard.audit import AuditLog
 from guard.config import GateConfig
@@ -18,30 +18,43 @@ from guard.sinks import DirectorySink
 from guard.wake import FeatureExtractor, WakeDetector, WakeModelSettings
 
 PHRASE = "please send it now, guard"
+VOICE = "en-us+m2"  # in neither confusables.CALIBRATION_VOICES nor COHORT_VOICES, like a real person
+OTHER_VOICES = ("en-us+Alex", "en-us+Mike", "en+m3", "en-gb-x-rp", "en-us", "en-029+f4")
+
+
+def pending_window(audio: np.ndarray) -> np.ndarray:
+    """What a pending window hears: a second of room tone, then `audio`, then a pause."""
+    return np.concatenate([speech.silence(1.0), audio, speech.silence(0.5)])
 
 
 @pytest.fixture(scope="module")
 def take_wavs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("takes")
-    return [speech.write_wav(folder / f"take{s}.wav", np.concatenate(
-        [speech.silence(0.5), speech.say(PHRASE, "en-us", speed_wpm=s), speech.silence(0.5)])) for s in (150, 165, 180)]
+    return [speech.write_wav(folder / f"take{s}.wav", pending_window(speech.say(PHRASE, VOICE, speed_wpm=s)))
+            for s in (150, 165, 180)]
 
 
 @pytest.fixture(scope="module")
 def enrolled(tmp_path_factory, take_wavs):
     state = tmp_path_factory.mktemp("state")
-    result = run_guard("--config", "/dev/null", "enroll", "confirm", "--from", *map(str, take_wavs),
-                       env={**os.environ, "STATE_DIRECTORY": str(state)})
+    result = run_guard("--config", "/dev/null", "enroll", "confirm", "--phrase", PHRASE, "--from",
+                       *map(str, take_wavs), env={**os.environ, "STATE_DIRECTORY": str(state)}, timeout=300)
     assert result.returncode == 0, result.stderr
     return state / "confirm.npz"
 
 
-def test_enrolment_stores_embeddings_only_privately(enrolled):
+def test_enrolment_stores_features_only_privately(enrolled):
     assert stat.S_IMODE(enrolled.stat().st_mode) == 0o600
     with np.load(enrolled, allow_pickle=False) as data:
         takes = [data[k] for k in data.files if k.startswith("take")]
         assert len(takes) == 3 and all(t.ndim == 2 and t.shape[1] == 96 for t in takes)
+        voices = [data[k] for k in data.files if k.startswith("voice")]
+        assert len(voices) == 3 and all(v.shape[1] == voiceprint.CEPSTRA for v in voices)
+        assert len([k for k in data.files if k.startswith("cohort")]) == len(confusables.COHORT_VOICES)
         assert 0 < float(data["positive_max"]) < float(data["threshold"]) < float(data["negative_min"])
+        assert float(data["speaker_positive_max"]) < float(data["speaker_threshold"]) <= confirm.MAX_SPEAKER_RATIO
+        assert str(data["phrase"]) == PHRASE
+        assert all(data[k].dtype != np.int16 for k in data.files)  # features and numbers, never samples
 
 
 def test_list_and_remove(enrolled, tmp_path):
@@ -64,15 +77,16 @@ def test_list_and_remove(enrolled, tmp_path):
 def test_bad_takes_are_named_and_nothing_is_enrolled(tmp_path, take_wavs, make, needle):
     bad = speech.write_wav(tmp_path / "bad.wav", make())
     env = {**os.environ, "STATE_DIRECTORY": str(tmp_path)}
-    result = run_guard("--config", "/dev/null", "enroll", "confirm", "--from", str(take_wavs[0]), str(bad),
-                       str(take_wavs[1]), env=env)
+    result = run_guard("--config", "/dev/null", "enroll", "confirm", "--phrase", PHRASE, "--from",
+                       str(take_wavs[0]), str(bad), str(take_wavs[1]), env=env)
     assert result.returncode == 2
     assert result.stderr.startswith(f"guard: error: {bad}: {needle}") and len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "confirm.npz").exists()
 
 
 def test_two_takes_are_not_enough(tmp_path, take_wavs):
-    result = run_guard("--config", "/dev/null", "enroll", "confirm", "--from", *map(str, take_wavs[:2]))
+    result = run_guard("--config", "/dev/null", "enroll", "confirm", "--phrase", PHRASE, "--from",
+                       *map(str, take_wavs[:2]))
     assert result.returncode == 2 and "at least 3 takes" in result.stderr
 
 
@@ -89,13 +103,13 @@ def detector():
     return WakeDetector([WakeModelSettings("alexa")])
 
 
-def _gate(tmp_path, detector, enrolment, accepts):
+def _gate(tmp_path, detector, enrolment, accepts, settings=None):
     detector.wipe()
     events, clock = [], Clock()
     sink_dir = tmp_path / "sink"
     sink_dir.mkdir()
     listener = confirm.SpokenConfirmation(enrolment) if enrolment else None
-    gate = Gate(GateConfig(), detector, PRE_ROLL_SECONDS, [DirectorySink("box", sink_dir, "test")],
+    gate = Gate(settings or GateConfig(), detector, PRE_ROLL_SECONDS, [DirectorySink("box", sink_dir, "test")],
                 AuditLog(tmp_path / "audit.jsonl", "test"), accepts={"box": accepts}, confirmation=listener,
                 publish=events.append, clock=clock)
 
@@ -112,10 +126,12 @@ def test_voice_releases_after_pending_and_is_audited(tmp_path, detector, enrolle
     feed(np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
                          speech.say("what time is it"), speech.silence(1.5)]))
     assert gate.state is State.PENDING
-    feed(np.concatenate([speech.say(PHRASE, "en-us", speed_wpm=170, pitch=40), speech.silence(0.5)]))
+    feed(np.concatenate([speech.say(PHRASE, VOICE, speed_wpm=170, pitch=40), speech.silence(0.5)]))
     released = [e for e in events if e.kind == "released"]
     assert len(released) == 1 and released[0].confirmed_by == "voice"
     assert released[0].match_score <= confirm.Enrolment.load(enrolled).threshold
+    assert released[0].speaker_score <= confirm.Enrolment.load(enrolled).speaker_threshold
+    assert gate.confirmation.heard.is_zero()
     assert len(list(sink.iterdir())) == 1
     record = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "released"][0]
     assert record["confirmed_by"] == "voice" and "match_score" in record
@@ -124,7 +140,7 @@ def test_voice_releases_after_pending_and_is_audited(tmp_path, detector, enrolle
 def test_the_phrase_inside_the_utterance_never_confirms(tmp_path, detector, enrolled):
     gate, feed, events, sink = _gate(tmp_path, detector, confirm.Enrolment.load(enrolled), ("button", "voice"))
     feed(np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.2),
-                         speech.say(PHRASE, "en-us"), speech.silence(12.0)]))
+                         speech.say(PHRASE, VOICE), speech.silence(12.0)]))
     assert [e.kind for e in events] == ["wake", "pending", "discarded"] and list(sink.iterdir()) == []
 
 
@@ -133,7 +149,7 @@ def test_button_only_sinks_never_take_voice(tmp_path, detector, enrolled):
     assert gate.confirmation is None
     feed(np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
                          speech.say("what time is it"), speech.silence(1.5),
-                         speech.say(PHRASE, "en-us"), speech.silence(11.0)]))
+                         speech.say(PHRASE, VOICE), speech.silence(11.0)]))
     assert "released" not in [e.kind for e in events] and list(sink.iterdir()) == []
 
 
@@ -156,31 +172,202 @@ def request_wav_for_run(tmp_path_factory):
     return speech.write_wav(tmp_path_factory.mktemp("run") / "req.wav", audio)
 
 
-def test_fast_evaluation_subset(enrolled):
-    """The bench's evaluation in small: other speeds and pitches accepted, other speech never."""
+class Listener:
+    """Fresh pending windows through SpokenConfirmation, as the gate drives it."""
+
+    def __init__(self, enrolment: confirm.Enrolment) -> None:
+        self.listener = confirm.SpokenConfirmation(enrolment)
+        self.features = FeatureExtractor(16)
+
+    def confirms(self, audio: np.ndarray) -> bool:
+        self.listener.reset()
+        self.features.wipe()
+        for frame in audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES):
+            self.features.push(frame)
+            if self.listener.push(self.features.embeddings[-1], frame):
+                return True
+        return False
+
+
+@pytest.fixture(scope="module")
+def listener(enrolled):
+    return Listener(confirm.Enrolment.load(enrolled))
+
+
+def test_enrolled_voice_confirms_at_other_speeds_pitches_and_in_room_noise(listener):
+    clean = [(130, 30), (150, 60), (190, 45), (210, 70), (140, 50), (175, 35)]
+    accepted = sum(listener.confirms(pending_window(speech.say(PHRASE, VOICE, speed_wpm=s, pitch=p)))
+                   for s, p in clean)
+    assert accepted >= 5, f"{accepted}/{len(clean)}"
+    noisy = [(140, 40), (170, 55), (190, 35)]
+    accepted = sum(listener.confirms(speech.with_room_noise(pending_window(
+        speech.say(PHRASE, VOICE, speed_wpm=s, pitch=p)), 10, seed=s)) for s, p in noisy)
+    assert accepted >= 2, f"{accepted}/{len(noisy)} at 10 dB SNR"
+
+
+@pytest.mark.parametrize("voice", OTHER_VOICES)
+def test_invariant1_the_exact_phrase_by_another_voice_does_not_confirm(listener, voice):
+    assert not listener.confirms(pending_window(speech.say(PHRASE, voice)))
+
+
+@pytest.mark.parametrize("text", ["please send it now", "send it now, guard", "it now, guard", "please send it",
+                                  "now, guard"])
+def test_invariant1_a_partial_phrase_does_not_confirm(listener, text):
+    assert not listener.confirms(pending_window(speech.say(text, VOICE)))
+
+
+@pytest.mark.parametrize("text", ["please spend it now, god", "police end it now, guard", "please send it now, guys",
+                                  "please lend it now, guard", "please send it out, guard"])
+def test_invariant1_a_near_phrase_does_not_confirm_even_in_the_enrolled_voice(listener, text):
+    assert not listener.confirms(pending_window(speech.say(text, VOICE)))
+
+
+def test_invariant1_ordinary_speech_does_not_confirm(listener):
+    others = ["please pass the salt and the pepper", "we should send it by train instead", "right, okay then",
+              "not now, I am busy with the dishes", "the guard dog barked at the mailman", "yes, send it now"]
+    for i, text in enumerate(others + speech.paragraphs()[:10]):
+        assert not listener.confirms(pending_window(speech.say(text, (VOICE, *OTHER_VOICES)[i % 7]))), text
+
+
+def test_invariant1_the_first_embeddings_of_a_pending_window_are_never_matched(enrolled):
+    """An embedding sees 775 ms (10 frames); the first 10 of a window reach back into the utterance."""
     enrolment = confirm.Enrolment.load(enrolled)
-    features = FeatureExtractor(16)
-    listener = confirm.SpokenConfirmation(enrolment)
+    spoken = confirm.SpokenConfirmation(enrolment)
+    template = enrolment.templates[0]
+    silence = np.zeros(FRAME_SAMPLES, np.int16)
+    spoken.reset()
+    assert not any(spoken.push(e, silence) for e in template)  # the phrase, right as pending begins
+    assert spoken.score > enrolment.threshold  # its first 10 frames were never matched: only the tail counts
+    spoken.reset()
+    for e in np.concatenate([np.repeat(template[:1], 10, axis=0), template]):
+        spoken.push(e, silence)
+    assert spoken.score <= enrolment.threshold  # the same embeddings, heard after the first 10, do match
 
-    def confirms(audio) -> bool:
-        listener.reset()
-        return any(listener.push(e) for e in confirm.embed(audio, features))
 
-    trials = [(130, 30), (150, 60), (190, 45), (210, 70), (140, 50), (175, 35)]
-    accepted = sum(confirms(np.concatenate([speech.silence(1.0), speech.say(PHRASE, "en-us", speed_wpm=s, pitch=p),
-                                            speech.silence(0.5)])) for s, p in trials)
-    assert accepted >= 0.9 * len(trials)
-    others = ["please pass the salt and the pepper", "we should send it by train instead",
-              "not now, I am busy with the dishes", "the guard dog barked at the mailman"] + speech.paragraphs()[:12]
-    for i, text in enumerate(others):
-        assert not confirms(np.concatenate([speech.silence(0.5), speech.say(text, speech.VOICES[i % 6])])), text
+def test_invariant1_a_phrase_ending_as_the_utterance_is_cut_at_its_maximum_length_never_confirms(tmp_path,
+                                                                                               detector, enrolled):
+    wake = np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.1)])
+    said = speech.say(PHRASE, VOICE)
+    settings = GateConfig(max_utterance_seconds=round((len(said) + 2 * FRAME_SAMPLES) / 16000, 2))
+    gate, feed, events, sink = _gate(tmp_path, detector, confirm.Enrolment.load(enrolled), ("button", "voice"),
+                                     settings)
+    feed(np.concatenate([wake, said, speech.silence(12.0)]))
+    kinds = [e.kind for e in events]
+    assert kinds == ["wake", "pending", "discarded"], kinds
+    assert events[1].duration_seconds == pytest.approx(PRE_ROLL_SECONDS + settings.max_utterance_seconds, abs=0.09)
+    assert list(sink.iterdir()) == []
+
+
+def test_reset_and_wipe_zero_the_audio_kept_for_the_speaker_check(enrolled):
+    spoken = confirm.SpokenConfirmation(confirm.Enrolment.load(enrolled))
+    frame = speech.say(PHRASE, VOICE)[:FRAME_SAMPLES]
+    spoken.push(np.ones(96, np.float32), frame)
+    assert not spoken.heard.is_zero()
+    spoken.reset()
+    assert spoken.heard.is_zero()
+    spoken.push(np.ones(96, np.float32), frame)
+    spoken.wipe()
+    assert spoken.heard.is_zero()
+
+
+@pytest.mark.parametrize("phrase", ["right", "yes", "send it", "do it"])
+def test_short_common_phrases_are_refused(tmp_path, take_wavs, phrase):
+    result = run_guard("--config", "/dev/null", "enroll", "confirm", "--phrase", phrase, "--from",
+                       *map(str, take_wavs), env={**os.environ, "STATE_DIRECTORY": str(tmp_path)})
+    assert result.returncode == 2
+    assert "syllable" in result.stderr and "choose a phrase of at least 4 syllables" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and not (tmp_path / "confirm.npz").exists()
+
+
+def test_takes_of_a_short_word_are_refused():
+    takes = [pending_window(speech.say("yes", VOICE, speed_wpm=s)) for s in (150, 165, 180)]
+    with pytest.raises(confirm.EnrollError, match="at least 0.8 s to say"):
+        confirm.calibrate("okay then, send my request", takes, FeatureExtractor(16))
+
+
+def test_enrolling_needs_the_phrase_text(tmp_path, take_wavs):
+    result = run_guard("--config", "/dev/null", "enroll", "confirm", "--from", *map(str, take_wavs),
+                       env={**os.environ, "STATE_DIRECTORY": str(tmp_path)})
+    assert result.returncode == 2 and '--phrase "okay then, send my request"' in result.stderr
+
+
+def _copy(enrolled, tmp_path, mode=0o600):
+    copy = tmp_path / "confirm.npz"
+    copy.write_bytes(enrolled.read_bytes())
+    copy.chmod(mode)
+    return copy
+
+
+@pytest.mark.parametrize("mode", [0o620, 0o606, 0o666])
+def test_templates_others_can_write_are_refused(enrolled, tmp_path, mode):
+    with pytest.raises(confirm.EnrollError, match=f"mode 0{mode:o} lets others rewrite it; fix: chmod 600"):
+        confirm.Enrolment.load(_copy(enrolled, tmp_path, mode))
+
+
+def test_templates_owned_by_someone_else_are_refused(enrolled, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another owner (CI runs as root)")
+    copy = _copy(enrolled, tmp_path)
+    os.chown(copy, 65534, 65534)
+    with pytest.raises(confirm.EnrollError, match="owned by uid 65534"):
+        confirm.Enrolment.load(copy)
+
+
+@pytest.mark.parametrize(("key", "value"), [("threshold", 5.0), ("speaker_threshold", 9.0),
+                                            ("unevenness_threshold", 40.0), ("threshold", 0.0001)])
+def test_hand_edited_thresholds_are_refused(enrolled, tmp_path, key, value):
+    with np.load(enrolled, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays[key] = np.array(value)
+    edited = tmp_path / "confirm.npz"
+    with edited.open("wb") as f:
+        np.savez(f, **arrays)
+    edited.chmod(0o600)
+    with pytest.raises(confirm.EnrollError, match="which calibration never produces"):
+        confirm.Enrolment.load(edited)
+
+
+def test_an_edited_template_file_turns_voice_off_and_the_button_still_works(tmp_path, enrolled, request_wav_for_run):
+    with np.load(enrolled, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    arrays["threshold"] = np.array(10.0)  # silence would "confirm"
+    edited = tmp_path / "edited.npz"
+    with edited.open("wb") as f:
+        np.savez(f, **arrays)
+    edited.chmod(0o600)
+    (tmp_path / "guard.toml").write_text(
+        f'[wake]\nmodels = ["alexa"]\n[gate]\npending_timeout_seconds = 2\n[sinks.box]\npath = "{tmp_path}"\n'
+        f'confirm = ["button", "voice"]\n[confirm]\ntemplates_path = "{edited}"\n'
+        f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n')
+    result = run_guard("--config", str(tmp_path / "guard.toml"), "run", "--source", str(request_wav_for_run),
+                       "--gpio", "mock", "--fast")
+    assert result.returncode == 0
+    assert "spoken confirmation off: " in result.stderr and "which calibration never produces" in result.stderr
+    assert not list(tmp_path.glob("*.wav"))
+
+
+def test_a_voice_sink_without_an_led_is_refused(tmp_path, request_wav_for_run):
+    (tmp_path / "guard.toml").write_text(f'[sinks.box]\npath = "{tmp_path}"\nconfirm = ["button", "voice"]\n'
+                                         f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n')
+    result = run_guard("--config", str(tmp_path / "guard.toml"), "run", "--source", str(request_wav_for_run),
+                       "--gpio", "none", "--fast")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("guard: error: [sinks.box]")
+    assert "[sinks.box] accepts spoken confirmation, but --gpio none has no LED" in result.stderr
+
+
+def test_voice_alone_is_refused(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text('[sinks.box]\npath = "/tmp"\nconfirm = ["voice"]\n')
+    result = run_guard("--config", str(path), "config", "check")
+    assert result.returncode == 2 and "voice alone is refused" in result.stderr
 
 
 def test_sink_confirm_values_are_checked(tmp_path):
     path = tmp_path / "g.toml"
     path.write_text('[sinks.box]\npath = "/tmp"\nconfirm = ["voice", "wink"]\n')
     result = run_guard("--config", str(path), "config", "check")
-    assert result.returncode == 2 and 'must be ["button"], ["voice"] or ["button", "voice"]' in result.stderr
+    assert result.returncode == 2 and 'must be ["button"] or ["button", "voice"]' in result.stderr
 
 
 def test_live_enrolment_through_portaudio_retries_a_silent_take(tmp_path):
@@ -190,7 +377,7 @@ def test_live_enrolment_through_portaudio_retries_a_silent_take(tmp_path):
     def padded(audio):
         return np.concatenate([audio, speech.silence((window - len(audio)) / 16000)])[:window]
 
-    takes = [speech.silence(3.5)] + [padded(np.concatenate([speech.silence(0.4), speech.say(PHRASE, "en-us",
+    takes = [speech.silence(3.5)] + [padded(np.concatenate([speech.silence(0.4), speech.say(PHRASE, VOICE,
                                                                                              speed_wpm=s)]))
                                       for s in (150, 165, 180)]
     raw = tmp_path / "mic.raw"
@@ -198,7 +385,7 @@ def test_live_enrolment_through_portaudio_retries_a_silent_take(tmp_path):
     (tmp_path / "guard.toml").write_text('[audio]\ndevice = "guardtest"\n')
     env = {**alsa_home(tmp_path / "home", raw), "STATE_DIRECTORY": str(tmp_path / "state"),
            "GUARD_CONFIG": str(tmp_path / "guard.toml")}
-    result = run_guard("enroll", "confirm", env=env)
+    result = run_guard("enroll", "confirm", "--phrase", PHRASE, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("say your confirmation phrase now") == 4
     assert "that take is not usable: no speech heard" in result.stderr and result.stderr.count("  ok") == 3
