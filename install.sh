@@ -11,8 +11,8 @@ usage: ./install.sh [--dev]
        sudo ./install.sh --system [--with-broker] [--dry-run]
        sudo ./install.sh --uninstall [--purge] [--dry-run]
 
-  (no option)  install guard into ./.venv (needs portaudio19-dev; installed via apt when root or sudo)
-  --dev        also install the test tools: mosquitto, espeak-ng, sox (apt) and pytest, ruff, hypothesis
+  (no option)  install guard into ./.venv (needs portaudio19-dev, espeak-ng; installed via apt when root or sudo)
+  --dev        also install the test tools: mosquitto, sox, alsa-utils (apt) and pytest, ruff, hypothesis
   --system     install the hardened systemd service into /opt/guard (see script/install-system --help)
 
 Then: .venv/bin/guard --help
@@ -42,8 +42,8 @@ command -v "$python" >/dev/null || fail "no $python; install Python 3.11 (sudo a
 "$python" -c 'import venv, ensurepip' 2>/dev/null \
     || fail "Python's venv module is missing; run: sudo apt-get install python3-venv"
 
-packages=(portaudio19-dev)
-[ "$dev" = 1 ] && packages+=(mosquitto espeak-ng sox alsa-utils)
+packages=(portaudio19-dev espeak-ng)  # espeak-ng: guard enroll synthesizes confusables
+[ "$dev" = 1 ] && packages+=(mosquitto sox alsa-utils)
 
 missing=()
 if command -v dpkg-query >/dev/null; then
