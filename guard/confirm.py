@@ -132,9 +132,9 @@ def best_score(template: np.ndarray, stream: np.ndarray) -> float:
 CONTENT_SIDE = 0.75  # where the content threshold sits between the takes (0) and the closest confusable (1)
 MIN_CONTENT_GAP = 0.02  # takes and the closest confusable must be at least this far apart
 MAX_CONTENT_THRESHOLD = 0.5  # no calibration places it higher: a stored value above this is tampering
-SPEAKER_SIDE = 0.35  # likewise for the speaker ratio, between the takes and the nearest cohort voice
-MAX_SPEAKER_RATIO = 0.5  # above this the user's takes are no nearer to each other than to a synthetic voice
-MAX_UNEVENNESS = 1.6  # worst part over mean distance: a swapped word or a missing part goes above this
+SPEAKER_SIDE = 0.5  # likewise for the speaker ratio, between the takes and the nearest cohort voice
+MAX_SPEAKER_RATIO = 0.65  # above this the user's takes are no nearer to each other than to a synthetic voice
+MAX_UNEVENNESS = 1.5  # worst part over mean distance: a swapped word or a missing part goes above this
 UNEVENNESS_SLACK = 1.1  # room above the takes' own unevenness for a new take in another room
 LISTEN_SECONDS = 6.0  # audio since pending began kept (RAM, wiped) for the speaker check
 
@@ -150,7 +150,7 @@ class Enrolment:
 
     phrase: str
     templates: tuple[np.ndarray, ...]
-    voiceprints: tuple[np.ndarray, ...]
+    voiceprints: tuple[voiceprint.Voiceprint, ...]
     cohort: tuple[np.ndarray, ...]
     threshold: float
     positive_max: float
@@ -174,7 +174,8 @@ class Enrolment:
             np.savez(f, phrase=np.array(self.phrase), closest=np.array(self.closest), created=np.array(self.created),
                      **{k: getattr(self, k) for k in self.NUMBERS},
                      **{f"take{i}": t for i, t in enumerate(self.templates)},
-                     **{f"voice{i}": v for i, v in enumerate(self.voiceprints)},
+                     **{f"voice{i}": v.speaker for i, v in enumerate(self.voiceprints)},
+                     **{f"detail{i}": v.detail for i, v in enumerate(self.voiceprints)},
                      **{f"cohort{i}": c for i, c in enumerate(self.cohort)})
         os.replace(partial, path)
 
@@ -189,18 +190,21 @@ class Enrolment:
                                   key=lambda k: int(k[len(prefix):]))
                     return tuple(np.asarray(data[k], np.float32) for k in keys)
 
-                templates, voiceprints, cohort = series("take"), series("voice"), series("cohort")
+                templates, speakers, details = series("take"), series("voice"), series("detail")
+                cohort = series("cohort")
                 numbers = {k: float(data[k]) for k in cls.NUMBERS}
                 texts = {k: str(data[k]) for k in ("phrase", "closest", "created")}
         except KeyError as e:
             raise EnrollError(f"{path}: made by an older guard (no {e}); enrol again: guard enroll confirm") from None
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise EnrollError(f"{path}: damaged confirmation templates ({e}); enrol again") from None
-        if len(templates) < MIN_TAKES or len(voiceprints) != len(templates) or len(cohort) < 2 \
+        if len(templates) < MIN_TAKES or not len(speakers) == len(details) == len(templates) or len(cohort) < 2 \
                 or any(t.ndim != 2 or t.shape[1] != 96 or len(t) < 3 for t in templates) \
-                or any(v.ndim != 2 or v.shape[1] != voiceprint.CEPSTRA or len(v) < 1 for v in voiceprints + cohort) \
+                or any(v.ndim != 2 or v.shape[1] != voiceprint.CEPSTRA or len(v) < 1 for v in speakers + cohort) \
+                or any(d.ndim != 2 or d.shape[1] != 2 * voiceprint.CEPSTRA or len(d) < 1 for d in details) \
                 or not all(math.isfinite(v) and v > 0 for v in numbers.values()):
             raise EnrollError(f"{path}: damaged confirmation templates (wrong shapes or values); enrol again")
+        voiceprints = tuple(voiceprint.Voiceprint(v, d) for v, d in zip(speakers, details, strict=True))
         enrolment = cls(texts["phrase"], templates, voiceprints, cohort, closest=texts["closest"],
                         created=texts["created"], **numbers)
         problem = enrolment.implausible()
@@ -255,12 +259,13 @@ def _content_calibration(phrase: str, templates: list[np.ndarray], features) -> 
     return positive, negative, closest
 
 
-def _speaker_calibration(voiceprints: list[np.ndarray], cohort: list[np.ndarray]) -> tuple[float, float, float]:
+def _speaker_calibration(voiceprints: list[voiceprint.Voiceprint], cohort: list[np.ndarray]
+                         ) -> tuple[float, float, float]:
     """(the worst ratio of a take against the other takes, the best ratio a cohort voice gets, the takes' worst
-    unevenness)."""
+    unevenness against each other)."""
     own = [voiceprint.compare(v, tuple(o for o in voiceprints if o is not v), tuple(cohort)) for v in voiceprints]
-    negative = min(voiceprint.compare(c, tuple(voiceprints), tuple(o for o in cohort if o is not c)).ratio
-                   for c in cohort)
+    negative = min(min(voiceprint.align(v.speaker, c).mean for v in voiceprints)
+                   / min(voiceprint.align(o, c).mean for o in cohort if o is not c) for c in cohort)
     return max(v.ratio for v in own), negative, max(v.unevenness for v in own)
 
 
@@ -288,8 +293,8 @@ def calibrate(phrase: str, takes: list[np.ndarray], features) -> Enrolment:
             raise EnrollError(f"take {i + 1} holds {spoken:.1f} s of speech; a safe phrase takes at least "
                               f"{MIN_SPEECH_SECONDS:g} s to say; choose a longer one")
     templates = [embed(t, features)[voiced_frames(t)] for t in takes]
-    voiceprints = [voiceprint.cepstra(t) for t in takes]
-    if any(len(v) == 0 for v in voiceprints):
+    voiceprints = [voiceprint.Voiceprint.of(t) for t in takes]
+    if any(len(v.speaker) == 0 for v in voiceprints):
         raise EnrollError("a take has too little speech to tell whose voice it is; say the whole phrase each time")
     cohort = [voiceprint.cepstra(_padded(confusables.speak(phrase, v))) for v in confusables.COHORT_VOICES]
     positive, negative, closest = _content_calibration(phrase, templates, features)
@@ -368,8 +373,8 @@ class SpokenConfirmation:
     def _compare(self) -> voiceprint.Verdict:
         heard = self.heard.snapshot(self._scratch)
         try:
-            features = voiceprint.cepstra(heard)
-            return voiceprint.compare(features, self.enrolment.voiceprints, self.enrolment.cohort)
+            return voiceprint.compare(voiceprint.Voiceprint.of(heard), self.enrolment.voiceprints,
+                                      self.enrolment.cohort)
         finally:
             self._scratch.fill(0)
 

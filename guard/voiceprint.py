@@ -23,7 +23,8 @@ MEL_BANDS = 40
 CEPSTRA = 12  # c1..c12: the spectral envelope without pitch harmonics
 NOISE_PERCENTILE = 10  # the quietest tenth of frames estimates the room's noise
 OVERSUBTRACT = 2.0
-FLOOR_DB = -18.0  # log floor below the loud frames: noise in spectral valleys stops mattering
+SPEAKER_FLOOR_DB = -18.0  # log floor below the loud frames: noise in spectral valleys stops mattering
+DETAIL_FLOOR_DB = -25.0  # lower for the word check: quiet consonants tell "guard" from "card"
 SPEECH_RANGE_DB = 25.0  # frames this far below the loudest are not speech
 MIN_SPEECH_FRAMES = 30  # 0.3 s of speech frames, or there is nothing to compare
 PRE_EMPHASIS = 0.97
@@ -55,11 +56,12 @@ DCT = _dct_matrix()
 HAMMING = np.hamming(WINDOW_SAMPLES)
 
 
-def cepstra(samples: np.ndarray) -> np.ndarray:
-    """Speaker features of some speech: one row of CEPSTRA per 10 ms of speech (silence dropped).
+def cepstra(samples: np.ndarray, floor_db: float = SPEAKER_FLOOR_DB) -> np.ndarray:
+    """Features of some speech: one row of CEPSTRA per 10 ms of speech (silence dropped).
 
     Args:
         samples: 16 kHz mono int16, ideally with some room noise or silence around the speech.
+        floor_db: the log floor below the loud frames (SPEAKER_FLOOR_DB or DETAIL_FLOOR_DB).
     Returns:
         (frames, CEPSTRA) float32, mean-normalised; empty when there is too little speech.
     """
@@ -77,8 +79,28 @@ def cepstra(samples: np.ndarray) -> np.ndarray:
     if len(mel) < MIN_SPEECH_FRAMES:
         return np.zeros((0, CEPSTRA), np.float32)
     peak = np.percentile(mel.max(axis=1), 90)
-    rows = np.log(mel + peak * 10 ** (FLOOR_DB / 10)) @ DCT.T
+    rows = np.log(mel + peak * 10 ** (floor_db / 10)) @ DCT.T
     return (rows - rows.mean(axis=0)).astype(np.float32)
+
+
+def _with_deltas(rows: np.ndarray) -> np.ndarray:
+    """Append each row's slope over +-2 frames: onsets and bursts, where minimal pairs differ."""
+    slopes = np.zeros_like(rows)
+    if len(rows) > 4:
+        slopes[2:-2] = (rows[3:-1] - rows[1:-3] + 2 * (rows[4:] - rows[:-4])) / 10
+    return np.hstack([rows, slopes])
+
+
+@dataclass(frozen=True)
+class Voiceprint:
+    """One take or one stretch of heard audio: cepstra for who spoke, and finer ones for what was said."""
+
+    speaker: np.ndarray  # (frames, CEPSTRA)
+    detail: np.ndarray  # (frames, 2 * CEPSTRA): low floor, with slopes
+
+    @classmethod
+    def of(cls, samples: np.ndarray) -> "Voiceprint":
+        return cls(cepstra(samples), _with_deltas(cepstra(samples, DETAIL_FLOOR_DB)).astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -86,15 +108,15 @@ class Alignment:
     """How `heard` lines up with a template: the mean distance, and the worst of the template's parts."""
 
     mean: float
-    worst_part: float
+    parts: tuple[float, ...]
 
     @property
     def unevenness(self) -> float:
         """Worst part over the mean: high when one word differs, whoever speaks and whatever the noise."""
-        return self.worst_part / self.mean if 0 < self.mean < float("inf") else float("inf")
+        return max(self.parts) / self.mean if 0 < self.mean < float("inf") else float("inf")
 
 
-NO_MATCH = Alignment(float("inf"), float("inf"))
+NO_MATCH = Alignment(float("inf"), (float("inf"),))
 
 
 def align(template: np.ndarray, heard: np.ndarray, parts: int = 6) -> Alignment:
@@ -135,7 +157,7 @@ def align(template: np.ndarray, heard: np.ndarray, parts: int = 6) -> Alignment:
     end = int(np.argmin(means))
     if not np.isfinite(means[end]):
         return NO_MATCH
-    return Alignment(float(means[end]), float(np.max(sums[end] / np.maximum(counts[end], 1))))
+    return Alignment(float(means[end]), tuple(float(v) for v in sums[end] / np.maximum(counts[end], 1)))
 
 
 @dataclass(frozen=True)
@@ -146,9 +168,13 @@ class Verdict:
     unevenness: float
 
 
-def compare(heard: np.ndarray, takes: tuple[np.ndarray, ...], cohort: tuple[np.ndarray, ...]) -> Verdict:
-    """Compare heard cepstra with the user's takes and with the cohort; lower is more like the user's phrase."""
-    own = min((align(t, heard) for t in takes), key=lambda a: a.mean)
-    other = min(align(c, heard).mean for c in cohort)
-    ratio = own.mean / other if 0 < other < float("inf") else float("inf")
-    return Verdict(ratio, own.unevenness)
+def compare(heard: Voiceprint, takes: tuple[Voiceprint, ...], cohort: tuple[np.ndarray, ...]) -> Verdict:
+    """Compare heard audio with the user's takes and with the cohort; lower is more like the user's phrase.
+
+    The unevenness is the lowest over the takes: the phrase said some way the user
+    once said it is even against that take.
+    """
+    own = min(align(t.speaker, heard.speaker).mean for t in takes)
+    other = min(align(c, heard.speaker).mean for c in cohort)
+    ratio = own / other if 0 < other < float("inf") else float("inf")
+    return Verdict(ratio, min(align(t.detail, heard.detail).unevenness for t in takes))

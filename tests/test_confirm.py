@@ -50,6 +50,7 @@ def test_enrolment_stores_features_only_privately(enrolled):
         assert len(takes) == 3 and all(t.ndim == 2 and t.shape[1] == 96 for t in takes)
         voices = [data[k] for k in data.files if k.startswith("voice")]
         assert len(voices) == 3 and all(v.shape[1] == voiceprint.CEPSTRA for v in voices)
+        assert all(data[f"detail{i}"].shape[1] == 2 * voiceprint.CEPSTRA for i in range(3))
         assert len([k for k in data.files if k.startswith("cohort")]) == len(confusables.COHORT_VOICES)
         assert 0 < float(data["positive_max"]) < float(data["threshold"]) < float(data["negative_min"])
         assert float(data["speaker_positive_max"]) < float(data["speaker_threshold"]) <= confirm.MAX_SPEAKER_RATIO
@@ -153,13 +154,18 @@ def test_button_only_sinks_never_take_voice(tmp_path, detector, enrolled):
     assert "released" not in [e.kind for e in events] and list(sink.iterdir()) == []
 
 
-def test_missing_templates_leave_the_button_working(tmp_path, request_wav_for_run):
+def _run_with_templates(tmp_path, templates, wav):
+    """`guard run` on a file, with a voice sink and the given template file."""
     (tmp_path / "guard.toml").write_text(
-        f'[wake]\nmodels = ["alexa"]\n[gate]\npending_timeout_seconds = 1\n[sinks.box]\npath = "{tmp_path}"\n'
-        f'confirm = ["button", "voice"]\n[confirm]\ntemplates_path = "{tmp_path / "none.npz"}"\n'
+        f'[wake]\nmodels = ["alexa"]\n[gate]\npending_timeout_seconds = 2\n[sinks.box]\npath = "{tmp_path}"\n'
+        f'confirm = ["button", "voice"]\n[confirm]\ntemplates_path = "{templates}"\n'
         f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n')
-    result = run_guard("--config", str(tmp_path / "guard.toml"), "run", "--source", str(request_wav_for_run),
-                       "--gpio", "mock", "--fast")
+    return run_guard("--config", str(tmp_path / "guard.toml"), "run", "--source", str(wav), "--gpio", "mock",
+                     "--fast")
+
+
+def test_missing_templates_leave_the_button_working(tmp_path, request_wav_for_run):
+    result = _run_with_templates(tmp_path, tmp_path / "none.npz", request_wav_for_run)
     assert result.returncode == 0
     assert "spoken confirmation off: " in result.stderr and "the button still works" in result.stderr
     assert "spoken confirmation: off" in result.stderr
@@ -313,34 +319,27 @@ def test_templates_owned_by_someone_else_are_refused(enrolled, tmp_path):
         confirm.Enrolment.load(copy)
 
 
-@pytest.mark.parametrize(("key", "value"), [("threshold", 5.0), ("speaker_threshold", 9.0),
-                                            ("unevenness_threshold", 40.0), ("threshold", 0.0001)])
-def test_hand_edited_thresholds_are_refused(enrolled, tmp_path, key, value):
+def _edited(enrolled, path, key, value):
+    """A copy of the templates with one number changed by hand, mode 0600."""
     with np.load(enrolled, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     arrays[key] = np.array(value)
-    edited = tmp_path / "confirm.npz"
-    with edited.open("wb") as f:
+    with path.open("wb") as f:
         np.savez(f, **arrays)
-    edited.chmod(0o600)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize(("key", "value"), [("threshold", 5.0), ("speaker_threshold", 9.0),
+                                            ("unevenness_threshold", 40.0), ("threshold", 0.0001)])
+def test_hand_edited_thresholds_are_refused(enrolled, tmp_path, key, value):
     with pytest.raises(confirm.EnrollError, match="which calibration never produces"):
-        confirm.Enrolment.load(edited)
+        confirm.Enrolment.load(_edited(enrolled, tmp_path / "confirm.npz", key, value))
 
 
 def test_an_edited_template_file_turns_voice_off_and_the_button_still_works(tmp_path, enrolled, request_wav_for_run):
-    with np.load(enrolled, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
-    arrays["threshold"] = np.array(10.0)  # silence would "confirm"
-    edited = tmp_path / "edited.npz"
-    with edited.open("wb") as f:
-        np.savez(f, **arrays)
-    edited.chmod(0o600)
-    (tmp_path / "guard.toml").write_text(
-        f'[wake]\nmodels = ["alexa"]\n[gate]\npending_timeout_seconds = 2\n[sinks.box]\npath = "{tmp_path}"\n'
-        f'confirm = ["button", "voice"]\n[confirm]\ntemplates_path = "{edited}"\n'
-        f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n')
-    result = run_guard("--config", str(tmp_path / "guard.toml"), "run", "--source", str(request_wav_for_run),
-                       "--gpio", "mock", "--fast")
+    edited = _edited(enrolled, tmp_path / "edited.npz", "threshold", 10.0)  # silence would "confirm"
+    result = _run_with_templates(tmp_path, edited, request_wav_for_run)
     assert result.returncode == 0
     assert "spoken confirmation off: " in result.stderr and "which calibration never produces" in result.stderr
     assert not list(tmp_path.glob("*.wav"))
