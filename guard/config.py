@@ -163,6 +163,9 @@ class GateConfig:
         "quiet that ends the utterance", 0.3, 5))
     silence_dbfs: float = field(default=-45.0, metadata=_doc(
         "frame level (dBFS) below which a frame counts as quiet", -90, 0))
+    button_quiet_seconds: float = field(default=0.05, metadata=_doc(
+        "a press counts only if the button was up this long before it: contact bounce and chatter never do",
+        0.01, 1))
 
 
 @dataclass(frozen=True)

@@ -263,12 +263,12 @@ class Daemon:
             self.gate.feed(item)
             if self.options.fast:
                 self.clock.seconds += FRAME_SECONDS
-        elif item == "pressed":
-            self.gate.press(payload)
-        elif item == "released":
-            self.gate.release(payload)
-        elif item == "held":
-            self.gate.hold(payload)
+        elif item == "button_down":
+            self.gate.button_down(payload)
+        elif item == "button_up":
+            self.gate.button_up(payload)
+        elif item == "button_held":
+            self.gate.button_held(payload)
         elif item == "remote":
             {"mute": self.gate.mute, "unmute": self.gate.unmute, "cancel": self.gate.cancel,
              "wipe": self.gate.wipe}[payload]("remote")

@@ -1,9 +1,10 @@
 """The privacy gate: the only code that may hand audio to a sink.
 
 idle -> (wake) -> capturing -> (end of utterance) -> pending -> released | discarded -> idle.
-Audio leaves only on a button press that *began* while pending (and ended
-before a long press), never on a press from before, a held or stuck button,
-or any remote command. Everything not released is zeroed: on discard,
+Audio leaves only on a button press that *began* after the LED showed pending,
+after the button had been up for a quiet time (so contact bounce and chatter
+never count), and ended before a long press; never on a press from before, a
+held or stuck button, or any remote command. Everything not released is zeroed: on discard,
 timeout, mute, fault and shutdown. Every decision goes to the audit log first.
 """
 
@@ -106,6 +107,7 @@ class Gate:
         self._quiet_frames = 0
         self._press_counts = False
         self._held = False
+        self._button_up_since = -math.inf
         self._fault_until = 0.0
 
     # -- audio -----------------------------------------------------------------
@@ -145,31 +147,34 @@ class Gate:
             self.end_capture()
 
     def end_capture(self) -> None:
-        """The utterance is complete: show pending and start the confirmation window."""
+        """The utterance is complete: record it, show pending, and only then open the consent window."""
         if self.state is not State.CAPTURING:
             return
-        self._pending_since = self.clock()
         self._press_counts = False
         if self.confirmation is not None:
             self.confirmation.reset()  # only what is said from now on can confirm
         self._record("pending", State.PENDING, duration_seconds=self._duration())
         self._enter(State.PENDING, show="pending_voice" if self.confirmation is not None else None)
+        self._pending_since = self.clock()  # the LED shows pending from here: a press must begin after this
 
     # -- the button ---------------------------------------------------------------
 
-    def press(self, at: float) -> None:
-        """The button went down. It can only count if that happened while pending."""
-        self._press_counts = self.state is State.PENDING and at >= self._pending_since
+    def button_down(self, at: float) -> None:
+        """The button went down at `at` (clock seconds). It counts only if that was after the LED showed
+        pending and after the button had been up for `button_quiet_seconds`: bounce is not a press."""
+        quiet = at - self._button_up_since >= self.settings.button_quiet_seconds
+        self._press_counts = self.state is State.PENDING and at >= self._pending_since and quiet
         self._held = False
 
-    def release(self, at: float) -> None:
-        """The button came up: a short press that began during pending releases the audio."""
+    def button_up(self, at: float) -> None:
+        """The button came up: a short press that counted releases the audio."""
         counts, held = self._press_counts, self._held
         self._press_counts = self._held = False
+        self._button_up_since = at
         if counts and not held and self.state is State.PENDING:
             self._release("button")
 
-    def hold(self, at: float) -> None:
+    def button_held(self, at: float) -> None:
         """A long press toggles the hardware mute; it never releases anything."""
         self._held = True
         self._press_counts = False

@@ -1,7 +1,7 @@
 """The consent button and the status LED, through gpiozero; the only gpiozero user.
 
-Callbacks here only post a word ("pressed", "released", "held") to the daemon's
-queue; the gate decides what a press means.
+Callbacks here only post a word ("button_down", "button_up", "button_held") to
+the daemon's queue; the gate decides what a press means.
 """
 
 import warnings
@@ -59,7 +59,7 @@ class ConsentButton:
 
     Args:
         settings: the [gpio] table (pin, pull, bounce, long-press seconds).
-        post: called with "pressed", "released" or "held" from gpiozero's threads.
+        post: called with "button_down", "button_up" or "button_held" from gpiozero's threads.
         factory: gpiozero pin factory (MockFactory in tests).
     """
 
@@ -68,9 +68,9 @@ class ConsentButton:
             settings.button_pin, pull_up=settings.button_pull_up, bounce_time=settings.bounce_seconds or None,
             hold_time=settings.long_press_seconds, pin_factory=factory),
             f"button on GPIO{settings.button_pin}", "fix [gpio] button_pin")
-        self._button.when_pressed = lambda: post("pressed")
-        self._button.when_released = lambda: post("released")
-        self._button.when_held = lambda: post("held")
+        self._button.when_pressed = lambda: post("button_down")
+        self._button.when_released = lambda: post("button_up")
+        self._button.when_held = lambda: post("button_held")
 
     @property
     def is_pressed(self) -> bool:

@@ -55,6 +55,8 @@ class Rig:
         self.factory = MockFactory(pin_class=MockPWMPin)
         self.clock = Clock()
         self.events, self.listening = [], []
+        self.words: list[tuple[str, float]] = []
+        self.holding_words = False  # True: words wait in the queue, as while the daemon's loop is busy
         self.sink_dir = tmp_path / "sink"
         self.sink_dir.mkdir()
         self.audit_path = tmp_path / "state" / "audit.jsonl"
@@ -69,20 +71,32 @@ class Rig:
         self.led_pin = self.factory.pin(gpio.led_pins[0])
 
     def _word(self, word: str) -> None:
-        {"pressed": self.gate.press, "released": self.gate.release, "held": self.gate.hold}[word](self.clock())
+        """Like the daemon: gpiozero posts the word stamped with its time; the loop handles it between steps."""
+        self.words.append((word, self.clock()))
+        if not self.holding_words:
+            self.pump()
+
+    def pump(self) -> None:
+        while self.words:
+            word, at = self.words.pop(0)
+            {"button_down": self.gate.button_down, "button_up": self.gate.button_up,
+             "button_held": self.gate.button_held}[word](at)
 
     def feed(self, audio: np.ndarray) -> None:
         for frame in audio.reshape(-1, FRAME_SAMPLES):
             self.gate.feed(frame.copy())
             self.clock.seconds += FRAME_SECONDS
             self.gate.tick()
+            if not self.holding_words:
+                self.pump()
 
     def wait(self, seconds: float) -> None:
         self.clock.seconds += seconds
         self.gate.tick()
 
-    def press(self) -> None:
+    def press(self, seconds: float = 0.1) -> None:
         self.button_pin.drive_low()
+        self.clock.seconds += seconds
         self.button_pin.drive_high()
 
     def kinds(self) -> list[str]:
@@ -166,6 +180,88 @@ def test_invariant1_button_held_through_pending_start_never_releases(rig, reques
     assert r.gate.state is State.PENDING
     r.wait(10.0)
     assert r.released_files() == [] and r.kinds()[-1] == "discarded"
+
+
+def test_invariant1_press_inside_the_gap_before_the_led_shows_pending_never_releases(rig, request_audio):
+    """A press that begins and ends while the pending record is written, the LED still showing capturing."""
+    r = rig()
+    seen = []
+
+    def press_while_recording(event):
+        if event.kind == "pending":
+            seen.append(r.led.showing)
+            r.holding_words = True  # the loop is busy writing the record: the words wait in the queue
+            r.clock.seconds += 0.01
+            r.press(0.02)
+            r.clock.seconds += 0.01
+            r.holding_words = False
+
+    r.gate._publish = press_while_recording
+    r.feed(request_audio)
+    assert seen == ["capturing"] and r.gate.state is State.PENDING
+    r.wait(10.0)
+    assert r.released_files() == [] and "released" not in [x["event"] for x in audit.read(r.audit_path)]
+
+
+def test_invariant1_a_press_queued_before_pending_but_handled_after_never_releases(rig, request_audio):
+    r = rig()
+    wake_at = int(2.4 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES
+    r.feed(request_audio[:wake_at])
+    assert r.gate.state is State.CAPTURING
+    r.holding_words = True
+    r.press()  # stamped while capturing, handled by the loop only once pending has begun
+    r.feed(request_audio[wake_at:])
+    assert r.gate.state is State.PENDING and r.words
+    r.holding_words = False
+    r.pump()
+    r.wait(10.0)
+    assert r.released_files() == [] and r.kinds()[-1] == "discarded"
+
+
+def test_invariant1_bounce_of_a_button_held_into_pending_never_releases(rig, request_audio):
+    r = rig()
+    r.feed(request_audio[:2 * 16000 // FRAME_SAMPLES * FRAME_SAMPLES])
+    r.button_pin.drive_low()  # held from capturing
+    r.feed(request_audio[2 * 16000 // FRAME_SAMPLES * FRAME_SAMPLES:])
+    assert r.gate.state is State.PENDING
+    r.clock.seconds += 0.06
+    r.button_pin.drive_high()  # the contact bounces open for 5 ms...
+    r.clock.seconds += 0.005
+    r.button_pin.drive_low()  # ...and closes again: a new down edge after pending began
+    r.clock.seconds += 0.3
+    r.button_pin.drive_high()
+    assert r.gate.state is State.PENDING
+    r.wait(10.0)
+    assert r.released_files() == [] and r.kinds()[-1] == "discarded"
+
+
+def test_invariant1_chatter_of_a_held_button_never_releases(rig, request_audio):
+    r = rig()
+    r.button_pin.drive_low()
+    r.feed(request_audio)
+    assert r.gate.state is State.PENDING
+    for _ in range(100):
+        r.clock.seconds += 0.004
+        r.button_pin.drive_high()
+        r.clock.seconds += 0.004
+        r.button_pin.drive_low()
+    r.clock.seconds += 0.004
+    r.button_pin.drive_high()
+    assert r.gate.state is State.PENDING and r.released_files() == []
+
+
+def test_a_clean_press_after_bounce_still_releases(rig, request_audio):
+    r = rig()
+    r.button_pin.drive_low()
+    r.feed(request_audio)
+    r.button_pin.drive_high()
+    r.clock.seconds += 0.003
+    r.button_pin.drive_low()
+    r.clock.seconds += 0.003
+    r.button_pin.drive_high()  # bounce over; the button rests up
+    r.clock.seconds += GateConfig().button_quiet_seconds + 0.01
+    r.press()
+    assert r.kinds()[-1] == "released" and len(r.released_files()) == 1
 
 
 def test_invariant1_stuck_button_never_releases(rig, request_audio):
