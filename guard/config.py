@@ -15,6 +15,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from guard import trust
 from guard.errors import ConfigError
 from guard.wake import WakeModelSettings
 
@@ -380,7 +381,23 @@ def load(explicit: str | None = None) -> tuple[Config, Path | None]:
         raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    return parse(raw, str(path)), path
+    config = parse(raw, str(path))
+    _check_trust(path, config)
+    return config, path
+
+
+def _check_trust(path: Path, config: Config) -> None:
+    """The config and every file a sink names may be written only by root or this user (see trust.py)."""
+    named = [(path, "config")]
+    for name, sink in config.sinks.items():
+        if sink.type == "directory":
+            named.append((Path(sink.path).expanduser(), f"[sinks.{name}] path"))
+        elif sink.type == "command" and Path(sink.command[0]).is_absolute():
+            named.append((Path(sink.command[0]), f"[sinks.{name}] command"))
+    for file, key in named:
+        problem = trust.untrusted(file)
+        if problem:
+            raise ConfigError(f"{path}: {key}: {problem}" if key != "config" else problem)
 
 
 def _table_toml(name: str, section: Any) -> list[str]:

@@ -10,7 +10,6 @@ button still works.
 
 import math
 import os
-import stat
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import confusables, voiceprint
+from guard import confusables, trust, voiceprint
 from guard.audio import FRAME_SAMPLES, RATE_HZ
 from guard.errors import UsageError
 from guard.ringbuffer import RingBuffer
@@ -226,19 +225,12 @@ class Enrolment:
 
 
 def _check_file_trust(path: Path) -> None:
-    """Refuse templates that someone other than their owner (root or this service) could have written."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise EnrollError(f"{path}: no confirmation phrase enrolled; run: guard enroll confirm") from None
-    except OSError as e:
-        raise EnrollError(f"{path}: cannot read ({e.strerror})") from None
-    if info.st_uid not in (0, os.geteuid()):
-        raise EnrollError(f"{path}: owned by uid {info.st_uid}, not by this service (uid {os.geteuid()}) or root; "
-                          f"fix: chown {os.geteuid()} {path}, or enrol again as this user")
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise EnrollError(f"{path}: mode {stat.S_IMODE(info.st_mode):04o} lets others rewrite it; "
-                          f"fix: chmod 600 {path}")
+    """Refuse templates that someone other than root or this service could have written."""
+    if not path.exists():
+        raise EnrollError(f"{path}: no confirmation phrase enrolled; run: guard enroll confirm")
+    problem = trust.untrusted(path)
+    if problem:
+        raise EnrollError(problem)
 
 
 def _padded(samples: np.ndarray) -> np.ndarray:
