@@ -206,7 +206,7 @@ class MqttConfig:
     discovery: bool = field(default=True, metadata=_doc("publish Home Assistant discovery"))
     discovery_prefix: str = field(default="homeassistant", metadata=_doc("Home Assistant's discovery prefix"))
     hermes: bool = field(default=False, metadata=_doc(
-        "Rhasspy/Hermes: publish hermes/hotword/<id>/detected; toggleOff/toggleOn act as remote mute"))
+        "Rhasspy/Hermes: publish hermes/hotword/<device id>/detected; toggleOff/toggleOn act as remote mute"))
 
 
 @dataclass(frozen=True)

@@ -212,7 +212,8 @@ class MqttLink:
             self._send(f"{self.root}/activity", json.dumps({"event_type": ACTIVITY_TYPES[event.kind],
                                                              "utterance": event.utterance}).encode())
         if event.kind == "wake" and self.settings.hermes:
-            self._send(f"hermes/hotword/{event.model}/detected", json.dumps(
+            # wakewordId = device id: the broker ACL can confine a topic, never the siteId inside a payload
+            self._send(f"hermes/hotword/{self.device_id}/detected", json.dumps(
                 {"siteId": self.device_id, "modelId": event.model, "currentSensitivity": event.score}).encode())
         self._update_state(event)
 

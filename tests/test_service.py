@@ -20,17 +20,61 @@ from guard.wake import WakeDetector, WakeModelSettings
 INSTALL = ROOT / "install.sh"
 
 
-def _install(destdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(INSTALL), *args], env={"DESTDIR": str(destdir), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+def _install(destdir: Path, *args: str, path_first: Path | None = None) -> subprocess.CompletedProcess:
+    path = (f"{path_first}:" if path_first else "") + "/usr/sbin:/usr/bin:/sbin:/bin"
+    return subprocess.run([str(INSTALL), *args], env={"DESTDIR": str(destdir), "PATH": path},
                           capture_output=True, text=True, timeout=600)
+
+
+def _argv_recorder(folder: Path, program: str) -> Path:
+    """A `program` earlier in PATH that appends its command line to a log, then runs the real one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / f"{program}.argv"
+    wrapper = folder / program
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\nexec {shutil.which(program)} "$@"\n')
+    wrapper.chmod(0o755)
+    return log
 
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("destdir")
-    result = _install(root, "--system", "--with-broker")
+    recorders = root.parent / f"{root.name}-argv"
+    for program in ("mosquitto_passwd", "python3"):
+        _argv_recorder(recorders, program)
+    result = _install(root, "--system", "--with-broker", path_first=recorders)
     assert result.returncode == 0, result.stdout + result.stderr
     return root
+
+
+def test_installer_never_puts_the_broker_password_on_a_command_line(staged):
+    secret = (staged / "etc/guard/mqtt-password").read_text().strip()
+    recorded = staged.parent / f"{staged.name}-argv" / "mosquitto_passwd.argv"
+    assert len(secret) == 32 and recorded.exists(), "mosquitto_passwd ran under the recorder"
+    for log in recorded.parent.glob("*.argv"):
+        assert secret not in log.read_text(), f"{log.stem} saw the password in its argv"
+    hashed = (staged / "etc/mosquitto/guard.passwd").read_text()
+    user, _, stored = hashed.strip().partition(":")
+    assert user and stored.startswith("$") and secret not in hashed, "stored hashed, never in plain text"
+
+
+def test_the_installed_broker_password_logs_in(staged, tmp_path):
+    conf = (ROOT / "firmware_config/mosquitto/guard.conf").read_text()
+    conf = conf.replace("listener 1883 127.0.0.1", "listener PORT 127.0.0.1")
+    conf = conf.replace("/etc/mosquitto/guard.passwd", str(staged / "etc/mosquitto/guard.passwd"))
+    conf = conf.replace("/etc/mosquitto/guard.acl", str(staged / "etc/mosquitto/guard.acl"))
+    user = (staged / "etc/mosquitto/guard.passwd").read_text().split(":")[0]
+    secret = (staged / "etc/guard/mqtt-password").read_text().strip()
+    broker = Broker(tmp_path / "broker", extra=conf).start()
+    try:
+        good = Subscriber(broker.port, [f"guard/{user}/#"], username_pw_set=(user, secret))
+        bad = Subscriber(broker.port, [f"guard/{user}/#"], username_pw_set=(user, "not-it"))
+        assert good.wait_for(lambda: good.client.is_connected())
+        assert not bad.wait_for(lambda: bad.client.is_connected(), timeout=1.0)
+        good.close()
+        bad.close()
+    finally:
+        broker.stop()
 
 
 def test_unit_verifies_and_scores_at_most_2(staged):
@@ -106,7 +150,7 @@ def test_each_alsa_config_parses_and_shows_its_pcm(tmp_path, name):
 def test_broker_acl_confines_each_guard_to_its_own_tree(tmp_path):
     passwd, acl = tmp_path / "passwd", tmp_path / "guard.acl"
     shutil.copy(ROOT / "firmware_config/mosquitto/guard.acl", acl)
-    for user in ("kitchen", "homeassistant"):
+    for user in ("kitchen", "homeassistant", "rhasspy"):
         subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if user == "kitchen" else []), str(passwd), user, "pw"],
                        check=True, capture_output=True)
     conf = (ROOT / "firmware_config/mosquitto/guard.conf").read_text()
@@ -116,15 +160,21 @@ def test_broker_acl_confines_each_guard_to_its_own_tree(tmp_path):
     try:
         hub = Subscriber(broker.port, ["guard/#"], username_pw_set=("homeassistant", "pw"))
         kitchen = Subscriber(broker.port, ["guard/#"], username_pw_set=("kitchen", "pw"))
-        assert hub.wait_for(lambda: hub.client.is_connected() and kitchen.client.is_connected())
+        hermes = Subscriber(broker.port, ["hermes/hotword/+/detected"], username_pw_set=("rhasspy", "pw"))
+        assert hub.wait_for(lambda: all(s.client.is_connected() for s in (hub, kitchen, hermes)))
         time.sleep(0.3)
         kitchen.publish("guard/hall/event/wake", "spoofed")
+        kitchen.publish("hermes/hotword/hall/detected", '{"siteId": "hall"}')
+        kitchen.publish("hermes/hotword/kitchen/detected", '{"siteId": "kitchen"}')
         kitchen.publish("guard/kitchen/event/wake", "mine")
         hub.publish("guard/kitchen/cmd/mute", "")
         assert hub.wait_for(lambda: "guard/kitchen/cmd/mute" in hub.topics())
         assert kitchen.wait_for(lambda: "guard/kitchen/cmd/mute" in kitchen.topics())
         assert "guard/kitchen/event/wake" in hub.topics()
         assert "guard/hall/event/wake" not in hub.topics(), "a guard cannot publish as another"
+        assert hermes.wait_for(lambda: "hermes/hotword/kitchen/detected" in hermes.topics())
+        assert "hermes/hotword/hall/detected" not in hermes.topics(), "nor announce another's Hermes wake"
+        hermes.close()
         hub.close()
         kitchen.close()
     finally:
