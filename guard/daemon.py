@@ -121,11 +121,10 @@ class Daemon:
     def _health(self) -> dict[str, str]:
         """One line per part, logged at start and kept in the retained MQTT state for `guard status`."""
         source, words = self.source, self.gate.detector.words
-        locked = self.gate.ring.locked and self.gate.capture.locked
         return {
             "audio": f"{source.name} at {source.rate_hz} Hz" if isinstance(source, MicSource) else str(source.path),
             "models": ", ".join(f"{w.name} (threshold {w.settings.threshold:g})" for w in words),
-            "buffers": "locked in RAM" if locked else "not locked in RAM (raise LimitMEMLOCK)",
+            "buffers": self._buffers_health(),
             "gpio": {"none": "none: nothing can be released by button", "mock": "simulated pins"}.get(
                 self.options.gpio, f"button GPIO{self.config.gpio.button_pin}, "
                                    f"{self.config.gpio.led_type} LED GPIO{list(self.config.gpio.led_pins)}"),
@@ -134,6 +133,19 @@ class Daemon:
                                for s in self.sinks) or "none",
             "spoken confirmation": "listening while pending" if self.gate.confirmation else "off",
         }
+
+    def _buffers_health(self) -> str:
+        """Every buffer that holds audio and could not be locked in RAM, by name and size."""
+        buffers = {"pre-roll ring": self.gate.ring, "capture": self.gate.capture}
+        if self.gate.confirmation is not None:
+            buffers["spoken-confirmation window"] = self.gate.confirmation.heard
+        unlocked = [f"{name} ({b.nbytes // 1024} KiB)" for name, b in buffers.items() if not b.locked]
+        if not unlocked:
+            return f"all {len(buffers)} locked in RAM"
+        problem = (f"not locked in RAM: {', '.join(unlocked)}; they may swap to disk; "
+                   "raise LimitMEMLOCK or grant CAP_IPC_LOCK")
+        log.warning("mlock refused: %s", problem)
+        return problem
 
     def _post_word(self, word: str) -> None:
         self.words.put((word, self.clock()))

@@ -6,13 +6,10 @@ It must never be written to disk or logged.
 
 import ctypes
 import ctypes.util
-import logging
 
 import numpy as np
 
 from guard.audio import RATE_HZ
-
-log = logging.getLogger(__name__)
 
 
 def lock_in_ram(array: np.ndarray) -> bool:
@@ -46,12 +43,13 @@ class RingBuffer:
         self._head = 0  # where the next sample goes
         self._count = 0
         self.locked = lock_in_ram(self._samples)
-        if not self.locked:
-            log.warning("mlock refused for the %d KiB ring buffer: it may swap; raise LimitMEMLOCK",
-                        self._samples.nbytes // 1024)
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def nbytes(self) -> int:
+        return self._samples.nbytes
 
     def write(self, samples: np.ndarray) -> None:
         """Append samples, overwriting the oldest; no allocation."""
@@ -101,6 +99,10 @@ class CaptureBuffer:
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def nbytes(self) -> int:
+        return self._samples.nbytes
 
     def load(self, ring: RingBuffer) -> None:
         """Start from the ring's pre-roll."""

@@ -148,3 +148,21 @@ def test_mute_closes_the_real_microphone_stream(tmp_path):
     assert result.stdout.splitlines() == ["open before: True", "open while muted: False muted",
                                           "open after unmute: True idle"], result.stderr
     assert [r["event"] for r in audit.read(tmp_path / "audit.jsonl")] == ["muted", "unmuted"]
+
+
+@pytest.mark.parametrize(("memlock_bytes", "unlocked", "locked"), [
+    (0, ["pre-roll ring (62 KiB)", "capture (375 KiB)"], []),
+    (200_000, ["capture (375 KiB)"], ["pre-roll ring"]),
+])
+def test_health_names_every_buffer_that_could_not_be_locked(tmp_path, request_wav, memlock_bytes, unlocked, locked):
+    env, _ = _setup(tmp_path)
+    result = subprocess.run(["prlimit", f"--memlock={memlock_bytes}", "setpriv", "--inh-caps=-ipc_lock",
+                             "--bounding-set=-ipc_lock", str(GUARD), "run", "--source", str(request_wav),
+                             "--gpio", "mock", "--fast"], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stderr.splitlines() if "buffers: " in x)
+    assert "not locked in RAM: " in line and "raise LimitMEMLOCK or grant CAP_IPC_LOCK" in line
+    for name in unlocked:
+        assert name in line
+    for name in locked:
+        assert name not in line
