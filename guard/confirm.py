@@ -135,6 +135,7 @@ SPEAKER_SIDE = 0.5  # likewise for the speaker ratio, between the takes and the 
 MAX_SPEAKER_RATIO = 0.65  # above this the user's takes are no nearer to each other than to a synthetic voice
 MAX_UNEVENNESS = 1.5  # worst part over mean distance: a swapped word or a missing part goes above this
 UNEVENNESS_SLACK = 1.1  # room above the takes' own unevenness for a new take in another room
+RECHECK_FRAMES = 4  # the voice checks cost ~70 ms on a PC: after a refusal, wait 320 ms before the next
 LISTEN_SECONDS = 6.0  # audio since pending began kept (RAM, wiped) for the speaker check
 
 
@@ -256,8 +257,8 @@ def _speaker_calibration(voiceprints: list[voiceprint.Voiceprint], cohort: list[
     """(the worst ratio of a take against the other takes, the best ratio a cohort voice gets, the takes' worst
     unevenness against each other)."""
     own = [voiceprint.compare(v, tuple(o for o in voiceprints if o is not v), tuple(cohort)) for v in voiceprints]
-    negative = min(min(voiceprint.align(v.speaker, c).mean for v in voiceprints)
-                   / min(voiceprint.align(o, c).mean for o in cohort if o is not c) for c in cohort)
+    negative = min(voiceprint.speaker_ratio(c, tuple(voiceprints), tuple(o for o in cohort if o is not c))
+                   for c in cohort)
     return max(v.ratio for v in own), negative, max(v.unevenness for v in own)
 
 
@@ -341,6 +342,7 @@ class SpokenConfirmation:
             m.reset()
         self.wipe()
         self._skip = EMBEDDING_WINDOW_FRAMES
+        self._recheck_in = 0
         self.score = math.inf
         self.speaker_score = self.unevenness = math.inf
 
@@ -357,10 +359,16 @@ class SpokenConfirmation:
         self.score = min(m.push(embedding) for m in self.matchers)
         if self.score > self.enrolment.threshold:
             return False
+        if self._recheck_in > 0:
+            self._recheck_in -= 1
+            return False
         verdict = self._compare()
         self.speaker_score, self.unevenness = verdict.ratio, verdict.unevenness
-        return verdict.ratio <= self.enrolment.speaker_threshold \
-            and verdict.unevenness <= self.enrolment.unevenness_threshold
+        if verdict.ratio <= self.enrolment.speaker_threshold \
+                and verdict.unevenness <= self.enrolment.unevenness_threshold:
+            return True
+        self._recheck_in = RECHECK_FRAMES - 1
+        return False
 
     def _compare(self) -> voiceprint.Verdict:
         heard = self.heard.snapshot(self._scratch)

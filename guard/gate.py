@@ -138,6 +138,7 @@ class Gate:
         self.ring.wipe()
         self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
         self._quiet_frames = 0
+        self._pending_since = math.inf  # no consent window until this utterance's pending is shown
         self._decide("wake", State.CAPTURING, model=wake.model, score=round(wake.score, 4))
 
     def _continue_capture(self, frame: np.ndarray) -> None:

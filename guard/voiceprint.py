@@ -17,7 +17,8 @@ import numpy as np
 from guard.audio import RATE_HZ
 
 WINDOW_SAMPLES = 400  # 25 ms at 16 kHz
-HOP_SAMPLES = 160  # 10 ms
+DETAIL_HOP_SAMPLES = 160  # 10 ms: consonants are short
+SPEAKER_HOP_SAMPLES = 320  # 20 ms: enough for the vocal tract, and a quarter of the alignment work
 FFT_SIZE = 512
 MEL_BANDS = 40
 CEPSTRA = 12  # c1..c12: the spectral envelope without pitch harmonics
@@ -26,7 +27,7 @@ OVERSUBTRACT = 2.0
 SPEAKER_FLOOR_DB = -18.0  # log floor below the loud frames: noise in spectral valleys stops mattering
 DETAIL_FLOOR_DB = -25.0  # lower for the word check: quiet consonants tell "guard" from "card"
 SPEECH_RANGE_DB = 25.0  # frames this far below the loudest are not speech
-MIN_SPEECH_FRAMES = 30  # 0.3 s of speech frames, or there is nothing to compare
+MIN_SPEECH_SECONDS = 0.3  # less speech than this, and there is nothing to compare
 PRE_EMPHASIS = 0.97
 
 
@@ -56,27 +57,29 @@ DCT = _dct_matrix()
 HAMMING = np.hamming(WINDOW_SAMPLES)
 
 
-def cepstra(samples: np.ndarray, floor_db: float = SPEAKER_FLOOR_DB) -> np.ndarray:
+def cepstra(samples: np.ndarray, floor_db: float = SPEAKER_FLOOR_DB, hop: int = SPEAKER_HOP_SAMPLES
+            ) -> np.ndarray:
     """Features of some speech: one row of CEPSTRA per 10 ms of speech (silence dropped).
 
     Args:
         samples: 16 kHz mono int16, ideally with some room noise or silence around the speech.
         floor_db: the log floor below the loud frames (SPEAKER_FLOOR_DB or DETAIL_FLOOR_DB).
+        hop: samples between frames (SPEAKER_HOP_SAMPLES or DETAIL_HOP_SAMPLES).
     Returns:
-        (frames, CEPSTRA) float32, mean-normalised; empty when there is too little speech.
+        (frames, CEPSTRA) float32, mean-normalised; empty when there is under 0.3 s of speech.
     """
     x = samples.astype(np.float64) / 32768
     if len(x) < WINDOW_SAMPLES:
         return np.zeros((0, CEPSTRA), np.float32)
     x[1:] -= PRE_EMPHASIS * x[:-1].copy()
-    count = (len(x) - WINDOW_SAMPLES) // HOP_SAMPLES + 1
-    index = np.arange(WINDOW_SAMPLES)[None, :] + HOP_SAMPLES * np.arange(count)[:, None]
+    count = (len(x) - WINDOW_SAMPLES) // hop + 1
+    index = np.arange(WINDOW_SAMPLES)[None, :] + hop * np.arange(count)[:, None]
     mel = (np.abs(np.fft.rfft(x[index] * HAMMING, FFT_SIZE)) ** 2) @ FILTERBANK.T
     x.fill(0)
     mel = np.maximum(mel - OVERSUBTRACT * np.percentile(mel, NOISE_PERCENTILE, axis=0), 0)
     energy = mel.sum(axis=1)
     mel = mel[energy > energy.max() * 10 ** (-SPEECH_RANGE_DB / 10)]
-    if len(mel) < MIN_SPEECH_FRAMES:
+    if len(mel) * hop < MIN_SPEECH_SECONDS * RATE_HZ:
         return np.zeros((0, CEPSTRA), np.float32)
     peak = np.percentile(mel.max(axis=1), 90)
     rows = np.log(mel + peak * 10 ** (floor_db / 10)) @ DCT.T
@@ -95,12 +98,13 @@ def _with_deltas(rows: np.ndarray) -> np.ndarray:
 class Voiceprint:
     """One take or one stretch of heard audio: cepstra for who spoke, and finer ones for what was said."""
 
-    speaker: np.ndarray  # (frames, CEPSTRA)
-    detail: np.ndarray  # (frames, 2 * CEPSTRA): low floor, with slopes
+    speaker: np.ndarray  # (20 ms frames, CEPSTRA)
+    detail: np.ndarray  # (10 ms frames, 2 * CEPSTRA): low floor, with slopes
 
     @classmethod
     def of(cls, samples: np.ndarray) -> "Voiceprint":
-        return cls(cepstra(samples), _with_deltas(cepstra(samples, DETAIL_FLOOR_DB)).astype(np.float32))
+        detail = cepstra(samples, DETAIL_FLOOR_DB, DETAIL_HOP_SAMPLES)
+        return cls(cepstra(samples), _with_deltas(detail).astype(np.float32))
 
 
 @dataclass(frozen=True)
@@ -119,45 +123,69 @@ class Alignment:
 NO_MATCH = Alignment(float("inf"), (float("inf"),))
 
 
-def align(template: np.ndarray, heard: np.ndarray, parts: int = 6) -> Alignment:
-    """The best alignment of all of `template` to any stretch of `heard`.
+PARTS = 6  # the template is judged in sixths: one swapped word stands out in one of them
+DIAGONAL, SKIP_HEARD, SKIP_TEMPLATE = 0, 1, 2  # DTW steps: (1, 1), (1, 2), (2, 1) in (template, heard)
 
-    Steps advance the template one frame per 1 or 2 heard frames, or two per one
-    (half to double the template's pace). The path is chosen by mean distance;
-    the template is also scored in `parts` equal parts along that path.
+
+def align(templates: list[np.ndarray], heard: np.ndarray) -> list[Alignment]:
+    """The best alignment of all of each template to any stretch of `heard`, all templates at once.
+
+    Steps advance a template one frame per 1 or 2 heard frames, or two per one
+    (half to double its pace). The path is chosen by mean distance; each
+    template is then also scored in PARTS equal parts along its path.
     """
-    if len(template) < parts or len(heard) == 0:
-        return NO_MATCH
-    local = np.sqrt(np.maximum(
-        (template ** 2).sum(1)[:, None] + (heard ** 2).sum(1)[None, :] - 2 * template @ heard.T, 0))
-    n, m = local.shape
-    part_of = np.arange(n) * parts // n
-    cost, length = local[0].copy(), np.ones(m)  # a match may start anywhere in `heard`
-    sums, counts = np.zeros((m, parts)), np.zeros((m, parts))
-    sums[:, 0], counts[:, 0] = local[0], 1
-    before = (np.full(m, np.inf), np.ones(m), sums, counts)
-    columns = np.arange(m)
+    usable = [i for i, t in enumerate(templates) if len(t) >= PARTS]
+    if not usable or len(heard) < 2:
+        return [NO_MATCH] * len(templates)
+    lengths = np.array([len(templates[i]) for i in usable])
+    n, m, width = int(lengths.max()), len(heard), heard.shape[1]
+    stacked = np.zeros((len(usable), n, width), np.float32)
+    for k, i in enumerate(usable):
+        stacked[k, :lengths[k]] = templates[i]
+    local = np.sqrt(np.maximum((stacked ** 2).sum(2)[:, :, None] + (heard ** 2).sum(1)[None, None, :]
+                               - 2 * stacked @ heard.T, 0))  # (templates, n, m)
+    choices = np.zeros((len(usable), n, m), np.int8)
+    inf = np.full((len(usable), 2), np.inf)
+    ones = np.ones((len(usable), 2))
+    cost, length = local[:, 0].copy(), np.ones((len(usable), m))  # a match may start anywhere in `heard`
+    before_cost, before_length = np.full_like(cost, np.inf), np.ones_like(length)
+    ends = {}
     for i in range(1, n):
-        options = np.full((3, m), np.inf)
-        lengths = np.ones((3, m))
-        options[0, 1:], lengths[0, 1:] = cost[:-1], length[:-1]
-        options[1, 2:], lengths[1, 2:] = cost[:-2], length[:-2]
-        options[2, 1:], lengths[2, 1:] = before[0][:-1], before[1][:-1]
-        best = np.argmin(options / lengths, axis=0)
-        source = np.clip(columns - np.array([1, 2, 1])[best], 0, m - 1)
-        from_before = best == 2
-        new_sums = np.where(from_before[:, None], before[2][source], sums[source])
-        new_counts = np.where(from_before[:, None], before[3][source], counts[source])
-        new_sums[:, part_of[i]] += local[i]
-        new_counts[:, part_of[i]] += 1
-        before = (cost, length, sums, counts)
-        cost, length = options[best, columns] + local[i], lengths[best, columns] + 1
-        sums, counts = new_sums, new_counts
-    means = cost / length
-    end = int(np.argmin(means))
-    if not np.isfinite(means[end]):
-        return NO_MATCH
-    return Alignment(float(means[end]), tuple(float(v) for v in sums[end] / np.maximum(counts[end], 1)))
+        padded_cost = np.concatenate([inf, cost], axis=1)
+        padded_length = np.concatenate([ones, length], axis=1)
+        before_padded = np.concatenate([inf[:, :1], before_cost[:, :-1]], axis=1)
+        before_padded_length = np.concatenate([ones[:, :1], before_length[:, :-1]], axis=1)
+        options = np.stack([padded_cost[:, 1:-1], padded_cost[:, :-2], before_padded])
+        option_lengths = np.stack([padded_length[:, 1:-1], padded_length[:, :-2], before_padded_length])
+        best = np.argmin(options / option_lengths, axis=0)
+        choices[:, i] = best
+        before_cost, before_length = cost, length
+        cost = np.take_along_axis(options, best[None], 0)[0] + local[:, i]
+        length = np.take_along_axis(option_lengths, best[None], 0)[0] + 1
+        for k in np.nonzero(lengths == i + 1)[0]:
+            ends[int(k)] = (cost[k] / length[k]).copy()
+    out = [NO_MATCH] * len(templates)
+    for k, i in enumerate(usable):
+        means = ends[k]
+        end = int(np.argmin(means))
+        if np.isfinite(means[end]):
+            out[i] = Alignment(float(means[end]), _parts(local[k, :lengths[k]], choices[k], end))
+    return out
+
+
+def _parts(local: np.ndarray, choices: np.ndarray, end: int) -> tuple[float, ...]:
+    """Walk the chosen path back from (last template frame, end) and average it in PARTS parts."""
+    n = len(local)
+    sums, counts = np.zeros(PARTS), np.zeros(PARTS)
+    row, column = n - 1, end
+    while True:
+        sums[row * PARTS // n] += local[row, column]
+        counts[row * PARTS // n] += 1
+        if row == 0:
+            break
+        step = int(choices[row, column])
+        row, column = (row - 2, column - 1) if step == SKIP_TEMPLATE else (row - 1, column - 1 - step)
+    return tuple(float(v) for v in sums / np.maximum(counts, 1))
 
 
 @dataclass(frozen=True)
@@ -168,13 +196,19 @@ class Verdict:
     unevenness: float
 
 
+def speaker_ratio(heard: np.ndarray, takes: tuple[Voiceprint, ...], cohort: tuple[np.ndarray, ...]) -> float:
+    """Distance of heard speaker cepstra to the user's nearest take over that to the nearest cohort voice."""
+    found = align([t.speaker for t in takes] + list(cohort), heard)
+    own = min(a.mean for a in found[:len(takes)])
+    other = min(a.mean for a in found[len(takes):])
+    return own / other if 0 < other < float("inf") else float("inf")
+
+
 def compare(heard: Voiceprint, takes: tuple[Voiceprint, ...], cohort: tuple[np.ndarray, ...]) -> Verdict:
     """Compare heard audio with the user's takes and with the cohort; lower is more like the user's phrase.
 
     The unevenness is the lowest over the takes: the phrase said some way the user
     once said it is even against that take.
     """
-    own = min(align(t.speaker, heard.speaker).mean for t in takes)
-    other = min(align(c, heard.speaker).mean for c in cohort)
-    ratio = own / other if 0 < other < float("inf") else float("inf")
-    return Verdict(ratio, min(align(t.detail, heard.detail).unevenness for t in takes))
+    unevenness = min(a.unevenness for a in align([t.detail for t in takes], heard.detail))
+    return Verdict(speaker_ratio(heard.speaker, takes, cohort), unevenness)

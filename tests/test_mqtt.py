@@ -66,15 +66,25 @@ def _daemon(cfg, source, fast=True, publish=lambda e: None) -> Daemon:
 
 
 def _press_on_first_pending(cfg):
-    """A publish hook that presses the mock button once, when the first utterance is pending."""
+    """A publish hook that presses the mock button once, as soon as the LED shows the first pending utterance.
+
+    The "pending" event is published before the LED changes (the record comes first), and a
+    press before the LED shows pending never counts, so the press waits for the LED.
+    """
     pressed, daemons = [], []
+
+    def press_once_the_led_shows_pending() -> None:
+        deadline = time.monotonic() + 5
+        while not daemons[0].led.showing.startswith("pending") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        pin = daemons[0].pin_factory.pin(cfg.gpio.button_pin)
+        pin.drive_low()
+        pin.drive_high()
 
     def hook(event: Event) -> None:
         if event.kind == "pending" and not pressed:
             pressed.append(event.utterance)
-            pin = daemons[0].pin_factory.pin(cfg.gpio.button_pin)
-            pin.drive_low()
-            pin.drive_high()
+            threading.Thread(target=press_once_the_led_shows_pending, daemon=True).start()
     return hook, pressed, daemons
 
 
