@@ -3,9 +3,16 @@
 One JSON object per line. Each record carries `prev`, the SHA-256 of the line
 before it (64 zeros for the first), and `hash`, the SHA-256 of its own
 canonical form, so an edited, deleted or reordered line breaks the chain that
-`verify` walks. Records are fsynced before `record` returns.
+`verify` walks. Records are fsynced before `record` returns; a write the disk
+cuts short is taken back, so the file only ever holds whole records. A line
+torn by a crash (no newline at the end of the file) is sealed at the next open
+by a `sealed` record that skips it in the chain; `verify` reports it as a
+crash, not as tampering. One guard at a time may write a log (an exclusive lock).
 """
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -13,6 +20,8 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from guard.errors import AuditError
 
 GENESIS = "0" * 64
 FieldValue = str | int | float | bool | None
@@ -28,18 +37,19 @@ def _canonical(record: dict) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """What `verify` found: how many records held, and the first bad line (1-based) if any."""
+    """What `verify` found: records that hold, the first bad line (1-based) if any, and lines torn by crashes."""
 
     records: int
     bad_line: int | None = None
     reason: str = ""
+    crashes: tuple[int, ...] = ()
 
     @property
     def intact(self) -> bool:
         return self.bad_line is None
 
 
-def _check_line(number: int, line: str, prev_line: str | None) -> str:
+def _check_line(number: int, line: str, prev_line: str | None, device: str | None) -> str:
     """Why line `number` breaks the chain, or '' if it holds."""
     try:
         record = json.loads(line)
@@ -54,29 +64,58 @@ def _check_line(number: int, line: str, prev_line: str | None) -> str:
     expected = GENESIS if prev_line is None else _digest(prev_line)
     if record["prev"] != expected:
         return f"does not follow line {number - 1} (edited, deleted or reordered)"
+    if device is not None and record.get("device") != device:
+        return f"written by device {record.get('device')!r}, not {device!r} (another guard's log?)"
     return ""
 
 
-def verify(path: Path) -> Verdict:
-    """Walk the chain from the first line; stops at the first line that breaks it."""
-    text = path.read_text()
+def _seals(number: int, lines: list[str], prev_line: str | None) -> bool:
+    """True when line `number` is torn and the next line is the `sealed` record written for it at restart."""
+    if number >= len(lines):
+        return False
+    try:
+        seal = json.loads(lines[number])
+    except json.JSONDecodeError:
+        return False
+    return isinstance(seal, dict) and seal.get("event") == "sealed" and seal.get("torn_line") == number \
+        and seal.get("torn_sha256") == _digest(lines[number - 1]) \
+        and seal.get("prev") == (GENESIS if prev_line is None else _digest(prev_line))
+
+
+def verify(path: Path, device: str | None = None) -> Verdict:
+    """Walk the chain from the first line; stops at the first line that breaks it.
+
+    Args:
+        path: the log.
+        device: if given, every record must carry this device id.
+    """
+    text = path.read_text(errors="replace")
     if text and not text.endswith("\n"):
         text += "\n"  # a last line cut short still gets judged, as not JSON
-    prev = None
+    prev, crashes = None, []
     lines = text.splitlines()
     for number, line in enumerate(lines, start=1):
-        reason = _check_line(number, line, prev)
+        if _seals(number, lines, prev):
+            crashes.append(number)  # the seal chains to `prev`, skipping this line
+            continue
+        reason = _check_line(number, line, prev, device)  # a seal takes the next number: seq = line number
         if reason:
-            return Verdict(number - 1, number, reason)
+            return Verdict(number - 1 - len(crashes), number, reason, tuple(crashes))
         prev = line
-    return Verdict(len(lines))
+    return Verdict(len(lines) - len(crashes), crashes=tuple(crashes))
 
 
 class AuditLog:
-    """Appends decision records to a hash-chained JSON-lines file (mode 0600).
+    """Appends decision records to a hash-chained JSON-lines file (mode 0600), one writer at a time.
 
         audit = AuditLog(Path("/var/lib/guard/audit.jsonl"), device_id="kitchen")
         audit.record("wake", model="alexa", score=0.97)
+
+    The file is opened, locked and (if a crash tore its last line) sealed by
+    `open()` or the first `record`. A log that cannot be opened (read-only or
+    full disk) does not stop the guard: `problem` says why, and every `record`
+    tries again and raises AuditError while it fails, so the caller can refuse
+    what needs a record.
 
     Args:
         path: the log file; created with its folder (0700) if missing.
@@ -86,38 +125,106 @@ class AuditLog:
     def __init__(self, path: Path, device_id: str) -> None:
         self.path = path
         self.device_id = device_id
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._last_line, self._seq = self._tail()
         self._lock = threading.Lock()  # the loop and the MQTT thread both record
+        self._fd: int | None = None
+        self._last_line: str | None = None
+        self._seq = 0
+        self.problem: str | None = None
+
+    def open(self) -> None:
+        """Open, lock and seal the log now (the daemon does this before it says it is ready).
+
+        Raises:
+            AuditError: another process holds the log.
+        """
+        with self._lock:
+            if self._fd is None:
+                self._open()
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as e:
+            self.problem = f"{self.path}: cannot open the audit log ({e.strerror})"
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AuditError(f"{self.path}: another guard is writing this audit log; stop it, or give this "
+                             "one its own [audit] path") from None
+        self._fd = fd
+        try:
+            self._last_line, self._seq = self._tail()
+        except OSError as e:
+            self._close_fd()
+            self.problem = f"{self.path}: cannot seal a torn last line ({e.strerror})"
+            return
+        self.problem = None
 
     def _tail(self) -> tuple[str | None, int]:
-        if not self.path.exists():
-            return None, 0
-        lines = self.path.read_text().splitlines()
-        return (lines[-1], len(lines)) if lines else (None, 0)
+        """The last whole line and its number, sealing a line torn by a crash first."""
+        text = self.path.read_bytes().decode(errors="replace")
+        lines = text.splitlines()
+        if not text or text.endswith("\n"):
+            return (lines[-1], len(lines)) if lines else (None, 0)
+        torn, whole = lines[-1], lines[:-1]
+        self._last_line, self._seq = (whole[-1] if whole else None), len(lines)
+        self._write(b"\n")
+        self._append("sealed", {"torn_line": len(lines), "torn_sha256": _digest(torn),
+                                "reason": "a write was cut short (crash, power loss or full disk); sealed at start"},
+                     prev_line=self._last_line)
+        return self._last_line, self._seq
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # also releases the lock
+            self._fd = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_fd()
 
     def record(self, event: str, **fields: FieldValue) -> dict:
-        """Append one record and fsync it. Only plain metadata is accepted, never audio."""
+        """Append one record and fsync it. Only plain metadata is accepted, never audio.
+
+        Raises:
+            AuditError: the record could not be written whole; the file is as it was.
+        """
         for key, value in fields.items():
             if not isinstance(value, FieldValue):
                 raise TypeError(f"audit field {key!r} must be str, number, bool or None, not {type(value).__name__}")
         with self._lock:
-            return self._append(event, fields)
+            if self._fd is None:
+                self._open()
+                if self._fd is None:
+                    raise AuditError(self.problem)
+            return self._append(event, fields, prev_line=self._last_line)
 
-    def _append(self, event: str, fields: dict) -> dict:
+    def _append(self, event: str, fields: dict, prev_line: str | None) -> dict:
         record = {"seq": self._seq + 1, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                   "device": self.device_id, "event": event, **fields,
-                  "prev": GENESIS if self._last_line is None else _digest(self._last_line)}
+                  "prev": GENESIS if prev_line is None else _digest(prev_line)}
         record["hash"] = _digest(_canonical(record))
         line = json.dumps(record, separators=(",", ":"))
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            os.write(fd, (line + "\n").encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self._write((line + "\n").encode())
         self._last_line, self._seq = line, self._seq + 1
         return record
+
+    def _write(self, data: bytes) -> None:
+        """Write all of `data` and fsync, or take back what got written and raise AuditError."""
+        start = os.fstat(self._fd).st_size
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+            os.fsync(self._fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):  # if even this fails, the next open seals what is left
+                os.ftruncate(self._fd, start)
+            what = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
+            raise AuditError(f"{self.path}: cannot write the audit log ({what})") from None
 
 
 def read(path: Path) -> list[dict]:

@@ -319,12 +319,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if not path.exists():
         raise GuardError(f"{path}: no audit log here yet (nothing has been decided); set [audit] path if it moved")
     if args.verify:
-        verdict = audit.verify(path)
+        device = args.device or (None if args.path else cfg.device.resolved_id())
+        verdict = audit.verify(path, device)
+        crashes = (f"; line {', '.join(map(str, verdict.crashes))} torn by a crash (power loss, full disk) and "
+                   "sealed at the next start" if verdict.crashes else "")
         if args.json:
             print(json.dumps({"file": str(path), "intact": verdict.intact, "records": verdict.records,
-                              "bad_line": verdict.bad_line, "reason": verdict.reason}))
+                              "bad_line": verdict.bad_line, "reason": verdict.reason,
+                              "crashes": list(verdict.crashes)}))
         elif verdict.intact:
-            print(f"{path}: {verdict.records} records, chain intact")
+            print(f"{path}: {verdict.records} records, chain intact{crashes}")
         else:
             print(f"{path}: line {verdict.bad_line}: {verdict.reason}; {verdict.records} records before it hold")
         return ExitStatus.OK if verdict.intact else ExitStatus.FAILURE
@@ -462,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check the hash chain; exit 1 and name the first bad line if it is broken")
     trail.add_argument("--json", action="store_true", help="records (or the verdict) as one JSON object per line")
     trail.add_argument("--path", metavar="FILE", help="log file (default: [audit] path)")
+    trail.add_argument("--device", metavar="ID",
+                       help="with --verify: every record must carry this device id (default: this guard's "
+                            "[device] id, unless --path names another file)")
     trail.set_defaults(func=cmd_audit)
 
     cfg = verbs.add_parser("config", help="check the config file")

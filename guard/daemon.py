@@ -220,7 +220,14 @@ class Daemon:
         self.words.put(("stop", None))
 
     def run(self) -> None:
-        """Serve until stopped, or until a file source ends and nothing is pending."""
+        """Serve until stopped, or until a file source ends and nothing is pending.
+
+        Raises:
+            AuditError: another guard is writing the same audit log.
+        """
+        self.audit.open()
+        if self.audit.problem:  # read-only or full: keep guarding, but nothing can be captured without a record
+            self.gate.fault(f"audit log unavailable: {self.audit.problem}")
         if self.mqtt is not None:
             self.mqtt.start()
         reader = threading.Thread(target=self._read, name="audio", daemon=True)
@@ -297,6 +304,7 @@ class Daemon:
         return expires is None
 
     def _close(self) -> None:
+        self.audit.close()
         if isinstance(self.source, MicSource):
             self.source.close()
         for part in (self.button, self.led):

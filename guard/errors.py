@@ -37,3 +37,11 @@ class ModelError(UsageError):
 
 class DeviceError(UsageError):
     """A microphone that is absent or cannot be opened the way it was asked."""
+
+
+class AuditError(GuardError):
+    """The audit log cannot take a record (full or read-only disk, or another guard holds it): exit 1."""
+
+
+class DeliveryUncertain(GuardError):
+    """Audio handed on without a confirmation that it arrived: it may still arrive later."""

@@ -23,8 +23,9 @@ from guard.audio import FRAME_SECONDS, RATE_HZ, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig
 from guard.confirm import SpokenConfirmation
+from guard.errors import AuditError
 from guard.ringbuffer import CaptureBuffer, RingBuffer
-from guard.sinks import Sink, SinkError, Utterance, encode_wav
+from guard.sinks import Sink, SinkError, SinkUncertain, Utterance, encode_wav
 from guard.wake import Detection, WakeDetector
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,10 @@ class Gate:
         self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
         self._quiet_frames = 0
         self._pending_since = math.inf  # no consent window until this utterance's pending is shown
-        self._decide("wake", State.CAPTURING, model=wake.model, score=round(wake.score, 4))
+        if not self._record("wake", State.CAPTURING, required=True, model=wake.model, score=round(wake.score, 4)):
+            self.fault("the audit log cannot take the wake record; nothing is captured")
+            return
+        self._enter(State.CAPTURING)
 
     def _continue_capture(self, frame: np.ndarray) -> None:
         full = not self.capture.append(frame)
@@ -154,7 +158,9 @@ class Gate:
         self._press_counts = False
         if self.confirmation is not None:
             self.confirmation.reset()  # only what is said from now on can confirm
-        self._record("pending", State.PENDING, duration_seconds=self._duration())
+        if not self._record("pending", State.PENDING, required=True, duration_seconds=self._duration()):
+            self.fault("the audit log cannot take the pending record; the utterance is wiped")
+            return
         self._enter(State.PENDING, show="pending_voice" if self.confirmation is not None else None)
         self._pending_since = self.clock()  # the LED shows pending from here: a press must begin after this
 
@@ -190,30 +196,44 @@ class Gate:
         return self.accepts.get(sink.name, ("button",))
 
     def _release(self, confirmed_by: str, **extra) -> None:
+        """Send the utterance to every sink that accepts this consent, on the record before and after."""
         eligible = [s for s in self.sinks if confirmed_by in self.accepted_by(s)]
         if not eligible:
             self._discard("no sink configured" if not self.sinks else f"no sink accepts {confirmed_by} consent")
             return
+        if not self._record("releasing", self.state, required=True, sink=",".join(s.name for s in eligible),
+                            confirmed_by=confirmed_by, duration_seconds=self._duration(), **extra):
+            self.fault("the audit log cannot take the release record; nothing was released")
+            return
         wav = encode_wav(self.capture.view())
-        delivered = 0
-        for sink in eligible:
-            try:
-                where = sink.deliver(wav, self._utterance)
-            except SinkError as e:
-                log.error("%s", e)
-                self._record("fault", self.state, sink=sink.name, reason=str(e))
-                continue
-            delivered += 1
-            log.info("released %s to %s (%s)", self._utterance.id, sink.name, where)
-            self._record("released", State.IDLE, sink=sink.name, confirmed_by=confirmed_by,
-                         duration_seconds=self._duration(), **extra)
+        outcomes = [self._deliver(sink, wav, confirmed_by, extra) for sink in eligible]
         del wav
-        if not delivered:
+        if "released" not in outcomes and "release-unknown" not in outcomes:
             self._discard("every sink failed")
             return
         self._wipe()
         self._utterance = None
-        self._enter(State.IDLE, show="released")
+        if "released" in outcomes:
+            self._enter(State.IDLE, show="released")
+        else:
+            self.fault("no sink confirmed the release; it may still arrive (see the audit log)")
+
+    def _deliver(self, sink: Sink, wav: bytes, confirmed_by: str, extra: dict) -> str:
+        """Hand the WAV to one sink and record what really happened: released, release-failed or release-unknown."""
+        try:
+            where = sink.deliver(wav, self._utterance)
+        except SinkUncertain as e:
+            log.error("%s", e)
+            self._record("release-unknown", self.state, sink=sink.name, reason=str(e)[:200])
+            return "release-unknown"
+        except SinkError as e:
+            log.error("%s", e)
+            self._record("release-failed", self.state, sink=sink.name, reason=str(e)[:200])
+            return "release-failed"
+        log.info("released %s to %s (%s)", self._utterance.id, sink.name, where)
+        self._record("released", State.IDLE, sink=sink.name, confirmed_by=confirmed_by,
+                     duration_seconds=self._duration(), **extra)
+        return "released"
 
     def _discard(self, reason: str) -> None:
         self._record("discarded", State.IDLE, reason=reason, duration_seconds=self._duration())
@@ -273,9 +293,17 @@ class Gate:
         self._record("wiped", self.state, by=by)
 
     def fault(self, reason: str) -> None:
-        """Something broke inside the loop: wipe, show the fault, keep serving."""
+        """Something broke inside the loop: close the utterance's record, wipe, show the fault, keep serving.
+
+        A muted guard stays muted (its microphone closed); the fault is only recorded.
+        """
+        if self.state in (State.CAPTURING, State.PENDING) and self._utterance is not None:
+            self._record("discarded", State.FAULT, reason=f"fault: {reason}"[:200], duration_seconds=self._duration())
         self._wipe()
         self._utterance = None
+        if self.state is State.MUTED:
+            self._record("fault", State.MUTED, reason=reason[:200])
+            return
         self._fault_until = self.clock() + FAULT_SHOW_SECONDS
         self._decide("fault", State.FAULT, reason=reason[:200])
 
@@ -305,12 +333,26 @@ class Gate:
         self._record(kind, state, **fields)
         self._enter(state)
 
-    def _record(self, kind: str, state: State, **fields) -> None:
+    def _record(self, kind: str, state: State, required: bool = False, **fields) -> bool:
+        """Audit, log and publish a decision; False when the audit log could not take it.
+
+        Never raises for the audit log: a mute or a discard must still happen (and is
+        published). What must not happen without its record (capture, pending,
+        release) passes `required`: then nothing is published and the caller backs out.
+        """
         utterance = self._utterance.id if self._utterance else None
-        self.audit.record(kind, utterance=utterance, **fields)
+        try:
+            self.audit.record(kind, utterance=utterance, **fields)
+            recorded = True
+        except AuditError as e:
+            log.error("%s; %s not on the record", e, kind)
+            recorded = False
+            if required:
+                return False
         event = Event(kind, str(state), datetime.now(UTC).isoformat(timespec="milliseconds"), utterance, **fields)
         log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in event.to_dict().items() if k not in ("kind", "time")))
         self._publish(event)
+        return recorded
 
     def _enter(self, state: State, show: str | None = None) -> None:
         self.state = state

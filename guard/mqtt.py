@@ -22,7 +22,7 @@ import paho.mqtt.client as paho
 from guard import __version__
 from guard.audit import AuditLog
 from guard.config import MqttConfig
-from guard.errors import ConfigError, GuardError
+from guard.errors import ConfigError, DeliveryUncertain, GuardError
 from guard.gate import Event
 
 log = logging.getLogger(__name__)
@@ -243,9 +243,13 @@ class MqttLink:
             raise GuardError("broker not connected; nothing was sent")
         topic = f"{self.root}/audio/{utterance_id}"
         info = self.client.publish(topic, wav, qos=1, retain=False)
-        info.wait_for_publish(timeout_seconds)
+        try:
+            info.wait_for_publish(timeout_seconds)
+        except (RuntimeError, ValueError) as e:  # paho: the message was dropped (disconnected, queue full)
+            raise GuardError(f"{topic} was not sent ({e})") from None
         if not info.is_published():
-            raise GuardError(f"broker did not acknowledge {topic} within {timeout_seconds:g} s")
+            raise DeliveryUncertain(f"broker did not acknowledge {topic} within {timeout_seconds:g} s; the client "
+                                "still holds it, so it may arrive when the broker comes back")
         return topic
 
     # -- inbound --------------------------------------------------------------------

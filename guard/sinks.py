@@ -4,8 +4,10 @@ Only `gate.py` calls a sink, and only after local consent. Destinations come
 from the local config file alone. A sink leaves no partial file behind.
 """
 
+import contextlib
 import io
 import os
+import signal
 import subprocess
 import wave
 from collections.abc import Callable
@@ -16,11 +18,15 @@ import numpy as np
 
 from guard.audio import RATE_HZ
 from guard.config import SinkConfig
-from guard.errors import GuardError
+from guard.errors import DeliveryUncertain, GuardError
 
 
 class SinkError(GuardError):
-    """A release that did not arrive: disk full, folder missing, command failed or timed out."""
+    """A release that did not arrive: disk full, folder missing, broker away, command failed."""
+
+
+class SinkUncertain(SinkError):
+    """A release that may still arrive: the broker never acknowledged, or a command was killed mid-way."""
 
 
 @dataclass(frozen=True)
@@ -102,19 +108,37 @@ class CommandSink:
         return None
 
     def deliver(self, wav: bytes, utterance: Utterance) -> str:
-        env = {**os.environ, "GUARD_DEVICE": self.device_id, "GUARD_UTTERANCE": utterance.id}
+        """Run the command in its own process group with a minimal environment; on timeout kill the group."""
+        env = {"PATH": COMMAND_PATH, "LANG": os.environ.get("LANG", "C.UTF-8"),
+               "GUARD_DEVICE": self.device_id, "GUARD_UTTERANCE": utterance.id}
         try:
-            result = subprocess.run(self.argv, input=wav, capture_output=True, timeout=self.timeout_seconds, env=env)
-        except subprocess.TimeoutExpired:
-            raise SinkError(f"sink {self.name}: {self.argv[0]} still running after {self.timeout_seconds:g} s; "
-                            "killed") from None
+            process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, env=env, start_new_session=True)
         except OSError as e:
             raise SinkError(f"sink {self.name}: {self.argv[0]}: {e.strerror}") from None
-        if result.returncode != 0:
-            said = result.stderr.decode(errors="replace").strip().splitlines()
-            raise SinkError(f"sink {self.name}: {self.argv[0]} exited {result.returncode}"
+        try:
+            _, stderr = process.communicate(wav, timeout=self.timeout_seconds)
+        except subprocess.TimeoutExpired:
+            _kill_group(process)
+            raise SinkUncertain(f"sink {self.name}: {self.argv[0]} still running after {self.timeout_seconds:g} s; "
+                                "killed with everything it started; it may have sent part of the audio") from None
+        finally:
+            _kill_group(process)  # helpers it left behind do not outlive the release
+        if process.returncode != 0:
+            said = stderr.decode(errors="replace").strip().splitlines()
+            raise SinkError(f"sink {self.name}: {self.argv[0]} exited {process.returncode}"
                             + (f": {said[-1][:200]}" if said else ""))
         return " ".join(self.argv)
+
+
+COMMAND_PATH = "/usr/local/bin:/usr/bin:/bin"  # a command sink sees only this, its LANG and GUARD_* variables
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
 
 
 class MqttSink:
@@ -135,6 +159,8 @@ class MqttSink:
     def deliver(self, wav: bytes, utterance: Utterance) -> str:
         try:
             return self.send(utterance.id, wav, self.timeout_seconds)
+        except DeliveryUncertain as e:
+            raise SinkUncertain(f"sink {self.name}: {e}") from None
         except GuardError as e:
             raise SinkError(f"sink {self.name}: {e}") from None
 

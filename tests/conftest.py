@@ -54,3 +54,24 @@ def alsa_home(home: Path, raw: Path, pcm: str = "guardtest") -> dict[str, str]:
 def run_guard(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """The installed `guard` command as a user runs it."""
     return subprocess.run([str(GUARD), *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 64 KiB tmpfs: a release (about 150 KB) cannot fit; `fill(full_disk, leave=N)` fills it."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(folder)], check=True)
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+def fill(folder: Path, leave: int = 0) -> None:
+    """Fill a small file system until at most `leave` bytes are free."""
+    with (folder / "filler").open("ab") as f:
+        while os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize > leave:
+            try:
+                f.write(b"x" * 512)
+                f.flush()
+            except OSError:
+                break

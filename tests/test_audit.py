@@ -2,12 +2,16 @@
 
 import json
 import stat
+import subprocess
+import sys
 
 import numpy as np
 import pytest
+from conftest import ROOT, fill
 
 from guard import audit, cli
 from guard.audit import AuditLog
+from guard.errors import AuditError
 
 
 @pytest.fixture
@@ -19,6 +23,7 @@ def log_path(tmp_path):
     log.record("released", utterance="u1", sink="directory", confirmed_by="button", duration_seconds=3.2)
     log.record("wake", model="hey_jarvis", score=0.88, utterance="u2")
     log.record("discarded", utterance="u2", reason="timeout")
+    log.close()
     return path
 
 
@@ -114,3 +119,75 @@ def test_device_id_comes_from_config_or_hostname(tmp_path):
     bad.write_text('[device]\nid = "Kitchen Pi"\n')
     with pytest.raises(config.ConfigError, match=r"\[device\] id = 'Kitchen Pi': must be 1-64 characters"):
         config.load(str(bad))
+
+
+def test_a_crash_torn_last_line_is_sealed_at_the_next_start_and_reported_as_a_crash(log_path, capsys):
+    with log_path.open("ab") as f:
+        f.write(b'{"seq":6,"time":"2026-11-22T10:00:00.000+00:00","device":"kit')  # power lost mid-write
+    code, verdict = _verify(log_path, capsys)
+    assert code == 1 and verdict["bad_line"] == 6, "before the next start it cannot be told from a cut"
+    log = AuditLog(log_path, "kitchen")
+    log.record("muted", by="button")
+    log.close()
+    code, verdict = _verify(log_path, capsys)
+    assert code == 0 and verdict["intact"] and verdict["crashes"] == [6] and verdict["records"] == 7
+    records = audit.read(log_path)
+    assert records[6]["event"] == "sealed" and records[6]["torn_line"] == 6 and records[7]["event"] == "muted"
+    assert cli.main(["audit", "--verify", "--path", str(log_path)]) == 0
+    assert "line 6 torn by a crash" in capsys.readouterr().out
+
+
+def test_a_forged_seal_is_still_tampering(log_path, capsys):
+    _edit(log_path, lambda ls: ls[:2] + ["garbage that was never a record"] + ls[3:])
+    code, verdict = _verify(log_path, capsys)
+    assert code == 1 and verdict["bad_line"] == 3 and verdict["crashes"] == []
+
+
+def test_verify_checks_the_device_id(log_path, capsys):
+    assert cli.main(["audit", "--verify", "--path", str(log_path), "--device", "kitchen"]) == 0
+    capsys.readouterr()
+    assert cli.main(["audit", "--verify", "--path", str(log_path), "--device", "hall"]) == 1
+    assert "line 1: written by device 'kitchen', not 'hall'" in capsys.readouterr().out
+
+
+def test_a_second_writer_is_refused(log_path):
+    first = AuditLog(log_path, "kitchen")
+    first.open()
+    second = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; "
+                             "from guard.audit import AuditLog; AuditLog(Path(sys.argv[1]), 'kitchen').open()",
+                             str(log_path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert second.returncode != 0 and "another guard is writing this audit log" in second.stderr
+    first.close()
+    third = AuditLog(log_path, "kitchen")
+    third.open()  # free again once the first let go
+    third.close()
+
+
+def test_a_full_disk_takes_back_a_short_write_and_the_chain_holds(full_disk, capsys):
+    path = full_disk / "audit.jsonl"
+    log = AuditLog(path, "kitchen")
+    log.record("wake", model="alexa", utterance="u1")
+    before = path.read_bytes()
+    fill(full_disk)
+    with pytest.raises(AuditError, match="cannot write the audit log \\(the disk is full\\)"):
+        log.record("pending", utterance="u1", reason="x" * 6000)  # the rest of its page fits, the rest does not
+    assert path.read_bytes() == before, "no torn record left behind"
+    (full_disk / "filler").unlink()
+    log.record("discarded", utterance="u1", reason="timeout")
+    log.close()
+    code, verdict = _verify(path, capsys)
+    assert code == 0 and verdict["records"] == 2 and verdict["crashes"] == []
+
+
+def test_a_read_only_log_folder_is_a_problem_not_a_crash(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], check=True)
+    try:
+        log = AuditLog(folder / "audit.jsonl", "kitchen")
+        log.open()
+        assert "Read-only file system" in log.problem
+        with pytest.raises(AuditError, match="Read-only file system"):
+            log.record("wake")
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -105,11 +105,12 @@ def test_released_and_discarded_utterances_reach_the_hub_in_order(tmp_path, brok
     daemon = _daemon(cfg, two_requests_wav, publish=press_first)
     daemons.append(daemon)
     _start(daemon).join(30)
-    expected = ["wake", "pending", "released", "wake", "pending", "discarded"]
+    expected = ["wake", "pending", "releasing", "released", "wake", "pending", "discarded"]
     assert sub.wait_for(lambda: _events(sub) == expected), _events(sub)
     events = [json.loads(m[1]) for m in sub.messages if m[0].startswith(f"{ROOT}/event/")]
     assert events[2]["utterance"] == pressed[0] and events[2]["confirmed_by"] == "button"
-    assert events[5]["reason"] == "timeout"
+    assert events[3]["utterance"] == pressed[0] and events[3]["sink"] == "box"
+    assert events[6]["reason"] == "timeout"
     assert all("audio" not in e and "samples" not in e for e in events)
     assert [a["event_type"] for a in sub.json(f"{ROOT}/activity")] == [
         "wake_detected", "pending", "released", "wake_detected", "pending", "discarded"]
