@@ -249,7 +249,7 @@ class MqttLink:
             raise GuardError(f"{topic} was not sent ({e})") from None
         if not info.is_published():
             raise DeliveryUncertain(f"broker did not acknowledge {topic} within {timeout_seconds:g} s; the client "
-                                "still holds it, so it may arrive when the broker comes back")
+                                "still holds it, so it may still arrive when the broker comes back")
         return topic
 
     # -- inbound --------------------------------------------------------------------

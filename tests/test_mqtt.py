@@ -419,3 +419,43 @@ def test_status_reads_the_state_from_the_broker(tmp_path, broker, two_requests_w
     assert result.returncode == 1
     assert result.stderr.strip() == f"guard: error: no MQTT broker reachable at 127.0.0.1:{broker.port} " \
                                     "(Connection refused)"
+
+
+def test_an_unacknowledged_mqtt_release_is_recorded_as_unknown_never_discarded(tmp_path, broker, two_requests_wav):
+    """The broker stalls while the release is in flight: the audio may still arrive, and it does."""
+    cfg = dataclasses.replace(_config(tmp_path, broker.port),
+                              sinks={"hub": config.SinkConfig(type="mqtt", timeout_seconds=1.0)})
+    sub = Subscriber(broker.port, [f"{ROOT}/audio/#"])
+    assert sub.wait_for(lambda: sub.client.is_connected())
+    daemons, stalled = [], []
+
+    def stall_then_press() -> None:
+        deadline = time.monotonic() + 5
+        while not daemons[0].led.showing.startswith("pending") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        broker.proc.send_signal(signal.SIGSTOP)
+        stalled.append(True)
+        pin = daemons[0].pin_factory.pin(cfg.gpio.button_pin)
+        pin.drive_low()
+        pin.drive_high()
+
+    def hook(event: Event) -> None:
+        if event.kind == "pending" and not stalled:
+            threading.Thread(target=stall_then_press, daemon=True).start()
+        if event.kind == "release-unknown":
+            broker.proc.send_signal(signal.SIGCONT)
+
+    daemon = _daemon(cfg, two_requests_wav, fast=False, publish=hook)
+    daemons.append(daemon)
+    try:
+        _start(daemon).join(40)
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+    records = audit.read(tmp_path / "audit.jsonl")
+    first = records[0]["utterance"]
+    said = [r["event"] for r in records if r.get("utterance") == first]
+    assert said[:4] == ["wake", "pending", "releasing", "release-unknown"], said
+    assert "discarded" not in said, "audio that may still arrive is never recorded as discarded"
+    assert "may still arrive" in [r for r in records if r["event"] == "release-unknown"][0]["reason"]
+    assert sub.wait_for(lambda: any(t == f"{ROOT}/audio/{first}" for t, _, _ in sub.messages), timeout=20)
+    sub.close()
