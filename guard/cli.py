@@ -24,6 +24,7 @@ from guard.audio import FRAME_SAMPLES, RATE_HZ, MicSource, WavSource, level_dbfs
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ExitStatus, GuardError, UsageError
 from guard.gate import Event
+from guard.process import forbid_core_dumps
 from guard.wake import Detection, FeatureExtractor, WakeDetector
 
 log = logging.getLogger("guard")
@@ -140,15 +141,29 @@ def _report_sinks(daemon: Daemon) -> None:
             log.error("%s; releases to it will fail until fixed", problem)
 
 
-def _serve(daemon: Daemon) -> None:
-    """Run the loop with SIGTERM and SIGINT asking it to stop cleanly (buffers wiped)."""
-    handler = lambda signum, frame: daemon.stop()  # noqa: E731
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+def _serve(daemon: Daemon) -> int:
+    """Run the loop with SIGTERM, SIGINT and SIGHUP asking it to stop cleanly (buffers wiped, records closed).
+
+    Returns:
+        OK after SIGTERM, SIGINT or the end of a file; FAILURE after SIGHUP (a hang-up nobody asked for:
+        systemd's Restart=on-failure starts it again).
+    """
+    received: list[int] = []
+
+    def handler(signum, frame) -> None:
+        received.append(signum)
+        daemon.stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         daemon.run()
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+    if signal.SIGHUP in received:
+        log.warning("hung up (SIGHUP): everything held was wiped; exiting 1 so that systemd starts a fresh guard")
+        return ExitStatus.FAILURE
+    return ExitStatus.OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -159,8 +174,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for part, status in daemon.health.items():
         log.info("%s: %s", part, status)
     _report_sinks(daemon)
-    _serve(daemon)
-    return ExitStatus.OK
+    status = _serve(daemon)
+    if daemon.source_failure:
+        raise GuardError(f"the audio source failed ({daemon.source_failure}); everything held was wiped. "
+                         "Check the microphone (guard devices); under systemd the guard restarts by itself")
+    return status
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -339,7 +357,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg, path = config.load(args.path or args.config)
-    print(f"{path or 'built-in defaults'}: ok", file=sys.stderr)
+    print(f"{path or 'built-in defaults'}: ok; device id {cfg.device.resolved_id()}", file=sys.stderr)
     print(config.to_toml(cfg), end="")
     return ExitStatus.OK
 
@@ -508,6 +526,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     setup_logging(args.debug)
+    forbid_core_dumps()
     try:
         return int(args.func(args))
     except GuardError as e:

@@ -6,6 +6,7 @@ a remote command.
 """
 
 import difflib
+import hashlib
 import json
 import os
 import re
@@ -63,6 +64,7 @@ def _parse_device_id(value: Any) -> str:
 
 
 DEVICE_ID_PATTERN = r"[a-z0-9_-]{1,64}"
+MACHINE_ID = "/etc/machine-id"  # systemd's per-installation id; a hash of it, never the id itself, goes out
 
 
 @dataclass(frozen=True)
@@ -70,14 +72,22 @@ class DeviceConfig:
     """[device]: who this guard is, in audit records (and later topics and sink names)."""
 
     id: str = field(default="", metadata=_doc(
-        "device id, a-z 0-9 _ -; empty derives it from the hostname", parse=_parse_device_id))
+        "device id, a-z 0-9 _ -; empty: the hostname plus 6 hex digits of /etc/machine-id (unique per device, "
+        "stable across restarts)", parse=_parse_device_id))
 
     def resolved_id(self) -> str:
-        """The configured id, or the hostname squeezed into a-z 0-9 _ -."""
+        """The configured id, or the hostname squeezed into a-z 0-9 _ - plus a short hash of the machine id.
+
+        Two Pis left at the default hostname `raspberrypi` must not share a topic tree.
+        """
         if self.id:
             return self.id
-        name = re.sub(r"[^a-z0-9_-]+", "-", socket.gethostname().lower()).strip("-")[:64]
-        return name or "guard"
+        name = re.sub(r"[^a-z0-9_-]+", "-", socket.gethostname().lower()).strip("-")[:57] or "guard"
+        try:
+            machine = Path(MACHINE_ID).read_text().strip()
+        except OSError:
+            return name
+        return f"{name}-{hashlib.sha256(machine.encode()).hexdigest()[:6]}" if machine else name
 
 
 @dataclass(frozen=True)

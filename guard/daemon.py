@@ -81,6 +81,7 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.health = self.health
         self._eof = threading.Event()
+        self.source_failure: str | None = None  # why the audio source died, if it did: `guard run` then exits 1
         self.notifier = Notifier()
         self._last_frame = time.monotonic()
 
@@ -292,6 +293,7 @@ class Daemon:
             {"mute": self.gate.mute, "unmute": self.gate.unmute, "cancel": self.gate.cancel,
              "wipe": self.gate.wipe}[payload]("remote")
         elif item == "source-failed":
+            self.source_failure = payload
             self.gate.fault(f"audio source failed: {payload}")
 
     def _file_done(self) -> bool:

@@ -115,6 +115,19 @@ def test_device_id_comes_from_config_or_hostname(tmp_path):
     assert config.DeviceConfig("kitchen").resolved_id() == "kitchen"
     derived = config.DeviceConfig().resolved_id()
     assert derived and all(c.isalnum() and c.islower() or c.isdigit() or c in "_-" for c in derived)
+    assert derived == config.DeviceConfig().resolved_id(), "stable across restarts"
+
+
+def test_two_pis_with_the_same_hostname_get_different_ids(tmp_path, monkeypatch):
+    from guard import config
+    ids = set()
+    for machine in ("0f4c1e2d3b5a69788796a5b4c3d2e1f0", "a1b2c3d4e5f60718293a4b5c6d7e8f90"):
+        (tmp_path / machine).write_text(machine + "\n")
+        monkeypatch.setattr(config, "MACHINE_ID", str(tmp_path / machine))
+        monkeypatch.setattr(config.socket, "gethostname", lambda: "raspberrypi")
+        ids.add(config.DeviceConfig().resolved_id())
+    assert len(ids) == 2 and all(i.startswith("raspberrypi-") and len(i) == len("raspberrypi-") + 6 for i in ids)
+    assert not any("0f4c1e" in i or "a1b2c3" in i for i in ids), "the machine id itself never goes out"
     bad = tmp_path / "g.toml"
     bad.write_text('[device]\nid = "Kitchen Pi"\n')
     with pytest.raises(config.ConfigError, match=r"\[device\] id = 'Kitchen Pi': must be 1-64 characters"):

@@ -1,10 +1,12 @@
 """`guard run` and `guard demo` as processes: real files, real PortAudio, signals, exit codes."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -54,16 +56,20 @@ def test_run_on_a_file_without_a_press_leaves_nothing_but_the_audit_log(tmp_path
     assert audit.verify(dirs["state"] / "audit.jsonl").intact
 
 
-def test_sigterm_during_pending_wipes_and_exits_cleanly(tmp_path, request_wav):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 0), (signal.SIGHUP, 1)])
+def test_a_signal_during_pending_wipes_and_closes_the_record(tmp_path, request_wav, sig, code):
+    """SIGTERM and Ctrl-C are requested stops (0); a hang-up is not (1, so systemd restarts the guard)."""
     env, dirs = _setup(tmp_path, pending_timeout_seconds=60)
     proc = subprocess.Popen([str(GUARD), "run", "--source", str(request_wav), "--gpio", "mock", "--fast"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if json.loads(line)["kind"] == "pending":
             break
-    proc.send_signal(signal.SIGTERM)
+    limits = Path(f"/proc/{proc.pid}/limits").read_text()
+    assert re.search(r"Max core file size\s+0\s+0", limits), "a core dump would hold the pending request"
+    proc.send_signal(sig)
     rest, err = proc.communicate(timeout=20)
-    assert proc.returncode == 0, err
+    assert proc.returncode == code, err
     assert [e["kind"] for e in _events(rest)] == ["discarded"]
     assert audit.read(dirs["state"] / "audit.jsonl")[-1]["reason"] == "shutdown"
     assert list(dirs["sink"].iterdir()) == []
@@ -166,3 +172,37 @@ def test_health_names_every_buffer_that_could_not_be_locked(tmp_path, request_wa
         assert name in line
     for name in locked:
         assert name not in line
+
+
+FLAKY_MIC = """
+import sys
+from guard import audio, cli
+real = audio.MicSource.frames
+def flaky(self):  # PortAudio's error when a USB microphone is pulled out mid-read
+    for i, frame in enumerate(real(self)):
+        if i == 25:
+            raise OSError(-9999, "Unanticipated host error")
+        yield frame
+audio.MicSource.frames = flaky
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_failing_microphone_never_exits_0(tmp_path):
+    raw = tmp_path / "room.raw"
+    raw.write_bytes(np.zeros(16000 * 30, "<i2").tobytes())
+    env = alsa_home(tmp_path / "home", raw)
+    (tmp_path / "guard.toml").write_text(f'[audio]\ndevice = "guardtest"\n[audit]\npath = "{tmp_path / "a.jsonl"}"\n')
+    result = subprocess.run([sys.executable, "-c", FLAKY_MIC, "--config", str(tmp_path / "guard.toml"), "run",
+                             "--gpio", "mock"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("guard: error: the audio source failed")
+    assert "Unanticipated host error" in result.stderr
+    assert [r["event"] for r in audit.read(tmp_path / "a.jsonl")] == ["fault"]
+
+
+def test_core_dumps_are_forbidden_even_outside_systemd():
+    probe = ("import ctypes; from guard.process import forbid_core_dumps; forbid_core_dumps(); "
+             "print(ctypes.CDLL('libc.so.6').prctl(3, 0, 0, 0, 0))")  # PR_GET_DUMPABLE
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
+                          check=True).stdout.strip() == "0"
