@@ -212,7 +212,8 @@ class MqttConfig:
         "MQTT keepalive; the broker declares the guard offline after 1.5 times this", 2, 600))
     reconnect_max_seconds: int = field(default=60, metadata=_doc("longest wait between reconnect tries", 1, 3600))
     outbox_events: int = field(default=1000, metadata=_doc(
-        "events kept while the broker is away; older ones are dropped and counted in the audit log", 10, 100000))
+        "events kept while the broker is away; older ones are dropped and counted in the audit log (at most "
+        "10000: paho numbers messages in flight with 16 bits)", 10, 10000))
     discovery: bool = field(default=True, metadata=_doc("publish Home Assistant discovery"))
     discovery_prefix: str = field(default="homeassistant", metadata=_doc("Home Assistant's discovery prefix"))
     hermes: bool = field(default=False, metadata=_doc(

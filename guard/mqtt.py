@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 VERBS = ("mute", "unmute", "cancel", "wipe")
 MAX_COMMAND_BYTES = 1024
+HERMES_SESSION_REASONS = ("dialogueSession", "playAudio", "ttsSay")  # rhasspy-hermes HotwordToggleReason
+DISCOVERY_DEBOUNCE_SECONDS = 10.0  # Home Assistant restarting says "online" once; a flood gets one answer
+COMMANDS_PER_MINUTE = 30  # remote commands beyond this are counted, not acted on one by one
+DROP_AUDIT_SECONDS = 60.0  # while events are being dropped, the count goes to the audit log this often
 ACTIVITY_TYPES = {"wake": "wake_detected", "pending": "pending", "released": "released", "discarded": "discarded"}
 
 
@@ -57,11 +61,12 @@ def parse_command(topic: str, payload: bytes, device_id: str) -> str | None:
         return verb
     if topic in ("hermes/hotword/toggleOff", "hermes/hotword/toggleOn"):
         try:
-            site = json.loads(payload).get("siteId")
-        except (ValueError, AttributeError):
+            body = json.loads(payload)
+            site, reason = body.get("siteId"), body.get("reason", "")
+        except (ValueError, AttributeError, RecursionError):
             raise CommandError(f"{topic}: payload is not a JSON object") from None
-        if site != device_id:
-            return None
+        if site != device_id or reason in HERMES_SESSION_REASONS:
+            return None  # Rhasspy pauses wake words during its own dialogue or playback: not a privacy mute
         return "mute" if topic.endswith("Off") else "unmute"
     return None
 
@@ -76,6 +81,17 @@ def _read_password(path: str) -> str:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the MQTT password file ({e.strerror}); fix [mqtt] password_file") \
             from None
+
+
+def _never_raises(callback: Callable) -> Callable:
+    """Wrap a paho callback: an exception there would kill paho's thread and with it remote mute."""
+    def guarded(self, *args) -> None:
+        try:
+            callback(self, *args)
+        except Exception:
+            log.exception("MQTT %s failed; the link keeps running", callback.__name__)
+    guarded.__name__ = callback.__name__
+    return guarded
 
 
 @dataclass
@@ -104,6 +120,10 @@ class MqttLink:
         self.health: dict[str, str] = {}
         self._outbox: deque[_Outgoing] = deque()
         self._dropped = 0
+        self._last_drop_audit = -DROP_AUDIT_SECONDS
+        self._last_discovery = -DISCOVERY_DEBOUNCE_SECONDS
+        self._commands: deque[float] = deque()  # when recent remote commands came, for the rate limit
+        self._refused_commands = 0
         self._lock = threading.Lock()  # the outbox and state; never held while calling paho
         self._order = threading.Lock()  # one publisher at a time, so events leave in the order they came
         self.connected = threading.Event()
@@ -146,6 +166,7 @@ class MqttLink:
         self.client.disconnect()
         self.client.loop_stop()
 
+    @_never_raises
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
             log.error("broker %s:%d refused the connection: %s", self.settings.host, self.settings.port, reason_code)
@@ -167,8 +188,9 @@ class MqttLink:
             for item in waiting:
                 item.sent = client.publish(item.topic, item.payload, qos=1)
         if dropped:
-            self.audit.record("events_dropped", count=dropped, reason="broker unreachable, outbox full")
+            self._audit_drops(dropped)
 
+    @_never_raises
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self.connected.is_set():
             log.warning("broker connection lost (%s); events wait in the outbox", reason_code)
@@ -178,9 +200,23 @@ class MqttLink:
         """Forget events from the front of the outbox that the broker has acknowledged.
 
         Done lazily (paho marks a message published only after its on_publish callback).
+        A message paho gave up on (dropped with the connection) is sent again after reconnect.
         """
-        while self._outbox and self._outbox[0].sent is not None and self._outbox[0].sent.is_published():
+        while self._outbox and self._outbox[0].sent is not None:
+            try:
+                acknowledged = self._outbox[0].sent.is_published()
+            except (RuntimeError, ValueError):
+                self._outbox[0].sent = None
+                return
+            if not acknowledged:
+                return
             self._outbox.popleft()
+
+    def _audit_drops(self, count: int) -> None:
+        try:
+            self.audit.record("events_dropped", count=count, reason="broker unreachable, outbox full")
+        except GuardError as e:
+            log.error("%d MQTT event(s) dropped and not recorded: %s", count, e)
 
     def undelivered(self) -> int:
         """Messages not yet acknowledged by the broker."""
@@ -201,8 +237,23 @@ class MqttLink:
                 item = _Outgoing(topic, payload)
                 self._outbox.append(item)
                 connected = self.connected.is_set()
+                dropped = self._dropped if self._dropped and self._drops_due() else 0
+                self._dropped -= dropped
             if connected:
-                item.sent = self.client.publish(topic, payload, qos=1)
+                try:
+                    item.sent = self.client.publish(topic, payload, qos=1)
+                except (OSError, RuntimeError, ValueError) as e:  # it stays in the outbox for the reconnect
+                    log.warning("MQTT publish of %s failed (%s); kept for the reconnect", topic, e)
+        if dropped:
+            self._audit_drops(dropped)
+
+    def _drops_due(self) -> bool:
+        """At most one drop record per DROP_AUDIT_SECONDS while the broker stays away."""
+        now = time.monotonic()
+        if now - self._last_drop_audit < DROP_AUDIT_SECONDS:
+            return False
+        self._last_drop_audit = now
+        return True
 
     def event(self, event: Event) -> None:
         """Publish a gate event, the retained state it leads to, and the hub-facing extras."""
@@ -254,18 +305,47 @@ class MqttLink:
 
     # -- inbound --------------------------------------------------------------------
 
+    @_never_raises
     def _on_message(self, client, userdata, message) -> None:
-        if message.topic == "homeassistant/status":
-            if message.payload == b"online" and self.settings.discovery:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            self.error("a message with a topic that is not UTF-8 was refused")
+            return
+        if topic == "homeassistant/status":
+            if message.payload == b"online" and self.settings.discovery and self._discovery_due():
                 self.publish_discovery()
             return
         try:
-            verb = parse_command(message.topic, message.payload, self.device_id)
+            verb = parse_command(topic, message.payload, self.device_id)
         except CommandError as e:
             self.error(str(e))
             return
-        if verb is not None:
+        if verb is not None and (verb == "mute" or self._command_allowed()):  # a mute is never held back
             self.on_command(verb)
+
+    def _discovery_due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last_discovery < DISCOVERY_DEBOUNCE_SECONDS:
+            return False
+        self._last_discovery = now
+        return True
+
+    def _command_allowed(self) -> bool:
+        """At most COMMANDS_PER_MINUTE remote commands act; the excess is counted in one error, not one by one."""
+        now = time.monotonic()
+        while self._commands and now - self._commands[0] > 60:
+            self._commands.popleft()
+        if len(self._commands) < COMMANDS_PER_MINUTE:
+            self._commands.append(now)
+            if self._refused_commands:
+                self.error(f"{self._refused_commands} remote command(s) over {COMMANDS_PER_MINUTE}/min were ignored")
+                self._refused_commands = 0
+            return True
+        self._refused_commands += 1
+        if self._refused_commands == 1:
+            self.error(f"over {COMMANDS_PER_MINUTE} remote commands a minute: ignoring the excess")
+        return False
 
     # -- Home Assistant -------------------------------------------------------------
 

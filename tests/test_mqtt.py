@@ -9,6 +9,7 @@ import threading
 import time
 
 import numpy as np
+import paho.mqtt.client as paho
 import pytest
 import speech
 from conftest import GUARD, alsa_home
@@ -459,3 +460,82 @@ def test_an_unacknowledged_mqtt_release_is_recorded_as_unknown_never_discarded(t
     assert "may still arrive" in [r for r in records if r["event"] == "release-unknown"][0]["reason"]
     assert sub.wait_for(lambda: any(t == f"{ROOT}/audio/{first}" for t, _, _ in sub.messages), timeout=20)
     sub.close()
+
+
+def test_malformed_messages_never_stop_remote_mute(tmp_path, broker, quiet_wav):
+    """A Hermes toggle nested 100000 deep and a topic that is not UTF-8 (which only a rogue broker sends)."""
+    cfg = _config(tmp_path, broker.port, hermes=True)
+    sub = Subscriber(broker.port, [f"{ROOT}/#"])
+    daemon = _daemon(cfg, quiet_wav, fast=False)
+    thread = _start(daemon)
+    try:
+        assert sub.wait_for(lambda: daemon.mqtt.connected.is_set())
+        sub.publish("hermes/hotword/toggleOff", "[" * 100000)
+        assert sub.wait_for(lambda: "error" in _events(sub))
+        rogue = paho.MQTTMessage(topic=b"guard/\xff\xfe/cmd/mute")
+        daemon.mqtt._on_message(daemon.mqtt.client, None, rogue)  # paho's own message object, as its thread would
+        assert sub.wait_for(lambda: _events(sub).count("error") == 2)
+        sub.publish(f"{ROOT}/cmd/mute", "")
+        assert sub.wait_for(lambda: daemon.gate.state is State.MUTED), "remote mute still works"
+        assert daemon.mqtt.client._thread.is_alive()
+    finally:
+        daemon.stop()
+        thread.join(10)
+        sub.close()
+
+
+def test_a_rhasspy_dialogue_session_is_not_a_privacy_mute(tmp_path, broker, quiet_wav):
+    cfg = _config(tmp_path, broker.port, hermes=True)
+    sub = Subscriber(broker.port, [f"{ROOT}/#"])
+    daemon = _daemon(cfg, quiet_wav, fast=False)
+    thread = _start(daemon)
+    try:
+        assert sub.wait_for(lambda: daemon.mqtt.connected.is_set())
+        for reason in ("dialogueSession", "playAudio", "ttsSay"):
+            sub.publish("hermes/hotword/toggleOff", json.dumps({"siteId": DEVICE, "reason": reason}))
+        sub.publish("hermes/hotword/toggleOff", json.dumps({"siteId": "another-site"}))
+        sub.publish(f"{ROOT}/cmd/wipe", "")  # a marker: once it is recorded, any mute queued before it was handled
+        assert sub.wait_for(lambda: "wiped" in _events(sub))
+        assert daemon.gate.state is State.IDLE
+        sub.publish("hermes/hotword/toggleOff", json.dumps({"siteId": DEVICE, "reason": ""}))
+        assert sub.wait_for(lambda: daemon.gate.state is State.MUTED and daemon.gate.muted_by == "remote")
+    finally:
+        daemon.stop()
+        thread.join(10)
+        sub.close()
+
+
+def test_floods_are_debounced_and_counted_not_recorded_one_by_one(tmp_path, broker, quiet_wav):
+    cfg = _config(tmp_path, broker.port)
+    sub = Subscriber(broker.port, [f"{ROOT}/#", "homeassistant/#"])
+    daemon = _daemon(cfg, quiet_wav, fast=False)
+    thread = _start(daemon)
+    try:
+        assert sub.wait_for(lambda: daemon.mqtt.connected.is_set())
+        entities = len(daemon.mqtt.discovery_messages())
+        assert sub.wait_for(lambda: len([t for t, _, _ in sub.messages if t.endswith("/config")]) >= entities)
+        for _ in range(300):
+            sub.publish("homeassistant/status", "online")
+        for _ in range(200):
+            sub.publish(f"{ROOT}/cmd/wipe", "")
+        sub.publish(f"{ROOT}/cmd/mute", "")  # a mute is never held back by the limit
+        assert sub.wait_for(lambda: daemon.gate.state is State.MUTED)
+        configs = [t for t, _, _ in sub.messages if t.endswith("/config")]
+        assert len(configs) <= 2 * entities, f"{len(configs)} discovery messages for 300 'online'"
+        wiped = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "wiped"]
+        assert len(wiped) <= 30, f"{len(wiped)} fsynced records for 200 wipes"
+        assert any("ignoring the excess" in e.get("reason", "") for e in sub.json(f"{ROOT}/event/error"))
+    finally:
+        daemon.stop()
+        thread.join(10)
+        sub.close()
+
+
+def test_a_message_paho_gave_up_on_does_not_break_the_outbox(tmp_path):
+    link = MqttLink(config.MqttConfig(host="127.0.0.1", port=1), DEVICE, lambda verb: None,
+                    AuditLog(tmp_path / "audit.jsonl", DEVICE))
+    link._send(f"{ROOT}/event/wake", b"{}")
+    failed = paho.MQTTMessageInfo(1)
+    failed.rc = paho.MQTT_ERR_NO_CONN  # what paho leaves when the socket dropped under the publish
+    link._outbox[0].sent = failed
+    assert link.undelivered() == 1 and link._outbox[0].sent is None, "kept, to be sent again after reconnect"
