@@ -112,7 +112,7 @@ def test_demo_runs_with_no_hardware_and_no_broker(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.count("released   -> idle") == 1 and "discarded  -> idle" in out and "reason=timeout" in out
-    assert "audit chain: 6 records, intact" in out
+    assert "audit chain: 7 records, intact" in out and "releasing" in out
 
 
 MUTE_SCRIPT = r"""
