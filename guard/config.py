@@ -135,6 +135,9 @@ class AudioConfig:
         "native rate to open the mic at; 0 tries 16000, 48000, 44100", 0, 192000))
     pre_roll_seconds: float = field(default=2.0, metadata=_doc(
         "audio kept in RAM before the wake word ends", 0.5, 10))
+    zeros_fault_seconds: float = field(default=30.0, metadata=_doc(
+        "a microphone that delivers nothing but exact digital zeros this long has failed (unplugged under "
+        "ALSA, or a dead driver): guard run wipes and exits 1 for systemd to restart it; 0: never", 0, 3600))
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ from guard.wake import WakeDetector
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.05
-AUDIO_STALL_SECONDS = 3.0  # no frame for this long while listening: the audio side is hung
+AUDIO_STALL_SECONDS = 3.0  # no frame for this long while listening: the audio side is hung (watchdog stops)
+MIC_HUNG_SECONDS = 10.0  # no frame from a microphone this long: it has failed; exit 1 so systemd restarts
 QUEUE_FRAMES = 50  # 4 s of audio: a slow loop holds the reader back instead of dropping frames
 
 
@@ -82,6 +83,7 @@ class Daemon:
             self.mqtt.health = self.health
         self._eof = threading.Event()
         self.source_failure: str | None = None  # why the audio source died, if it did: `guard run` then exits 1
+        self._zeros_since: float | None = None  # since when the microphone has delivered only exact zeros
         self.notifier = Notifier()
         self._last_frame = time.monotonic()
 
@@ -154,6 +156,7 @@ class Daemon:
     def _set_listening(self, on: bool) -> None:
         if on:
             self._last_frame = time.monotonic()  # the reopened mic gets its own grace period
+            self._zeros_since = None
             self.listening.set()
             return
         self.listening.clear()
@@ -265,6 +268,7 @@ class Daemon:
             self._handle(item, payload)
             self.gate.tick()
             self.notifier.watchdog(self._audio_alive())
+            self._check_microphone()
         except Exception as e:  # the loop's edge: log, wipe, show fault, keep serving
             log.exception("fault in the guard loop")
             self.gate.fault(f"{type(e).__name__}: {e}")
@@ -277,9 +281,29 @@ class Daemon:
         expected = self.listening.is_set() and not self._eof.is_set()
         return not expected or time.monotonic() - self._last_frame < AUDIO_STALL_SECONDS
 
+    def _check_microphone(self) -> None:
+        """A microphone that hangs, or delivers only exact zeros, has failed: wipe and stop (exit 1)."""
+        if not isinstance(self.source, MicSource) or not self.listening.is_set() or self.source_failure:
+            return
+        now, limit = time.monotonic(), self.config.audio.zeros_fault_seconds
+        if now - self._last_frame >= MIC_HUNG_SECONDS:
+            self._source_failed(f"no audio from {self.source.name} for {MIC_HUNG_SECONDS:g} s (hung)")
+        elif limit and self._zeros_since is not None and now - self._zeros_since >= limit:
+            self._source_failed(f"{self.source.name} delivered only digital zeros for {limit:g} s (unplugged?)")
+
+    def _source_failed(self, why: str) -> None:
+        self.source_failure = why
+        self.gate.fault(f"audio source failed: {why}")
+        if isinstance(self.source, MicSource):
+            self.stop()
+
     def _handle(self, item, payload) -> None:
         if isinstance(item, np.ndarray):
             self._last_frame = time.monotonic()
+            if item.any():
+                self._zeros_since = None
+            elif self._zeros_since is None:
+                self._zeros_since = self._last_frame
             self.gate.feed(item)
             if self.options.fast:
                 self.clock.seconds += FRAME_SECONDS
@@ -293,8 +317,7 @@ class Daemon:
             {"mute": self.gate.mute, "unmute": self.gate.unmute, "cancel": self.gate.cancel,
              "wipe": self.gate.wipe}[payload]("remote")
         elif item == "source-failed":
-            self.source_failure = payload
-            self.gate.fault(f"audio source failed: {payload}")
+            self._source_failed(payload)
 
     def _file_done(self) -> bool:
         """After a file ends: close the utterance, let a pending window run out, then stop."""

@@ -175,29 +175,39 @@ def test_health_names_every_buffer_that_could_not_be_locked(tmp_path, request_wa
 
 
 FLAKY_MIC = """
-import sys
+import sys, time
 from guard import audio, cli
 real = audio.MicSource.frames
-def flaky(self):  # PortAudio's error when a USB microphone is pulled out mid-read
+def flaky(self):  # after 2 s, PortAudio's error when a USB microphone is pulled out, or a read that never returns
     for i, frame in enumerate(real(self)):
-        if i == 25:
+        if i == 25 and sys.argv[1] == "error":
             raise OSError(-9999, "Unanticipated host error")
+        if i == 25 and sys.argv[1] == "hang":
+            time.sleep(3600)
         yield frame
 audio.MicSource.frames = flaky
-sys.exit(cli.main(sys.argv[1:]))
+sys.exit(cli.main(sys.argv[2:]))
 """
 
 
-def test_a_failing_microphone_never_exits_0(tmp_path):
+@pytest.mark.parametrize(("failure", "said", "room"), [
+    ("error", "Unanticipated host error", np.int16(120)),
+    ("hang", "no audio from guardtest", np.int16(120)),
+    ("none", "delivered only digital zeros for 1 s (unplugged?)", np.int16(0)),
+])
+def test_a_failing_microphone_never_exits_0(tmp_path, failure, said, room):
+    """Through the real PortAudio path (an ALSA file PCM); the error and the hang are injected above it."""
     raw = tmp_path / "room.raw"
-    raw.write_bytes(np.zeros(16000 * 30, "<i2").tobytes())
+    noise = np.random.default_rng(0).integers(-room, room + 1, 16000 * 60) if room else np.zeros(16000 * 60)
+    raw.write_bytes(noise.astype("<i2").tobytes())
     env = alsa_home(tmp_path / "home", raw)
-    (tmp_path / "guard.toml").write_text(f'[audio]\ndevice = "guardtest"\n[audit]\npath = "{tmp_path / "a.jsonl"}"\n')
-    result = subprocess.run([sys.executable, "-c", FLAKY_MIC, "--config", str(tmp_path / "guard.toml"), "run",
-                             "--gpio", "mock"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    (tmp_path / "guard.toml").write_text(f'[audio]\ndevice = "guardtest"\nzeros_fault_seconds = 1\n'
+                                         f'[audit]\npath = "{tmp_path / "a.jsonl"}"\n')
+    result = subprocess.run([sys.executable, "-c", FLAKY_MIC, failure, "--config", str(tmp_path / "guard.toml"),
+                             "run", "--gpio", "mock"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("guard: error: the audio source failed")
-    assert "Unanticipated host error" in result.stderr
+    assert said in result.stderr
     assert [r["event"] for r in audit.read(tmp_path / "a.jsonl")] == ["fault"]
 
 
