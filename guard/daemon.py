@@ -21,7 +21,7 @@ from guard.audit import AuditLog
 from guard.config import Config
 from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
 from guard.errors import UsageError
-from guard.gate import Event, Gate, State
+from guard.gate import Delivery, Event, Gate, State
 from guard.hardware import ConsentButton, StatusLed, pin_factory
 from guard.mqtt import MqttLink
 from guard.systemd import Notifier
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.05
 AUDIO_STALL_SECONDS = 3.0  # no frame for this long while listening: the audio side is hung (watchdog stops)
+DELIVERY_GRACE_SECONDS = 4.0  # at exit, a release still running gets this long; systemd's stop timeout is longer
 MIC_HUNG_SECONDS = 10.0  # no frame from a microphone this long: it has failed; exit 1 so systemd restarts
 QUEUE_FRAMES = 50  # 4 s of audio: a slow loop holds the reader back instead of dropping frames
 
@@ -73,10 +74,11 @@ class Daemon:
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None)
         self.button, self.led = self._gpio()
         accepts = {name: sink.confirm for name, sink in config.sinks.items()}
+        self._deliveries: list[tuple[threading.Thread, Delivery]] = []
         self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
                          accepts=accepts, confirmation=self._spoken_confirmation(accepts), publish=self._publish,
                          show=self.led.show if self.led else lambda s: None, set_listening=self._set_listening,
-                         clock=self.clock)
+                         clock=self.clock, deliver=self._deliver_in_background)
         self.source = self._open_source()
         self.health = self._health()
         if self.mqtt is not None:
@@ -149,6 +151,33 @@ class Daemon:
                    "raise LimitMEMLOCK or grant CAP_IPC_LOCK")
         log.warning("mlock refused: %s", problem)
         return problem
+
+    def _deliver_in_background(self, delivery: Delivery) -> None:
+        """Sinks run in their own thread: a slow one holds up neither the button, remote mute nor the watchdog."""
+        def work() -> None:
+            delivery.run()
+            self.words.put(("delivered", delivery))
+
+        thread = threading.Thread(target=work, name=f"delivery-{delivery.utterance.id}", daemon=True)
+        self._deliveries.append((thread, delivery))
+        thread.start()
+
+    def _finish_deliveries(self) -> None:
+        """At exit: give running deliveries a moment, then stop them and record what may still arrive."""
+        deadline = time.monotonic() + DELIVERY_GRACE_SECONDS
+        for thread, delivery in self._deliveries:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                delivery.abandon("still delivering when the guard stopped; stopped")
+                thread.join(1.0)
+                self.gate.delivered(delivery)
+        while True:
+            try:
+                item, payload = self.words.get_nowait()
+            except queue.Empty:
+                return
+            if item == "delivered":
+                self.gate.delivered(payload)
 
     def _post_word(self, word: str) -> None:
         self.words.put((word, self.clock()))
@@ -251,6 +280,7 @@ class Daemon:
             self.listening.set()
             self._drain()
             self.gate.shutdown()
+            self._finish_deliveries()
             reader.join(timeout=2)
             if self.mqtt is not None:
                 self.mqtt.stop()
@@ -318,6 +348,9 @@ class Daemon:
              "wipe": self.gate.wipe}[payload]("remote")
         elif item == "source-failed":
             self._source_failed(payload)
+        elif item == "delivered":
+            self._deliveries = [(t, d) for t, d in self._deliveries if d is not payload]
+            self.gate.delivered(payload)
 
     def _file_done(self) -> bool:
         """After a file ends: close the utterance, let a pending window run out, then stop."""

@@ -10,10 +10,11 @@ timeout, mute, fault and shutdown. Every decision goes to the audit log first.
 
 import logging
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -66,6 +67,54 @@ class Event:
 
 
 
+@dataclass
+class Delivery:
+    """One consented release on its way to its sinks; `run` may happen in another thread.
+
+    The WAV is a bytearray so that it can be zeroed once every sink has it (paho
+    keeps its own copy of an MQTT payload until the broker acknowledges it).
+    """
+
+    utterance: Utterance
+    wav: bytearray
+    sinks: list[Sink]
+    confirmed_by: str
+    duration_seconds: float
+    extra: dict
+    outcomes: list[tuple[str, str, str]] = field(default_factory=list)  # (sink, outcome, where or why)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _abandoned: bool = False
+    recorded: bool = False  # `Gate.delivered` has written its outcomes (it does so once)
+
+    def run(self) -> None:
+        """Hand the WAV to each sink in turn and note what happened; then zero it."""
+        try:
+            for sink in self.sinks:
+                try:
+                    self._note(sink.name, "released", sink.deliver(self.wav, self.utterance))
+                except SinkUncertain as e:
+                    self._note(sink.name, "release-unknown", str(e))
+                except SinkError as e:
+                    self._note(sink.name, "release-failed", str(e))
+        finally:
+            self.wav[:] = bytes(len(self.wav))
+
+    def _note(self, sink: str, outcome: str, detail: str) -> None:
+        with self._lock:
+            if not self._abandoned:  # after abandon, the record already says what may have happened
+                self.outcomes.append((sink, outcome, detail))
+
+    def abandon(self, why: str) -> None:
+        """Shutdown while sinks still run: whatever they did not finish may still arrive; then stop them."""
+        with self._lock:
+            self._abandoned = True
+            done = {name for name, _, _ in self.outcomes}
+            self.outcomes += [(s.name, "release-unknown", f"sink {s.name}: {why}; it may still arrive")
+                              for s in self.sinks if s.name not in done]
+        for sink in self.sinks:
+            sink.cancel()
+
+
 class Gate:
     """Decides, frame by frame and press by press, what happens to captured audio.
 
@@ -83,6 +132,7 @@ class Gate:
         confirmation: the enrolled spoken phrase, or None (then only the button consents).
         publish: receives every Event (printing, MQTT).
         show: receives the state the LED should show (plus "released" for the flash).
+        deliver: runs a Delivery and then hands it back to `delivered` on the loop; default: right here.
         set_listening: opens (True) or closes (False) the microphone.
         clock: monotonic seconds.
     """
@@ -91,7 +141,8 @@ class Gate:
                  sinks: list[Sink], audit: AuditLog, accepts: dict[str, tuple[str, ...]] | None = None,
                  confirmation: SpokenConfirmation | None = None, publish: Callable[[Event], None] = lambda e: None,
                  show: Callable[[str], None] = lambda s: None, set_listening: Callable[[bool], None] = lambda b: None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 deliver: Callable[[Delivery], None] | None = None) -> None:
         self.settings = settings
         self.detector = detector
         self.ring = RingBuffer(pre_roll_seconds)
@@ -101,6 +152,7 @@ class Gate:
         self.accepts = accepts or {}
         self.confirmation = confirmation if any("voice" in self.accepted_by(s) for s in sinks) else None
         self._publish, self._show, self._set_listening, self.clock = publish, show, set_listening, clock
+        self._deliver = deliver or self._deliver_here
         self.state = State.IDLE
         self.muted_by: str | None = None
         self._utterance: Utterance | None = None
@@ -192,11 +244,20 @@ class Gate:
 
     # -- decisions ------------------------------------------------------------------
 
+    def _deliver_here(self, delivery: Delivery) -> None:
+        delivery.run()
+        self.delivered(delivery)
+
     def accepted_by(self, sink: Sink) -> tuple[str, ...]:
         return self.accepts.get(sink.name, ("button",))
 
     def _release(self, confirmed_by: str, **extra) -> None:
-        """Send the utterance to every sink that accepts this consent, on the record before and after."""
+        """Hand the utterance to every sink that accepts this consent, on the record before and after.
+
+        The held audio is encoded and wiped here; the sinks run in `deliver` (another thread
+        in the daemon, so a slow sink blocks neither the button nor remote mute), and
+        `delivered` records what really happened.
+        """
         eligible = [s for s in self.sinks if confirmed_by in self.accepted_by(s)]
         if not eligible:
             self._discard("no sink configured" if not self.sinks else f"no sink accepts {confirmed_by} consent")
@@ -205,35 +266,41 @@ class Gate:
                             confirmed_by=confirmed_by, duration_seconds=self._duration(), **extra):
             self.fault("the audit log cannot take the release record; nothing was released")
             return
-        wav = encode_wav(self.capture.view())
-        outcomes = [self._deliver(sink, wav, confirmed_by, extra) for sink in eligible]
-        del wav
-        if "released" not in outcomes and "release-unknown" not in outcomes:
-            self._discard("every sink failed")
-            return
+        delivery = Delivery(self._utterance, encode_wav(self.capture.view()), eligible, confirmed_by,
+                            self._duration(), extra)
         self._wipe()
         self._utterance = None
-        if "released" in outcomes:
-            self._enter(State.IDLE, show="released")
-        else:
-            self.fault("no sink confirmed the release; it may still arrive (see the audit log)")
+        self._enter(State.IDLE)
+        self._deliver(delivery)
 
-    def _deliver(self, sink: Sink, wav: bytes, confirmed_by: str, extra: dict) -> str:
-        """Hand the WAV to one sink and record what really happened: released, release-failed or release-unknown."""
-        try:
-            where = sink.deliver(wav, self._utterance)
-        except SinkUncertain as e:
-            log.error("%s", e)
-            self._record("release-unknown", self.state, sink=sink.name, reason=str(e)[:200])
-            return "release-unknown"
-        except SinkError as e:
-            log.error("%s", e)
-            self._record("release-failed", self.state, sink=sink.name, reason=str(e)[:200])
-            return "release-failed"
-        log.info("released %s to %s (%s)", self._utterance.id, sink.name, where)
-        self._record("released", State.IDLE, sink=sink.name, confirmed_by=confirmed_by,
-                     duration_seconds=self._duration(), **extra)
-        return "released"
+    def delivered(self, delivery: "Delivery") -> None:
+        """Record each sink's outcome: released, release-failed, or release-unknown (may still arrive)."""
+        if delivery.recorded:
+            return
+        delivery.recorded = True
+        u = delivery.utterance.id
+        for sink, outcome, detail in delivery.outcomes:
+            if outcome == "released":
+                log.info("released %s to %s (%s)", u, sink, detail)
+                self._record("released", self.state, utterance=u, sink=sink, confirmed_by=delivery.confirmed_by,
+                             duration_seconds=delivery.duration_seconds, **delivery.extra)
+            else:
+                log.error("%s", detail)
+                self._record(outcome, self.state, utterance=u, sink=sink, reason=detail[:200])
+        kinds = {outcome for _, outcome, _ in delivery.outcomes}
+        if "released" in kinds:
+            if self.state is State.IDLE:
+                self._show("released")
+        elif "release-unknown" in kinds:
+            state = State.FAULT if self.state is State.IDLE else self.state  # show it, unless something is held
+            self._record("fault", state, utterance=u, reason="no sink confirmed the release; it may still arrive "
+                                                             "(see the audit log)")
+            if state is State.FAULT:
+                self._fault_until = self.clock() + FAULT_SHOW_SECONDS
+                self._enter(State.FAULT)
+        else:
+            self._record("discarded", self.state, utterance=u, reason="every sink failed",
+                         duration_seconds=delivery.duration_seconds)
 
     def _discard(self, reason: str) -> None:
         self._record("discarded", State.IDLE, reason=reason, duration_seconds=self._duration())
@@ -333,14 +400,16 @@ class Gate:
         self._record(kind, state, **fields)
         self._enter(state)
 
-    def _record(self, kind: str, state: State, required: bool = False, **fields) -> bool:
+    def _record(self, kind: str, state: State, required: bool = False, utterance: str | None = None,
+                **fields) -> bool:
         """Audit, log and publish a decision; False when the audit log could not take it.
 
         Never raises for the audit log: a mute or a discard must still happen (and is
         published). What must not happen without its record (capture, pending,
         release) passes `required`: then nothing is published and the caller backs out.
         """
-        utterance = self._utterance.id if self._utterance else None
+        if utterance is None and self._utterance is not None:
+            utterance = self._utterance.id
         try:
             self.audit.record(kind, utterance=utterance, **fields)
             recorded = True

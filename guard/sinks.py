@@ -5,11 +5,10 @@ from the local config file alone. A sink leaves no partial file behind.
 """
 
 import contextlib
-import io
 import os
 import signal
+import struct
 import subprocess
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,15 +36,15 @@ class Utterance:
     heard_at: str
 
 
-def encode_wav(samples: np.ndarray) -> bytes:
-    """16 kHz mono 16-bit WAV bytes, in memory."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE_HZ)
-        w.writeframes(samples.astype("<i2").tobytes())
-    return out.getvalue()
+def encode_wav(samples: np.ndarray) -> bytearray:
+    """16 kHz mono 16-bit WAV, in a bytearray the caller zeroes when every sink has it."""
+    data_bytes = 2 * len(samples)
+    head = b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE" + b"fmt " + struct.pack(
+        "<IHHIIHH", 16, 1, 1, RATE_HZ, 2 * RATE_HZ, 2, 16) + b"data" + struct.pack("<I", data_bytes)
+    wav = bytearray(len(head) + data_bytes)
+    wav[:len(head)] = head
+    np.frombuffer(wav, "<i2", offset=len(head))[:] = samples  # no intermediate copy of the audio
+    return wav
 
 
 class DirectorySink:
@@ -68,7 +67,10 @@ class DirectorySink:
             return f"sink {self.name}: {self.folder}: not writable by this user"
         return None
 
-    def deliver(self, wav: bytes, utterance: Utterance) -> str:
+    def cancel(self) -> None:
+        """Nothing to stop: a write either finished or left no file."""
+
+    def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
         """Write the file under a hidden name, fsync, then rename, so readers never see half a file."""
         final = self.folder / f"{self.device_id}-{utterance.heard_at}-{utterance.id}.wav"
         partial = self.folder / f".{final.name}.partial"
@@ -100,6 +102,12 @@ class CommandSink:
 
     def __init__(self, name: str, argv: tuple[str, ...], timeout_seconds: float, device_id: str) -> None:
         self.name, self.argv, self.timeout_seconds, self.device_id = name, argv, timeout_seconds, device_id
+        self._running: subprocess.Popen | None = None
+
+    def cancel(self) -> None:
+        """Kill a command still running (and everything it started): the guard is shutting down."""
+        if self._running is not None:
+            _kill_group(self._running)
 
     def problem(self) -> str | None:
         program = Path(self.argv[0])
@@ -107,7 +115,7 @@ class CommandSink:
             return f"sink {self.name}: {self.argv[0]}: not an executable file; give its full path"
         return None
 
-    def deliver(self, wav: bytes, utterance: Utterance) -> str:
+    def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
         """Run the command in its own process group with a minimal environment; on timeout kill the group."""
         env = {"PATH": COMMAND_PATH, "LANG": os.environ.get("LANG", "C.UTF-8"),
                "GUARD_DEVICE": self.device_id, "GUARD_UTTERANCE": utterance.id}
@@ -116,6 +124,7 @@ class CommandSink:
                                        stderr=subprocess.PIPE, env=env, start_new_session=True)
         except OSError as e:
             raise SinkError(f"sink {self.name}: {self.argv[0]}: {e.strerror}") from None
+        self._running = process
         try:
             _, stderr = process.communicate(wav, timeout=self.timeout_seconds)
         except subprocess.TimeoutExpired:
@@ -124,6 +133,7 @@ class CommandSink:
                                 "killed with everything it started; it may have sent part of the audio") from None
         finally:
             _kill_group(process)  # helpers it left behind do not outlive the release
+            self._running = None
         if process.returncode != 0:
             said = stderr.decode(errors="replace").strip().splitlines()
             raise SinkError(f"sink {self.name}: {self.argv[0]} exited {process.returncode}"
@@ -156,7 +166,10 @@ class MqttSink:
     def problem(self) -> str | None:
         return None
 
-    def deliver(self, wav: bytes, utterance: Utterance) -> str:
+    def cancel(self) -> None:
+        """Nothing to stop here: paho holds what it was given (the record says it may still arrive)."""
+
+    def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
         try:
             return self.send(utterance.id, wav, self.timeout_seconds)
         except DeliveryUncertain as e:

@@ -1,6 +1,7 @@
 """`guard run` and `guard demo` as processes: real files, real PortAudio, signals, exit codes."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -216,3 +217,61 @@ def test_core_dumps_are_forbidden_even_outside_systemd():
              "print(ctypes.CDLL('libc.so.6').prctl(3, 0, 0, 0, 0))")  # PR_GET_DUMPABLE
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT,
                           check=True).stdout.strip() == "0"
+
+
+def test_a_slow_sink_blocks_neither_the_button_nor_shutdown(tmp_path, request_wav):
+    """A command sink that takes a minute: the button still mutes at once, and SIGTERM-like stop takes < 10 s."""
+    import dataclasses
+    import threading
+
+    from guard import config
+    from guard.daemon import Daemon, RunOptions
+    from guard.gate import State
+    from guard.wake import WakeDetector, WakeModelSettings
+
+    pid_file = tmp_path / "sink.pid"
+    slow = f"import os, sys, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    base = config.Config()
+    cfg = dataclasses.replace(
+        base, device=config.DeviceConfig("kitchen"), wake=dataclasses.replace(base.wake, models=("alexa",)),
+        gpio=dataclasses.replace(base.gpio, bounce_seconds=0.0, long_press_seconds=0.3),
+        audit=config.AuditConfig(str(tmp_path / "audit.jsonl")),
+        sinks={"slow": config.SinkConfig(type="command", command=(sys.executable, "-c", slow), timeout_seconds=120)})
+    daemons = []
+
+    def press_when_pending_shows(event) -> None:
+        if event.kind == "pending":
+            def press() -> None:
+                while not daemons[0].led.showing.startswith("pending"):
+                    time.sleep(0.005)
+                pin = daemons[0].pin_factory.pin(cfg.gpio.button_pin)
+                pin.drive_low()
+                pin.drive_high()
+            threading.Thread(target=press, daemon=True).start()
+
+    daemon = Daemon(cfg, RunOptions(str(request_wav), "mock", publish=press_when_pending_shows),
+                    WakeDetector([WakeModelSettings("alexa")]))
+    daemons.append(daemon)
+    loop = threading.Thread(target=daemon.run)
+    loop.start()
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pid_file.exists(), "the release reached the slow sink"
+    pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+    pin.drive_low()  # a long press while the sink is still busy
+    deadline = time.monotonic() + 3
+    while daemon.gate.state is not State.MUTED and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pin.drive_high()
+    assert daemon.gate.state is State.MUTED, "the loop served the button while the sink ran"
+    stopped = time.monotonic()
+    daemon.stop()
+    loop.join(15)
+    assert not loop.is_alive() and time.monotonic() - stopped < 10
+    records = audit.read(tmp_path / "audit.jsonl")
+    assert [r["event"] for r in records if r["event"].startswith("releas")] == ["releasing", "release-unknown"]
+    unknown, = [r for r in records if r["event"] == "release-unknown"]
+    assert "still delivering when the guard stopped" in unknown["reason"] and "may still arrive" in unknown["reason"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
