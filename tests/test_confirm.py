@@ -389,3 +389,30 @@ def test_live_enrolment_through_portaudio_retries_a_silent_take(tmp_path):
     assert result.stderr.count("say your confirmation phrase now") == 4
     assert "that take is not usable: no speech heard" in result.stderr and result.stderr.count("  ok") == 3
     assert (tmp_path / "state" / "confirm.npz").exists()
+
+
+def test_invariant1_voice_consent_releases_only_to_sinks_that_accept_voice(tmp_path, detector, enrolled):
+    detector.wipe()
+    clock = Clock()
+    folders = {name: tmp_path / name for name in ("voicebox", "buttonbox")}
+    for folder in folders.values():
+        folder.mkdir()
+    events = []
+    gate = Gate(GateConfig(), detector, PRE_ROLL_SECONDS,
+                [DirectorySink(name, folder, "test") for name, folder in folders.items()],
+                AuditLog(tmp_path / "audit.jsonl", "test"),
+                accepts={"voicebox": ("button", "voice"), "buttonbox": ("button",)},
+                confirmation=confirm.SpokenConfirmation(confirm.Enrolment.load(enrolled)), publish=events.append,
+                clock=clock)
+    audio = np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
+                            speech.say("what time is it"), speech.silence(1.5),
+                            speech.say(PHRASE, VOICE, speed_wpm=165), speech.silence(0.5)])
+    for frame in audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES):
+        gate.feed(frame.copy())
+        clock.seconds += FRAME_SECONDS
+        gate.tick()
+    released = [e for e in events if e.kind == "released"]
+    assert [e.sink for e in released] == ["voicebox"] and released[0].confirmed_by == "voice"
+    assert len(list(folders["voicebox"].iterdir())) == 1 and list(folders["buttonbox"].iterdir()) == []
+    releasing, = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "releasing"]
+    assert releasing["sink"] == "voicebox"

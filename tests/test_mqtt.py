@@ -538,3 +538,45 @@ def test_a_message_paho_gave_up_on_does_not_break_the_outbox(tmp_path):
     failed.rc = paho.MQTT_ERR_NO_CONN  # what paho leaves when the socket dropped under the publish
     link._outbox[0].sent = failed
     assert link.undelivered() == 1 and link._outbox[0].sent is None, "kept, to be sent again after reconnect"
+
+
+def test_invariant2_no_remote_message_releases_a_pending_utterance(tmp_path, broker, two_requests_wav):
+    """Every kind of inbound message, sent while an utterance is pending to a sink that accepts voice too."""
+    cfg = dataclasses.replace(_config(tmp_path, broker.port, hermes=True), sinks={
+        "box": config.SinkConfig(path=str(tmp_path / "sink"), confirm=("button", "voice"))})
+    sub = Subscriber(broker.port, [f"{ROOT}/#"])
+    assert sub.wait_for(lambda: sub.client.is_connected())
+    sub.publish(f"{ROOT}/cmd/release", "", retain=True)  # waiting for the guard when it subscribes
+    daemons, sent = [], []
+    keep_pending = [(f"{ROOT}/cmd/release", ""), (f"{ROOT}/cmd/release", "box"), (f"{ROOT}/cmd/sink", "/tmp"),
+                    (f"{ROOT}/cmd/confirm", "voice"), (f"{ROOT}/cmd/press", ""), (f"{ROOT}/cmd/unmute", ""),
+                    (f"{ROOT}/cmd/remote_mute", "OFF"), (f"{ROOT}/cmd/remote_mute", "MAYBE"),
+                    (f"{ROOT}/cmd/mute/../release", ""), (f"{ROOT}/cmd/", "x" * 5000),
+                    ("hermes/hotword/toggleOn", json.dumps({"siteId": DEVICE})),
+                    ("hermes/hotword/toggleOff", json.dumps({"siteId": DEVICE, "reason": "dialogueSession"})),
+                    ("hermes/hotword/toggleOff", "[" * 50000), ("guard/other/cmd/release", "")]
+
+    def flood_while_pending(event: Event) -> None:
+        if event.kind == "pending" and not sent:
+            sent.append(event.utterance)
+
+            def flood() -> None:
+                while not daemons[0].led.showing.startswith("pending"):
+                    time.sleep(0.005)
+                for topic, payload in keep_pending:
+                    sub.publish(topic, payload)
+                sub.publish(f"{ROOT}/cmd/cancel", "")  # the last word: this one only adds privacy
+            threading.Thread(target=flood, daemon=True).start()
+
+    daemon = _daemon(cfg, two_requests_wav, fast=False, publish=flood_while_pending)
+    daemons.append(daemon)
+    _start(daemon).join(40)
+    records = audit.read(tmp_path / "audit.jsonl")
+    first = [r["event"] for r in records if r.get("utterance") == sent[0]]
+    assert first == ["wake", "pending", "discarded"], first
+    assert [r for r in records if r.get("utterance") == sent[0]][-1]["reason"] == "cancelled by remote"
+    assert not any(r["event"].startswith("releas") for r in records)
+    assert list((tmp_path / "sink").iterdir()) == []
+    assert sub.wait_for(lambda: _events(sub).count("error") >= 5)
+    sub.client.publish(f"{ROOT}/cmd/release", b"", qos=1, retain=True).wait_for_publish(5)  # clear the retained one
+    sub.close()
