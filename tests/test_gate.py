@@ -52,7 +52,7 @@ def request_audio() -> np.ndarray:
 class Rig:
     """A gate wired to a mock button and LED, a directory sink and an audit log in tmp_path."""
 
-    def __init__(self, tmp_path, detector, sinks=None, long_press_seconds=5.0) -> None:
+    def __init__(self, tmp_path, detector, sinks=None, long_press_seconds=10.0) -> None:
         detector.wipe()
         self.factory = MockFactory(pin_class=MockPWMPin)
         self.clock = Clock()

@@ -137,6 +137,7 @@ def test_last_will_says_offline_when_the_daemon_is_killed(tmp_path, broker, quie
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert sub.wait_for(lambda: (f"{ROOT}/availability", b"online", False) in sub.messages, 20)
+        assert sub.wait_for(lambda: f"{ROOT}/state" in sub.topics(), 10)  # state follows availability
         state = [json.loads(p) for t, p, _ in sub.messages if t == f"{ROOT}/state"][-1]
         assert state["state"] == "idle" and state["muted_by"] is None
         proc.send_signal(signal.SIGKILL)
