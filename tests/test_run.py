@@ -275,3 +275,23 @@ def test_a_slow_sink_blocks_neither_the_button_nor_shutdown(tmp_path, request_wa
     assert "still delivering when the guard stopped" in unknown["reason"] and "may still arrive" in unknown["reason"]
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid_file.read_text()), 0)
+
+
+def test_a_read_only_audit_log_keeps_the_guard_guarding_but_capturing_nothing(tmp_path):
+    late_request = speech.write_wav(tmp_path / "late.wav", np.concatenate([  # after the 3 s the fault is shown
+        speech.silence(4.0), speech.say("Alexa"), speech.silence(0.3), speech.say("what time is it"),
+        speech.silence(1.6)]))
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], check=True)
+    try:
+        env, dirs = _setup(tmp_path, extra=f'[audit]\npath = "{ro / "audit.jsonl"}"\n')
+        result = run_guard("run", "--source", str(late_request), "--gpio", "mock", "--fast", env=env)
+    finally:
+        subprocess.run(["umount", "--lazy", str(ro)], check=True)
+    assert result.returncode == 0, result.stderr
+    events = _events(result.stdout)
+    assert events and {e["kind"] for e in events} == {"fault"}, [e["kind"] for e in events]
+    assert "audit log unavailable" in events[0]["reason"] and "Read-only file system" in events[0]["reason"]
+    assert any("cannot take the wake record; nothing is captured" in e["reason"] for e in events)
+    assert list(dirs["sink"].iterdir()) == []
