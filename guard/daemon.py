@@ -74,7 +74,9 @@ class Daemon:
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None)
         self.button, self.led = self._gpio()
         accepts = {name: sink.confirm for name, sink in config.sinks.items()}
-        self._deliveries: list[tuple[threading.Thread, Delivery]] = []
+        self._outgoing: queue.Queue[Delivery | None] = queue.Queue()  # consented releases for the delivery thread
+        self._unfinished: list[Delivery] = []
+        self._delivery_thread = threading.Thread(target=self._deliveries, name="delivery", daemon=True)
         self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
                          accepts=accepts, confirmation=self._spoken_confirmation(accepts), publish=self._publish,
                          show=self.led.show if self.led else lambda s: None, set_listening=self._set_listening,
@@ -153,31 +155,37 @@ class Daemon:
         return problem
 
     def _deliver_in_background(self, delivery: Delivery) -> None:
-        """Sinks run in their own thread: a slow one holds up neither the button, remote mute nor the watchdog."""
-        def work() -> None:
+        """Queue a release for the delivery thread: a slow sink holds up neither the button, remote mute nor
+        the watchdog. Releases go out one at a time, in order."""
+        self._unfinished.append(delivery)
+        self._outgoing.put(delivery)
+
+    def _deliveries(self) -> None:
+        """The delivery thread: run each release, then hand it back to the loop to be recorded."""
+        while True:
+            delivery = self._outgoing.get()
+            if delivery is None:
+                return
             delivery.run()
             self.words.put(("delivered", delivery))
 
-        thread = threading.Thread(target=work, name=f"delivery-{delivery.utterance.id}", daemon=True)
-        self._deliveries.append((thread, delivery))
-        thread.start()
-
     def _finish_deliveries(self) -> None:
-        """At exit: give running deliveries a moment, then stop them and record what may still arrive."""
-        deadline = time.monotonic() + DELIVERY_GRACE_SECONDS
-        for thread, delivery in self._deliveries:
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
+        """At exit: give releases still on their way a moment, then stop them and record what really happened."""
+        self._outgoing.put(None)
+        self._delivery_thread.join(DELIVERY_GRACE_SECONDS)
+        for delivery in list(self._unfinished):
+            if not delivery.recorded:
                 delivery.abandon("still delivering when the guard stopped; stopped")
-                thread.join(1.0)
-                self.gate.delivered(delivery)
+        self._delivery_thread.join(1.0)
         while True:
             try:
                 item, payload = self.words.get_nowait()
             except queue.Empty:
-                return
+                break
             if item == "delivered":
                 self.gate.delivered(payload)
+        for delivery in self._unfinished:
+            self.gate.delivered(delivery)  # once each: it skips the ones already recorded
 
     def _post_word(self, word: str) -> None:
         self.words.put((word, self.clock()))
@@ -259,6 +267,7 @@ class Daemon:
             AuditError: another guard is writing the same audit log.
         """
         self.audit.open()
+        self._delivery_thread.start()
         if self.audit.problem:  # read-only or full: keep guarding, but nothing can be captured without a record
             self.gate.fault(f"audit log unavailable: {self.audit.problem}")
         if self.mqtt is not None:
@@ -349,7 +358,7 @@ class Daemon:
         elif item == "source-failed":
             self._source_failed(payload)
         elif item == "delivered":
-            self._deliveries = [(t, d) for t, d in self._deliveries if d is not payload]
+            self._unfinished = [d for d in self._unfinished if d is not payload]
             self.gate.delivered(payload)
 
     def _file_done(self) -> bool:

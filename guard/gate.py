@@ -84,10 +84,15 @@ class Delivery:
     outcomes: list[tuple[str, str, str]] = field(default_factory=list)  # (sink, outcome, where or why)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _abandoned: bool = False
+    started: bool = False  # a sink has been handed the WAV
     recorded: bool = False  # `Gate.delivered` has written its outcomes (it does so once)
 
     def run(self) -> None:
         """Hand the WAV to each sink in turn and note what happened; then zero it."""
+        with self._lock:
+            if self._abandoned:
+                return
+            self.started = True
         try:
             for sink in self.sinks:
                 try:
@@ -109,8 +114,13 @@ class Delivery:
         with self._lock:
             self._abandoned = True
             done = {name for name, _, _ in self.outcomes}
-            self.outcomes += [(s.name, "release-unknown", f"sink {s.name}: {why}; it may still arrive")
-                              for s in self.sinks if s.name not in done]
+            if self.started:
+                self.outcomes += [(s.name, "release-unknown", f"sink {s.name}: {why}; it may still arrive")
+                                  for s in self.sinks if s.name not in done]
+            else:
+                self.outcomes += [(s.name, "release-failed", f"sink {s.name}: the guard stopped before it was sent")
+                                  for s in self.sinks]
+                self.wav[:] = bytes(len(self.wav))
         for sink in self.sinks:
             sink.cancel()
 

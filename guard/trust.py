@@ -47,6 +47,7 @@ def untrusted(path: Path) -> str | None:
         return None
     problem = _problem(path, info, None)
     if problem is None and stat.S_ISREG(info.st_mode):
-        folder = path.resolve().parent
-        problem = _problem(folder, folder.stat(), path)
+        # the folder of the name given (someone could swap a link there) and of the file it leads to
+        for folder in dict.fromkeys((path.absolute().parent, path.resolve().parent)):
+            problem = problem or _problem(folder, folder.stat(), path)
     return problem

@@ -506,3 +506,17 @@ def test_a_command_sink_sees_a_minimal_environment(rig, request_audio, tmp_path,
     names = set(seen.read_text().split())
     assert {"PATH", "LANG", "GUARD_DEVICE", "GUARD_UTTERANCE"} <= names <= {"PATH", "LANG", "GUARD_DEVICE",
                                                                               "GUARD_UTTERANCE", "LC_CTYPE"}
+
+
+def test_a_release_the_guard_stopped_before_sending_is_failed_and_zeroed(tmp_path):
+    from guard.gate import Delivery
+    from guard.sinks import Utterance, encode_wav
+    folder = tmp_path / "box"
+    folder.mkdir()
+    delivery = Delivery(Utterance("u1", "20261122T000000Z"), encode_wav(np.full(1600, 1234, np.int16)),
+                        [DirectorySink("box", folder, "test")], "button", 0.1, {})
+    delivery.abandon("still delivering when the guard stopped; stopped")
+    delivery.run()  # the delivery thread reaches it only after the stop
+    assert [(s, o) for s, o, _ in delivery.outcomes] == [("box", "release-failed")]
+    assert "stopped before it was sent" in delivery.outcomes[0][2]
+    assert not any(delivery.wav) and list(folder.iterdir()) == []

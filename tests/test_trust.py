@@ -88,3 +88,12 @@ def test_an_owner_only_config_and_sinks_pass(tmp_path):
                                      'command = ["/bin/cat"]\n')
     result = run_guard("--config", str(path), "config", "check")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_config_reached_through_a_link_in_a_folder_others_can_write_is_refused(tmp_path):
+    real = _config(tmp_path / "etc")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    (shared / "guard.toml").symlink_to(real)  # anyone could point this link elsewhere
+    _refused(run_guard("--config", str(shared / "guard.toml"), "config", "check"), f"{shared}", "mode 0777")
