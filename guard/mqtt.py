@@ -8,6 +8,7 @@ them, so a broker restart loses none; overflow is counted in the audit log.
 
 import json
 import logging
+import math
 import os
 import stat
 import threading
@@ -94,6 +95,20 @@ def _never_raises(callback: Callable) -> Callable:
     return guarded
 
 
+class _AtMostEvery:
+    """True when called for the first time, then at most once per `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self._last = seconds, -math.inf
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            return False
+        self._last = now
+        return True
+
+
 @dataclass
 class _Outgoing:
     topic: str
@@ -120,8 +135,8 @@ class MqttLink:
         self.health: dict[str, str] = {}
         self._outbox: deque[_Outgoing] = deque()
         self._dropped = 0
-        self._last_drop_audit = -DROP_AUDIT_SECONDS
-        self._last_discovery = -DISCOVERY_DEBOUNCE_SECONDS
+        self._drops_due = _AtMostEvery(DROP_AUDIT_SECONDS)  # one drop record a minute while the broker is away
+        self._discovery_due = _AtMostEvery(DISCOVERY_DEBOUNCE_SECONDS)
         self._commands: deque[float] = deque()  # when recent remote commands came, for the rate limit
         self._refused_commands = 0
         self._lock = threading.Lock()  # the outbox and state; never held while calling paho
@@ -247,14 +262,6 @@ class MqttLink:
         if dropped:
             self._audit_drops(dropped)
 
-    def _drops_due(self) -> bool:
-        """At most one drop record per DROP_AUDIT_SECONDS while the broker stays away."""
-        now = time.monotonic()
-        if now - self._last_drop_audit < DROP_AUDIT_SECONDS:
-            return False
-        self._last_drop_audit = now
-        return True
-
     def event(self, event: Event) -> None:
         """Publish a gate event, the retained state it leads to, and the hub-facing extras."""
         body = event.to_dict()
@@ -323,13 +330,6 @@ class MqttLink:
             return
         if verb is not None and (verb == "mute" or self._command_allowed()):  # a mute is never held back
             self.on_command(verb)
-
-    def _discovery_due(self) -> bool:
-        now = time.monotonic()
-        if now - self._last_discovery < DISCOVERY_DEBOUNCE_SECONDS:
-            return False
-        self._last_discovery = now
-        return True
 
     def _command_allowed(self) -> bool:
         """At most COMMANDS_PER_MINUTE remote commands act; the excess is counted in one error, not one by one."""

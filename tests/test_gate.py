@@ -363,12 +363,18 @@ def test_failing_sink_command_is_recorded_as_what_happened(rig, request_audio, s
     assert "discarded" not in r.kinds() or outcome == "release-failed", "audio that may have left is never 'discarded'"
 
 
-def test_sink_command_gets_the_wav_on_stdin(rig, request_audio, tmp_path):
-    out = tmp_path / "got.wav"
-    script = f"import sys, pathlib; pathlib.Path({str(out)!r}).write_bytes(sys.stdin.buffer.read())"
-    r = rig(sinks=[CommandSink("cmd", (sys.executable, "-c", script), 10.0, "test")])
+def _release_to_python(rig, request_audio, script: str, timeout_seconds: float = 10.0) -> "Rig":
+    """A request released by button to a command sink running `script` in Python."""
+    r = rig(sinks=[CommandSink("cmd", (sys.executable, "-c", script), timeout_seconds, "test")])
     r.feed(request_audio)
     r.press()
+    return r
+
+
+def test_sink_command_gets_the_wav_on_stdin(rig, request_audio, tmp_path):
+    out = tmp_path / "got.wav"
+    r = _release_to_python(rig, request_audio,
+                           f"import sys, pathlib; pathlib.Path({str(out)!r}).write_bytes(sys.stdin.buffer.read())")
     assert r.kinds()[-1] == "released"
     with wave.open(str(out)) as w:
         assert w.getnframes() > 2.5 * 16000
@@ -498,10 +504,8 @@ def test_a_timed_out_command_sink_takes_its_helpers_with_it(rig, request_audio, 
 def test_a_command_sink_sees_a_minimal_environment(rig, request_audio, tmp_path, monkeypatch):
     monkeypatch.setenv("GUARD_TEST_SECRET", "hunter2")
     seen = tmp_path / "env.txt"
-    script = f"import os, sys; sys.stdin.buffer.read(); open({str(seen)!r}, 'w').write(' '.join(sorted(os.environ)))"
-    r = rig(sinks=[CommandSink("cmd", (sys.executable, "-c", script), 10.0, "test")])
-    r.feed(request_audio)
-    r.press()
+    r = _release_to_python(rig, request_audio, f"import os, sys; sys.stdin.buffer.read(); "
+                                               f"open({str(seen)!r}, 'w').write(' '.join(sorted(os.environ)))")
     assert r.kinds()[-1] == "released"
     names = set(seen.read_text().split())
     assert {"PATH", "LANG", "GUARD_DEVICE", "GUARD_UTTERANCE"} <= names <= {"PATH", "LANG", "GUARD_DEVICE",

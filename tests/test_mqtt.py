@@ -1,5 +1,6 @@
 """MQTT against a real mosquitto: events, retained state, Last Will, discovery, commands, outages, auth, TLS."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -462,14 +463,24 @@ def test_an_unacknowledged_mqtt_release_is_recorded_as_unknown_never_discarded(t
     sub.close()
 
 
-def test_malformed_messages_never_stop_remote_mute(tmp_path, broker, quiet_wav):
-    """A Hermes toggle nested 100000 deep and a topic that is not UTF-8 (which only a rogue broker sends)."""
-    cfg = _config(tmp_path, broker.port, hermes=True)
-    sub = Subscriber(broker.port, [f"{ROOT}/#"])
-    daemon = _daemon(cfg, quiet_wav, fast=False)
+@contextlib.contextmanager
+def _running(cfg, wav, topics=(f"{ROOT}/#",)):
+    """A daemon at real-time pace with a subscriber, both connected; stopped and closed afterwards."""
+    sub = Subscriber(cfg.mqtt.port, list(topics))
+    daemon = _daemon(cfg, wav, fast=False)
     thread = _start(daemon)
     try:
         assert sub.wait_for(lambda: daemon.mqtt.connected.is_set())
+        yield daemon, sub
+    finally:
+        daemon.stop()
+        thread.join(10)
+        sub.close()
+
+
+def test_malformed_messages_never_stop_remote_mute(tmp_path, broker, quiet_wav):
+    """A Hermes toggle nested 100000 deep and a topic that is not UTF-8 (which only a rogue broker sends)."""
+    with _running(_config(tmp_path, broker.port, hermes=True), quiet_wav) as (daemon, sub):
         sub.publish("hermes/hotword/toggleOff", "[" * 100000)
         assert sub.wait_for(lambda: "error" in _events(sub))
         rogue = paho.MQTTMessage(topic=b"guard/\xff\xfe/cmd/mute")
@@ -478,19 +489,10 @@ def test_malformed_messages_never_stop_remote_mute(tmp_path, broker, quiet_wav):
         sub.publish(f"{ROOT}/cmd/mute", "")
         assert sub.wait_for(lambda: daemon.gate.state is State.MUTED), "remote mute still works"
         assert daemon.mqtt.client._thread.is_alive()
-    finally:
-        daemon.stop()
-        thread.join(10)
-        sub.close()
 
 
 def test_a_rhasspy_dialogue_session_is_not_a_privacy_mute(tmp_path, broker, quiet_wav):
-    cfg = _config(tmp_path, broker.port, hermes=True)
-    sub = Subscriber(broker.port, [f"{ROOT}/#"])
-    daemon = _daemon(cfg, quiet_wav, fast=False)
-    thread = _start(daemon)
-    try:
-        assert sub.wait_for(lambda: daemon.mqtt.connected.is_set())
+    with _running(_config(tmp_path, broker.port, hermes=True), quiet_wav) as (daemon, sub):
         for reason in ("dialogueSession", "playAudio", "ttsSay"):
             sub.publish("hermes/hotword/toggleOff", json.dumps({"siteId": DEVICE, "reason": reason}))
         sub.publish("hermes/hotword/toggleOff", json.dumps({"siteId": "another-site"}))
@@ -499,19 +501,10 @@ def test_a_rhasspy_dialogue_session_is_not_a_privacy_mute(tmp_path, broker, quie
         assert daemon.gate.state is State.IDLE
         sub.publish("hermes/hotword/toggleOff", json.dumps({"siteId": DEVICE, "reason": ""}))
         assert sub.wait_for(lambda: daemon.gate.state is State.MUTED and daemon.gate.muted_by == "remote")
-    finally:
-        daemon.stop()
-        thread.join(10)
-        sub.close()
 
 
 def test_floods_are_debounced_and_counted_not_recorded_one_by_one(tmp_path, broker, quiet_wav):
-    cfg = _config(tmp_path, broker.port)
-    sub = Subscriber(broker.port, [f"{ROOT}/#", "homeassistant/#"])
-    daemon = _daemon(cfg, quiet_wav, fast=False)
-    thread = _start(daemon)
-    try:
-        assert sub.wait_for(lambda: daemon.mqtt.connected.is_set())
+    with _running(_config(tmp_path, broker.port), quiet_wav, (f"{ROOT}/#", "homeassistant/#")) as (daemon, sub):
         entities = len(daemon.mqtt.discovery_messages())
         assert sub.wait_for(lambda: len([t for t, _, _ in sub.messages if t.endswith("/config")]) >= entities)
         for _ in range(300):
@@ -525,10 +518,6 @@ def test_floods_are_debounced_and_counted_not_recorded_one_by_one(tmp_path, brok
         wiped = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "wiped"]
         assert len(wiped) <= 30, f"{len(wiped)} fsynced records for 200 wipes"
         assert any("ignoring the excess" in e.get("reason", "") for e in sub.json(f"{ROOT}/event/error"))
-    finally:
-        daemon.stop()
-        thread.join(10)
-        sub.close()
 
 
 def test_a_message_paho_gave_up_on_does_not_break_the_outbox(tmp_path):
