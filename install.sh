@@ -35,14 +35,18 @@ done
 say() { echo "install.sh: $*"; }
 fail() { echo "install.sh: error: $*" >&2; exit 1; }
 
+case "$(uname -m)" in
+    armv6l|armv7l) fail "32-bit ARM ($(uname -m)): onnxruntime has no build for it, so guard cannot run here; \
+install the 64-bit Raspberry Pi OS (Bookworm arm64) and run ./install.sh again" ;;
+esac
+
 python=${PYTHON:-python3}
 command -v "$python" >/dev/null || fail "no $python; install Python 3.11 (sudo apt-get install python3 python3-venv)"
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || fail "$("$python" -V 2>&1) is too old; guard needs Python 3.11 or newer (Raspberry Pi OS Bookworm has it)"
-"$python" -c 'import venv, ensurepip' 2>/dev/null \
-    || fail "Python's venv module is missing; run: sudo apt-get install python3-venv"
-
 packages=(portaudio19-dev espeak-ng)  # espeak-ng: guard enroll synthesizes confusables
+"$python" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+[ "$(uname -m)" = aarch64 ] && packages+=(gcc python3-dev)  # PyAudio has no arm64 wheel: it is built here
 [ "$dev" = 1 ] && packages+=(mosquitto sox alsa-utils)
 
 missing=()
@@ -76,7 +80,7 @@ fi
 extras=""; [ "$dev" = 1 ] && extras="[dev]"
 say "installing pinned Python packages into .venv${extras:+ (with test tools)}"
 .venv/bin/python -m pip install --disable-pip-version-check -q -e ".$extras" \
-    || fail "pip install failed; see the messages above (pyaudio needs portaudio19-dev)"
+    || fail "pip install failed; see the messages above"
 .venv/bin/python -c 'from guard import models
 for name in models.wake_model_names() + list(models.FEATURE_MODELS):
     models.open_session(models.resolve(name))' || fail "the bundled models did not verify"

@@ -269,3 +269,15 @@ def test_watchdog_pings_stop_when_the_audio_loop_hangs(tmp_path, notify):
         hang.set()
         daemon.stop()
         thread.join(10)
+
+
+def test_install_refuses_32_bit_arm_in_one_line(tmp_path):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "uname").write_text("#!/bin/sh\necho armv7l\n")
+    (fake / "uname").chmod(0o755)
+    result = subprocess.run([str(INSTALL)], env={"PATH": f"{fake}:/usr/bin:/bin"}, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("install.sh: error: 32-bit ARM (armv7l): onnxruntime has no build for it")
+    assert "64-bit Raspberry Pi OS" in result.stderr and len(result.stderr.strip().splitlines()) == 1
