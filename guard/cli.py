@@ -145,8 +145,8 @@ def _serve(daemon: Daemon) -> int:
     """Run the loop with SIGTERM, SIGINT and SIGHUP asking it to stop cleanly (buffers wiped, records closed).
 
     Returns:
-        OK after SIGTERM, SIGINT or the end of a file; FAILURE after SIGHUP (a hang-up nobody asked for:
-        systemd's Restart=on-failure starts it again).
+        OK after SIGTERM or the end of a file; INTERRUPTED (130) after Ctrl-C; FAILURE after SIGHUP (a
+        hang-up nobody asked for: systemd's Restart=on-failure starts it again).
     """
     received: list[int] = []
 
@@ -163,7 +163,7 @@ def _serve(daemon: Daemon) -> int:
     if signal.SIGHUP in received:
         log.warning("hung up (SIGHUP): everything held was wiped; exiting 1 so that systemd starts a fresh guard")
         return ExitStatus.FAILURE
-    return ExitStatus.OK
+    return ExitStatus.INTERRUPTED if signal.SIGINT in received else ExitStatus.OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -402,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="PATH", help="TOML config file (see guard.example.toml)")
     parser.add_argument("--debug", action="store_true", help="log per-frame detail and show tracebacks")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", required=True)
+    for verb in _build_verbs(verbs):  # --config may also come after the verb: guard scan --config x.toml f.wav
+        verb.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS, help="TOML config file")
+    return parser
+
+
+def _build_verbs(verbs) -> list[argparse.ArgumentParser]:
+    """Every verb's parser (config's own verbs included), so that options common to all can be added."""
 
     scan = verbs.add_parser("scan", help="find wake words in WAV files",
                             description="Find wake words in WAV files (any PCM or float format, rate "
@@ -494,7 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = cfg_verbs.add_parser("check", help="validate a config and print the settings in effect")
     check.add_argument("path", nargs="?", metavar="PATH", help="file to check (default: the one guard would use)")
     check.set_defaults(func=cmd_config_check)
-    return parser
+    return [*dict.fromkeys(verbs.choices.values()), *cfg_verbs.choices.values()]
 
 
 class JournalFormatter(logging.Formatter):
@@ -535,7 +542,10 @@ def main(argv: Iterable[str] | None = None) -> int:
         print(f"guard: error: {e}", file=sys.stderr)
         return int(e.exit_status)
     except KeyboardInterrupt:
-        return ExitStatus.FAILURE
+        return ExitStatus.INTERRUPTED
+    except BrokenPipeError:  # `guard audit | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitStatus.OK
     except Exception as e:  # the outer edge: one line, not a traceback, unless asked
         if args.debug:
             log.exception("unexpected failure")

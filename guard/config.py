@@ -57,6 +57,14 @@ def _parse_confirm(value: Any) -> tuple[str, ...]:
     raise ValueError('must be ["button"] or ["button", "voice"]')
 
 
+def _parse_device(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str):
+        return value
+    raise ValueError("must be a device index (a whole number) or part of its name (a string)")
+
+
 def _parse_device_id(value: Any) -> str:
     if isinstance(value, str) and (value == "" or re.fullmatch(DEVICE_ID_PATTERN, value)):
         return value
@@ -127,7 +135,8 @@ class AudioConfig:
     """[audio]: where sound comes from and how much pre-roll is kept."""
 
     device: str = field(default="", metadata=_doc(
-        "microphone: index or part of its name from `guard devices`; empty for the system default"))
+        "microphone: index (2 or \"2\") or part of its name from `guard devices`; empty for the system default",
+        parse=_parse_device))
     channels: int = field(default=1, metadata=_doc("channels to open (ReSpeaker USB v2.0: 6)", 1, 64))
     channel: int | None = field(default=None, metadata=_doc(
         'channel to keep, 0-based, or "mix" to average them', parse=_parse_channel, none_text='"mix"'))

@@ -9,6 +9,7 @@ class ExitStatus(IntEnum):
     OK = 0
     FAILURE = 1
     USAGE = 2
+    INTERRUPTED = 130  # Ctrl-C, as shells report it
 
 
 class GuardError(Exception):

@@ -5,7 +5,7 @@ import re
 import subprocess
 
 import pytest
-from conftest import ROOT, run_guard
+from conftest import GUARD, ROOT, run_guard
 
 from guard import __version__, cli, config
 
@@ -159,3 +159,36 @@ def test_under_systemd_log_lines_carry_journal_levels(tmp_path, alexa_wav):
     assert result.returncode == 0
     debug_lines = [line for line in result.stderr.splitlines() if "wake alexa" in line]
     assert debug_lines and all(line.startswith("<7>guard.wake: ") for line in debug_lines)
+
+
+def test_config_may_come_after_the_verb(tmp_path, alexa_wav):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[wake]\nthreshold = 7\n")
+    result = run_guard("scan", "--config", str(bad), str(alexa_wav))
+    assert result.returncode == 2 and f"{bad}: [wake] threshold = 7: must be 0-1" in result.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('[device]\nid = "hall"\n')
+    checked = run_guard("config", "check", "--config", str(good))
+    assert checked.returncode == 0 and "device id hall" in checked.stderr
+
+
+@pytest.mark.parametrize(("value", "ok"), [("2", True), ('"2"', True), ('"ReSpeaker"', True), ("-1", False),
+                                           ("true", False), ("2.5", False)])
+def test_audio_device_takes_an_index_or_a_name(tmp_path, value, ok):
+    path = tmp_path / "g.toml"
+    path.write_text(f"[audio]\ndevice = {value}\n")
+    result = run_guard("--config", str(path), "config", "check")
+    assert (result.returncode == 0) == ok, result.stderr
+    if not ok:
+        assert "must be a device index (a whole number) or part of its name (a string)" in result.stderr
+
+
+def test_a_closed_pipe_is_not_an_error(tmp_path):
+    from guard.audit import AuditLog
+    log = AuditLog(tmp_path / "audit.jsonl", "kitchen")
+    for i in range(5000):
+        log.record("wiped", by=f"remote {i}")
+    log.close()
+    piped = subprocess.run(f"{GUARD} audit --path {tmp_path / 'audit.jsonl'} | head -1; exit ${{PIPESTATUS[0]}}",
+                           shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60)
+    assert piped.returncode == 0 and piped.stderr == "" and len(piped.stdout.splitlines()) == 1

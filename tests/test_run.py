@@ -57,9 +57,9 @@ def test_run_on_a_file_without_a_press_leaves_nothing_but_the_audit_log(tmp_path
     assert audit.verify(dirs["state"] / "audit.jsonl").intact
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 0), (signal.SIGHUP, 1)])
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 0), (signal.SIGINT, 130), (signal.SIGHUP, 1)])
 def test_a_signal_during_pending_wipes_and_closes_the_record(tmp_path, request_wav, sig, code):
-    """SIGTERM and Ctrl-C are requested stops (0); a hang-up is not (1, so systemd restarts the guard)."""
+    """SIGTERM is a requested stop (0), Ctrl-C an interrupt (130); a hang-up is not asked for (1: systemd restarts)."""
     env, dirs = _setup(tmp_path, pending_timeout_seconds=60)
     proc = subprocess.Popen([str(GUARD), "run", "--source", str(request_wav), "--gpio", "mock", "--fast"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
