@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import __version__, audit, config, confirm, confusables, models, mqtt
+from guard import __version__, audit, config, confirm, confusables, models, mqtt, sinks
 from guard.audio import FRAME_SAMPLES, RATE_HZ, MicSource, WavSource, level_dbfs, list_devices
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ExitStatus, GuardError, UsageError
@@ -357,9 +357,31 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     cfg, path = config.load(args.path or args.config)
+    problems = _run_time_problems(cfg)
+    for problem in problems:
+        print(f"guard: error: {problem}", file=sys.stderr)
+    if problems:
+        return ExitStatus.USAGE
     print(f"{path or 'built-in defaults'}: ok; device id {cfg.device.resolved_id()}", file=sys.stderr)
     print(config.to_toml(cfg), end="")
     return ExitStatus.OK
+
+
+def _run_time_problems(cfg: config.Config) -> list[str]:
+    """What `guard run` would trip over with this config: models, sink folders and programs, secret files."""
+    problems = []
+    try:
+        for name in cfg.wake.models:
+            models.verify(models.resolve(name, _models_dir(cfg)))
+    except GuardError as e:
+        problems.append(str(e))
+    problems += [p for p in (s.problem() for s in sinks.build(cfg.sinks, cfg.device.resolved_id())) if p]
+    if cfg.mqtt.host and cfg.mqtt.password_file:
+        try:
+            mqtt.read_password(cfg.mqtt.password_file)
+        except GuardError as e:
+            problems.append(str(e))
+    return problems
 
 
 def _add_model_flags(p: argparse.ArgumentParser) -> None:

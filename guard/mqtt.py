@@ -72,7 +72,7 @@ def parse_command(topic: str, payload: bytes, device_id: str) -> str | None:
     return None
 
 
-def _read_password(path: str) -> str:
+def read_password(path: str) -> str:
     try:
         mode = os.stat(path).st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -149,7 +149,7 @@ class MqttLink:
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"guard-{self.device_id}")
         client.will_set(f"{self.root}/availability", "offline", qos=1, retain=True)
         if s.username:
-            client.username_pw_set(s.username, _read_password(s.password_file) if s.password_file else None)
+            client.username_pw_set(s.username, read_password(s.password_file) if s.password_file else None)
         if s.tls:
             try:
                 client.tls_set(ca_certs=s.ca_file or None, certfile=s.cert_file or None, keyfile=s.key_file or None)
@@ -395,7 +395,7 @@ def read_status(settings: MqttConfig, device_id: str, wait_seconds: float = 3.0)
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"guard-status-{os.getpid()}")
     if settings.username:
         client.username_pw_set(settings.username,
-                               _read_password(settings.password_file) if settings.password_file else None)
+                               read_password(settings.password_file) if settings.password_file else None)
     if settings.tls:
         client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
                        keyfile=settings.key_file or None)

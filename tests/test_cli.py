@@ -192,3 +192,17 @@ def test_a_closed_pipe_is_not_an_error(tmp_path):
     piped = subprocess.run(f"{GUARD} audit --path {tmp_path / 'audit.jsonl'} | head -1; exit ${{PIPESTATUS[0]}}",
                            shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=60)
     assert piped.returncode == 0 and piped.stderr == "" and len(piped.stdout.splitlines()) == 1
+
+
+def test_config_check_opens_what_run_will(tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_text("pw")
+    secret.chmod(0o644)
+    path = tmp_path / "g.toml"
+    path.write_text(f'[wake]\nmodels = ["hey_nobody"]\n[sinks.box]\npath = "{tmp_path / "missing"}"\n'
+                    f'[mqtt]\nhost = "localhost"\nusername = "u"\npassword_file = "{secret}"\n')
+    result = run_guard("--config", str(path), "config", "check")
+    assert result.returncode == 2 and result.stdout == ""
+    errors = result.stderr.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("guard: error: ") for e in errors)
+    assert "hey_nobody" in errors[0] and "no such directory" in errors[1] and "readable by group" in errors[2]
