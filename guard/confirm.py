@@ -166,10 +166,17 @@ class Enrolment:
                "speaker_negative_min", "unevenness_threshold")
 
     def save(self, path: Path) -> None:
-        """Write atomically, mode 0600: features and numbers only, never audio."""
+        """Write atomically, mode 0600: features and numbers only, never audio.
+
+        Run as root into the service's state folder (`sudo guard enroll`), the file goes
+        to the folder's owner, the `guard` user, so that the service can read it.
+        """
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         partial = path.with_name(f".{path.name}.partial")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        folder = path.parent.stat()
+        if os.geteuid() == 0 and folder.st_uid != 0:
+            os.fchown(fd, folder.st_uid, folder.st_gid)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, phrase=np.array(self.phrase), closest=np.array(self.closest), created=np.array(self.created),
                      **{k: getattr(self, k) for k in self.NUMBERS},

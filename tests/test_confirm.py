@@ -416,3 +416,15 @@ def test_invariant1_voice_consent_releases_only_to_sinks_that_accept_voice(tmp_p
     assert len(list(folders["voicebox"].iterdir())) == 1 and list(folders["buttonbox"].iterdir()) == []
     releasing, = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "releasing"]
     assert releasing["sink"] == "voicebox"
+
+
+def test_enrolling_as_root_for_the_service_leaves_the_templates_to_the_service_user(enrolled, tmp_path):
+    """`sudo guard enroll` writes into the service's state folder; the service (its owner) must be able to read it."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root, as `sudo guard enroll` has (CI runs as root)")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    os.chown(state, 65534, 65534)  # the service user's folder, as StateDirectory= makes it
+    confirm.Enrolment.load(enrolled).save(state / "confirm.npz")
+    info = (state / "confirm.npz").stat()
+    assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65534, 0o600)
