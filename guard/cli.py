@@ -545,6 +545,9 @@ def setup_logging(debug: bool) -> None:
     root = logging.getLogger("guard")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    if not debug and sys.stdout.isatty() and sys.stderr.isatty():
+        # on one terminal, each decision already shows as an event on stdout; the log line would repeat it
+        logging.getLogger("guard.gate").setLevel(logging.WARNING)
 
 
 def main(argv: Iterable[str] | None = None) -> int:

@@ -295,3 +295,27 @@ def test_a_read_only_audit_log_keeps_the_guard_guarding_but_capturing_nothing(tm
     assert "audit log unavailable" in events[0]["reason"] and "Read-only file system" in events[0]["reason"]
     assert any("cannot take the wake record; nothing is captured" in e["reason"] for e in events)
     assert list(dirs["sink"].iterdir()) == []
+
+
+def test_on_a_terminal_each_event_shows_once(tmp_path, request_wav):
+    import pty
+    env, _ = _setup(tmp_path)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([str(GUARD), "run", "--source", str(request_wav), "--gpio", "mock", "--fast"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(30)
+    os.close(leader)
+    text = seen.decode()
+    assert proc.returncode == 0, text
+    assert text.count('"kind": "pending"') == 1 and "guard.gate: pending" not in text, text
+    assert "buffers: " in text, "the health lines still show"
