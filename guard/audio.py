@@ -352,7 +352,8 @@ def _find_device(pa, device: str | int | None) -> dict:
     inputs = [pa.get_device_info_by_index(i) for i in range(pa.get_device_count())]
     inputs = [d for d in inputs if d["maxInputChannels"] > 0]
     if not inputs:
-        raise DeviceError("no microphone found; plug one in, check `arecord -l`, or use --source FILE.wav")
+        raise DeviceError("no microphone found; plug one in and check `arecord -l` (without one: guard scan "
+                          "FILE.wav, guard run --source FILE.wav, guard enroll confirm --from A.wav B.wav C.wav)")
     if device is None or device == "":
         try:
             return pa.get_default_input_device_info()

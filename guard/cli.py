@@ -89,8 +89,22 @@ def _mic(cfg: config.Config) -> MicSource:
     return MicSource(a.device or None, a.channels, a.channel, a.rate_hz or None)
 
 
+def _load(args: argparse.Namespace) -> tuple[config.Config, Path | None]:
+    """The config, with this run's --device (for the verbs that open a microphone) in place of [audio] device."""
+    cfg, path = config.load(args.config)
+    if getattr(args, "device", None):
+        cfg = dataclasses.replace(cfg, audio=dataclasses.replace(cfg.audio, device=args.device))
+    return cfg, path
+
+
+def _add_device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", metavar="INDEX|NAME",
+                   help="microphone for this run: an index or part of a name from `guard devices` "
+                        "(default: [audio] device, else the system default)")
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
-    cfg, _ = config.load(args.config)
+    cfg, _ = _load(args)
     detector = _detector(cfg, args.model, args.threshold)
     mic = _mic(cfg)
     show_meter = sys.stderr.isatty()
@@ -167,7 +181,7 @@ def _serve(daemon: Daemon) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg, path = config.load(args.config)
+    cfg, path = _load(args)
     log.info("config: %s", path or "built-in defaults")
     daemon = Daemon(cfg, RunOptions(args.source, args.gpio, args.fast, publish=_print_event),
                     _detector(cfg, None, None))
@@ -277,7 +291,7 @@ def _record_takes(cfg: config.Config, count: int, seconds: float) -> list[np.nda
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
-    cfg, _ = config.load(args.config)
+    cfg, _ = _load(args)
     path = cfg.confirm.resolved_path()
     if args.list:
         enrolment = confirm.Enrolment.load(path)
@@ -448,6 +462,7 @@ def _build_verbs(verbs) -> list[argparse.ArgumentParser]:
                                           "Nothing is recorded or sent.")
     _add_model_flags(listen)
     listen.add_argument("--seconds", type=_positive, metavar="S", help="stop after S seconds (default: never)")
+    _add_device_flag(listen)
     listen.set_defaults(func=cmd_listen)
 
     devices = verbs.add_parser("devices", help="list microphones",
@@ -469,6 +484,7 @@ def _build_verbs(verbs) -> list[argparse.ArgumentParser]:
     run.add_argument("--gpio", choices=("auto", "mock", "none"), default="auto",
                      help="auto: the Pi's GPIO (default); mock: simulated pins; none: no button or LED "
                           "(nothing can be released)")
+    _add_device_flag(run)
     run.add_argument("--fast", action="store_true",
                      help="with a file: play it as fast as possible, time measured in audio")
     run.set_defaults(func=cmd_run)
@@ -495,6 +511,7 @@ def _build_verbs(verbs) -> list[argparse.ArgumentParser]:
                         help=f"takes to record from the mic (default {confirm.MIN_TAKES})")
     enroll.add_argument("--seconds", type=_positive, default=3.5, metavar="S",
                         help="recording time per take (default 3.5)")
+    _add_device_flag(enroll)
     enroll.add_argument("--list", action="store_true", help="show what is enrolled")
     enroll.add_argument("--remove", action="store_true", help="delete the enrolled phrase (voice consent off)")
     enroll.set_defaults(func=cmd_enroll)

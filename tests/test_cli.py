@@ -206,3 +206,27 @@ def test_config_check_opens_what_run_will(tmp_path):
     errors = result.stderr.strip().splitlines()
     assert len(errors) == 3 and all(e.startswith("guard: error: ") for e in errors)
     assert "hey_nobody" in errors[0] and "no such directory" in errors[1] and "readable by group" in errors[2]
+
+
+@pytest.mark.parametrize("verb", [["listen", "--seconds", "1"], ["run", "--gpio", "mock"],
+                                  ["enroll", "confirm", "--phrase", "okay then, send my request"]])
+def test_device_flag_picks_the_microphone_for_one_run(tmp_path, verb):
+    import numpy as np
+    from conftest import alsa_home
+    raw = tmp_path / "room.raw"
+    raw.write_bytes(np.zeros(16000, "<i2").tobytes())
+    env = {**alsa_home(tmp_path / "home", raw), "STATE_DIRECTORY": str(tmp_path / "state")}
+    result = run_guard("--config", "/dev/null", *verb, "--device", "no-such-mic", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "no input device matches 'no-such-mic'" in result.stderr and "guardtest" in result.stderr
+
+
+def test_device_flag_opens_the_named_microphone(tmp_path):
+    import numpy as np
+    from conftest import alsa_home
+    raw = tmp_path / "room.raw"
+    raw.write_bytes(np.zeros(16000 * 5, "<i2").tobytes())
+    result = run_guard("--config", "/dev/null", "listen", "--device", "guardtest", "--seconds", "1",
+                       env=alsa_home(tmp_path / "home", raw))
+    assert result.returncode == 0, result.stderr
+    assert "listening on guardtest" in result.stderr + result.stdout
