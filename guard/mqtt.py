@@ -284,6 +284,8 @@ class MqttLink:
                 if event.state == self._state["state"] and muted_by == self._state["muted_by"]:
                     return
                 self._state.update(state=event.state, since=event.time, muted_by=muted_by)
+                if event.kind == "wake":  # kept in the retained state, so it survives a restart of the hub
+                    self._state["last_wake"] = {"model": event.model, "score": event.score, "time": event.time}
                 state, connected = json.dumps({**self._state, "health": self.health}), self.connected.is_set()
             if connected:
                 self.client.publish(f"{self.root}/state", state, qos=1, retain=True)
@@ -354,11 +356,14 @@ class MqttLink:
         prefix, node, root = self.settings.discovery_prefix, self.device_id, self.root
         device = {"identifiers": [f"guard_{node}"], "name": f"pi-guard {node}", "manufacturer": "pi-guard",
                   "model": "privacy guard", "sw_version": __version__}
-        common = {"availability_topic": f"{root}/availability", "device": device}
+        origin = {"name": "pi-guard", "sw_version": __version__}
+        common = {"availability_topic": f"{root}/availability", "device": device, "origin": origin}
 
         def entity(component: str, key: str, **config) -> tuple[str, dict]:
+            # default_entity_id (HA 2025.10+) is "domain.slug"; object_id stopped working in HA 2026.4
             return (f"{prefix}/{component}/{node}/{key}/config",
-                    {"unique_id": f"guard_{node}_{key}", "object_id": f"guard_{node}_{key}", **common, **config})
+                    {"unique_id": f"guard_{node}_{key}", "default_entity_id": f"{component}.guard_{node}_{key}",
+                     **common, **config})
 
         state = f"{root}/state"
         return dict([
@@ -374,10 +379,14 @@ class MqttLink:
             entity("button", "wipe", name="Wipe buffers", command_topic=f"{root}/cmd/wipe", payload_press="PRESS"),
             entity("event", "activity", name="Activity", state_topic=f"{root}/activity",
                    event_types=list(ACTIVITY_TYPES.values())),
-            entity("sensor", "last_wake_word", name="Last wake word", state_topic=f"{root}/event/wake",
-                   value_template="{{ value_json.model }}", entity_category="diagnostic"),
-            entity("sensor", "last_wake_score", name="Last wake score", state_topic=f"{root}/event/wake",
-                   value_template="{{ value_json.score }}", entity_category="diagnostic"),
+            entity("binary_sensor", "problem", name="Problem", state_topic=state, device_class="problem",
+                   value_template="{{ 'ON' if value_json.state == 'fault' else 'OFF' }}"),
+            entity("sensor", "last_wake_word", name="Last wake word", state_topic=state,
+                   value_template="{{ value_json.last_wake.model if value_json.last_wake is defined else none }}",
+                   entity_category="diagnostic"),
+            entity("sensor", "last_wake_score", name="Last wake score", state_topic=state,
+                   value_template="{{ value_json.last_wake.score if value_json.last_wake is defined else none }}",
+                   entity_category="diagnostic"),
             entity("sensor", "started", name="Started", state_topic=state, device_class="timestamp",
                    value_template="{{ value_json.started }}", entity_category="diagnostic"),
         ])

@@ -124,6 +124,7 @@ def test_released_and_discarded_utterances_reach_the_hub_in_order(tmp_path, brok
     assert retained[f"{ROOT}/availability"] == (b"offline", True)
     state, was_retained = retained[f"{ROOT}/state"]
     assert was_retained and json.loads(state)["state"] == "idle"
+    assert json.loads(state)["last_wake"]["model"] == "alexa", "the last wake is retained for a restarted hub"
     late.close()
 
 
@@ -154,14 +155,22 @@ def test_discovery_is_consistent_and_republished_when_home_assistant_returns(tmp
     daemon = _daemon(_config(tmp_path, broker.port), quiet_wav, fast=False)
     thread = _start(daemon)
     try:
-        assert sub.wait_for(lambda: len(sub.messages) >= 9)
+        assert sub.wait_for(lambda: len(sub.messages) >= 10)
         configs = {t: json.loads(p) for t, p, _ in sub.messages if t.endswith("/config")}
         components = {t.split("/")[1] for t in configs}
         assert components == {"binary_sensor", "switch", "button", "event", "sensor"}
+        for topic, c in configs.items():
+            assert "object_id" not in c, "HA 2026.4 ignores object_id"
+            assert c["default_entity_id"] == f"{topic.split('/')[1]}.{c['unique_id']}"
+            assert c["origin"]["name"] == "pi-guard"
+        problem, = [c for c in configs.values() if c.get("device_class") == "problem"]
+        assert problem["state_topic"] == f"{ROOT}/state"
+        wake_sensors = [c for c in configs.values() if "last_wake" in c.get("value_template", "")]
+        assert len(wake_sensors) == 2 and all(c["state_topic"] == f"{ROOT}/state" for c in wake_sensors), \
+            "read from the retained state: they survive a Home Assistant restart"
         ids = [c["unique_id"] for c in configs.values()]
         assert len(ids) == len(set(ids)) == len(configs)
-        ours = {f"{ROOT}/state", f"{ROOT}/activity", f"{ROOT}/event/wake"} | {f"{ROOT}/cmd/{v}" for v in
-                                                                               ("remote_mute", "cancel", "wipe")}
+        ours = {f"{ROOT}/state", f"{ROOT}/activity"} | {f"{ROOT}/cmd/{v}" for v in ("remote_mute", "cancel", "wipe")}
         for c in configs.values():
             assert c["availability_topic"] == f"{ROOT}/availability"
             assert c["device"]["identifiers"] == [f"guard_{DEVICE}"]
