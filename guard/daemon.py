@@ -69,7 +69,8 @@ class Daemon:
         self.clock = AudioClock() if options.fast else time.monotonic
         device_id = config.device.resolved_id()
         self.audit = AuditLog(config.audit.resolved_path(), device_id)
-        self.mqtt = MqttLink(config.mqtt, device_id, lambda verb: self.words.put(("remote", verb)), self.audit) \
+        self.mqtt = MqttLink(config.mqtt, device_id, lambda verb: self.words.put(("remote", verb)), self.audit,
+                             config.audit.resolved_path().parent / "mqtt-discovered") \
             if config.mqtt.host else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None)
         self.button, self.led = self._gpio()

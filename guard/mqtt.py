@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import paho.mqtt.client as paho
 
@@ -124,11 +125,13 @@ class MqttLink:
         device_id: topic root `guard/<device_id>/`.
         on_command: receives "mute", "unmute", "cancel" or "wipe" (from paho's thread: queue it).
         audit: where dropped events are counted.
+        discovered: a file in the state folder noting the discovery topics last announced.
     """
 
     def __init__(self, settings: MqttConfig, device_id: str, on_command: Callable[[str], None],
-                 audit: AuditLog) -> None:
+                 audit: AuditLog, discovered: Path | None = None) -> None:
         self.settings, self.device_id, self.on_command, self.audit = settings, device_id, on_command, audit
+        self.discovered = discovered  # the config topics last announced, so an id change can withdraw them
         self.root = f"guard/{device_id}"
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
         self._state = {"state": "idle", "since": self.started, "muted_by": None, "started": self.started}
@@ -392,8 +395,30 @@ class MqttLink:
         ])
 
     def publish_discovery(self) -> None:
-        for topic, payload in self.discovery_messages().items():
+        """Announce every entity (retained), and withdraw those this device announced under an earlier id."""
+        messages = self.discovery_messages()
+        for topic in self._earlier_discovery() - messages.keys():
+            self.client.publish(topic, b"", qos=1, retain=True)  # an empty retained config removes the entity
+        for topic, payload in messages.items():
             self.client.publish(topic, json.dumps(payload), qos=1, retain=True)
+        self._remember_discovery(messages.keys())
+
+    def _earlier_discovery(self) -> set[str]:
+        if self.discovered is None:
+            return set()
+        try:
+            return set(self.discovered.read_text().split())
+        except OSError:
+            return set()
+
+    def _remember_discovery(self, topics) -> None:
+        if self.discovered is None:
+            return
+        try:
+            self.discovered.write_text("".join(f"{t}\n" for t in sorted(topics)))
+        except OSError as e:
+            log.warning("%s: cannot note the discovery topics (%s); a later id change leaves stale entities",
+                        self.discovered, e.strerror)
 
 
 def read_status(settings: MqttConfig, device_id: str, wait_seconds: float = 3.0) -> dict:

@@ -579,3 +579,20 @@ def test_invariant2_no_remote_message_releases_a_pending_utterance(tmp_path, bro
     assert sub.wait_for(lambda: _events(sub).count("error") >= 5)
     sub.client.publish(f"{ROOT}/cmd/release", b"", qos=1, retain=True).wait_for_publish(5)  # clear the retained one
     sub.close()
+
+
+def test_an_id_change_withdraws_the_entities_announced_under_the_old_id(tmp_path, broker, quiet_wav):
+    """Home Assistant removes an entity whose retained config becomes empty; stale ones would linger forever."""
+    old = dataclasses.replace(_config(tmp_path, broker.port), device=config.DeviceConfig("old-name"))
+    with _running(old, quiet_wav, ("homeassistant/#",)) as (daemon, sub):
+        entities = len(daemon.mqtt.discovery_messages())
+        assert sub.wait_for(lambda: len(sub.messages) >= entities)
+    with _running(_config(tmp_path, broker.port), quiet_wav, ("homeassistant/#",)) as (daemon, sub):
+        assert sub.wait_for(lambda: len([t for t, p, _ in sub.messages if f"/{DEVICE}/" in t and p]) >= entities)
+    late = Subscriber(broker.port, ["homeassistant/#"])
+    assert late.wait_for(lambda: len(late.messages) >= entities)
+    late.publish("homeassistant/test-marker", "end")  # after the retained burst: everything retained has come
+    assert late.wait_for(lambda: "homeassistant/test-marker" in late.topics())
+    retained = {t for t, p, r in late.messages if r and p}
+    assert all(f"/{DEVICE}/" in t for t in retained), "the old id's entities were withdrawn"
+    late.close()
