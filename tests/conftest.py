@@ -75,3 +75,13 @@ def fill(folder: Path, leave: int = 0) -> None:
                 f.flush()
             except OSError:
                 break
+
+
+def consent_window_open(daemon) -> bool:
+    """The LED shows pending and the gate has stamped that moment: a press from now on counts.
+
+    A test thread pressing the instant the LED changes could beat the stamp by microseconds,
+    which no finger can; such a press rightly does not count.
+    """
+    expires = daemon.gate.expires_at()
+    return daemon.led.showing.startswith("pending") and expires is not None and expires != float("inf")

@@ -13,7 +13,7 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 import speech
-from conftest import GUARD, alsa_home
+from conftest import GUARD, alsa_home, consent_window_open
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mqtt_broker import Broker, Subscriber
@@ -77,7 +77,7 @@ def _press_on_first_pending(cfg):
 
     def press_once_the_led_shows_pending() -> None:
         deadline = time.monotonic() + 5
-        while not daemons[0].led.showing.startswith("pending") and time.monotonic() < deadline:
+        while not consent_window_open(daemons[0]) and time.monotonic() < deadline:
             time.sleep(0.005)
         pin = daemons[0].pin_factory.pin(cfg.gpio.button_pin)
         pin.drive_low()
@@ -442,7 +442,7 @@ def test_an_unacknowledged_mqtt_release_is_recorded_as_unknown_never_discarded(t
 
     def stall_then_press() -> None:
         deadline = time.monotonic() + 5
-        while not daemons[0].led.showing.startswith("pending") and time.monotonic() < deadline:
+        while not consent_window_open(daemons[0]) and time.monotonic() < deadline:
             time.sleep(0.005)
         broker.proc.send_signal(signal.SIGSTOP)
         stalled.append(True)
@@ -560,7 +560,7 @@ def test_invariant2_no_remote_message_releases_a_pending_utterance(tmp_path, bro
             sent.append(event.utterance)
 
             def flood() -> None:
-                while not daemons[0].led.showing.startswith("pending"):
+                while not consent_window_open(daemons[0]):
                     time.sleep(0.005)
                 for topic, payload in keep_pending:
                     sub.publish(topic, payload)

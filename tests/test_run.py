@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import speech
-from conftest import GUARD, ROOT, alsa_home, run_guard
+from conftest import GUARD, ROOT, alsa_home, consent_window_open, run_guard
 
 from guard import audit
 
@@ -242,7 +242,7 @@ def test_a_slow_sink_blocks_neither_the_button_nor_shutdown(tmp_path, request_wa
     def press_when_pending_shows(event) -> None:
         if event.kind == "pending":
             def press() -> None:
-                while not daemons[0].led.showing.startswith("pending"):
+                while not consent_window_open(daemons[0]):
                     time.sleep(0.005)
                 pin = daemons[0].pin_factory.pin(cfg.gpio.button_pin)
                 pin.drive_low()
