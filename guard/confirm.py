@@ -45,14 +45,18 @@ def _frame_dbfs(samples: np.ndarray) -> np.ndarray:
     return 20 * np.log10(np.maximum(rms, 1e-9))
 
 
+def _voiced(samples: np.ndarray) -> np.ndarray:
+    """Indices of the 80 ms frames loud enough to be speech."""
+    return np.nonzero(_frame_dbfs(samples) >= VOICED_DBFS)[0]
+
+
 def take_problem(samples: np.ndarray) -> str | None:
     """Why a recorded take cannot be used (silence, clipping, length), or None."""
     if len(samples) < FRAME_SAMPLES:
         return "too short"
-    voiced = np.nonzero(_frame_dbfs(samples) >= VOICED_DBFS)[0]
-    if len(voiced) < 4:
+    if len(_voiced(samples)) < 4:
         return "no speech heard (is the mic muted or too far away?)"
-    if (voiced[-1] - voiced[0] + 1) * FRAME_SAMPLES / RATE_HZ > MAX_TAKE_SECONDS:
+    if speech_seconds(samples) > MAX_TAKE_SECONDS:
         return f"the phrase is longer than {MAX_TAKE_SECONDS:g} s; use a short phrase and say it once"
     if np.mean(np.abs(samples.astype(np.int32)) >= CLIPPED_LEVEL) > 0.001:
         return "clipped (too loud); step back or lower the mic gain"
@@ -61,13 +65,13 @@ def take_problem(samples: np.ndarray) -> str | None:
 
 def speech_seconds(samples: np.ndarray) -> float:
     """How long the speech in a take lasts, first voiced frame to last."""
-    voiced = np.nonzero(_frame_dbfs(samples) >= VOICED_DBFS)[0]
+    voiced = _voiced(samples)
     return 0.0 if len(voiced) == 0 else (voiced[-1] - voiced[0] + 1) * FRAME_SAMPLES / RATE_HZ
 
 
 def voiced_frames(samples: np.ndarray) -> slice:
     """The embedding frames of a take that cover its speech: from its first voiced frame to just after the last."""
-    voiced = np.nonzero(_frame_dbfs(samples) >= VOICED_DBFS)[0]
+    voiced = _voiced(samples)
     return slice(int(voiced[0]), int(voiced[-1]) + 4)
 
 
@@ -249,7 +253,8 @@ def _padded(samples: np.ndarray) -> np.ndarray:
 def _content_calibration(phrase: str, templates: list[np.ndarray], features) -> tuple[float, float, str]:
     """(how far the takes are from each other, how close the closest confusable comes, which one it is)."""
     positive = max(min(best_score(other, take) for other in templates if other is not take) for take in templates)
-    closest, negative = "ordinary speech", min(best_score(t, s) for t in templates for s in load_negatives())
+    prose = load_negatives()  # read once, not once per template
+    closest, negative = "ordinary speech", min(best_score(t, s) for t in templates for s in prose)
     for item in confusables.confusables(phrase):
         for voice, speed, pitch in confusables.CALIBRATION_VOICES:
             stream = embed(_padded(confusables.speak(item.text, voice, speed, pitch)), features)

@@ -174,19 +174,12 @@ class Daemon:
         """At exit: give releases still on their way a moment, then stop them and record what really happened."""
         self._outgoing.put(None)
         self._delivery_thread.join(DELIVERY_GRACE_SECONDS)
-        for delivery in list(self._unfinished):
-            if not delivery.recorded:
-                delivery.abandon("still delivering when the guard stopped; stopped")
+        for delivery in self._unfinished:  # not yet recorded by the loop; abandoning a finished one changes nothing
+            delivery.abandon("still delivering when the guard stopped; stopped")
         self._delivery_thread.join(1.0)
-        while True:
-            try:
-                item, payload = self.words.get_nowait()
-            except queue.Empty:
-                break
-            if item == "delivered":
-                self.gate.delivered(payload)
         for delivery in self._unfinished:
-            self.gate.delivered(delivery)  # once each: it skips the ones already recorded
+            self.gate.delivered(delivery)
+        self._unfinished = []
 
     def _post_word(self, word: str) -> None:
         self.words.put((word, self.clock()))

@@ -85,7 +85,6 @@ class Delivery:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _abandoned: bool = False
     started: bool = False  # a sink has been handed the WAV
-    recorded: bool = False  # `Gate.delivered` has written its outcomes (it does so once)
 
     def run(self) -> None:
         """Hand the WAV to each sink in turn and note what happened; then zero it."""
@@ -283,11 +282,8 @@ class Gate:
         self._enter(State.IDLE)
         self._deliver(delivery)
 
-    def delivered(self, delivery: "Delivery") -> None:
+    def delivered(self, delivery: Delivery) -> None:
         """Record each sink's outcome: released, release-failed, or release-unknown (may still arrive)."""
-        if delivery.recorded:
-            return
-        delivery.recorded = True
         u = delivery.utterance.id
         for sink, outcome, detail in delivery.outcomes:
             if outcome == "released":
@@ -302,12 +298,11 @@ class Gate:
             if self.state is State.IDLE:
                 self._show("released")
         elif "release-unknown" in kinds:
-            state = State.FAULT if self.state is State.IDLE else self.state  # show it, unless something is held
-            self._record("fault", state, utterance=u, reason="no sink confirmed the release; it may still arrive "
-                                                             "(see the audit log)")
-            if state is State.FAULT:
-                self._fault_until = self.clock() + FAULT_SHOW_SECONDS
-                self._enter(State.FAULT)
+            reason = "no sink confirmed the release; it may still arrive (see the audit log)"
+            if self.state is State.IDLE:  # show it, unless a new utterance is already held
+                self._show_fault(reason, utterance=u)
+            else:
+                self._record("fault", self.state, utterance=u, reason=reason)
         else:
             self._record("discarded", self.state, utterance=u, reason="every sink failed",
                          duration_seconds=delivery.duration_seconds)
@@ -381,8 +376,11 @@ class Gate:
         if self.state is State.MUTED:
             self._record("fault", State.MUTED, reason=reason[:200])
             return
+        self._show_fault(reason[:200])
+
+    def _show_fault(self, reason: str, **fields) -> None:
         self._fault_until = self.clock() + FAULT_SHOW_SECONDS
-        self._decide("fault", State.FAULT, reason=reason[:200])
+        self._decide("fault", State.FAULT, reason=reason, **fields)
 
     def shutdown(self) -> None:
         """On SIGTERM/SIGINT: nothing held survives the process."""
