@@ -5,8 +5,8 @@ does; the voice is in neither the calibration nor the cohort list), then plays,
 each into a fresh pending window after 1 s of room tone:
 
 - the phrase by that voice at other speeds and pitches, clean and at 10 dB SNR room noise (should confirm);
-- partial phrases and hand-written near-phrases (real words, not the calibration's
-  generated sound-alikes) in the enrolled voice and 7 others (must not);
+- partial phrases, and hand-written near-phrases (real words, not the calibration's
+  generated sound-alikes) at 3 speeds, in the enrolled voice and 7 others (must not);
 - the exact phrase in 8 other voices at 3 speeds (at most 10 % may);
 - >= 1 hour of ordinary speech in rotating voices, including sentences that share
   words with the phrases (must not), streamed through one long pending window;
@@ -55,6 +55,7 @@ TRIAL_SPEEDS = (120, 140, 160, 180, 200, 220)
 TRIAL_PITCHES = (30, 45, 60, 70)
 NOISY = [(s, p) for s in (130, 160, 190) for p in (35, 50, 65)]
 OTHER_SPEEDS = (140, 165, 190)
+NEAR_SPEEDS = (120, 160, 200)
 SHARED_WORDS = [
     "please pass the salt and the pepper", "could you send the letter tomorrow morning",
     "it is now or never for the team", "the night guard walked along the fence",
@@ -136,10 +137,10 @@ def evaluate(phrase: str, voice: str, near: list[str], features: FeatureExtracto
              for s, p in (NOISY[::3] if quick else NOISY)]
     others = [v for v in OTHER_VOICES if v != voice][:4 if quick else 8]
     confusable_voices = [voice] + others[:7]
-    confusable = {kind: [(text, v) for text in texts for v in confusable_voices
-                         if trials.confirms(room(speech.say(text, v)))]
-                  for kind, texts in (("partial", partials(phrase)), ("near", near))}
-    n_confusable = (len(partials(phrase)) + len(near)) * len(confusable_voices)
+    confusable = {kind: [(text, v, s) for text in texts for v in confusable_voices for s in speeds
+                         if trials.confirms(room(speech.say(text, v, speed_wpm=s)))]
+                  for kind, texts, speeds in (("partial", partials(phrase), (160,)), ("near", near, NEAR_SPEEDS))}
+    n_confusable = (len(partials(phrase)) + len(near) * len(NEAR_SPEEDS)) * len(confusable_voices)
     per_voice = {v: sum(trials.confirms(room(speech.say(phrase, v, speed_wpm=s))) for s in OTHER_SPEEDS)
                  for v in others}
     said = speech.say(phrase, voice)
@@ -183,8 +184,8 @@ def main() -> None:
               + f" | {false_hits} | {r['inside']}/4 | {e.threshold:.3f} / {e.negative_min:.3f} ({e.closest}) "
               f"| {e.speaker_threshold:.2f} / {e.speaker_negative_min:.2f} |")
         for kind, hits in r["confusable"].items():
-            for text, v in hits:
-                print(f"    confirmed by {kind}: {text!r} in {v}")
+            for text, v, s in hits:
+                print(f"    confirmed by {kind}: {text!r} in {v} at {s} wpm")
         print(f"    enrolment took {r['enrol_seconds']:.1f} s")
     detector = WakeDetector([WakeModelSettings("alexa")])
     started = time.process_time()

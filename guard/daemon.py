@@ -3,6 +3,8 @@
 The audio thread reads the source and posts copies of 80 ms frames; when the
 gate mutes, that same thread closes the microphone stream. The loop zeroes
 every frame after the gate has seen it, and drains the queue on mute and exit.
+A microphone that errors, vanishes or delivers only zeros is a lasting fault:
+the audio thread drops it and opens it afresh with backoff until it is back.
 """
 
 import logging
@@ -20,7 +22,7 @@ from guard.audio import FRAME_SECONDS, MicSource, WavSource
 from guard.audit import AuditLog
 from guard.config import Config
 from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
-from guard.errors import UsageError
+from guard.errors import DeviceError, UsageError
 from guard.gate import Delivery, Event, Gate, State
 from guard.hardware import ConsentButton, StatusLed, pin_factory
 from guard.mqtt import MqttLink
@@ -32,7 +34,8 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.05
 AUDIO_STALL_SECONDS = 3.0  # no frame for this long while listening: the audio side is hung (watchdog stops)
 DELIVERY_GRACE_SECONDS = 4.0  # at exit, a release still running gets this long; systemd's stop timeout is longer
-MIC_HUNG_SECONDS = 10.0  # no frame from a microphone this long: it has failed; exit 1 so systemd restarts
+MIC_HUNG_SECONDS = 10.0  # a read blocked this long cannot be interrupted: exit 1 so that systemd restarts
+MIC_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff between attempts to open a failed microphone afresh
 QUEUE_FRAMES = 50  # 4 s of audio: a slow loop holds the reader back instead of dropping frames
 
 
@@ -61,7 +64,7 @@ class Daemon:
 
     def __init__(self, config: Config, options: RunOptions, detector: WakeDetector) -> None:
         self.config, self.options = config, options
-        self.frames: queue.Queue = queue.Queue()  # (frame copy, None) from the audio thread
+        self.frames: queue.Queue = queue.Queue()  # (frame copy, microphone generation) from the audio thread
         self.words: queue.Queue = queue.Queue()  # (word, clock) from gpiozero and the audio thread; served first
         self.listening = threading.Event()
         self.listening.set()
@@ -82,12 +85,17 @@ class Daemon:
                          accepts=accepts, confirmation=self._spoken_confirmation(accepts), publish=self._publish,
                          show=self.led.show if self.led else lambda s: None, set_listening=self._set_listening,
                          clock=self.clock, deliver=self._deliver_in_background)
+        self._mic_down: str | None = None  # why the microphone is failing, until it delivers sound again
+        self._generation = 0  # counts microphones opened afresh: frames of a failed one never prove it is back
+        self._down_generation = -1
+        self._reopen = threading.Event()  # the loop asks the audio thread to drop the microphone and open it afresh
+        self._audio_heartbeat = time.monotonic()  # the audio thread is alive (reading, or waiting to retry)
         self.source = self._open_source()
         self.health = self._health()
         if self.mqtt is not None:
             self.mqtt.health = self.health
         self._eof = threading.Event()
-        self.source_failure: str | None = None  # why the audio source died, if it did: `guard run` then exits 1
+        self.source_failure: str | None = None  # why the audio source is beyond retrying: `guard run` exits 1
         self._zeros_since: float | None = None  # since when the microphone has delivered only exact zeros
         self.notifier = Notifier()
         self._last_frame = time.monotonic()
@@ -105,11 +113,25 @@ class Daemon:
         self.pin_factory = factory
         return ConsentButton(self.config.gpio, self._post_word, factory), StatusLed(self.config.gpio, factory)
 
-    def _open_source(self) -> MicSource | WavSource:
+    def _open_source(self) -> MicSource | WavSource | None:
+        """The file, or the microphone; None (retried by the audio thread) when the microphone is not there yet."""
         if self.options.source != "mic":
             return WavSource(Path(self.options.source))
+        try:
+            return self._new_mic()
+        except DeviceError as e:
+            self._mic_down = str(e)
+            return None
+
+    def _new_mic(self) -> MicSource:
         a = self.config.audio
         return MicSource(a.device or None, a.channels, a.channel, a.rate_hz or None)
+
+    @property
+    def _mic_label(self) -> str:
+        source = self.source  # the audio thread may drop it meanwhile
+        return source.name if isinstance(source, MicSource) else str(self.config.audio.device or
+                                                                     "the default microphone")
 
     def _publish(self, event: Event) -> None:
         self.options.publish(event)
@@ -129,8 +151,10 @@ class Daemon:
     def _health(self) -> dict[str, str]:
         """One line per part, logged at start and kept in the retained MQTT state for `guard status`."""
         source, words = self.source, self.gate.detector.words
+        audio = f"{source.name} at {source.rate_hz} Hz" if isinstance(source, MicSource) else \
+            str(source.path) if isinstance(source, WavSource) else f"waiting for the microphone: {self._mic_down}"
         return {
-            "audio": f"{source.name} at {source.rate_hz} Hz" if isinstance(source, MicSource) else str(source.path),
+            "audio": audio,
             "models": ", ".join(f"{w.name} (threshold {w.settings.threshold:g})" for w in words),
             "buffers": self._buffers_health(),
             "gpio": {"none": "none: nothing can be released by button", "mock": "simulated pins"}.get(
@@ -211,16 +235,50 @@ class Daemon:
                     self.listening.wait(TICK_SECONDS)  # a file pauses while muted
                 yield frame
             return
+        attempt = 0
         while not self.stopping.is_set():
+            self._audio_heartbeat = time.monotonic()
             if not self.listening.is_set():
-                self.source.close_stream()
+                if self.source is not None:
+                    self.source.close_stream()
                 self.listening.wait(TICK_SECONDS)
                 continue
-            self.source.open()
-            for frame in self.source.frames():
-                yield frame
-                if not self.listening.is_set() or self.stopping.is_set():
-                    break
+            try:
+                if self.source is None:
+                    self.source = self._new_mic()
+                    self._generation += 1
+                self.source.open()
+                for frame in self.source.frames():
+                    self._audio_heartbeat = time.monotonic()
+                    if frame.any():
+                        attempt = 0
+                    yield frame
+                    if not self.listening.is_set() or self.stopping.is_set() or self._reopen.is_set():
+                        break
+            except Exception as e:  # PortAudio's OSError, a vanished device, anything: drop it and try afresh
+                self.words.put(("source-failed", str(e) or type(e).__name__))
+                self._reopen.set()
+            if self._reopen.is_set():
+                self._drop_mic()
+                self._wait(MIC_RETRY_SECONDS[min(attempt, len(MIC_RETRY_SECONDS) - 1)])
+                attempt += 1
+                self._reopen.clear()
+
+    def _drop_mic(self) -> None:
+        """Close the microphone and PortAudio itself: a device plugged back in is only seen by a fresh start."""
+        source, self.source = self.source, None
+        if isinstance(source, MicSource):
+            try:
+                source.close()
+            except Exception as e:  # a device that has gone may fail to close; it is dropped all the same
+                log.debug("closing the failed microphone: %s", e)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep in the audio thread, staying responsive to stop and showing it is alive to the watchdog."""
+        until = time.monotonic() + seconds
+        while not self.stopping.is_set() and time.monotonic() < until:
+            self._audio_heartbeat = time.monotonic()
+            self.stopping.wait(TICK_SECONDS)
 
     def _read(self) -> None:
         paced = isinstance(self.source, WavSource) and not self.options.fast
@@ -239,12 +297,13 @@ class Daemon:
             log.error("audio source failed: %s", e)
             self.words.put(("source-failed", str(e)))
         finally:
-            self.source.wipe()
+            if self.source is not None:
+                self.source.wipe()
             self._eof.set()
 
     def post_frame(self, frame: np.ndarray) -> None:
         """Hand a copy of one frame to the loop (the copy is zeroed once the gate has seen it)."""
-        self.frames.put((frame.copy(), None))
+        self.frames.put((frame.copy(), self._generation))
 
     # -- the loop -----------------------------------------------------------------
 
@@ -310,31 +369,62 @@ class Daemon:
                 item.fill(0)
 
     def _audio_alive(self) -> bool:
-        """Frames keep coming, or none are expected (muted, or the file has ended)."""
+        """Frames keep coming, the audio thread is waiting to retry a failed mic, or no frames are expected
+        (muted, or the file has ended)."""
         expected = self.listening.is_set() and not self._eof.is_set()
-        return not expected or time.monotonic() - self._last_frame < AUDIO_STALL_SECONDS
+        return not expected or time.monotonic() - self._last_alive() < AUDIO_STALL_SECONDS
+
+    def _last_alive(self) -> float:
+        return max(self._last_frame, self._audio_heartbeat)
 
     def _check_microphone(self) -> None:
-        """A microphone that hangs, or delivers only exact zeros, has failed: wipe and stop (exit 1)."""
-        if not isinstance(self.source, MicSource) or not self.listening.is_set() or self.source_failure:
+        """A microphone that delivers only exact zeros has failed (open it afresh); one whose read never returns
+        cannot be helped from inside this process (stop, exit 1, systemd restarts)."""
+        if self.options.source != "mic" or not self.listening.is_set() or self.source_failure:
             return
+        if self._mic_down is not None and self.gate.state is State.IDLE:  # unmuted while it is still failing
+            self.gate.fault(f"audio source failed: {self._mic_down}; retrying", lasting=True)
         now, limit = time.monotonic(), self.config.audio.zeros_fault_seconds
-        if now - self._last_frame >= MIC_HUNG_SECONDS:
-            self._source_failed(f"no audio from {self.source.name} for {MIC_HUNG_SECONDS:g} s (hung)")
+        if now - self._last_alive() >= MIC_HUNG_SECONDS:
+            self.source_failure = f"no audio from {self._mic_label} for {MIC_HUNG_SECONDS:g} s (hung)"
+            self.gate.fault(f"audio source failed: {self.source_failure}")
+            self.stop()
         elif limit and self._zeros_since is not None and now - self._zeros_since >= limit:
-            self._source_failed(f"{self.source.name} delivered only digital zeros for {limit:g} s (unplugged?)")
+            self._source_failed(f"{self._mic_label} delivered only digital zeros for {limit:g} s (unplugged?)")
 
     def _source_failed(self, why: str) -> None:
-        self.source_failure = why
-        self.gate.fault(f"audio source failed: {why}")
-        if isinstance(self.source, MicSource):
-            self.stop()
+        """A file that cannot be read ends the run (exit 1); a failing microphone is a fault until it is back."""
+        if self.options.source != "mic":
+            self.source_failure = why
+            self.gate.fault(f"audio source failed: {why}")
+            return
+        self._reopen.set()
+        self._zeros_since = None
+        self._down_generation = self._generation
+        if self._mic_down == why:
+            log.debug("microphone still failing: %s", why)
+            return
+        first = self._mic_down is None
+        self._mic_down = why
+        self.health["audio"] = f"failing, retrying: {why}"
+        if first:
+            self.gate.fault(f"audio source failed: {why}; retrying", lasting=True)
+        else:
+            log.warning("microphone still failing, now: %s; retrying", why)
+
+    def _mic_back(self) -> None:
+        self._mic_down = None
+        source = self.source
+        self.health["audio"] = f"{source.name} at {source.rate_hz} Hz" if isinstance(source, MicSource) else "back"
+        self.gate.recovered(f"{self._mic_label} delivers sound again")
 
     def _handle(self, item, payload) -> None:
         if isinstance(item, np.ndarray):
             self._last_frame = time.monotonic()
             if item.any():
                 self._zeros_since = None
+                if self._mic_down is not None and payload > self._down_generation:
+                    self._mic_back()
             elif self._zeros_since is None:
                 self._zeros_since = self._last_frame
             self.gate.feed(item)
@@ -366,8 +456,7 @@ class Daemon:
 
     def _close(self) -> None:
         self.audit.close()
-        if isinstance(self.source, MicSource):
-            self.source.close()
+        self._drop_mic()
         for part in (self.button, self.led):
             if part is not None:
                 part.close()

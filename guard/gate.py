@@ -364,10 +364,12 @@ class Gate:
         self._wipe()
         self._record("wiped", self.state, by=by)
 
-    def fault(self, reason: str) -> None:
-        """Something broke inside the loop: close the utterance's record, wipe, show the fault, keep serving.
+    def fault(self, reason: str, lasting: bool = False) -> None:
+        """Something broke: close the utterance's record, wipe, show the fault, keep serving.
 
-        A muted guard stays muted (its microphone closed); the fault is only recorded.
+        A fault is shown for FAULT_SHOW_SECONDS, or, when `lasting` (a failed
+        microphone), until `recovered`. A muted guard stays muted (its
+        microphone closed); the fault is only recorded.
         """
         if self.state in (State.CAPTURING, State.PENDING) and self._utterance is not None:
             self._record("discarded", State.FAULT, reason=f"fault: {reason}"[:200], duration_seconds=self._duration())
@@ -377,6 +379,12 @@ class Gate:
             self._record("fault", State.MUTED, reason=reason[:200])
             return
         self._show_fault(reason[:200])
+        if lasting:
+            self._fault_until = math.inf
+
+    def recovered(self, reason: str) -> None:
+        """What a lasting fault waited for is back: listen again (a muted guard stays muted)."""
+        self._decide("recovered", State.IDLE if self.state is State.FAULT else self.state, reason=reason)
 
     def _show_fault(self, reason: str, **fields) -> None:
         self._fault_until = self.clock() + FAULT_SHOW_SECONDS

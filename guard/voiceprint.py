@@ -123,7 +123,7 @@ class Alignment:
 NO_MATCH = Alignment(float("inf"), (float("inf"),))
 
 
-PARTS = 6  # the template is judged in sixths: one swapped word stands out in one of them
+PARTS = 16  # the template is judged in sixteenths: one changed consonant stands out in one of them
 DIAGONAL, SKIP_HEARD, SKIP_TEMPLATE = 0, 1, 2  # DTW steps: (1, 1), (1, 2), (2, 1) in (template, heard)
 
 

@@ -223,9 +223,21 @@ def test_invariant1_a_partial_phrase_does_not_confirm(listener, text):
 
 
 @pytest.mark.parametrize("text", ["please spend it now, god", "police end it now, guard", "please send it now, guys",
-                                  "please lend it now, guard", "please send it out, guard"])
+                                  "please lend it now, guard", "please send it out, guard", "please send it now, card"])
 def test_invariant1_a_near_phrase_does_not_confirm_even_in_the_enrolled_voice(listener, text):
     assert not listener.confirms(pending_window(speech.say(text, VOICE)))
+
+
+def test_invariant1_a_minimal_pair_at_the_start_does_not_confirm_in_the_enrolled_voice():
+    """"card" for "guard": the coarse match and the speaker check cannot tell them apart; the every-part check
+    must (it did not when it judged the phrase in sixths)."""
+    phrase, voice = "guard, release the recording", "en+f3"
+    takes = [pending_window(speech.say(phrase, voice, speed_wpm=s)) for s in (150, 165, 180)]
+    listening = Listener(confirm.calibrate(phrase, takes, FeatureExtractor(16)))
+    for speed in (140, 160, 200):
+        assert not listening.confirms(pending_window(speech.say("card, release the recording", voice,
+                                                                  speed_wpm=speed))), speed
+    assert sum(listening.confirms(pending_window(speech.say(phrase, voice, speed_wpm=s))) for s in (140, 200)) == 2
 
 
 def test_invariant1_ordinary_speech_does_not_confirm(listener):

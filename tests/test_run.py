@@ -178,38 +178,104 @@ def test_health_names_every_buffer_that_could_not_be_locked(tmp_path, request_wa
 FLAKY_MIC = """
 import sys, time
 from guard import audio, cli
-real = audio.MicSource.frames
-def flaky(self):  # after 2 s, PortAudio's error when a USB microphone is pulled out, or a read that never returns
-    for i, frame in enumerate(real(self)):
-        if i == 25 and sys.argv[1] == "error":
+real_frames, real_open = audio.MicSource.frames, audio.MicSource.open
+failed = []
+def flaky(self):  # after 2 s, once: PortAudio's error when a USB microphone is pulled out, or a read that never returns
+    for i, frame in enumerate(real_frames(self)):
+        if i == 25 and not failed and sys.argv[1] == "error":
+            failed.append(i)
             raise OSError(-9999, "Unanticipated host error")
         if i == 25 and sys.argv[1] == "hang":
             time.sleep(3600)
         yield frame
-audio.MicSource.frames = flaky
+def counted_open(self):
+    if self._stream is None:
+        print("stream opened", file=sys.stderr, flush=True)
+    real_open(self)
+audio.MicSource.frames, audio.MicSource.open = flaky, counted_open
 sys.exit(cli.main(sys.argv[2:]))
 """
 
 
-@pytest.mark.parametrize(("failure", "said", "room"), [
-    ("error", "Unanticipated host error", np.int16(120)),
-    ("hang", "no audio from guardtest", np.int16(120)),
-    ("none", "delivered only digital zeros for 1 s (unplugged?)", np.int16(0)),
-])
-def test_a_failing_microphone_never_exits_0(tmp_path, failure, said, room):
-    """Through the real PortAudio path (an ALSA file PCM); the error and the hang are injected above it."""
+def _flaky_guard(tmp_path, failure: str, room: np.int16, declared: bool = True) -> tuple[subprocess.Popen, Path]:
+    """`guard run` on the real PortAudio path (an ALSA file PCM), with an error or a hang injected above it."""
     raw = tmp_path / "room.raw"
     noise = np.random.default_rng(0).integers(-room, room + 1, 16000 * 60) if room else np.zeros(16000 * 60)
     raw.write_bytes(noise.astype("<i2").tobytes())
     env = alsa_home(tmp_path / "home", raw)
+    if not declared:  # the microphone is not plugged in yet
+        (tmp_path / "home" / ".asoundrc").rename(tmp_path / "asoundrc.later")
     (tmp_path / "guard.toml").write_text(f'[audio]\ndevice = "guardtest"\nzeros_fault_seconds = 1\n'
                                          f'[audit]\npath = "{tmp_path / "a.jsonl"}"\n')
-    result = subprocess.run([sys.executable, "-c", FLAKY_MIC, failure, "--config", str(tmp_path / "guard.toml"),
-                             "run", "--gpio", "mock"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert result.returncode == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("guard: error: the audio source failed")
-    assert said in result.stderr
-    assert [r["event"] for r in audit.read(tmp_path / "a.jsonl")] == ["fault"]
+    process = subprocess.Popen([sys.executable, "-c", FLAKY_MIC, failure, "--config", str(tmp_path / "guard.toml"),
+                                "run", "--gpio", "mock"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=ROOT)
+    return process, tmp_path / "a.jsonl"
+
+
+def _events_when(log: Path, wanted: list[str], seconds: float) -> list[str]:
+    deadline = time.monotonic() + seconds
+    events: list[str] = []
+    while time.monotonic() < deadline:
+        events = [r["event"] for r in audit.read(log)] if log.exists() else []
+        if events[:len(wanted)] == wanted:
+            break
+        time.sleep(0.1)
+    return events
+
+
+def _stop(process: subprocess.Popen) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=20)
+    return process.returncode, stderr
+
+
+def test_a_microphone_error_is_a_fault_until_the_microphone_is_opened_afresh(tmp_path):
+    process, log = _flaky_guard(tmp_path, "error", np.int16(120))
+    events = _events_when(log, ["fault", "recovered"], 30)
+    code, stderr = _stop(process)
+    assert events == ["fault", "recovered"], stderr
+    assert code == 0, stderr
+    assert stderr.count("stream opened") == 2
+    assert stderr.count("Unanticipated host error") == 1  # one line for the failure, not one per attempt
+    fault, back = audit.read(log)
+    assert fault["reason"] == "audio source failed: [Errno -9999] Unanticipated host error; retrying"
+    assert back["reason"] == "guardtest delivers sound again"
+
+
+def test_a_microphone_delivering_zeros_is_reopened_with_backoff_and_recorded_once(tmp_path):
+    process, log = _flaky_guard(tmp_path, "none", np.int16(0))
+    events = _events_when(log, ["fault"], 20)
+    time.sleep(8)  # zeros go on: attempts after 1, 2 and 5 s
+    assert process.poll() is None, "a failing microphone does not end the guard"
+    code, stderr = _stop(process)
+    assert code == 0, stderr
+    assert [r["event"] for r in audit.read(log)] == events == ["fault"]
+    assert 3 <= stderr.count("stream opened") <= 5, stderr
+    assert stderr.count("delivered only digital zeros") == 1
+
+
+def test_a_microphone_missing_at_start_is_waited_for(tmp_path):
+    process, log = _flaky_guard(tmp_path, "never", np.int16(120), declared=False)
+    assert _events_when(log, ["fault"], 20) == ["fault"]
+    missing = r"(no microphone found; plug one in|no input device matches 'guardtest')"  # no sound card / others
+    assert re.match(f"audio source failed: {missing}.*; retrying$", audit.read(log)[0]["reason"])
+    (tmp_path / "asoundrc.later").rename(tmp_path / "home" / ".asoundrc")  # plugged in
+    events = _events_when(log, ["fault", "recovered"], 40)
+    code, stderr = _stop(process)
+    assert events == ["fault", "recovered"], stderr
+    assert code == 0, stderr
+    assert re.search(f"audio: waiting for the microphone: {missing}", stderr)
+
+
+def test_a_microphone_read_that_never_returns_exits_1_for_systemd(tmp_path):
+    """A read blocked inside PortAudio cannot be interrupted from this process; systemd restarts it."""
+    process, log = _flaky_guard(tmp_path, "hang", np.int16(120))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1, stderr
+    assert stderr.strip().splitlines()[-1].startswith("guard: error: the audio source failed")
+    assert "no audio from guardtest for 10 s (hung)" in stderr
+    assert [r["event"] for r in audit.read(log)] == ["fault"]
 
 
 def test_core_dumps_are_forbidden_even_outside_systemd():
