@@ -105,6 +105,9 @@ def verify(path: Path, device: str | None = None) -> Verdict:
     return Verdict(len(lines) - len(crashes), crashes=tuple(crashes))
 
 
+BACKLOG_RECORDS = 1000  # decisions held in RAM while the log cannot take them (full disk), written once it can
+
+
 class AuditLog:
     """Appends decision records to a hash-chained JSON-lines file (mode 0600), one writer at a time.
 
@@ -115,7 +118,9 @@ class AuditLog:
     `open()` or the first `record`. A log that cannot be opened (read-only or
     full disk) does not stop the guard: `problem` says why, and every `record`
     tries again and raises AuditError while it fails, so the caller can refuse
-    what needs a record.
+    what needs a record. What happened anyway (a discard, a mute, a delivery's
+    outcome) is kept with `defer` and written, marked late, before the next
+    record that can be written.
 
     Args:
         path: the log file; created with its folder (0700) if missing.
@@ -129,6 +134,8 @@ class AuditLog:
         self._fd: int | None = None
         self._last_line: str | None = None
         self._seq = 0
+        self._backlog: list[tuple[str, dict]] = []
+        self._lost = 0  # deferred decisions beyond BACKLOG_RECORDS
         self.problem: str | None = None
 
     def open(self) -> None:
@@ -183,8 +190,37 @@ class AuditLog:
             self._fd = None
 
     def close(self) -> None:
+        """Write what is still deferred, if the log can take it now, and let go of the file."""
         with self._lock:
+            if self._backlog or self._lost:
+                with contextlib.suppress(AuditError):
+                    self._ready()
             self._close_fd()
+
+    def defer(self, event: str, **fields: FieldValue) -> None:
+        """Keep a decision the log could not take; it is written, with `late` and its own time, ahead of the next
+        record that succeeds."""
+        with self._lock:
+            if len(self._backlog) >= BACKLOG_RECORDS:
+                self._lost += 1
+                return
+            decided = datetime.now(UTC).isoformat(timespec="milliseconds")
+            self._backlog.append((event, {**fields, "late": True, "decided": decided}))
+
+    def _ready(self) -> None:
+        """Open the log if need be and write the deferred records, oldest first; AuditError if it cannot."""
+        if self._fd is None:
+            self._open()
+            if self._fd is None:
+                raise AuditError(self.problem)
+        while self._backlog:
+            event, fields = self._backlog[0]
+            self._append(event, fields, prev_line=self._last_line)
+            self._backlog.pop(0)
+        if self._lost:
+            self._append("lost", {"records": self._lost, "reason": f"more than {BACKLOG_RECORDS} decisions "
+                                  "waited for the audit log; these were not kept"}, prev_line=self._last_line)
+            self._lost = 0
 
     def record(self, event: str, **fields: FieldValue) -> dict:
         """Append one record and fsync it. Only plain metadata is accepted, never audio.
@@ -196,10 +232,7 @@ class AuditLog:
             if not isinstance(value, FieldValue):
                 raise TypeError(f"audit field {key!r} must be str, number, bool or None, not {type(value).__name__}")
         with self._lock:
-            if self._fd is None:
-                self._open()
-                if self._fd is None:
-                    raise AuditError(self.problem)
+            self._ready()
             return self._append(event, fields, prev_line=self._last_line)
 
     def _append(self, event: str, fields: dict, prev_line: str | None) -> dict:

@@ -430,10 +430,12 @@ class Gate:
             self.audit.record(kind, utterance=utterance, **fields)
             recorded = True
         except AuditError as e:
-            log.error("%s; %s not on the record", e, kind)
             recorded = False
             if required:
+                log.error("%s; %s refused", e, kind)
                 return False
+            log.error("%s; %s is kept in memory and written when the log can take it", e, kind)
+            self.audit.defer(kind, utterance=utterance, **fields)
         event = Event(kind, str(state), datetime.now(UTC).isoformat(timespec="milliseconds"), utterance, **fields)
         log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in event.to_dict().items() if k not in ("kind", "time")))
         self._publish(event)

@@ -234,7 +234,8 @@ class MqttLink:
         try:
             self.audit.record("events_dropped", count=count, reason="broker unreachable, outbox full")
         except GuardError as e:
-            log.error("%d MQTT event(s) dropped and not recorded: %s", count, e)
+            log.error("%d MQTT event(s) dropped; the record waits for the audit log: %s", count, e)
+            self.audit.defer("events_dropped", count=count, reason="broker unreachable, outbox full")
 
     def undelivered(self) -> int:
         """Messages not yet acknowledged by the broker."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import speech
+from conftest import fill
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from guard import audit
@@ -524,3 +525,41 @@ def test_a_release_the_guard_stopped_before_sending_is_failed_and_zeroed(tmp_pat
     assert [(s, o) for s, o, _ in delivery.outcomes] == [("box", "release-failed")]
     assert "stopped before it was sent" in delivery.outcomes[0][2]
     assert not any(delivery.wav) and list(folder.iterdir()) == []
+
+
+def test_decisions_a_full_disk_refused_are_written_late_once_it_has_room(rig, request_audio, full_disk):
+    """A timeout discard and a remote mute still happen on a full disk; their records wait in RAM, not lost."""
+    r = rig()
+    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    r.feed(request_audio)
+    assert r.gate.state is State.PENDING
+    fill(full_disk)
+    _exhaust(r.gate.audit)  # the last bytes of the log's own page too
+    r.wait(r.gate.settings.pending_timeout_seconds + 0.1)
+    r.gate.mute("remote")
+    assert r.kinds()[-2:] == ["discarded", "muted"] and r.gate.is_wiped()
+    decisions = lambda: [x for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]  # noqa: E731
+    assert [x["event"] for x in decisions()] == ["wake", "pending"]
+    (full_disk / "filler").unlink()
+    r.gate.unmute("remote")
+    records = decisions()
+    assert [(x["event"], x.get("late", False)) for x in records] == [
+        ("wake", False), ("pending", False), ("discarded", True), ("muted", True), ("unmuted", False)]
+    assert records[2]["utterance"] == records[0]["utterance"] and records[2]["reason"] == "timeout"
+    assert records[2]["decided"] <= records[2]["time"] <= records[4]["time"]
+    assert audit.verify(full_disk / "audit.jsonl", "test").intact
+
+
+def test_the_backlog_is_bounded_and_what_it_could_not_keep_is_counted(full_disk, monkeypatch):
+    monkeypatch.setattr(audit, "BACKLOG_RECORDS", 10)  # the 64 KiB disk holds about 300 records
+    log = AuditLog(full_disk / "audit.jsonl", "test")
+    log.record("wake", utterance="u1")
+    fill(full_disk)
+    _exhaust(log)
+    for i in range(audit.BACKLOG_RECORDS + 5):
+        log.defer("refused", reason=f"flood {i}")
+    (full_disk / "filler").unlink()
+    log.close()
+    records = [x for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
+    assert len(records) == 1 + audit.BACKLOG_RECORDS + 1
+    assert records[-1]["event"] == "lost" and records[-1]["records"] == 5
