@@ -278,6 +278,15 @@ def test_a_microphone_read_that_never_returns_exits_1_for_systemd(tmp_path):
     assert [r["event"] for r in audit.read(log)] == ["fault"]
 
 
+def test_stop_takes_under_10_s_while_a_microphone_read_hangs(tmp_path):
+    process, _ = _flaky_guard(tmp_path, "hang", np.int16(120))
+    time.sleep(4)  # the read hangs from 2 s of audio on, well before the 10 s that make it a failure
+    started = time.monotonic()
+    code, stderr = _stop(process)
+    assert time.monotonic() - started < 10, stderr
+    assert code == 0, stderr
+
+
 def test_core_dumps_are_forbidden_even_outside_systemd():
     probe = ("import ctypes; from guard.process import forbid_core_dumps; forbid_core_dumps(); "
              "print(ctypes.CDLL('libc.so.6').prctl(3, 0, 0, 0, 0))")  # PR_GET_DUMPABLE
