@@ -183,6 +183,8 @@ def _serve(daemon: Daemon) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg, path = _load(args)
     log.info("config: %s", path or "built-in defaults")
+    if args.device and args.source == "mic":  # a microphone named by hand is checked now (exit 2 if absent);
+        _mic(cfg).close()                     # the configured one is waited for, as a service must
     daemon = Daemon(cfg, RunOptions(args.source, args.gpio, args.fast, publish=_print_event),
                     _detector(cfg, None, None))
     for part, status in daemon.health.items():

@@ -146,7 +146,8 @@ class AudioConfig:
         "audio kept in RAM before the wake word ends", 0.5, 10))
     zeros_fault_seconds: float = field(default=30.0, metadata=_doc(
         "a microphone that delivers nothing but exact digital zeros this long has failed (unplugged under "
-        "ALSA, or a dead driver): guard run wipes and exits 1 for systemd to restart it; 0: never", 0, 3600))
+        "ALSA, or a dead driver): a `fault` that wipes and opens it afresh with backoff until it delivers sound; "
+        "0: never", 0, 3600))
 
 
 @dataclass(frozen=True)
