@@ -1,0 +1,39 @@
+"""Summarise a cosmic-ray session (its `dump` on stdin): killed, equivalent (listed in the module's
+toml with a reason), and surviving mutants with where they are. Exit 1 if any survive."""
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+
+
+def main() -> int:
+    config = tomllib.loads(Path(sys.argv[1]).read_text())
+    equivalent = config.get("equivalent", [])
+    counts = {"killed": 0, "equivalent": 0, "survived": 0, "filtered": 0, "not run": 0}
+    survivors = []
+    for line in sys.stdin:
+        job, result = json.loads(line)
+        mutation = job["mutations"][0]
+        source = Path(mutation["module_path"]).read_text().splitlines()[mutation["start_pos"][0] - 1].strip()
+        if result is None:
+            counts["not run"] += 1
+        elif result["worker_outcome"] == "skipped":
+            counts["filtered"] += 1
+        elif result["test_outcome"] == "killed":
+            counts["killed"] += 1
+        elif any(e["operator"] == mutation["operator_name"] and e["line"] == source for e in equivalent):
+            counts["equivalent"] += 1
+        else:
+            counts["survived"] += 1
+            survivors.append(f"  {mutation['module_path']}:{mutation['start_pos'][0]} {mutation['operator_name']} "
+                             f"(occurrence {mutation['occurrence']}) in {mutation['definition_name']}: {source}")
+    total = sum(counts.values())
+    print("\n".join(survivors))
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+    print(f"{config['cosmic-ray']['module-path']}: {total} mutants: {summary}")
+    return 1 if counts["survived"] or counts["not run"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
