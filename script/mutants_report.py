@@ -10,6 +10,7 @@ from pathlib import Path
 def main() -> int:
     config = tomllib.loads(Path(sys.argv[1]).read_text())
     equivalent = config.get("equivalent", [])
+    equivalent_operators = config.get("equivalent-operators", {})
     counts = {"killed": 0, "equivalent": 0, "survived": 0, "filtered": 0, "not run": 0}
     survivors = []
     for line in sys.stdin:
@@ -22,7 +23,9 @@ def main() -> int:
             counts["filtered"] += 1
         elif result["test_outcome"] == "killed":
             counts["killed"] += 1
-        elif any(e["operator"] == mutation["operator_name"] and e["line"] == source for e in equivalent):
+        elif mutation["operator_name"] in equivalent_operators or any(
+                e["operator"] == mutation["operator_name"] and e["line"] == source
+                and e["function"] == mutation["definition_name"] for e in equivalent):
             counts["equivalent"] += 1
         else:
             counts["survived"] += 1

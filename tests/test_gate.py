@@ -17,7 +17,7 @@ from conftest import fill
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from guard import audit
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS
+from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig, GpioConfig
 from guard.errors import AuditError
@@ -118,7 +118,9 @@ def rig(tmp_path, detector):
     made = []
 
     def make(**kwargs) -> Rig:
-        made.append(Rig(tmp_path, detector, **kwargs))
+        folder = tmp_path / f"rig{len(made)}" if made else tmp_path  # a second rig gets its own sink and log
+        folder.mkdir(exist_ok=True)
+        made.append(Rig(folder, detector, **kwargs))
         return made[-1]
 
     yield make
@@ -563,3 +565,114 @@ def test_the_backlog_is_bounded_and_what_it_could_not_keep_is_counted(full_disk,
     records = [x for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
     assert len(records) == 1 + audit.BACKLOG_RECORDS + 1
     assert records[-1]["event"] == "lost" and records[-1]["records"] == 5
+
+
+def _frames(audio: np.ndarray) -> np.ndarray:
+    return audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
+
+
+def _feed_until(r, frames: np.ndarray, state: State) -> int:
+    """Feed frames one by one; the index of the frame after which the gate is in `state`."""
+    for i, frame in enumerate(frames):
+        r.feed(frame)
+        if r.gate.state is state:
+            return i
+    raise AssertionError(f"never {state}")
+
+
+def test_an_utterance_ends_after_exactly_end_silence_seconds_of_quiet(rig):
+    """1.0 s of quiet = 13 frames of 80 ms after the wake; one loud frame starts the count again."""
+    r = rig()
+    frames = _frames(np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(3.0)]))
+    woke = _feed_until(r, frames, State.CAPTURING)
+    assert all(level_dbfs(f) < -60 for f in frames[woke + 1:])
+    pending = woke + 1 + _feed_until(r, frames[woke + 1:], State.PENDING)
+    assert pending - woke == 13
+
+    r2 = rig()
+    loud = speech.say("Alexa")[:FRAME_SAMPLES * 6].reshape(-1, FRAME_SAMPLES)[3]
+    woke = _feed_until(r2, frames, State.CAPTURING)
+    for frame in [*frames[woke + 1:woke + 13], loud, *frames[woke + 1:woke + 13]]:
+        r2.feed(frame)
+    assert r2.gate.state is State.CAPTURING, "12 quiet frames after a loud one are not yet the end"
+    r2.feed(frames[-1])
+    assert r2.gate.state is State.PENDING
+
+
+def test_records_carry_the_utterance_and_its_length(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    r.wait(10.1)
+    wake, pending, discarded = audit.read(r.audit_path)
+    assert wake["utterance"] == pending["utterance"] == discarded["utterance"] is not None
+    assert pending["duration_seconds"] == discarded["duration_seconds"]
+    r.gate.mute("remote")
+    assert audit.read(r.audit_path)[-1]["utterance"] is None, "a mute while idle belongs to no utterance"
+
+
+def test_the_recorded_length_is_the_captured_audio_to_the_centisecond(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    held = len(r.gate.capture)
+    assert audit.read(r.audit_path)[-1]["duration_seconds"] == round(held / 16000, 2)
+    assert 2.0 < held / 16000 < 5.0
+
+
+def test_when_pending_and_faults_end(rig, request_audio):
+    r = rig()
+    assert r.gate.expires_at() is None
+    r.feed(request_audio)
+    assert r.gate.expires_at() == r.gate._pending_since + 10.0
+    r.gate.fault("test")
+    assert r.gate.expires_at() == pytest.approx(r.clock() + 3.0)
+    r.gate.fault("the microphone", lasting=True)
+    assert r.gate.expires_at() == float("inf")
+
+
+def test_out_of_turn_calls_change_nothing(rig):
+    """end_capture and cancel outside an utterance, and a recovery while muted, leave the state as it was."""
+    r = rig()
+    r.gate.end_capture()
+    r.gate.cancel("remote")
+    assert r.gate.state is State.IDLE and r.kinds() == []
+    r.gate.mute("remote")
+    r.gate.recovered("the microphone is back")
+    assert r.gate.state is State.MUTED, "a recovered microphone does not lift a mute"
+    r2 = rig()
+    r2.gate.fault("mic", lasting=True)
+    r2.gate.recovered("back")
+    assert r2.gate.state is State.IDLE and r2.kinds() == ["fault", "recovered"]
+
+
+def test_a_long_press_while_idle_mutes(rig):
+    r = rig()
+    r.gate.button_held(0.0)
+    assert r.gate.state is State.MUTED and r.gate.muted_by == "button"
+    r.gate.button_held(1.0)
+    assert r.gate.state is State.IDLE
+
+
+def test_the_led_shows_released_only_when_nothing_new_is_held(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    r.press()
+    assert r.led.showing == "released"
+    r2 = rig()
+    on_the_way = []
+    r2.gate._deliver = on_the_way.append  # the delivery thread has not finished yet
+    r2.feed(request_audio)
+    r2.press()
+    r2.feed(request_audio[:int(3.0 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])  # a new request is being captured
+    assert r2.gate.state is State.CAPTURING
+    on_the_way[0].run()
+    r2.gate.delivered(on_the_way[0])
+    assert r2.led.showing == "capturing"
+
+
+def test_a_long_fault_reason_is_cut_to_200_characters_on_the_record(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    r.gate.fault("x" * 500)
+    discarded, fault = audit.read(r.audit_path)[-2:]
+    assert (discarded["event"], fault["event"]) == ("discarded", "fault")
+    assert len(discarded["reason"]) == 200 and len(fault["reason"]) == 200
