@@ -23,54 +23,17 @@ import paho.mqtt.client as paho
 
 from guard import __version__
 from guard.audit import AuditLog
+from guard.commands import CommandError, parse_command
 from guard.config import MqttConfig
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
 from guard.gate import Event
 
 log = logging.getLogger(__name__)
 
-VERBS = ("mute", "unmute", "cancel", "wipe")
-MAX_COMMAND_BYTES = 1024
-HERMES_SESSION_REASONS = ("dialogueSession", "playAudio", "ttsSay")  # rhasspy-hermes HotwordToggleReason
 DISCOVERY_DEBOUNCE_SECONDS = 10.0  # Home Assistant restarting says "online" once; a flood gets one answer
 COMMANDS_PER_MINUTE = 30  # remote commands beyond this are counted, not acted on one by one
 DROP_AUDIT_SECONDS = 60.0  # while events are being dropped, the count goes to the audit log this often
 ACTIVITY_TYPES = {"wake": "wake_detected", "pending": "pending", "released": "released", "discarded": "discarded"}
-
-
-class CommandError(ValueError):
-    """An inbound message that is not a command guard accepts."""
-
-
-def parse_command(topic: str, payload: bytes, device_id: str) -> str | None:
-    """The verb an inbound message asks for, None if it is not addressed to commands at all.
-
-    Raises CommandError for anything under our `cmd/` tree (or Hermes toggles for
-    this site) that is not one of the documented verbs with a valid payload.
-    """
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise CommandError(f"payload of {len(payload)} bytes on {topic!r} is over {MAX_COMMAND_BYTES}")
-    prefix = f"guard/{device_id}/cmd/"
-    if topic.startswith(prefix):
-        verb = topic[len(prefix):]
-        if verb == "remote_mute":  # Home Assistant's switch: ON / OFF on one topic
-            text = payload.decode("utf-8", "replace").strip().upper()
-            if text not in ("ON", "OFF"):
-                raise CommandError(f"remote_mute takes ON or OFF, not {text[:20]!r}")
-            return "mute" if text == "ON" else "unmute"
-        if verb not in VERBS:
-            raise CommandError(f"unknown command {verb[:40]!r}; known: {', '.join(VERBS)}, remote_mute")
-        return verb
-    if topic in ("hermes/hotword/toggleOff", "hermes/hotword/toggleOn"):
-        try:
-            body = json.loads(payload)
-            site, reason = body.get("siteId"), body.get("reason", "")
-        except (ValueError, AttributeError, RecursionError):
-            raise CommandError(f"{topic}: payload is not a JSON object") from None
-        if site != device_id or reason in HERMES_SESSION_REASONS:
-            return None  # Rhasspy pauses wake words during its own dialogue or playback: not a privacy mute
-        return "mute" if topic.endswith("Off") else "unmute"
-    return None
 
 
 def read_password(path: str) -> str:

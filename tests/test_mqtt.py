@@ -20,10 +20,11 @@ from mqtt_broker import Broker, Subscriber
 
 from guard import audit, config
 from guard.audit import AuditLog
+from guard.commands import CommandError, parse_command
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ConfigError
 from guard.gate import Event, State
-from guard.mqtt import VERBS, CommandError, MqttLink, parse_command
+from guard.mqtt import MqttLink
 from guard.wake import WakeDetector, WakeModelSettings
 
 DEVICE = "kitchen"
@@ -309,7 +310,7 @@ def test_any_inbound_message_is_a_documented_verb_or_refused(topic, payload):
         verb = parse_command(topic, payload, DEVICE)
     except CommandError:
         return
-    assert verb is None or verb in VERBS
+    assert verb is None or verb in ("mute", "unmute", "cancel", "wipe")  # the README's list, not the module's
 
 
 # what mosquitto accepts in a topic: no wildcards, no control characters, valid UTF-8 (else it drops the client)
