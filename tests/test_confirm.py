@@ -135,7 +135,9 @@ def test_voice_releases_after_pending_and_is_audited(tmp_path, detector, enrolle
     assert gate.confirmation.heard.is_zero()
     assert len(list(sink.iterdir())) == 1
     record = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "released"][0]
-    assert record["confirmed_by"] == "voice" and "match_score" in record
+    assert record["confirmed_by"] == "voice"
+    assert record["match_score"] == round(gate.confirmation.score, 4)
+    assert record["speaker_score"] == round(gate.confirmation.speaker_score, 3)
 
 
 def test_the_phrase_inside_the_utterance_never_confirms(tmp_path, detector, enrolled):

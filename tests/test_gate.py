@@ -676,3 +676,46 @@ def test_a_long_fault_reason_is_cut_to_200_characters_on_the_record(rig, request
     discarded, fault = audit.read(r.audit_path)[-2:]
     assert (discarded["event"], fault["event"]) == ("discarded", "fault")
     assert len(discarded["reason"]) == 200 and len(fault["reason"]) == 200
+    r.gate.mute("remote")
+    r.gate.fault("y" * 500)
+    assert audit.read(r.audit_path)[-1]["reason"] == "y" * 200 and r.gate.state is State.MUTED
+
+
+def test_the_pending_window_is_exactly_pending_timeout_seconds_and_times_out_once(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    r.clock.seconds = r.gate._pending_since + 10.0 - 1e-6
+    r.gate.tick()
+    assert r.gate.state is State.PENDING
+    r.clock.seconds = r.gate._pending_since + 10.0
+    r.gate.tick()
+    assert r.gate.state is State.IDLE and r.kinds() == ["wake", "pending", "discarded"]
+    r.wait(30.0)
+    r.wait(30.0)
+    assert r.kinds() == ["wake", "pending", "discarded"], "an old pending window never times out again"
+
+
+def test_a_recovery_during_a_capture_leaves_the_capture_alone(rig, request_audio):
+    r = rig()
+    r.feed(request_audio[:int(2.5 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])
+    assert r.gate.state is State.CAPTURING
+    r.gate.recovered("back")
+    assert r.gate.state is State.CAPTURING
+
+
+def test_wipe_discards_what_is_held_and_only_then(rig, request_audio):
+    r = rig()
+    r.gate.wipe("remote")
+    assert r.kinds() == ["wiped"]
+    r.feed(request_audio)
+    r.gate.wipe("remote")
+    assert r.kinds()[-2:] == ["discarded", "wiped"] and r.gate.state is State.IDLE and r.gate.is_wiped()
+    r.press()
+    assert r.released_files() == []
+
+
+def test_the_wake_record_keeps_the_score_to_four_places(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    wake = audit.read(r.audit_path)[0]
+    assert wake["score"] == round(wake["score"], 4) != round(wake["score"], 3)
