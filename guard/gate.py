@@ -340,17 +340,16 @@ class Gate:
         self.muted_by = by
         self._decide("muted", State.MUTED, by=by)
 
-    def unmute(self, by: str) -> bool:
+    def unmute(self, by: str) -> None:
         """Reopen the microphone. A remote unmute cannot lift a mute set by the button."""
         if self.state is not State.MUTED:
-            return False
+            return
         if by != "button" and self.muted_by == "button":
             self._record("refused", self.state, by=by, reason="unmute: the button muted, only the button unmutes")
-            return False
+            return
         self.muted_by = None
         self._decide("unmuted", State.IDLE, by=by)
         self._set_listening(True)
-        return True
 
     def cancel(self, by: str) -> None:
         """Discard the utterance being captured or waiting for consent, now."""

@@ -304,7 +304,8 @@ def test_long_press_mutes_wipes_and_only_the_button_unmutes(rig, request_audio):
     assert r.led.showing == "muted" and r.led_pin.state == 1
     r.feed(request_audio)  # frames that still arrive are dropped
     assert r.gate.state is State.MUTED and r.gate.is_wiped()
-    assert not r.gate.unmute("remote") and r.gate.state is State.MUTED
+    r.gate.unmute("remote")
+    assert r.gate.state is State.MUTED and r.kinds()[-1] == "refused"
     r.button_pin.drive_low()
     deadline = time.monotonic() + 3
     while r.gate.state is State.MUTED and time.monotonic() < deadline:
@@ -719,3 +720,22 @@ def test_the_wake_record_keeps_the_score_to_four_places(rig, request_audio):
     r.feed(request_audio)
     wake = audit.read(r.audit_path)[0]
     assert wake["score"] == round(wake["score"], 4) != round(wake["score"], 3)
+
+
+def test_an_uncertain_delivery_arriving_during_a_new_capture_does_not_interrupt_it(rig, request_audio):
+    r = rig()
+    on_the_way = []
+    r.gate._deliver = on_the_way.append
+    r.feed(request_audio)
+    r.press()
+    r.feed(request_audio[:int(3.0 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])
+    assert r.gate.state is State.CAPTURING
+    delivery = on_the_way[0]
+    delivery.started = True
+    delivery.abandon("stopped")
+    r.gate.delivered(delivery)
+    assert r.gate.state is State.CAPTURING and r.led.showing == "capturing"
+    assert r.kinds()[-2:] == ["release-unknown", "fault"]
+    # the new capture goes on to pending as usual
+    r.feed(np.zeros(16000 * 2, np.int16))
+    assert r.gate.state is State.PENDING
