@@ -25,7 +25,7 @@ def main() -> int:
             counts["killed"] += 1
         elif mutation["operator_name"] in equivalent_operators or any(
                 e["operator"] == mutation["operator_name"] and e["line"] == source
-                and e["function"] == mutation["definition_name"] for e in equivalent):
+                and e["function"] == str(mutation["definition_name"]) for e in equivalent):
             counts["equivalent"] += 1
         else:
             counts["survived"] += 1

@@ -605,7 +605,8 @@ def test_records_carry_the_utterance_and_its_length(rig, request_audio):
     r.feed(request_audio)
     r.wait(10.1)
     wake, pending, discarded = audit.read(r.audit_path)
-    assert wake["utterance"] == pending["utterance"] == discarded["utterance"] is not None
+    assert wake["utterance"] == pending["utterance"] == discarded["utterance"]
+    assert len(wake["utterance"]) == 12 and int(wake["utterance"], 16) >= 0  # 12 hex digits, in names and topics
     assert pending["duration_seconds"] == discarded["duration_seconds"]
     r.gate.mute("remote")
     assert audit.read(r.audit_path)[-1]["utterance"] is None, "a mute while idle belongs to no utterance"
