@@ -740,3 +740,26 @@ def test_an_uncertain_delivery_arriving_during_a_new_capture_does_not_interrupt_
     # the new capture goes on to pending as usual
     r.feed(np.zeros(16000 * 2, np.int16))
     assert r.gate.state is State.PENDING
+
+
+def test_a_press_whose_window_closes_while_the_button_is_down_releases_nothing(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    r.clock.seconds = r.gate._pending_since + 1.0
+    r.button_pin.drive_low()  # a press that counts...
+    r.wait(10.0)  # ...but the window times out while the finger is still down
+    assert r.gate.state is State.IDLE
+    r.button_pin.drive_high()
+    assert r.released_files() == [] and "releasing" not in r.kinds()
+
+
+def test_a_delivery_finishing_while_muted_leaves_the_led_showing_muted(rig, request_audio):
+    r = rig()
+    on_the_way = []
+    r.gate._deliver = on_the_way.append
+    r.feed(request_audio)
+    r.press()
+    r.gate.mute("remote")
+    on_the_way[0].run()
+    r.gate.delivered(on_the_way[0])
+    assert r.kinds()[-1] == "released" and r.led.showing == "muted" and r.gate.state is State.MUTED
