@@ -763,3 +763,22 @@ def test_a_delivery_finishing_while_muted_leaves_the_led_showing_muted(rig, requ
     on_the_way[0].run()
     r.gate.delivered(on_the_way[0])
     assert r.kinds()[-1] == "released" and r.led.showing == "muted" and r.gate.state is State.MUTED
+
+
+def test_invariant1_a_button_pressed_while_idle_and_held_into_the_next_pending_never_releases(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    r.wait(10.1)  # the first request times out; its pending stamp is history
+    r.button_pin.drive_low()  # pressed while idle...
+    r.feed(request_audio)  # ...and held while the next request is captured and shown pending
+    assert r.gate.state is State.PENDING
+    r.button_pin.drive_high()
+    assert r.released_files() == [] and "releasing" not in r.kinds()
+
+
+def test_events_leave_out_what_does_not_apply(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    wake = r.events[0].to_dict()
+    assert wake["kind"] == "wake" and wake["model"] == "alexa" and wake["utterance"]
+    assert None not in wake.values() and "by" not in wake and "reason" not in wake
