@@ -6,6 +6,7 @@ Each invariant test is named for DESIGN.md's invariant it proves.
 import contextlib
 import os
 import sys
+import threading
 import time
 import wave
 from pathlib import Path
@@ -53,7 +54,7 @@ def request_audio() -> np.ndarray:
 class Rig:
     """A gate wired to a mock button and LED, a directory sink and an audit log in tmp_path."""
 
-    def __init__(self, tmp_path, detector, sinks=None, long_press_seconds=10.0) -> None:
+    def __init__(self, tmp_path, detector, sinks=None, long_press_seconds=10.0, end_silence_seconds=1.0) -> None:
         detector.wipe()
         self.factory = MockFactory(pin_class=MockPWMPin)
         self.clock = Clock()
@@ -65,7 +66,8 @@ class Rig:
         self.audit_path = tmp_path / "state" / "audit.jsonl"
         gpio = GpioConfig(bounce_seconds=0.0, long_press_seconds=long_press_seconds)
         self.led = StatusLed(gpio, self.factory)
-        self.gate = Gate(GateConfig(pending_timeout_seconds=10.0), detector, PRE_ROLL_SECONDS,
+        self.gate = Gate(GateConfig(pending_timeout_seconds=10.0, end_silence_seconds=end_silence_seconds),
+                         detector, PRE_ROLL_SECONDS,
                          sinks if sinks is not None else [DirectorySink("box", self.sink_dir, "test")],
                          AuditLog(self.audit_path, "test"), publish=self.events.append, show=self.led.show,
                          set_listening=self.listening.append, clock=self.clock)
@@ -627,6 +629,10 @@ def test_when_pending_and_faults_end(rig, request_audio):
     assert r.gate.expires_at() == r.gate._pending_since + 10.0
     r.gate.fault("test")
     assert r.gate.expires_at() == pytest.approx(r.clock() + 3.0)
+    r.wait(3.0)
+    r.feed(request_audio[:int(2.5 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])
+    assert r.gate.state is State.CAPTURING and r.gate.expires_at() is None
+    r.gate.fault("again")
     r.gate.fault("the microphone", lasting=True)
     assert r.gate.expires_at() == float("inf")
 
@@ -790,3 +796,63 @@ def test_events_leave_out_what_does_not_apply(rig, request_audio):
     wake = r.events[0].to_dict()
     assert wake["kind"] == "wake" and wake["model"] == "alexa" and wake["utterance"]
     assert None not in wake.values() and "by" not in wake and "reason" not in wake
+
+
+def test_quiet_of_exactly_end_silence_seconds_ends_the_utterance(rig):
+    """0.8 s is exactly 10 frames: the tenth quiet frame ends it, not the eleventh."""
+    r = rig(end_silence_seconds=0.8)
+    frames = _frames(np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(3.0)]))
+    woke = _feed_until(r, frames, State.CAPTURING)
+    assert _feed_until(r, frames[woke + 1:], State.PENDING) + 1 == 10
+
+
+def test_with_no_sink_a_press_discards_and_says_why(rig, request_audio):
+    r = rig(sinks=[])
+    r.feed(request_audio)
+    r.press()
+    assert r.events[-1].kind == "discarded" and r.events[-1].reason == "no sink configured"
+
+
+def test_a_delivery_abandoned_after_it_started_may_still_arrive(rig, request_audio, tmp_path):
+    started = tmp_path / "started"
+    slow = f"import sys, time; sys.stdin.buffer.read(); open({str(started)!r}, 'w').close(); time.sleep(5)"
+    r = rig(sinks=[CommandSink("slow", (sys.executable, "-c", slow), 10.0, "test")])
+    on_the_way = []
+    r.gate._deliver = on_the_way.append
+    r.feed(request_audio)
+    r.press()
+    delivery = on_the_way[0]
+    runner = threading.Thread(target=delivery.run)
+    runner.start()
+    deadline = time.monotonic() + 10
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    delivery.abandon("stopped")
+    runner.join(10)
+    assert [o for _, o, _ in delivery.outcomes] == ["release-unknown"]
+
+
+def test_nothing_is_pending_without_its_pending_record(rig, request_audio, full_disk):
+    r = rig()
+    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    r.feed(request_audio[:int(2.5 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])
+    assert r.gate.state is State.CAPTURING
+    fill(full_disk)
+    _exhaust(r.gate.audit)
+    r.feed(np.zeros(16000 * 2, np.int16))
+    assert "pending" not in r.kinds() and r.gate.state is State.FAULT and r.gate.is_wiped()
+    r.press()
+    assert r.released_files() == []
+
+
+def test_a_long_failure_detail_is_cut_to_200_characters_on_the_record(rig, request_audio):
+    r = rig()
+    on_the_way = []
+    r.gate._deliver = on_the_way.append
+    r.feed(request_audio)
+    r.press()
+    delivery = on_the_way[0]
+    delivery.outcomes.append(("box", "release-failed", "z" * 500))
+    r.gate.delivered(delivery)
+    failed = [x for x in audit.read(r.audit_path) if x["event"] == "release-failed"]
+    assert failed[0]["reason"] == "z" * 200
