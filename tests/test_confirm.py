@@ -140,6 +140,23 @@ def test_voice_releases_after_pending_and_is_audited(tmp_path, detector, enrolle
     assert record["speaker_score"] == round(gate.confirmation.speaker_score, 3)
 
 
+def test_invariant1_the_matcher_gets_the_embedding_of_the_newest_frame(tmp_path, detector, enrolled):
+    """An older embedding would reach 80 ms further back, into the request, when the window opens."""
+    gate, feed, events, sink = _gate(tmp_path, detector, confirm.Enrolment.load(enrolled), ("button", "voice"))
+    feed(np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
+                         speech.say("what time is it"), speech.silence(1.5)]))
+    assert gate.state is State.PENDING
+    newest, push = [], gate.confirmation.push
+
+    def watched(embedding, frame):
+        newest.append(embedding is gate.detector.features.embeddings[-1]
+                      or np.array_equal(embedding, gate.detector.features.embeddings[-1]))
+        return push(embedding, frame)
+    gate.confirmation.push = watched
+    feed(speech.ordinary_speech(2.0))
+    assert len(newest) > 10 and all(newest)
+
+
 def test_the_phrase_inside_the_utterance_never_confirms(tmp_path, detector, enrolled):
     gate, feed, events, sink = _gate(tmp_path, detector, confirm.Enrolment.load(enrolled), ("button", "voice"))
     feed(np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.2),

@@ -827,8 +827,10 @@ def test_a_delivery_abandoned_after_it_started_may_still_arrive(rig, request_aud
     deadline = time.monotonic() + 10
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
+    stopping = time.monotonic()
     delivery.abandon("stopped")
     runner.join(10)
+    assert time.monotonic() - stopping < 3, "abandon stops the sink (its 5 s sleep is cut short)"
     assert [o for _, o, _ in delivery.outcomes] == ["release-unknown"]
 
 
@@ -856,3 +858,12 @@ def test_a_long_failure_detail_is_cut_to_200_characters_on_the_record(rig, reque
     r.gate.delivered(delivery)
     failed = [x for x in audit.read(r.audit_path) if x["event"] == "release-failed"]
     assert failed[0]["reason"] == "z" * 200
+
+
+def test_unmute_does_nothing_unless_muted(rig, request_audio):
+    r = rig()
+    r.gate.unmute("remote")
+    assert r.kinds() == [] and r.listening == []
+    r.feed(request_audio[:int(2.5 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])
+    r.gate.unmute("remote")
+    assert r.gate.state is State.CAPTURING and r.kinds() == ["wake"]
