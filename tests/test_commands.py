@@ -85,3 +85,12 @@ def test_malformed_hermes_payloads_are_refused(payload):
 def test_other_hermes_topics_are_not_commands():
     assert parse_command("hermes/hotword/default/detected", _hermes(siteId=DEVICE), DEVICE) is None
     assert parse_command("hermes/hotword/toggleOffx", _hermes(siteId=DEVICE), DEVICE) is None
+
+
+def test_refusals_quote_at_most_a_little_of_what_arrived():
+    with pytest.raises(CommandError) as refused:
+        parse_command(CMD + "remote_mute", b"A" * 500, DEVICE)
+    assert str(refused.value) == f"remote_mute takes ON or OFF, not {'A' * 20!r}"
+    with pytest.raises(CommandError) as refused:
+        parse_command(CMD + "v" * 500, b"", DEVICE)
+    assert str(refused.value).startswith(f"unknown command {'v' * 40!r}; known: mute, unmute, cancel, wipe")
