@@ -204,3 +204,98 @@ def test_a_read_only_log_folder_is_a_problem_not_a_crash(tmp_path):
             log.record("wake")
     finally:
         subprocess.run(["umount", str(folder)], check=True)
+
+
+def _rehashed(line: str, **changes) -> str:
+    """A record with some fields changed and its own hash fixed, as a careful forger would write it."""
+    record = {**json.loads(line), **changes}
+    record["hash"] = audit._digest(audit._canonical(record))
+    return json.dumps(record, separators=(",", ":"))
+
+
+def test_a_verdict_counts_the_records_that_hold_before_the_first_bad_line(log_path, capsys):
+    _edit(log_path, lambda ls: ls[:3] + [_rehashed(ls[3], score=0.5)] + ls[4:])
+    code, verdict = _verify(log_path, capsys)
+    assert (verdict["bad_line"], verdict["records"]) == (5, 4)
+    assert verdict["reason"] == "does not follow line 4 (edited, deleted or reordered)"
+
+
+def test_a_renumbered_record_is_named_for_its_sequence(log_path, capsys):
+    _edit(log_path, lambda ls: ls[:1] + [_rehashed(ls[1], seq=3)] + ls[2:])
+    code, verdict = _verify(log_path, capsys)
+    assert verdict["bad_line"] == 2 and verdict["reason"].startswith("sequence number 3 where 2 was due")
+    _edit(log_path, lambda ls: ls[:1] + [_rehashed(ls[1], seq=1)] + ls[2:])
+    code, verdict = _verify(log_path, capsys)
+    assert verdict["bad_line"] == 2 and verdict["reason"].startswith("sequence number 1 where 2 was due")
+
+
+@pytest.mark.parametrize("value", ["sinkA", "sinkB", "sinkC", "sinkD", "sinkE", "sinkF", "sinkG", "sinkH"])
+def test_a_forged_record_breaks_the_next_ones_link_whatever_it_says(log_path, capsys, value):
+    """Eight forgeries: their digests fall on both sides of the true one, so no ordering slips through."""
+    _edit(log_path, lambda ls: ls[:2] + [_rehashed(ls[2], sink=value)] + ls[3:])
+    code, verdict = _verify(log_path, capsys)
+    assert code == 1 and verdict["bad_line"] == 4
+
+
+def test_a_json_object_that_is_not_a_record_is_named(log_path, capsys):
+    _edit(log_path, lambda ls: ls[:2] + ['{"seq": 3, "event": "wake"}'] + ls[3:])
+    code, verdict = _verify(log_path, capsys)
+    assert verdict["bad_line"] == 3 and verdict["reason"] == "not an audit record"
+
+
+@pytest.mark.parametrize("other", ["aaa", "zzz"])  # ids that sort before and after "kitchen"
+def test_another_devices_log_is_refused_whatever_its_id(log_path, capsys, other):
+    path = log_path.parent / f"{other}.jsonl"
+    log = AuditLog(path, other)
+    log.record("wake", utterance="u1")
+    log.close()
+    assert audit.verify(path, "kitchen").reason == f"written by device {other!r}, not 'kitchen' (another guard's log?)"
+
+
+def _torn_and_sealed(log_path) -> None:
+    with log_path.open("ab") as f:
+        f.write(b'{"seq":6,"time":"2026-11-22T10:00:00.000+00:00","device":"kit')
+    log = AuditLog(log_path, "kitchen")
+    log.record("muted", by="button")
+    log.record("unmuted", by="button")
+    log.close()
+
+
+@pytest.mark.parametrize(("field", "value"), [("event", "sealedx"), ("torn_line", 5), ("torn_line", 7),
+                                             ("torn_sha256", "0" * 64), ("torn_sha256", "f" * 64),
+                                             ("prev", "0" * 64), ("prev", "f" * 64)])
+def test_a_seal_that_does_not_match_its_torn_line_is_tampering(log_path, capsys, field, value):
+    _torn_and_sealed(log_path)
+    _edit(log_path, lambda ls: ls[:6] + [_rehashed(ls[6], **{field: value})] + ls[7:])
+    code, verdict = _verify(log_path, capsys)
+    assert code == 1 and verdict["bad_line"] == 6 and verdict["crashes"] == []
+
+
+def test_tampering_after_a_crash_is_still_found(log_path, capsys):
+    _torn_and_sealed(log_path)
+    code, verdict = _verify(log_path, capsys)
+    assert code == 0 and verdict["crashes"] == [6] and verdict["records"] == 8
+    _edit(log_path, lambda ls: ls[:7] + [_rehashed(ls[7], by="remote")] + ls[8:])
+    code, verdict = _verify(log_path, capsys)
+    assert code == 1 and verdict["bad_line"] == 9 and verdict["crashes"] == [6] and verdict["records"] == 7
+
+
+def test_a_long_log_with_a_crash_late_in_it_verifies(tmp_path, capsys):
+    """Line numbers past 256, where Python stops sharing small integers."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, "kitchen")
+    for i in range(300):
+        log.record("wiped", by="remote", n=i)
+    log.close()
+    with path.open("ab") as f:
+        f.write(b'{"seq":301,"ti')
+    log = AuditLog(path, "kitchen")
+    log.record("muted", by="button")
+    log.close()
+    code, verdict = _verify(path, capsys)
+    assert code == 0 and verdict["crashes"] == [301] and verdict["records"] == 302
+
+
+def test_the_chain_starts_from_64_zeros_and_the_backlog_holds_1000(log_path):
+    assert audit.read(log_path)[0]["prev"] == "0" * 64
+    assert audit.BACKLOG_RECORDS == 1000  # as the README says
