@@ -299,3 +299,15 @@ def test_a_long_log_with_a_crash_late_in_it_verifies(tmp_path, capsys):
 def test_the_chain_starts_from_64_zeros_and_the_backlog_holds_1000(log_path):
     assert audit.read(log_path)[0]["prev"] == "0" * 64
     assert audit.BACKLOG_RECORDS == 1000  # as the README says
+
+
+@pytest.mark.parametrize(("field", "value"), [("event", "discarded"), ("device", "attic"), ("confirmed_by", "voice"),
+                                             ("duration_seconds", 9.9), ("utterance", "u9"), ("time", "2030")])
+def test_every_field_is_covered_by_the_records_hash(log_path, capsys, field, value):
+    def edit(lines):
+        record = json.loads(lines[2])
+        record[field] = value
+        return lines[:2] + [json.dumps(record, separators=(",", ":"))] + lines[3:]
+    _edit(log_path, edit)
+    code, verdict = _verify(log_path, capsys)
+    assert verdict["bad_line"] == 3 and verdict["reason"] == "its contents do not match its hash (edited)"
