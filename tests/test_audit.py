@@ -311,3 +311,14 @@ def test_every_field_is_covered_by_the_records_hash(log_path, capsys, field, val
     _edit(log_path, edit)
     code, verdict = _verify(log_path, capsys)
     assert verdict["bad_line"] == 3 and verdict["reason"] == "its contents do not match its hash (edited)"
+
+
+def test_an_empty_log_holds_no_records_and_is_intact(tmp_path):
+    (tmp_path / "audit.jsonl").write_text("")
+    verdict = audit.verify(tmp_path / "audit.jsonl")
+    assert verdict.intact and verdict.records == 0
+
+
+def test_a_damaged_line_is_shown_by_its_first_80_characters(log_path):
+    _edit(log_path, lambda ls: ls[:1] + ["x" * 200] + ls[2:])
+    assert audit.read(log_path)[1] == {"seq": 2, "damaged": "x" * 80}
