@@ -253,7 +253,7 @@ class AuditLog:
         except OSError as e:
             with contextlib.suppress(OSError):  # if even this fails, the next open seals what is left
                 os.ftruncate(self._fd, start)
-            what = "the disk is full" if e.errno == errno.ENOSPC else e.strerror
+            what = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else e.strerror
             raise AuditError(f"{self.path}: cannot write the audit log ({what})") from None
 
 

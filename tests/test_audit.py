@@ -322,3 +322,26 @@ def test_an_empty_log_holds_no_records_and_is_intact(tmp_path):
 def test_a_damaged_line_is_shown_by_its_first_80_characters(log_path):
     _edit(log_path, lambda ls: ls[:1] + ["x" * 200] + ls[2:])
     assert audit.read(log_path)[1] == {"seq": 2, "damaged": "x" * 80}
+
+
+def test_a_minimal_record_with_only_the_chain_fields_is_judged_by_its_hash(log_path, capsys):
+    _edit(log_path, lambda ls: ls[:1] + ['{"seq":2,"prev":"x","hash":"y","event":"wake"}'] + ls[2:])
+    code, verdict = _verify(log_path, capsys)
+    assert verdict["bad_line"] == 2 and verdict["reason"] == "its contents do not match its hash (edited)"
+
+
+def test_deferred_records_are_written_at_close_and_a_loss_is_counted_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(audit, "BACKLOG_RECORDS", 300)  # above the integers Python shares
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, "kitchen")
+    log.defer("muted", by="remote")
+    log.close()
+    assert [(r["event"], r["late"]) for r in audit.read(path)] == [("muted", True)]
+    log = AuditLog(path, "kitchen")
+    for i in range(305):
+        log.defer("refused", reason=f"flood {i}")
+    log.record("unmuted", by="remote")
+    log.record("wiped", by="remote")
+    log.close()
+    events = [r["event"] for r in audit.read(path)]
+    assert events == ["muted"] + ["refused"] * 300 + ["lost", "unmuted", "wiped"]
