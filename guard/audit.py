@@ -165,6 +165,10 @@ class AuditLog:
             self._close_fd()
             self.problem = f"{self.path}: cannot seal a torn last line ({e.strerror})"
             return
+        except AuditError as e:  # a full disk: the seal waits, the guard keeps guarding
+            self._close_fd()
+            self.problem = f"{e}; a torn last line waits to be sealed"
+            return
         self.problem = None
 
     def _tail(self) -> tuple[str | None, int]:

@@ -1,5 +1,6 @@
 """The audit log: a hash chain that names the first edited, deleted or reordered line."""
 
+import contextlib
 import json
 import stat
 import subprocess
@@ -261,7 +262,8 @@ def _torn_and_sealed(log_path) -> None:
     log.close()
 
 
-@pytest.mark.parametrize(("field", "value"), [("event", "sealedx"), ("torn_line", 5), ("torn_line", 7),
+@pytest.mark.parametrize(("field", "value"), [("event", "sealedx"), ("event", "muted"), ("torn_line", 5),
+                                             ("torn_line", 7),
                                              ("torn_sha256", "0" * 64), ("torn_sha256", "f" * 64),
                                              ("prev", "0" * 64), ("prev", "f" * 64)])
 def test_a_seal_that_does_not_match_its_torn_line_is_tampering(log_path, capsys, field, value):
@@ -345,3 +347,37 @@ def test_deferred_records_are_written_at_close_and_a_loss_is_counted_once(tmp_pa
     log.close()
     events = [r["event"] for r in audit.read(path)]
     assert events == ["muted"] + ["refused"] * 300 + ["lost", "unmuted", "wiped"]
+
+
+def test_a_forger_who_fixes_a_records_hash_is_named_by_the_line_after(log_path, capsys):
+    _edit(log_path, lambda ls: ls[:2] + [_rehashed(ls[2], sink="elsewhere")] + ls[3:])
+    code, verdict = _verify(log_path, capsys)
+    assert verdict["bad_line"] == 4 and verdict["reason"] == "does not follow line 3 (edited, deleted or reordered)"
+
+
+def test_the_log_folder_is_made_however_deep(tmp_path):
+    log = AuditLog(tmp_path / "a" / "b" / "audit.jsonl", "kitchen")
+    log.record("wake", utterance="u1")
+    log.close()
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700
+
+
+def test_a_torn_line_on_a_full_disk_waits_to_be_sealed_and_the_log_opens(full_disk):
+    path = full_disk / "audit.jsonl"
+    log = AuditLog(path, "kitchen")
+    log.record("wake", utterance="u1")
+    log.close()
+    with path.open("ab") as f:
+        f.write(b'{"seq":2,"ti')  # torn by a crash
+    fill(full_disk)
+    with path.open("ab", buffering=0) as f, contextlib.suppress(OSError):  # its own page, to the last byte
+        while True:
+            f.write(b"x")
+    log = AuditLog(path, "kitchen")
+    log.open()  # no exception: the guard starts and shows the problem
+    assert "the disk is full" in log.problem and "a torn last line waits to be sealed" in log.problem
+    (full_disk / "filler").unlink()
+    log.record("muted", by="button")
+    log.close()
+    verdict = audit.verify(path, "kitchen")
+    assert verdict.intact and verdict.crashes == (2,)
