@@ -89,6 +89,7 @@ class Daemon:
         self._generation = 0  # counts microphones opened afresh: frames of a failed one never prove it is back
         self._down_generation = -1
         self._reopen = threading.Event()  # the loop asks the audio thread to drop the microphone and open it afresh
+        self._attempt = 0  # reopen attempts since the microphone last delivered sound (the backoff's step)
         self._audio_heartbeat = time.monotonic()  # the audio thread is alive (reading, or waiting to retry)
         self.source = self._open_source()
         self.health = self._health()
@@ -150,11 +151,9 @@ class Daemon:
 
     def _health(self) -> dict[str, str]:
         """One line per part, logged at start and kept in the retained MQTT state for `guard status`."""
-        source, words = self.source, self.gate.detector.words
-        audio = f"{source.name} at {source.rate_hz} Hz" if isinstance(source, MicSource) else \
-            str(source.path) if isinstance(source, WavSource) else f"waiting for the microphone: {self._mic_down}"
+        words = self.gate.detector.words
         return {
-            "audio": audio,
+            "audio": self._audio_health(),
             "models": ", ".join(f"{w.name} (threshold {w.settings.threshold:g})" for w in words),
             "buffers": self._buffers_health(),
             "gpio": {"none": "none: nothing can be released by button", "mock": "simulated pins"}.get(
@@ -165,6 +164,12 @@ class Daemon:
                                for s in self.sinks) or "none",
             "spoken confirmation": "listening while pending" if self.gate.confirmation else "off",
         }
+
+    def _audio_health(self) -> str:
+        source = self.source  # the audio thread may drop it meanwhile
+        if isinstance(source, MicSource):
+            return f"{source.name} at {source.rate_hz} Hz"
+        return str(source.path) if isinstance(source, WavSource) else f"waiting for the microphone: {self._mic_down}"
 
     def _buffers_health(self) -> str:
         """Every buffer that holds audio and could not be locked in RAM, by name and size."""
@@ -235,7 +240,6 @@ class Daemon:
                     self.listening.wait(TICK_SECONDS)  # a file pauses while muted
                 yield frame
             return
-        attempt = 0
         while not self.stopping.is_set():
             self._audio_heartbeat = time.monotonic()
             if not self.listening.is_set():
@@ -248,10 +252,7 @@ class Daemon:
                     self.source = self._new_mic()
                     self._generation += 1
                 self.source.open()
-                for frame in self.source.frames():
-                    self._audio_heartbeat = time.monotonic()
-                    if frame.any():
-                        attempt = 0
+                for frame in self.source.frames():  # the loop's _last_frame shows these are alive
                     yield frame
                     if not self.listening.is_set() or self.stopping.is_set() or self._reopen.is_set():
                         break
@@ -260,8 +261,8 @@ class Daemon:
                 self._reopen.set()
             if self._reopen.is_set():
                 self._drop_mic()
-                self._wait(MIC_RETRY_SECONDS[min(attempt, len(MIC_RETRY_SECONDS) - 1)])
-                attempt += 1
+                self._wait(MIC_RETRY_SECONDS[min(self._attempt, len(MIC_RETRY_SECONDS) - 1)])
+                self._attempt += 1
                 self._reopen.clear()
 
     def _drop_mic(self) -> None:
@@ -414,8 +415,8 @@ class Daemon:
 
     def _mic_back(self) -> None:
         self._mic_down = None
-        source = self.source
-        self.health["audio"] = f"{source.name} at {source.rate_hz} Hz" if isinstance(source, MicSource) else "back"
+        self._attempt = 0
+        self.health["audio"] = self._audio_health()
         self.gate.recovered(f"{self._mic_label} delivers sound again")
 
     def _handle(self, item, payload) -> None:

@@ -377,16 +377,14 @@ class Gate:
         if self.state is State.MUTED:
             self._record("fault", State.MUTED, reason=reason[:200])
             return
-        self._show_fault(reason[:200])
-        if lasting:
-            self._fault_until = math.inf
+        self._show_fault(reason[:200], math.inf if lasting else FAULT_SHOW_SECONDS)
 
     def recovered(self, reason: str) -> None:
         """What a lasting fault waited for is back: listen again (a muted guard stays muted)."""
         self._decide("recovered", State.IDLE if self.state is State.FAULT else self.state, reason=reason)
 
-    def _show_fault(self, reason: str, **fields) -> None:
-        self._fault_until = self.clock() + FAULT_SHOW_SECONDS
+    def _show_fault(self, reason: str, seconds: float = FAULT_SHOW_SECONDS, **fields) -> None:
+        self._fault_until = self.clock() + seconds
         self._decide("fault", State.FAULT, reason=reason, **fields)
 
     def shutdown(self) -> None:

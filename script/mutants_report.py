@@ -1,10 +1,16 @@
 """Summarise a cosmic-ray session (its `dump` on stdin): killed, equivalent (listed in the module's
 toml with a reason), and surviving mutants with where they are. Exit 1 if any survive."""
 
+import functools
 import json
 import sys
 import tomllib
 from pathlib import Path
+
+
+@functools.cache
+def _lines(path: str) -> list[str]:
+    return Path(path).read_text().splitlines()
 
 
 def main() -> int:
@@ -16,7 +22,7 @@ def main() -> int:
     for line in sys.stdin:
         job, result = json.loads(line)
         mutation = job["mutations"][0]
-        source = Path(mutation["module_path"]).read_text().splitlines()[mutation["start_pos"][0] - 1].strip()
+        source = _lines(mutation["module_path"])[mutation["start_pos"][0] - 1].strip()
         if result is None:
             counts["not run"] += 1
         elif result["worker_outcome"] == "skipped":

@@ -22,7 +22,7 @@ from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig, GpioConfig
 from guard.errors import AuditError
-from guard.gate import Gate, State
+from guard.gate import Delivery, Gate, State
 from guard.hardware import ConsentButton, StatusLed
 from guard.sinks import CommandSink, DirectorySink
 from guard.wake import WakeDetector, WakeModelSettings
@@ -104,6 +104,15 @@ class Rig:
         self.clock.seconds += seconds
         self.button_pin.drive_high()
 
+    def release_held(self, audio: np.ndarray) -> Delivery:
+        """Capture `audio`, press, and return the release still on its way (as if the delivery thread had not
+        run it yet)."""
+        on_the_way: list[Delivery] = []
+        self.gate._deliver = on_the_way.append
+        self.feed(audio)
+        self.press()
+        return on_the_way[0]
+
     def kinds(self) -> list[str]:
         return [e.kind for e in self.events]
 
@@ -180,7 +189,7 @@ def test_invariant1_press_before_pending_never_releases(rig, request_audio):
 
 def test_invariant1_button_held_through_pending_start_never_releases(rig, request_audio):
     r = rig()
-    r.feed(request_audio[:2 * 16000 // FRAME_SAMPLES * FRAME_SAMPLES])
+    r.feed(_opening(request_audio, 2))
     r.button_pin.drive_low()
     r.feed(request_audio[2 * 16000 // FRAME_SAMPLES * FRAME_SAMPLES:])
     assert r.gate.state is State.PENDING
@@ -228,7 +237,7 @@ def test_invariant1_a_press_queued_before_pending_but_handled_after_never_releas
 
 def test_invariant1_bounce_of_a_button_held_into_pending_never_releases(rig, request_audio):
     r = rig()
-    r.feed(request_audio[:2 * 16000 // FRAME_SAMPLES * FRAME_SAMPLES])
+    r.feed(_opening(request_audio, 2))
     r.button_pin.drive_low()  # held from capturing
     r.feed(request_audio[2 * 16000 // FRAME_SAMPLES * FRAME_SAMPLES:])
     assert r.gate.state is State.PENDING
@@ -388,7 +397,7 @@ def test_sink_command_gets_the_wav_on_stdin(rig, request_audio, tmp_path):
 
 def test_fault_wipes_and_recovers(rig, request_audio):
     r = rig()
-    r.feed(request_audio[:3 * 16000 // FRAME_SAMPLES * FRAME_SAMPLES])
+    r.feed(_opening(request_audio, 3))
     assert r.gate.state is State.CAPTURING
     r.gate.fault("RuntimeError: test")
     assert r.gate.state is State.FAULT and r.gate.is_wiped() and r.led.showing == "fault"
@@ -570,6 +579,11 @@ def test_the_backlog_is_bounded_and_what_it_could_not_keep_is_counted(full_disk,
     assert records[-1]["event"] == "lost" and records[-1]["records"] == 5
 
 
+def _opening(audio: np.ndarray, seconds: float) -> np.ndarray:
+    """The first `seconds` of `audio`, in whole frames: for a request still being captured."""
+    return audio[:int(seconds * 16000) // FRAME_SAMPLES * FRAME_SAMPLES]
+
+
 def _frames(audio: np.ndarray) -> np.ndarray:
     return audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
 
@@ -630,7 +644,7 @@ def test_when_pending_and_faults_end(rig, request_audio):
     r.gate.fault("test")
     assert r.gate.expires_at() == pytest.approx(r.clock() + 3.0)
     r.wait(3.0)
-    r.feed(request_audio[:int(2.5 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])
+    r.feed(_opening(request_audio, 2.5))
     assert r.gate.state is State.CAPTURING and r.gate.expires_at() is None
     r.gate.fault("again")
     r.gate.fault("the microphone", lasting=True)
@@ -666,14 +680,11 @@ def test_the_led_shows_released_only_when_nothing_new_is_held(rig, request_audio
     r.press()
     assert r.led.showing == "released"
     r2 = rig()
-    on_the_way = []
-    r2.gate._deliver = on_the_way.append  # the delivery thread has not finished yet
-    r2.feed(request_audio)
-    r2.press()
-    r2.feed(request_audio[:int(3.0 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])  # a new request is being captured
+    delivery = r2.release_held(request_audio)
+    r2.feed(_opening(request_audio, 3.0))  # a new request is being captured
     assert r2.gate.state is State.CAPTURING
-    on_the_way[0].run()
-    r2.gate.delivered(on_the_way[0])
+    delivery.run()
+    r2.gate.delivered(delivery)
     assert r2.led.showing == "capturing"
 
 
@@ -705,7 +716,7 @@ def test_the_pending_window_is_exactly_pending_timeout_seconds_and_times_out_onc
 
 def test_a_recovery_during_a_capture_leaves_the_capture_alone(rig, request_audio):
     r = rig()
-    r.feed(request_audio[:int(2.5 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])
+    r.feed(_opening(request_audio, 2.5))
     assert r.gate.state is State.CAPTURING
     r.gate.recovered("back")
     assert r.gate.state is State.CAPTURING
@@ -739,13 +750,9 @@ def test_the_wake_record_keeps_the_score_to_four_places(rig, request_audio):
 
 def test_an_uncertain_delivery_arriving_during_a_new_capture_does_not_interrupt_it(rig, request_audio):
     r = rig()
-    on_the_way = []
-    r.gate._deliver = on_the_way.append
-    r.feed(request_audio)
-    r.press()
-    r.feed(request_audio[:int(3.0 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])
+    delivery = r.release_held(request_audio)
+    r.feed(_opening(request_audio, 3.0))
     assert r.gate.state is State.CAPTURING
-    delivery = on_the_way[0]
     delivery.started = True
     delivery.abandon("stopped")
     r.gate.delivered(delivery)
@@ -769,13 +776,10 @@ def test_a_press_whose_window_closes_while_the_button_is_down_releases_nothing(r
 
 def test_a_delivery_finishing_while_muted_leaves_the_led_showing_muted(rig, request_audio):
     r = rig()
-    on_the_way = []
-    r.gate._deliver = on_the_way.append
-    r.feed(request_audio)
-    r.press()
+    delivery = r.release_held(request_audio)
     r.gate.mute("remote")
-    on_the_way[0].run()
-    r.gate.delivered(on_the_way[0])
+    delivery.run()
+    r.gate.delivered(delivery)
     assert r.kinds()[-1] == "released" and r.led.showing == "muted" and r.gate.state is State.MUTED
 
 
@@ -817,11 +821,7 @@ def test_a_delivery_abandoned_after_it_started_may_still_arrive(rig, request_aud
     started = tmp_path / "started"
     slow = f"import sys, time; sys.stdin.buffer.read(); open({str(started)!r}, 'w').close(); time.sleep(5)"
     r = rig(sinks=[CommandSink("slow", (sys.executable, "-c", slow), 10.0, "test")])
-    on_the_way = []
-    r.gate._deliver = on_the_way.append
-    r.feed(request_audio)
-    r.press()
-    delivery = on_the_way[0]
+    delivery = r.release_held(request_audio)
     runner = threading.Thread(target=delivery.run)
     runner.start()
     deadline = time.monotonic() + 10
@@ -837,7 +837,7 @@ def test_a_delivery_abandoned_after_it_started_may_still_arrive(rig, request_aud
 def test_nothing_is_pending_without_its_pending_record(rig, request_audio, full_disk):
     r = rig()
     r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
-    r.feed(request_audio[:int(2.5 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])
+    r.feed(_opening(request_audio, 2.5))
     assert r.gate.state is State.CAPTURING
     fill(full_disk)
     _exhaust(r.gate.audit)
@@ -849,11 +849,7 @@ def test_nothing_is_pending_without_its_pending_record(rig, request_audio, full_
 
 def test_a_long_failure_detail_is_cut_to_200_characters_on_the_record(rig, request_audio):
     r = rig()
-    on_the_way = []
-    r.gate._deliver = on_the_way.append
-    r.feed(request_audio)
-    r.press()
-    delivery = on_the_way[0]
+    delivery = r.release_held(request_audio)
     delivery.outcomes.append(("box", "release-failed", "z" * 500))
     r.gate.delivered(delivery)
     failed = [x for x in audit.read(r.audit_path) if x["event"] == "release-failed"]
@@ -864,6 +860,6 @@ def test_unmute_does_nothing_unless_muted(rig, request_audio):
     r = rig()
     r.gate.unmute("remote")
     assert r.kinds() == [] and r.listening == []
-    r.feed(request_audio[:int(2.5 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES])
+    r.feed(_opening(request_audio, 2.5))
     r.gate.unmute("remote")
     assert r.gate.state is State.CAPTURING and r.kinds() == ["wake"]
