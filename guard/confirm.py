@@ -203,12 +203,13 @@ class Enrolment:
 
                 templates, speakers, details = series("take"), series("voice"), series("detail")
                 cohort = series("cohort")
-                numbers = {k: float(data[k]) for k in cls.NUMBERS}
-                texts = {k: str(data[k]) for k in ("phrase", "closest", "created")}
-        except KeyError as e:
-            raise EnrollError(f"{path}: made by an older guard (no {e}); enrol again: guard enroll confirm") from None
+                missing = [k for k in (*cls.NUMBERS, "phrase", "closest", "created") if k not in data.files]
+                numbers = {k: float(data[k]) for k in cls.NUMBERS if k in data.files}
+                texts = {k: str(data[k]) for k in ("phrase", "closest", "created") if k in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise EnrollError(f"{path}: damaged confirmation templates ({e}); enrol again") from None
+        if missing:
+            raise EnrollError(f"{path}: made by an older guard (no {missing[0]}); enrol again: guard enroll confirm")
         if len(templates) < MIN_TAKES or not len(speakers) == len(details) == len(templates) or len(cohort) < 2 \
                 or any(t.ndim != 2 or t.shape[1] != 96 or len(t) < 3 for t in templates) \
                 or any(v.ndim != 2 or v.shape[1] != voiceprint.CEPSTRA or len(v) < 1 for v in speakers + cohort) \

@@ -116,29 +116,44 @@ class CommandSink:
         return None
 
     def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
-        """Run the command in its own process group with a minimal environment; on timeout kill the group."""
+        """Run the command in its own process group with a minimal environment; on timeout kill the group.
+
+        Its stderr goes to a memory file, not a pipe, so a helper it leaves running cannot hold the release open.
+        """
         env = {"PATH": COMMAND_PATH, "LANG": os.environ.get("LANG", "C.UTF-8"),
                "GUARD_DEVICE": self.device_id, "GUARD_UTTERANCE": utterance.id}
+        stderr = os.memfd_create(f"guard-sink-{self.name}")
         try:
-            process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                       stderr=subprocess.PIPE, env=env, start_new_session=True)
-        except OSError as e:
-            raise SinkError(f"sink {self.name}: {self.argv[0]}: {e.strerror}") from None
-        self._running = process
-        try:
-            _, stderr = process.communicate(wav, timeout=self.timeout_seconds)
-        except subprocess.TimeoutExpired:
-            _kill_group(process)
-            raise SinkUncertain(f"sink {self.name}: {self.argv[0]} still running after {self.timeout_seconds:g} s; "
-                                "killed with everything it started; it may have sent part of the audio") from None
+            try:
+                process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                           stderr=stderr, env=env, start_new_session=True)
+            except OSError as e:
+                raise SinkError(f"sink {self.name}: {self.argv[0]}: {e.strerror}") from None
+            self._running = process
+            try:
+                process.communicate(wav, timeout=self.timeout_seconds)
+            except subprocess.TimeoutExpired:
+                raise SinkUncertain(f"sink {self.name}: {self.argv[0]} still running after {self.timeout_seconds:g} "
+                                    "s; killed with everything it started; it may have sent part of the audio"
+                                    ) from None
+            finally:
+                _kill_group(process)  # helpers it left behind do not outlive the release
+                self._running = None
+            if process.returncode != 0:
+                said = _last_line(stderr)
+                raise SinkError(f"sink {self.name}: {self.argv[0]} exited {process.returncode}"
+                                + (f": {said[:200]}" if said else ""))
         finally:
-            _kill_group(process)  # helpers it left behind do not outlive the release
-            self._running = None
-        if process.returncode != 0:
-            said = stderr.decode(errors="replace").strip().splitlines()
-            raise SinkError(f"sink {self.name}: {self.argv[0]} exited {process.returncode}"
-                            + (f": {said[-1][:200]}" if said else ""))
+            os.close(stderr)
         return " ".join(self.argv)
+
+
+def _last_line(fd: int) -> str:
+    """The last line a command wrote to its stderr file (read from its last 4 KiB)."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    os.lseek(fd, max(0, size - 4096), os.SEEK_SET)
+    lines = os.read(fd, 4096).decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
 
 
 COMMAND_PATH = "/usr/local/bin:/usr/bin:/bin"  # a command sink sees only this, its LANG and GUARD_* variables

@@ -17,7 +17,7 @@ def main() -> int:
     config = tomllib.loads(Path(sys.argv[1]).read_text())
     equivalent = config.get("equivalent", [])
     equivalent_operators = config.get("equivalent-operators", {})
-    counts = {"killed": 0, "equivalent": 0, "survived": 0, "filtered": 0, "not run": 0}
+    counts = {"killed": 0, "equivalent": 0, "survived": 0, "filtered": 0, "out of scope": 0, "not run": 0}
     survivors = []
     for line in sys.stdin:
         job, result = json.loads(line)
@@ -26,7 +26,7 @@ def main() -> int:
         if result is None:
             counts["not run"] += 1
         elif result["worker_outcome"] == "skipped":
-            counts["filtered"] += 1
+            counts["out of scope" if result["output"] == "out of scope" else "filtered"] += 1
         elif result["test_outcome"] == "killed":
             counts["killed"] += 1
         elif mutation["operator_name"] in equivalent_operators or any(

@@ -1,0 +1,193 @@
+"""Sinks on their own: what arrives, and that a failed or killed release leaves nothing half-done behind."""
+
+import os
+import stat
+import sys
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import fill
+
+from guard import config
+from guard.errors import DeliveryUncertain, GuardError
+from guard.sinks import (
+    COMMAND_PATH,
+    CommandSink,
+    DirectorySink,
+    MqttSink,
+    SinkError,
+    SinkUncertain,
+    Utterance,
+    build,
+    encode_wav,
+)
+
+UTTERANCE = Utterance("a1b2c3d4e5f6", "20261123T031500Z")
+SAMPLES = (np.sin(np.arange(8000) / 7) * 12000).astype(np.int16)
+
+
+def test_a_release_is_a_16_khz_mono_16_bit_wav_of_exactly_the_samples(tmp_path):
+    wav = encode_wav(SAMPLES)
+    (tmp_path / "r.wav").write_bytes(wav)
+    with wave.open(str(tmp_path / "r.wav")) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (1, 2, 16000, len(SAMPLES))
+        assert np.array_equal(np.frombuffer(w.readframes(len(SAMPLES)), "<i2"), SAMPLES)
+    # the sizes and rates a strict reader checks, which the wave module does not
+    assert int.from_bytes(wav[4:8], "little") == len(wav) - 8
+    assert int.from_bytes(wav[28:32], "little") == 32000 and int.from_bytes(wav[32:34], "little") == 2
+    assert len(wav) == 44 + 2 * len(SAMPLES)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_a_directory_release_is_one_private_file_named_for_device_time_and_utterance(tmp_path):
+    where = DirectorySink("box", tmp_path, "kitchen").deliver(encode_wav(SAMPLES), UTTERANCE)
+    assert where == str(tmp_path / "kitchen-20261123T031500Z-a1b2c3d4e5f6.wav")
+    assert os.listdir(tmp_path) == ["kitchen-20261123T031500Z-a1b2c3d4e5f6.wav"]
+    assert Path(where).read_bytes() == encode_wav(SAMPLES)
+    assert stat.S_IMODE(os.stat(where).st_mode) == 0o600
+
+
+def test_a_directory_release_on_a_full_disk_fails_and_leaves_no_part_behind(full_disk):
+    fill(full_disk)
+    with pytest.raises(SinkError, match=f"^sink small: {full_disk}: No space left on device$") as e:
+        DirectorySink("small", full_disk, "kitchen").deliver(encode_wav(SAMPLES), UTTERANCE)
+    assert not isinstance(e.value, SinkUncertain)  # it did not arrive, for sure
+    assert not [n for n in os.listdir(full_disk) if "a1b2c3d4e5f6" in n]
+
+
+def test_a_stale_part_from_a_crash_is_removed_and_the_next_release_arrives(tmp_path):
+    stale = tmp_path / ".kitchen-20261123T031500Z-a1b2c3d4e5f6.wav.partial"
+    stale.write_bytes(b"half")
+    sink = DirectorySink("box", tmp_path, "kitchen")
+    with pytest.raises(SinkError, match="File exists"):
+        sink.deliver(encode_wav(SAMPLES), UTTERANCE)
+    assert not stale.exists()
+    assert Path(sink.deliver(encode_wav(SAMPLES), UTTERANCE)).read_bytes() == encode_wav(SAMPLES)
+
+
+def test_a_directory_sink_says_what_is_wrong_with_its_folder(tmp_path):
+    assert DirectorySink("box", tmp_path, "k").problem() is None
+    assert DirectorySink("box", tmp_path / "gone", "k").problem() == (
+        f"sink box: {tmp_path / 'gone'}: no such directory; create it or fix [sinks.box] path")
+    assert DirectorySink("proc", Path("/proc/self"), "k").problem() == (
+        "sink proc: /proc/self: not writable by this user")
+
+
+def _command(tmp_path: Path, body: str, timeout: float = 10.0) -> CommandSink:
+    return CommandSink("cmd", (sys.executable, "-c", body, str(tmp_path)), timeout, "kitchen")
+
+
+def test_a_command_gets_the_wav_on_stdin_and_nothing_of_the_guards_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("GUARD_SECRET_TOKEN", "do-not-pass")
+    body = ("import json, os, sys; d = sys.argv[1]; open(d + '/got.wav', 'wb').write(sys.stdin.buffer.read()); "
+            "json.dump(dict(os.environ), open(d + '/env.json', 'w'))")
+    sink = _command(tmp_path, body)
+    assert sink.deliver(encode_wav(SAMPLES), UTTERANCE) == " ".join(sink.argv)
+    assert (tmp_path / "got.wav").read_bytes() == encode_wav(SAMPLES)
+    env = __import__("json").loads((tmp_path / "env.json").read_text())
+    assert {k: v for k, v in env.items() if k != "LC_CTYPE"} == {
+        "PATH": COMMAND_PATH, "LANG": os.environ.get("LANG", "C.UTF-8"),
+        "GUARD_DEVICE": "kitchen", "GUARD_UTTERANCE": "a1b2c3d4e5f6"}
+
+
+def test_a_failing_command_is_named_with_its_exit_code_and_last_line_cut_to_200(tmp_path):
+    body = "import sys; sys.stdin.buffer.read(); print('first\\n' + 'x' * 300, file=sys.stderr); sys.exit(3)"
+    with pytest.raises(SinkError) as e:
+        _command(tmp_path, body).deliver(encode_wav(SAMPLES), UTTERANCE)
+    assert str(e.value) == f"sink cmd: {sys.executable} exited 3: {'x' * 200}"
+    assert not isinstance(e.value, SinkUncertain)
+    with pytest.raises(SinkError, match=r"exited 4$"):
+        _command(tmp_path, "import sys; sys.exit(4)").deliver(encode_wav(SAMPLES), UTTERANCE)
+
+
+def test_a_command_that_cannot_start_is_a_failure_not_a_crash(tmp_path):
+    with pytest.raises(SinkError, match=f"^sink cmd: {tmp_path}/nothing: No such file or directory$"):
+        CommandSink("cmd", (str(tmp_path / "nothing"),), 5.0, "k").deliver(encode_wav(SAMPLES), UTTERANCE)
+    assert CommandSink("cmd", (str(tmp_path / "nothing"),), 5.0, "k").problem() == (
+        f"sink cmd: {tmp_path}/nothing: not an executable file; give its full path")
+    assert CommandSink("cmd", (sys.executable,), 5.0, "k").problem() is None
+
+
+HELPER = ("import subprocess, sys; p = subprocess.Popen(['sleep', '600']); "
+          "open(sys.argv[1] + '/helper', 'w').write(str(p.pid)); sys.stdin.buffer.read(); ")
+
+
+def test_a_command_over_its_time_is_killed_with_what_it_started_and_may_have_sent_part(tmp_path):
+    with pytest.raises(SinkUncertain, match=r"still running after 0\.5 s; killed with everything it started"):
+        _command(tmp_path, HELPER + "import time; time.sleep(600)", timeout=0.5).deliver(encode_wav(SAMPLES),
+                                                                                          UTTERANCE)
+    helper = int((tmp_path / "helper").read_text())
+    assert _until(lambda: not _alive(helper))
+
+
+def test_helpers_a_successful_command_leaves_behind_do_not_outlive_the_release(tmp_path):
+    _command(tmp_path, HELPER).deliver(encode_wav(SAMPLES), UTTERANCE)
+    helper = int((tmp_path / "helper").read_text())
+    assert _until(lambda: not _alive(helper))
+
+
+def test_cancel_stops_a_running_command_and_what_it_started(tmp_path):
+    sink = _command(tmp_path, HELPER + "import time; time.sleep(600)", timeout=600)
+    outcome: list[BaseException] = []
+
+    def deliver():
+        try:
+            sink.deliver(encode_wav(SAMPLES), UTTERANCE)
+        except SinkError as e:
+            outcome.append(e)
+    thread = threading.Thread(target=deliver)
+    thread.start()
+    assert _until(lambda: (tmp_path / "helper").exists() and (tmp_path / "helper").read_text() != "")
+    sink.cancel()
+    thread.join(10)
+    assert not thread.is_alive() and "exited -9" in str(outcome[0])
+    assert _until(lambda: not _alive(int((tmp_path / "helper").read_text())))
+    sink.cancel()  # nothing running: nothing to do
+
+
+def test_an_mqtt_release_the_broker_never_acknowledged_is_uncertain_one_refused_is_a_failure():
+    def unacknowledged(utterance_id, wav, timeout):
+        raise DeliveryUncertain(f"no acknowledgement in {timeout:g} s")
+
+    def refused(utterance_id, wav, timeout):
+        raise GuardError("not connected")
+    with pytest.raises(SinkUncertain, match=r"^sink hub: no acknowledgement in 2 s$"):
+        MqttSink("hub", unacknowledged, 2.0).deliver(b"RIFF", UTTERANCE)
+    with pytest.raises(SinkError, match=r"^sink hub: not connected$") as e:
+        MqttSink("hub", refused, 2.0).deliver(b"RIFF", UTTERANCE)
+    assert not isinstance(e.value, SinkUncertain)
+    sent = []
+    assert MqttSink("hub", lambda u, w, t: sent.append((u, bytes(w), t)) or f"guard/k/audio/{u}", 2.0).deliver(
+        b"RIFF", UTTERANCE) == "guard/k/audio/a1b2c3d4e5f6"
+    assert sent == [("a1b2c3d4e5f6", b"RIFF", 2.0)]
+
+
+def test_sinks_are_built_in_config_order_with_their_settings(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    sinks = build({"z": config.SinkConfig(type="command", command=("/bin/cat",), timeout_seconds=7.0),
+                   "a": config.SinkConfig(type="directory", path="~/box"),
+                   "m": config.SinkConfig(type="mqtt", timeout_seconds=3.0)}, "kitchen", send_mqtt=print)
+    assert [type(s).__name__ for s in sinks] == ["CommandSink", "DirectorySink", "MqttSink"]
+    assert [s.name for s in sinks] == ["z", "a", "m"]
+    assert sinks[0].argv == ("/bin/cat",) and sinks[0].timeout_seconds == 7.0 and sinks[0].device_id == "kitchen"
+    assert sinks[1].folder == tmp_path / "box" and sinks[1].device_id == "kitchen"
+    assert sinks[2].send is print and sinks[2].timeout_seconds == 3.0
