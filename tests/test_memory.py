@@ -10,6 +10,7 @@ the conversion makes of them).
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -60,8 +61,13 @@ def found_in_memory(pid: int, wanted: list[bytes]) -> list[str]:
     return hits
 
 
-def _guard(tmp_path: Path, request: np.ndarray, extra: str = "", pending_timeout: float = 1
-           ) -> tuple[subprocess.Popen, Path]:
+# `guard` that stops itself once it has finished (after every wipe at shutdown), so its memory can be searched
+GUARD_STOPPING_AT_EXIT = ("import atexit, os, signal, sys; from guard.cli import main; "
+                          "atexit.register(os.kill, os.getpid(), signal.SIGSTOP); sys.exit(main())")
+
+
+def _guard(tmp_path: Path, request: np.ndarray, extra: str = "", pending_timeout: float = 1,
+           command: tuple[str, ...] = (str(GUARD),)) -> tuple[subprocess.Popen, Path]:
     room = np.random.default_rng(1).normal(0, 30, 16000 * 600)
     samples = np.concatenate([room[:16000], request, np.zeros(16000), room]).clip(-32768, 32767)
     raw = tmp_path / "mic.raw"
@@ -71,7 +77,7 @@ def _guard(tmp_path: Path, request: np.ndarray, extra: str = "", pending_timeout
     (tmp_path / "guard.toml").write_text(
         f'[device]\nid = "memtest"\n[audio]\ndevice = "guardtest"\n[wake]\nmodels = ["alexa"]\n'
         f'[gate]\npending_timeout_seconds = {pending_timeout}\n[audit]\npath = "{log}"\n{extra}')
-    process = subprocess.Popen([str(GUARD), "--config", str(tmp_path / "guard.toml"), "run", "--gpio", "mock"],
+    process = subprocess.Popen([*command, "--config", str(tmp_path / "guard.toml"), "run", "--gpio", "mock"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return process, log
 
@@ -86,8 +92,13 @@ def _wait_for(log: Path, kind: str, seconds: float = 60) -> list[dict]:
     raise AssertionError(f"no {kind} record in {seconds} s")
 
 
+def _stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T"
+
+
 def _search_stopped(process: subprocess.Popen, wanted: list[bytes]) -> list[str]:
-    process.send_signal(signal.SIGSTOP)
+    if not _stopped(process.pid):
+        process.send_signal(signal.SIGSTOP)
     try:
         return found_in_memory(process.pid, wanted)
     finally:
@@ -126,3 +137,16 @@ def test_invariant3_no_copy_of_speech_stays_in_memory_after_a_remote_mute(tmp_pa
     finally:
         hub.close()
         broker.stop()
+
+
+def test_invariant3_no_copy_of_speech_stays_in_memory_after_a_shutdown_while_pending(tmp_path, request_speech):
+    process, log = _guard(tmp_path, request_speech, pending_timeout=60,
+                          command=(sys.executable, "-c", GUARD_STOPPING_AT_EXIT))
+    _wait_for(log, "pending")
+    process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while not _stopped(process.pid):
+        assert time.monotonic() < deadline and process.poll() is None, "the guard did not reach its exit"
+        time.sleep(0.05)
+    assert [r["event"] for r in audit.read(log)][-1] == "discarded"
+    assert _search_stopped(process, needles(request_speech)) == []
