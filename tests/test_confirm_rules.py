@@ -257,3 +257,100 @@ def test_a_template_file_others_can_rewrite_is_refused(tmp_path):
     path.chmod(0o622)
     with pytest.raises(EnrollError, match="others can rewrite it"):
         Enrolment.load(path)
+
+
+# -- the listener's rule while pending ------------------------------------------------------------------
+
+def _sound(rng, seconds: float) -> np.ndarray:
+    """Loud noise with a syllable-like envelope: enough for cepstra, and different every time."""
+    n = int(seconds * 16000)
+    envelope = 0.3 + 0.7 * np.abs(np.sin(np.arange(n) / 16000 * 2 * np.pi * rng.uniform(2, 5)))
+    return (rng.normal(0, 6000, n) * envelope).clip(-32768, 32767).astype(np.int16)
+
+
+def listener(threshold: float = 10.0, speaker: float = math.inf, unevenness: float = math.inf,
+             template_frames: int = 1) -> tuple[confirm.SpokenConfirmation, np.ndarray]:
+    """A listener whose content check passes on any embedding (threshold 10 > any cosine distance) unless
+    told otherwise, and whose voice checks compare with takes and cohort made of noise."""
+    rng = np.random.default_rng(4)
+    template = _stream(rng, template_frames)
+    takes = tuple(voiceprint.Voiceprint.of(_sound(rng, 1.5)) for _ in range(3))
+    cohort = tuple(voiceprint.Voiceprint.of(_sound(rng, 1.5)).speaker for _ in range(2))
+    return confirm.SpokenConfirmation(enrolment(templates=(template,) * 3, voiceprints=takes, cohort=cohort,
+                                                threshold=threshold, speaker_threshold=speaker,
+                                                unevenness_threshold=unevenness)), template
+
+
+def _frames(count: int, seed: int = 9) -> list[np.ndarray]:
+    return list(_sound(np.random.default_rng(seed), count * 0.08).reshape(count, -1))
+
+
+def test_invariant1_the_first_frame_whose_embedding_was_all_heard_while_pending_is_the_first_that_can_confirm():
+    said, template = listener()
+    results = [said.push(template[0], f) for f in _frames(confirm.EMBEDDING_WINDOW_FRAMES + 1)]
+    assert results == [False] * confirm.EMBEDDING_WINDOW_FRAMES + [True]
+
+
+def test_a_content_score_at_the_threshold_passes_and_just_below_it_does_not():
+    _, template = listener(template_frames=3)
+    heard = template + 0.05 * _stream(np.random.default_rng(8), 3)  # close, not exact: a score above 0
+    frames = _frames(confirm.EMBEDDING_WINDOW_FRAMES + 3)
+    fresh = Matcher(template)
+    score = [fresh.push(e) for e in heard][-1]
+    assert score > 0
+    for threshold, confirms in ((score, True), (np.nextafter(score, 0), False)):
+        said, _ = listener(threshold=float(threshold), template_frames=3)
+        results = [said.push(e, f) for e, f in zip([heard[0]] * 10 + list(heard), frames, strict=True)]
+        assert results[-1] is confirms and not any(results[:-1])
+        assert said.score == score
+
+
+def _verdict(frames: list[np.ndarray], said: confirm.SpokenConfirmation) -> voiceprint.Verdict:
+    """What the voice checks make of everything heard since pending began."""
+    return voiceprint.compare(voiceprint.Voiceprint.of(np.concatenate(frames)), said.enrolment.voiceprints,
+                              said.enrolment.cohort)
+
+
+@pytest.mark.parametrize("nudge", ["speaker", "unevenness"])
+def test_voice_checks_at_their_thresholds_pass_and_just_below_them_do_not(nudge):
+    frames = _frames(confirm.EMBEDDING_WINDOW_FRAMES + 1)
+    probe, template = listener()
+    verdict = _verdict(frames, probe)
+    assert math.isfinite(verdict.ratio) and math.isfinite(verdict.unevenness)
+    for shift, confirms in ((0, True), (1, False)):
+        limits = {"speaker": verdict.ratio, "unevenness": verdict.unevenness}
+        limits[nudge] = float(np.nextafter(limits[nudge], 0)) if shift else limits[nudge]
+        said, _ = listener(**limits)
+        assert [said.push(template[0], f) for f in frames][-1] is confirms
+        assert (said.speaker_score, said.unevenness) == (verdict.ratio, verdict.unevenness)
+
+
+def test_after_a_refused_voice_the_next_check_waits_recheck_frames_and_a_reset_forgets_the_wait():
+    said, template = listener(speaker=0.0)  # a voice that is never the user's
+    frames = _frames(confirm.EMBEDDING_WINDOW_FRAMES + 4 * confirm.RECHECK_FRAMES)
+    seen, checked = (math.inf, math.inf), []
+    for i, f in enumerate(frames):
+        assert said.push(template[0], f) is False
+        if (said.speaker_score, said.unevenness) != seen:
+            seen = (said.speaker_score, said.unevenness)
+            checked.append(i)
+    first = confirm.EMBEDDING_WINDOW_FRAMES
+    assert checked == list(range(first, len(frames), confirm.RECHECK_FRAMES))
+    said.enrolment = listener()[0].enrolment  # now it would pass; a new pending window must not wait
+    said.reset()
+    assert [said.push(template[0], f) for f in frames[:first + 1]][-1] is True
+
+
+def test_the_audio_kept_for_the_voice_checks_is_zeroed_after_each_check_and_by_reset_and_wipe():
+    said, template = listener(speaker=0.0)
+    for f in _frames(confirm.EMBEDDING_WINDOW_FRAMES + 1):
+        said.push(template[0], f)
+    assert math.isfinite(said.speaker_score)  # a check ran
+    assert not said._scratch.any()
+    assert said.heard.snapshot(np.zeros(said.heard.capacity, np.int16)).any()
+    said.reset()
+    assert not said.heard.snapshot(np.zeros(said.heard.capacity, np.int16)).any() and len(said.heard) == 0
+    for f in _frames(3):
+        said.push(template[0], f)
+    said.wipe()
+    assert len(said.heard) == 0 and not said._scratch.any()
