@@ -13,11 +13,17 @@ def _lines(path: str) -> list[str]:
     return Path(path).read_text().splitlines()
 
 
+def _where(mutation: dict, source: str) -> str:
+    return (f"{mutation['module_path']}:{mutation['start_pos'][0]} {mutation['operator_name']} "
+            f"(occurrence {mutation['occurrence']}) in {mutation['definition_name']}: {source}")
+
+
 def main() -> int:
     config = tomllib.loads(Path(sys.argv[1]).read_text())
     equivalent = config.get("equivalent", [])
     equivalent_operators = config.get("equivalent-operators", {})
-    counts = {"killed": 0, "equivalent": 0, "survived": 0, "filtered": 0, "out of scope": 0, "not run": 0}
+    counts = {"killed": 0, "timed out": 0, "equivalent": 0, "survived": 0, "filtered": 0, "out of scope": 0,
+              "not run": 0}
     survivors = []
     for line in sys.stdin:
         job, result = json.loads(line)
@@ -27,6 +33,9 @@ def main() -> int:
             counts["not run"] += 1
         elif result["worker_outcome"] == "skipped":
             counts["out of scope" if result["output"] == "out of scope" else "filtered"] += 1
+        elif result["test_outcome"] == "killed" and result["output"] == "timeout":  # slow, or looping: check by hand
+            counts["timed out"] += 1
+            survivors.append(f"  (timed out) {_where(mutation, source)}")
         elif result["test_outcome"] == "killed":
             counts["killed"] += 1
         elif mutation["operator_name"] in equivalent_operators or any(
@@ -35,13 +44,12 @@ def main() -> int:
             counts["equivalent"] += 1
         else:
             counts["survived"] += 1
-            survivors.append(f"  {mutation['module_path']}:{mutation['start_pos'][0]} {mutation['operator_name']} "
-                             f"(occurrence {mutation['occurrence']}) in {mutation['definition_name']}: {source}")
+            survivors.append(f"  {_where(mutation, source)}")
     total = sum(counts.values())
     print("\n".join(survivors))
     summary = ", ".join(f"{v} {k}" for k, v in counts.items())
     print(f"{config['cosmic-ray']['module-path']}: {total} mutants: {summary}")
-    return 1 if counts["survived"] or counts["not run"] else 0
+    return 1 if counts["survived"] or counts["timed out"] or counts["not run"] else 0
 
 
 if __name__ == "__main__":
