@@ -29,12 +29,12 @@ from guard.wake import Detection, FeatureExtractor, WakeDetector
 
 log = logging.getLogger("guard")
 
-DEMO_WAV = Path(__file__).resolve().parent.parent / "demo" / "two-requests.wav"
+DEMO_WAV = Path(__file__).resolve().parent / "demo" / "two-requests.wav"
 SCAN_TAIL_SECONDS = 1.0  # silence fed after a file so a wake word at its very end still fires
 
 
-def _models_dir(cfg: config.Config) -> Path:
-    return Path(cfg.wake.models_dir).expanduser() if cfg.wake.models_dir else models.MODELS_DIR
+def _models_dir(cfg: config.Config) -> Path | None:
+    return Path(cfg.wake.models_dir).expanduser() if cfg.wake.models_dir else None
 
 
 def _detector(cfg: config.Config, names: list[str] | None, threshold: float | None) -> WakeDetector:
@@ -403,7 +403,7 @@ def _run_time_problems(cfg: config.Config) -> list[str]:
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", metavar="NAME|PATH",
                    help="wake-word model, repeatable: alexa, hey_jarvis, hey_mycroft, hey_marvin, "
-                        "a stem in models/, or a path to .onnx (default: [wake] models)")
+                        "a stem in [wake] models_dir, or a path to .onnx (default: [wake] models)")
     p.add_argument("--threshold", type=_unit_interval, metavar="F",
                    help="score that counts as a wake (0-1, default: [wake] threshold, 0.5)")
 

@@ -164,7 +164,7 @@ class WakeConfig:
         "after a wake, how long the same model stays quiet", 0, 30))
     vad_threshold: float = field(default=0.0, metadata=_doc(
         "Silero speech probability needed just before a wake; 0 disables", 0, 1))
-    models_dir: str = field(default="", metadata=_doc("folder of your own .onnx models; empty for models/"))
+    models_dir: str = field(default="", metadata=_doc("folder of your own .onnx models, used by name; empty: none"))
     overrides: dict = field(default_factory=dict, metadata=_doc(
         "per-model threshold, patience_frames, refractory_seconds: [wake.overrides.alexa]"))
 

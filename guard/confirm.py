@@ -23,7 +23,7 @@ from guard.errors import UsageError
 from guard.ringbuffer import RingBuffer
 
 EMBEDDING_WINDOW_FRAMES = 10  # an embedding sees 775 ms = 10 frames of 80 ms; skip these after pending starts
-NEGATIVES = Path(__file__).resolve().parent.parent / "models" / "confirm-negatives.npz"
+NEGATIVES = Path(__file__).resolve().parent / "models" / "confirm-negatives.npz"
 MIN_TAKES = 3
 VOICED_DBFS = -40.0  # a frame this loud counts as speech in a take
 CLIPPED_LEVEL = 32700

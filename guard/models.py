@@ -1,12 +1,11 @@
 """Finding, verifying and opening ONNX models; never downloads, never unpickles.
 
-Bundled models come from the installed openwakeword wheel and must match the
-SHA-256 in `models/manifest.toml`. A user's own classifier is `models/NAME.onnx`
-or any path ending in `.onnx`.
+Bundled models ship in `guard/models/` (copied from the openwakeword 0.4.0 wheel,
+see NOTICE.md there) and must match the SHA-256 in its `manifest.toml`. A user's
+own classifier is `NAME.onnx` in `[wake] models_dir`, or any path ending in `.onnx`.
 """
 
 import hashlib
-import importlib.util
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,8 @@ import onnxruntime as ort
 
 from guard.errors import ModelError
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-MANIFEST = MODELS_DIR / "manifest.toml"
+BUNDLED_DIR = Path(__file__).resolve().parent / "models"
+MANIFEST = BUNDLED_DIR / "manifest.toml"
 FEATURE_MODELS = ("melspectrogram", "embedding", "silero_vad")
 
 
@@ -29,34 +28,27 @@ class ModelFile:
     sha256: str | None = None
 
 
-def _openwakeword_dir() -> Path:
-    spec = importlib.util.find_spec("openwakeword")
-    if spec is None or spec.origin is None:
-        raise ModelError("openwakeword is not installed; run ./install.sh")
-    return Path(spec.origin).parent / "resources" / "models"
-
-
 def _manifest() -> dict[str, dict[str, str]]:
     try:
         with MANIFEST.open("rb") as f:
             return tomllib.load(f)["bundled"]
     except (OSError, tomllib.TOMLDecodeError, KeyError) as e:
-        raise ModelError(f"{MANIFEST}: cannot read the model manifest ({e}); restore it from git") from None
+        raise ModelError(f"{MANIFEST}: cannot read the model manifest ({e}); reinstall guard") from None
 
 
-def wake_model_names(models_dir: Path = MODELS_DIR) -> list[str]:
+def wake_model_names(models_dir: Path | None = None) -> list[str]:
     """Names usable as `--model NAME`: bundled wake words, then the user's own."""
     bundled = [n for n in _manifest() if n not in FEATURE_MODELS]
-    own = sorted(p.stem for p in models_dir.glob("*.onnx"))
+    own = sorted(p.stem for p in models_dir.glob("*.onnx")) if models_dir else []
     return bundled + [n for n in own if n not in bundled]
 
 
-def resolve(name_or_path: str, models_dir: Path = MODELS_DIR) -> ModelFile:
+def resolve(name_or_path: str, models_dir: Path | None = None) -> ModelFile:
     """Turn a model name or path into a file, without opening it.
 
     Args:
         name_or_path: a bundled name (`alexa`), a file stem in `models_dir`, or a path to `.onnx`.
-        models_dir: where the user's own models live.
+        models_dir: where the user's own models live, if anywhere.
     """
     if name_or_path.endswith(".onnx") or "/" in name_or_path:
         path = Path(name_or_path).expanduser()
@@ -64,9 +56,9 @@ def resolve(name_or_path: str, models_dir: Path = MODELS_DIR) -> ModelFile:
     bundled = _manifest()
     if name_or_path in bundled:
         entry = bundled[name_or_path]
-        return ModelFile(name_or_path, _openwakeword_dir() / entry["file"], entry["sha256"])
-    own = models_dir / f"{name_or_path}.onnx"
-    if own.is_file():
+        return ModelFile(name_or_path, BUNDLED_DIR / entry["file"], entry["sha256"])
+    own = models_dir / f"{name_or_path}.onnx" if models_dir else None
+    if own is not None and own.is_file():
         return ModelFile(name_or_path, own)
     known = ", ".join(wake_model_names(models_dir))
     raise ModelError(f"unknown model {name_or_path!r}; known: {known} (or give a path to an .onnx file)")
@@ -76,7 +68,7 @@ def _check_hash(model: ModelFile) -> None:
     digest = hashlib.sha256(model.path.read_bytes()).hexdigest()
     if digest != model.sha256:
         raise ModelError(f"{model.path}: SHA-256 {digest[:12]}... does not match the manifest; "
-                         "the file is corrupt or replaced, reinstall with ./install.sh")
+                         "the file is corrupt or replaced; reinstall guard")
 
 
 def verify(model: ModelFile) -> None:

@@ -36,7 +36,7 @@ class WakeModelSettings:
     """How one wake word triggers.
 
     Args:
-        name: bundled name, a stem in `models/`, or a path to `.onnx`.
+        name: bundled name, a stem in `models_dir`, or a path to `.onnx`.
         threshold: score that counts as a wake (0-1).
         patience_frames: consecutive 80 ms frames at or over threshold needed (1-25).
         refractory_seconds: quiet time after a wake before this model fires again (0-30).
@@ -149,7 +149,7 @@ class VoiceGate:
 class WakeWord:
     """One classifier and its trigger rule (threshold, patience, refractory period)."""
 
-    def __init__(self, settings: WakeModelSettings, models_dir: Path = models.MODELS_DIR) -> None:
+    def __init__(self, settings: WakeModelSettings, models_dir: Path | None = None) -> None:
         self.settings = settings
         model_file = models.resolve(settings.name, models_dir)
         self.name = model_file.name
@@ -201,7 +201,7 @@ class WakeDetector:
     """
 
     def __init__(self, wake_words: Sequence[WakeModelSettings], vad_threshold: float = 0.0,
-                 models_dir: Path = models.MODELS_DIR) -> None:
+                 models_dir: Path | None = None) -> None:
         if not wake_words:
             raise ModelError("no wake-word model configured; set [wake] models")
         self.words = [WakeWord(w, models_dir) for w in wake_words]

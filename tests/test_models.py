@@ -32,7 +32,7 @@ def test_a_users_own_model_in_models_dir_works(tmp_path, alexa_samples):
 def test_swapped_bundled_file_is_refused(tmp_path, monkeypatch):
     for entry in ("alexa_v0.1.onnx", "hey_jarvis_v0.1.onnx"):
         shutil.copy(models.resolve("alexa").path, tmp_path / entry)
-    monkeypatch.setattr(models, "_openwakeword_dir", lambda: tmp_path)
+    monkeypatch.setattr(models, "BUNDLED_DIR", tmp_path)
     models.open_session(models.resolve("alexa"))
     with pytest.raises(ModelError, match="hey_jarvis_v0.1.onnx: SHA-256 .* does not match the manifest"):
         models.open_session(models.resolve("hey_jarvis"))

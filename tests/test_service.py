@@ -4,6 +4,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -107,6 +108,14 @@ def test_system_install_lands_with_the_right_modes_and_is_idempotent(staged):
     here.write_text(cfg.read_text().replace("/etc/guard/mqtt-password", str(staged / "etc/guard/mqtt-password")))
     check = subprocess.run([str(guard), "config", "check", str(here)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
+    demo = subprocess.run([str(guard), "--config", "/dev/null", "demo"], capture_output=True, text=True, cwd="/")
+    assert demo.returncode == 0, demo.stderr
+    assert "demo  released   utterance" in demo.stdout and "7 records, intact" in demo.stdout
+    where = subprocess.run([str(guard.with_name("python")), "-c", "import guard, importlib.util as u; "
+                            "print(guard.__file__, u.find_spec('openwakeword'), u.find_spec('scipy'))"],
+                           capture_output=True, text=True, cwd="/").stdout.split()
+    assert where == [str(staged / f"opt/guard/.venv/lib/python{sys.version_info.major}.{sys.version_info.minor}"
+                                  "/site-packages/guard/__init__.py"), "None", "None"], "a wheel, not the clone"
     cfg.write_text(cfg.read_text() + "\n# my own line\n")
     again = _install(staged, "--system", "--with-broker")
     assert again.returncode == 0
