@@ -91,7 +91,7 @@ class Matcher:
     def __init__(self, template: np.ndarray) -> None:
         self.template = _unit(template)
         n = len(self.template)
-        self._segment = np.minimum(np.arange(n) * SEGMENTS // n, SEGMENTS - 1)
+        self._segment = np.arange(n) * SEGMENTS // n
         self._own = np.eye(SEGMENTS)[self._segment]  # (n, SEGMENTS): which quarter each frame is in
         self.reset()
 

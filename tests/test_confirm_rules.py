@@ -17,7 +17,7 @@ def reference_scores(template: np.ndarray, stream: np.ndarray) -> list[float]:
     start at any frame; the score is the worst quarter's mean distance on the path ending at the last frame."""
     n = len(template)
     unit = [t / np.linalg.norm(t) for t in template]
-    quarter = [min(j * SEGMENTS // n, SEGMENTS - 1) for j in range(n)]
+    quarter = [j * SEGMENTS // n for j in range(n)]
     paths: list[list[tuple[int, float]] | None] = [None] * n
     scores = []
     for e in stream:
@@ -227,6 +227,7 @@ IMPLAUSIBLE = {
     "content threshold over its cap": dict(threshold=confirm.MAX_CONTENT_THRESHOLD + 0.01, negative_min=0.6),
     "speaker threshold at the takes' worst": dict(speaker_threshold=0.4),
     "speaker threshold at the nearest voice": dict(speaker_threshold=0.6),
+    "speaker threshold above the nearest voice": dict(speaker_threshold=0.62, speaker_negative_min=0.61),
     "speaker threshold over its cap": dict(speaker_threshold=confirm.MAX_SPEAKER_RATIO + 0.01,
                                            speaker_negative_min=0.7),
     "unevenness below 1": dict(unevenness_threshold=0.99),
