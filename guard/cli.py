@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from guard import __version__, audit, config, confirm, confusables, models, mqtt, sinks
-from guard.audio import FRAME_SAMPLES, RATE_HZ, MicSource, WavSource, level_dbfs, list_devices
+from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, MicSource, WavSource, level_dbfs, list_devices
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ExitStatus, GuardError, UsageError
 from guard.gate import Event
 from guard.process import forbid_core_dumps
+from guard.progress import Progress
 from guard.wake import Detection, FeatureExtractor, WakeDetector
 
 log = logging.getLogger("guard")
@@ -44,11 +45,15 @@ def _detector(cfg: config.Config, names: list[str] | None, threshold: float | No
     return WakeDetector(wake.settings(), wake.vad_threshold, _models_dir(cfg))
 
 
-def scan_file(detector: WakeDetector, path: Path) -> list[Detection]:
+def scan_file(detector: WakeDetector, path: Path, progress: Progress | None = None) -> list[Detection]:
     """Every wake in one WAV file, as if it were streamed live from a fresh start."""
     source = WavSource(path)
     detector.wipe()
-    found = [d for frame in source.frames() for d in detector.process(frame)]
+    found, minutes = [], source.format.duration_seconds / 60
+    for count, frame in enumerate(source.frames()):
+        found += detector.process(frame)
+        if progress is not None and count % 64 == 0:
+            progress.update(count * FRAME_SECONDS / 60, minutes, "min")
     silence = np.zeros(FRAME_SAMPLES, np.int16)
     for _ in range(math.ceil(SCAN_TAIL_SECONDS * RATE_HZ / FRAME_SAMPLES)):
         found += detector.process(silence)
@@ -63,7 +68,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     status = ExitStatus.OK
     for name in args.files:
         try:
-            detections = scan_file(detector, Path(name))
+            with Progress(f"scanning {name}") as progress:
+                detections = scan_file(detector, Path(name), progress)
         except GuardError as e:
             print(f"guard: error: {e}", file=sys.stderr)
             status = max(status, e.exit_status)
@@ -319,7 +325,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     print(f"calibrating {phrase!r} against its partials, sound-alikes and other voices (about a minute)...",
           file=sys.stderr, flush=True)
     try:
-        enrolment = confirm.calibrate(phrase, samples, FeatureExtractor(16))
+        with Progress("calibrating") as progress:
+            enrolment = confirm.calibrate(phrase, samples, FeatureExtractor(16), progress.update)
     finally:
         for s in samples:
             s.fill(0)

@@ -11,6 +11,7 @@ button still works.
 import math
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,12 +252,16 @@ def _padded(samples: np.ndarray) -> np.ndarray:
     return np.concatenate([quiet, samples, quiet])
 
 
-def _content_calibration(phrase: str, templates: list[np.ndarray], features) -> tuple[float, float, str]:
+def _content_calibration(phrase: str, templates: list[np.ndarray], features, progress: Callable | None = None
+                         ) -> tuple[float, float, str]:
     """(how far the takes are from each other, how close the closest confusable comes, which one it is)."""
     positive = max(min(best_score(other, take) for other in templates if other is not take) for take in templates)
     prose = load_negatives()  # read once, not once per template
     closest, negative = "ordinary speech", min(best_score(t, s) for t in templates for s in prose)
-    for item in confusables.confusables(phrase):
+    items = confusables.confusables(phrase)
+    for done, item in enumerate(items):
+        if progress is not None:
+            progress(done, len(items), "sound-alikes")
         for voice, speed, pitch in confusables.CALIBRATION_VOICES:
             stream = embed(_padded(confusables.speak(item.text, voice, speed, pitch)), features)
             score = min(best_score(t, stream) for t in templates)
@@ -275,7 +280,7 @@ def _speaker_calibration(voiceprints: list[voiceprint.Voiceprint], cohort: list[
     return max(v.ratio for v in own), negative, max(v.unevenness for v in own)
 
 
-def calibrate(phrase: str, takes: list[np.ndarray], features) -> Enrolment:
+def calibrate(phrase: str, takes: list[np.ndarray], features, progress: Callable | None = None) -> Enrolment:
     """Enrol `phrase` from the user's takes, with thresholds placed against synthesized confusables.
 
     Content: the threshold sits between how far the takes are from each other
@@ -288,6 +293,7 @@ def calibrate(phrase: str, takes: list[np.ndarray], features) -> Enrolment:
         phrase: the words of the phrase as typed (checked by `confusables.check_phrase`).
         takes: 16 kHz int16 recordings of the user saying it (at least 3).
         features: a `wake.FeatureExtractor`.
+        progress: called as progress(done, total, unit) while sound-alikes are synthesized and compared.
     Raises:
         EnrollError (exit 2) naming what is wrong and what to choose instead.
     """
@@ -303,7 +309,7 @@ def calibrate(phrase: str, takes: list[np.ndarray], features) -> Enrolment:
     if any(len(v.speaker) == 0 for v in voiceprints):
         raise EnrollError("a take has too little speech to tell whose voice it is; say the whole phrase each time")
     cohort = [voiceprint.cepstra(_padded(confusables.speak(phrase, v))) for v in confusables.COHORT_VOICES]
-    positive, negative, closest = _content_calibration(phrase, templates, features)
+    positive, negative, closest = _content_calibration(phrase, templates, features, progress)
     if negative - positive < MIN_CONTENT_GAP:
         raise EnrollError(f"these takes are as close to the {closest} (score {negative:.3f}) as to each other "
                           f"({positive:.3f}); choose a longer phrase with less common words, and say it the same "

@@ -1,6 +1,7 @@
 """Fixtures: real synthesized speech, real WAV files, and an ALSA capture device made of a file."""
 
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,26 @@ def alsa_home(home: Path, raw: Path, pcm: str = "guardtest") -> dict[str, str]:
         f'pcm.{pcm} {{\n  type file\n  slave.pcm "null"\n  file "/dev/null"\n'
         f'  infile "{raw}"\n  format "raw"\n}}\n')
     return {**os.environ, "HOME": str(home)}
+
+
+def run_guard_on_a_terminal(*args: str, env: dict[str, str] | None = None, timeout: float = 300
+                            ) -> tuple[subprocess.CompletedProcess, str]:
+    """`guard` with its stderr on a pseudo-terminal, as a person at a shell sees it; returns what the terminal got."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([str(GUARD), *args], stdout=subprocess.PIPE, stderr=terminal, env=env, text=True)
+    os.close(terminal)
+    seen = bytearray()
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the terminal's last writer has gone
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(controller)
+    stdout, _ = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, None), seen.decode(errors="replace")
 
 
 def run_guard(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

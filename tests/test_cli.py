@@ -4,8 +4,10 @@ import json
 import re
 import subprocess
 
+import numpy as np
 import pytest
-from conftest import GUARD, ROOT, run_guard
+import speech
+from conftest import GUARD, ROOT, run_guard, run_guard_on_a_terminal
 
 from guard import __version__, cli, config
 
@@ -230,3 +232,14 @@ def test_device_flag_opens_the_named_microphone(tmp_path):
                        env=alsa_home(tmp_path / "home", raw))
     assert result.returncode == 0, result.stderr
     assert "listening on guardtest" in result.stderr + result.stdout
+
+
+def test_a_long_scan_shows_its_progress_on_a_terminal_and_nothing_in_a_pipe(tmp_path, alexa_samples):
+    wav = speech.write_wav(tmp_path / "hour.wav", np.concatenate([np.zeros(16000 * 180, np.int16), alexa_samples]))
+    result, terminal = run_guard_on_a_terminal("--config", "/dev/null", "scan", str(wav))
+    assert result.returncode == 0 and "hour.wav: alexa" in result.stdout
+    shown = re.findall(r"scanning \S+hour\.wav: (\d+)% \((\d+)/3 min\)", terminal)
+    assert len(shown) >= 2 and int(shown[-1][0]) > int(shown[0][0]), terminal
+    assert terminal.endswith("\r\x1b[K"), "the progress line is cleared at the end"
+    piped = run_guard("--config", "/dev/null", "scan", str(wav))
+    assert piped.returncode == 0 and "scanning" not in piped.stderr and "%" not in piped.stderr

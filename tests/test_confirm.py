@@ -1,12 +1,13 @@
 """Spoken confirmation: enrolment, fail-closed loading, the gate's use of it, and a fast evaluation subset."""
 
 import os
+import re
 import stat
 
 import numpy as np
 import pytest
 import speech
-from conftest import run_guard
+from conftest import run_guard, run_guard_on_a_terminal
 from test_gate import PRE_ROLL_SECONDS, Clock
 
 from guard import audit, confirm, confusables, voiceprint
@@ -37,10 +38,19 @@ def take_wavs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def enrolled(tmp_path_factory, take_wavs):
     state = tmp_path_factory.mktemp("state")
-    result = run_guard("--config", "/dev/null", "enroll", "confirm", "--phrase", PHRASE, "--from",
-                       *map(str, take_wavs), env={**os.environ, "STATE_DIRECTORY": str(state)}, timeout=300)
-    assert result.returncode == 0, result.stderr
+    result, terminal = run_guard_on_a_terminal("--config", "/dev/null", "enroll", "confirm", "--phrase", PHRASE,
+                                               "--from", *map(str, take_wavs),
+                                               env={**os.environ, "STATE_DIRECTORY": str(state)})
+    assert result.returncode == 0, terminal
+    (state.parent / "enroll-terminal.txt").write_text(terminal)
     return state / "confirm.npz"
+
+
+def test_enrolment_shows_its_progress_on_a_terminal(enrolled):
+    terminal = (enrolled.parent.parent / "enroll-terminal.txt").read_text()
+    shown = [int(p) for p in re.findall(r"calibrating: (\d+)% \(\d+/\d+ sound-alikes\)", terminal)]
+    assert len(shown) >= 2 and shown == sorted(shown), terminal
+    assert terminal.endswith("\x1b[K"), "the progress line is cleared at the end"
 
 
 def test_enrolment_stores_features_only_privately(enrolled):
