@@ -33,15 +33,15 @@ def main() -> int:
             counts["not run"] += 1
         elif result["worker_outcome"] == "skipped":
             counts["out of scope" if result["output"] == "out of scope" else "filtered"] += 1
-        elif result["test_outcome"] == "killed" and result["output"] == "timeout":  # slow, or looping: check by hand
-            counts["timed out"] += 1
-            survivors.append(f"  (timed out) {_where(mutation, source)}")
-        elif result["test_outcome"] == "killed":
+        elif result["test_outcome"] == "killed" and result["output"] != "timeout":
             counts["killed"] += 1
         elif mutation["operator_name"] in equivalent_operators or any(
                 e["operator"] == mutation["operator_name"] and e["line"] == source
                 and e["function"] == str(mutation["definition_name"]) for e in equivalent):
             counts["equivalent"] += 1
+        elif result["test_outcome"] == "killed":  # by the timeout: slow, or looping; check by hand
+            counts["timed out"] += 1
+            survivors.append(f"  (timed out) {_where(mutation, source)}")
         else:
             counts["survived"] += 1
             survivors.append(f"  {_where(mutation, source)}")

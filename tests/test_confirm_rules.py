@@ -182,6 +182,8 @@ BAD_SHAPES = {
     "two takes": dict(take2=None, voice2=None, detail2=None),
     "a take without its voice": dict(voice2=None),
     "a take without its detail": dict(detail2=None),
+    "a voice without its take": dict(voice3=np.zeros((30, voiceprint.CEPSTRA))),
+    "a detail without its take": dict(detail3=np.zeros((60, 2 * voiceprint.CEPSTRA))),
     "one cohort voice": dict(cohort1=None),
     "a flat take": dict(take1=np.zeros(96)),
     "a take of 95 features": dict(take1=np.zeros((12, 95))),
