@@ -12,7 +12,8 @@ usage: ./install.sh [--dev]
        sudo ./install.sh --uninstall [--purge] [--dry-run]
 
   (no option)  install guard into ./.venv (needs portaudio19-dev, espeak-ng; installed via apt when root or sudo)
-  --dev        also install the test tools: mosquitto, sox, alsa-utils, openssl (apt) and pytest, ruff, hypothesis
+  --dev        also install the test tools: mosquitto, sox, alsa-utils, openssl, bubblewrap (apt) and pytest, ruff,
+               hypothesis, openwakeword (the reference the wake scores are tested against)
   --system     install the hardened systemd service into /opt/guard (see script/install-system --help)
 
 Then: .venv/bin/guard --help
@@ -47,7 +48,7 @@ command -v "$python" >/dev/null || fail "no $python; install Python 3.11 (sudo a
 packages=(portaudio19-dev espeak-ng)  # espeak-ng: guard enroll synthesizes confusables
 "$python" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 [ "$(uname -m)" = aarch64 ] && packages+=(gcc python3-dev)  # PyAudio has no arm64 wheel: it is built here
-[ "$dev" = 1 ] && packages+=(mosquitto sox alsa-utils openssl)
+[ "$dev" = 1 ] && packages+=(mosquitto sox alsa-utils openssl bubblewrap)  # bubblewrap: the unit-emulation test
 
 missing=()
 if command -v dpkg-query >/dev/null; then

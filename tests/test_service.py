@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import speech
 from conftest import ROOT
@@ -292,3 +293,114 @@ def test_install_refuses_32_bit_arm_in_one_line(tmp_path):
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("install.sh: error: 32-bit ARM (armv7l): onnxruntime has no build for it")
     assert "64-bit Raspberry Pi OS" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _unit_settings() -> dict[str, list[str]]:
+    """The [Service] settings of the shipped unit, each key with its values in order."""
+    settings: dict[str, list[str]] = {}
+    section = ""
+    for line in (ROOT / "systemd/guard.service").read_text().splitlines():
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+def _with_parents(mounts: list[str]) -> list[str]:
+    """bubblewrap makes the folders a mount needs 0700; the service user must be able to pass through them."""
+    parents: dict[str, None] = {}
+    for i, arg in enumerate(mounts):
+        if arg in ("--bind", "--ro-bind"):
+            parts = Path(mounts[i + 2]).parts[1:-1]
+            parents.update((str(Path("/", *parts[:k])), None) for k in range(1, len(parts) + 1))
+    return [a for p in parents for a in ("--perms", "0755", "--dir", p)] + mounts
+
+
+def _descendant(pid: int, name: str) -> int | None:
+    """The first process under `pid` running `name` (itself, or as the script of its interpreter)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in map(int, (task / "children").read_text().split()):
+            if name in Path(f"/proc/{child}/cmdline").read_text(errors="replace").split("\0")[:2]:
+                return child
+            found = _descendant(child, name)
+            if found:
+                return found
+    return None
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap missing; ./install.sh --dev installs it")
+def test_the_service_starts_the_way_its_unit_runs_it(staged, tmp_path):
+    """The installed wheel, started as the unit starts it: an unprivileged user with no capabilities, in its
+    WorkingDirectory, on a read-only root (ProtectSystem=strict) with private /tmp, /run and no /home, /proc
+    hiding other users' processes, the unit's environment; the mic is an ALSA file PCM in /etc/asound.conf.
+    Not emulated here: the syscall filter, device policy and IP rules (systemd alone applies them)."""
+    unit = _unit_settings()
+    # lgpio makes its notify pipe in the working directory (LG_WD): it must be the writable runtime directory
+    runtime = f"/run/{unit['RuntimeDirectory'][0]}"
+    assert unit["WorkingDirectory"] == [runtime] and f"LG_WD={runtime}" in unit["Environment"]
+    # onnxruntime reads /proc/cpuinfo; the dsnoop ALSA configs share the mic through System V IPC
+    assert "ProcSubset" not in unit and "PrivateIPC" not in unit
+    user_dirs = {f"/var/lib/{unit['StateDirectory'][0]}": tmp_path / "state",
+                 unit["WorkingDirectory"][0]: tmp_path / "run"}
+    for folder in user_dirs.values():
+        folder.mkdir()
+        shutil.chown(folder, 65534, 65534)
+        folder.chmod(0o700)
+    config_dir = tmp_path / "etc"
+    config_dir.mkdir()
+    (config_dir / "guard.toml").write_text('[device]\nid = "unit"\n[audio]\ndevice = "guardtest"\n'
+                                           '[wake]\nmodels = ["alexa"]\n[gpio]\nbutton_pin = 17\n')
+    mic = tmp_path / "mic.raw"
+    np.random.default_rng(1).normal(0, 30, 16000 * 120).astype("<i2").tofile(mic)  # a quiet room
+    (tmp_path / "asound.conf").write_text('pcm.guardtest {\n  type file\n  slave.pcm "null"\n  file "/dev/null"\n'
+                                          '  infile "/srv/mic.raw"\n  format "raw"\n}\n')
+    for path in (config_dir, config_dir / "guard.toml", mic, tmp_path / "asound.conf"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    notify = NotifyListener(tmp_path / "notify.sock")
+    (tmp_path / "notify.sock").chmod(0o777)
+    environment = dict(pair.split("=", 1) for line in unit["Environment"] for pair in line.split())
+    environment |= {"PATH": "/usr/bin:/bin", "HOME": "/var/lib/guard", "NOTIFY_SOCKET": "/run/notify.sock",
+                    "WATCHDOG_USEC": "2000000", "STATE_DIRECTORY": "/var/lib/guard",
+                    "RUNTIME_DIRECTORY": unit["WorkingDirectory"][0], "CONFIGURATION_DIRECTORY": "/etc/guard",
+                    "GPIOZERO_PIN_FACTORY": "mock"}  # a drop-in for a machine without GPIO
+    system = [a for d in ("/usr", "/bin", "/lib", "/lib64", "/sbin", "/sys") if Path(d).exists()
+              for a in ("--ro-bind", d, d)]
+    etc = [a for f in ("passwd", "group", "nsswitch.conf", "ld.so.cache", "localtime", "alsa")
+           if Path("/etc", f).exists() for a in ("--ro-bind", f"/etc/{f}", f"/etc/{f}")]
+    app = staged / "opt/guard"
+    mounts = [*system, *etc, "--ro-bind", sys.base_prefix, sys.base_prefix,  # the venv's interpreter
+              "--ro-bind", str(app), str(app), "--ro-bind", str(app), "/opt/guard",
+              "--ro-bind", str(config_dir), "/etc/guard", "--ro-bind", str(tmp_path / "asound.conf"),
+              "/etc/asound.conf", "--ro-bind", str(mic), "/srv/mic.raw",
+              *[a for dest, src in user_dirs.items() for a in ("--bind", str(src), dest)],
+              "--bind", str(tmp_path / "notify.sock"), "/run/notify.sock"]
+    unprivileged = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--no-new-privs",
+                    "--bounding-set", "-all", "--inh-caps", "-all", "--"]
+    command = ["bwrap", "--dev", "/dev", "--unshare-pid", "--proc", "/proc", "--perms", "0755", "--tmpfs", "/run",
+               "--tmpfs", "/tmp", *_with_parents(mounts), "--remount-ro", "/", "--die-with-parent",
+               "--chdir", unit["WorkingDirectory"][0], "--clearenv",
+               *[a for k, v in environment.items() for a in ("--setenv", k, v)], "--",
+               "sh", "-c", 'mount -o remount,hidepid=invisible /proc && exec "$@"', "sh",  # ProtectProc=invisible
+               *unprivileged, *unit["ExecStart"][0].split()]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not notify.pings():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+            time.sleep(0.1)
+        first = notify.messages[0][1].splitlines()
+        assert first[:2] == ["READY=1", "STATUS=guarding as unit"]
+        guard = _descendant(process.pid, "/opt/guard/.venv/bin/guard")
+        assert guard and Path(f"/proc/{guard}/cwd").readlink() == Path(unit["WorkingDirectory"][0])
+        assert Path(f"/proc/{guard}/status").read_text().count("\t0000000000000000") >= 3, "capabilities left"
+        subprocess.run(["kill", "-TERM", str(guard)], check=True)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        notify.close()
+    assert process.returncode == 0, err[-2000:]
+    assert "fault" not in err and "Traceback" not in err, err[-2000:]
+    assert notify.messages[-1][1] == "STOPPING=1"
+    assert (tmp_path / "state/audit.jsonl").exists() and (tmp_path / "state/audit.jsonl").stat().st_uid == 65534
