@@ -330,7 +330,6 @@ def _descendant(pid: int, name: str) -> int | None:
     return None
 
 
-@pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap missing; ./install.sh --dev installs it")
 def test_the_service_starts_the_way_its_unit_runs_it(staged, tmp_path):
     """The installed wheel, started as the unit starts it: an unprivileged user with no capabilities, in its
     WorkingDirectory, on a read-only root (ProtectSystem=strict) with private /tmp, /run and no /home, /proc
