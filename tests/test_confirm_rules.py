@@ -187,17 +187,25 @@ BAD_SHAPES = {
     "a voice and detail without their take": dict(voice3=np.zeros((30, voiceprint.CEPSTRA)),
                                                   detail3=np.zeros((60, 2 * voiceprint.CEPSTRA))),
     "one cohort voice": dict(cohort1=None),
+    "a take without its voice and detail": dict(voice2=None, detail2=None),
     "a flat take": dict(take1=np.zeros(96)),
+    "a take of three dimensions": dict(take1=np.zeros((12, 96, 1))),
     "a take of 95 features": dict(take1=np.zeros((12, 95))),
     "a take of 97 features": dict(take1=np.zeros((12, 97))),
     "a take of 2 frames": dict(take1=np.zeros((2, 96))),
     "a flat voice": dict(voice0=np.zeros(voiceprint.CEPSTRA)),
+    "a voice of three dimensions": dict(voice0=np.zeros((30, voiceprint.CEPSTRA, 1))),
+    "a cohort voice of three dimensions": dict(cohort0=np.zeros((30, voiceprint.CEPSTRA, 1))),
     "a voice of the wrong width": dict(voice0=np.zeros((30, voiceprint.CEPSTRA + 1))),
     "an empty voice": dict(voice0=np.zeros((0, voiceprint.CEPSTRA))),
     "a cohort voice of the wrong width": dict(cohort0=np.zeros((30, voiceprint.CEPSTRA - 1))),
+    "a narrow voice": dict(voice1=np.zeros((30, voiceprint.CEPSTRA - 1))),
+    "a wide cohort voice": dict(cohort1=np.zeros((30, voiceprint.CEPSTRA + 1))),
     "an empty cohort voice": dict(cohort1=np.zeros((0, voiceprint.CEPSTRA))),
     "a flat detail": dict(detail1=np.zeros(2 * voiceprint.CEPSTRA)),
     "a detail of the wrong width": dict(detail1=np.zeros((60, voiceprint.CEPSTRA))),
+    "a wide detail": dict(detail1=np.zeros((60, 2 * voiceprint.CEPSTRA + 1))),
+    "a detail of three dimensions": dict(detail1=np.zeros((60, 2 * voiceprint.CEPSTRA, 1))),
     "an empty detail": dict(detail1=np.zeros((0, 2 * voiceprint.CEPSTRA))),
     "a threshold of 0": dict(threshold=0.0),
     "a negative threshold": dict(speaker_threshold=-0.5),
@@ -359,3 +367,15 @@ def test_the_audio_kept_for_the_voice_checks_is_zeroed_after_each_check_and_by_r
         said.push(template[0], f)
     said.wipe()
     assert len(said.heard) == 0 and not said._scratch.any()
+
+
+def test_invariant1_a_phrase_begun_in_one_pending_window_cannot_be_finished_in_the_next():
+    said, template = listener(threshold=0.05, template_frames=3)
+    frames = _frames(confirm.EMBEDDING_WINDOW_FRAMES + 3)
+    skip = confirm.EMBEDDING_WINDOW_FRAMES
+    assert not any(said.push(e, f) for e, f in zip([template[0]] * skip + list(template[:2]), frames, strict=False))
+    said.reset()  # the window closed; a new wake, a new pending window
+    results = [said.push(e, f) for e, f in zip([template[0]] * skip + [template[2]], frames, strict=False)]
+    assert results == [False] * (skip + 1), "the matcher kept the first two thirds from the last window"
+    fresh, _ = listener(threshold=0.05, template_frames=3)  # the control: the whole phrase in one window confirms
+    assert [fresh.push(e, f) for e, f in zip([template[0]] * skip + list(template), frames, strict=True)][-1]
