@@ -229,6 +229,10 @@ class MqttConfig:
         "10000: paho numbers messages in flight with 16 bits)", 10, 10000))
     discovery: bool = field(default=True, metadata=_doc("publish Home Assistant discovery"))
     discovery_prefix: str = field(default="homeassistant", metadata=_doc("Home Assistant's discovery prefix"))
+    discovery_style: str = field(default="entities", metadata=_doc(
+        "entities: a config topic per entity (every Home Assistant); device: one topic for all of them "
+        "(Home Assistant 2024.11 or newer); a change withdraws the other style's topics",
+        parse=lambda v: _choice(v, ("entities", "device"))))
     hermes: bool = field(default=False, metadata=_doc(
         "Rhasspy/Hermes: publish hermes/hotword/<device id>/detected; toggleOff/toggleOn act as remote mute"))
 

@@ -319,6 +319,18 @@ class MqttLink:
     # -- Home Assistant -------------------------------------------------------------
 
     def discovery_messages(self) -> dict[str, dict]:
+        """Config topic -> payload: one per entity, or one for the device holding them all (discovery_style)."""
+        entities = self._entity_configs()
+        if self.settings.discovery_style == "entities":
+            return entities
+        first = next(iter(entities.values()))  # device, origin and availability are the same for all
+        components = {config["unique_id"]: {"p": topic.split("/")[-4], **{k: v for k, v in config.items()
+                                                                          if k not in ("device", "origin")}}
+                      for topic, config in entities.items()}
+        return {f"{self.settings.discovery_prefix}/device/{self.device_id}/config":
+                {"dev": first["device"], "o": first["origin"], "cmps": components}}
+
+    def _entity_configs(self) -> dict[str, dict]:
         """Config topic -> payload for every Home Assistant entity of this guard."""
         prefix, node, root = self.settings.discovery_prefix, self.device_id, self.root
         device = {"identifiers": [f"guard_{node}"], "name": f"pi-guard {node}", "manufacturer": "pi-guard",

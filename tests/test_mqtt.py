@@ -6,8 +6,10 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as paho
@@ -597,3 +599,61 @@ def test_an_id_change_withdraws_the_entities_announced_under_the_old_id(tmp_path
     retained = {t for t, p, r in late.messages if r and p}
     assert all(f"/{DEVICE}/" in t for t in retained), "the old id's entities were withdrawn"
     late.close()
+
+
+HOME_ASSISTANT = ("homeassistant==2024.3.3", "paho-mqtt==1.6.1")  # the newest HA for Python 3.11, and its MQTT client
+
+
+@pytest.fixture(scope="session")
+def home_assistant_python() -> str:
+    """Home Assistant's own Python, in a venv of its own (.venv-ha, made once: a few minutes)."""
+    venv = Path(__file__).resolve().parent.parent / ".venv-ha"
+    stamp = venv / "guard-stamp"
+    if not (stamp.exists() and stamp.read_text() == " ".join(HOME_ASSISTANT)):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", *HOME_ASSISTANT],
+                       check=True, timeout=1800)
+        stamp.write_text(" ".join(HOME_ASSISTANT))
+    return str(venv / "bin/python")
+
+
+def _home_assistant_reads(python: str, configs: dict, states: list[dict]) -> dict:
+    checker = Path(__file__).with_name("home_assistant_check.py")
+    result = subprocess.run([python, str(checker)], input=json.dumps(
+        {"prefix": "homeassistant", "messages": configs, "states": states}), capture_output=True, text=True,
+        timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("style", ["entities", "device"])
+def test_home_assistants_own_code_accepts_the_discovery_and_reads_each_state(tmp_path, broker, two_requests_wav,
+                                                                              home_assistant_python, style):
+    sub = Subscriber(broker.port, ["homeassistant/#", f"{ROOT}/state"])
+    cfg = _config(tmp_path, broker.port, discovery_style=style)
+    press_first, _, daemons = _press_on_first_pending(cfg)
+    daemon = _daemon(cfg, two_requests_wav, publish=press_first)
+    daemons.append(daemon)
+    _start(daemon).join(30)
+    assert sub.wait_for(lambda: any(json.loads(p)["state"] == "idle" and "last_wake" in json.loads(p)
+                                    for t, p, _ in sub.messages if t == f"{ROOT}/state"))
+    sub.close()
+    configs = {t: json.loads(p) for t, p, _ in sub.messages if t.endswith("/config") and p}
+    assert len(configs) == (10 if style == "entities" else 1)
+    states = [json.loads(p) for t, p, _ in sub.messages if t == f"{ROOT}/state"]
+    assert {s["state"] for s in states} >= {"idle", "capturing", "pending"}
+    read = _home_assistant_reads(home_assistant_python, configs, states)
+    assert len(read) == 10 and not [v["error"] for v in read.values() if "error" in v], read
+    by_name = {topic.split("#")[0].split("/")[-2].removeprefix(f"guard_{DEVICE}_"): v["rendered"]
+               for topic, v in read.items()}
+    assert by_name["capturing"] == ["ON" if s["state"] in ("capturing", "pending") else "OFF" for s in states]
+    assert set(by_name["muted"]) == {"OFF"} and set(by_name["remote_mute"]) == {"OFF"}
+    assert by_name["last_wake_word"][-1] == "alexa" and float(by_name["last_wake_score"][-1]) > 0.5
+    assert by_name["started"][-1] == states[-1]["started"]
+
+
+def test_the_home_assistant_check_can_fail(home_assistant_python):
+    """The control: HA's code refuses a config it would refuse in a running Home Assistant."""
+    broken = {"name": "x", "state_topic": "a", "device_class": "loudness_of_secrets", "origin": {"name": "x"}}
+    read = _home_assistant_reads(home_assistant_python, {"homeassistant/sensor/k/x/config": broken}, [])
+    assert "device_class" in read["homeassistant/sensor/k/x/config"]["error"]
