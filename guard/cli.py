@@ -223,6 +223,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    cfg, _ = config.load(args.config)
+    if not cfg.mqtt.host:
+        raise UsageError("no [mqtt] host configured; there is nothing on a broker to forget")
+    device_id = cfg.device.resolved_id()
+    cleared = mqtt.forget(cfg.mqtt, device_id, cfg.audit.resolved_path().parent / "mqtt-discovered")
+    print(f"{device_id}: cleared {len(cleared)} retained topics on {cfg.mqtt.host}:{cfg.mqtt.port}; "
+          "Home Assistant removes the device and its entities")
+    return ExitStatus.OK
+
+
 def _describe_event(event: Event) -> str:
     details = " ".join(f"{k}={v}" for k, v in event.to_dict().items() if k not in ("kind", "time", "state"))
     return f"  {event.kind:<10} -> {event.state:<9} {details}"
@@ -530,6 +541,14 @@ def _build_verbs(verbs) -> list[argparse.ArgumentParser]:
                                           "([device] id) from the broker in [mqtt].")
     status.add_argument("--json", action="store_true", help="one JSON object")
     status.set_defaults(func=cmd_status)
+
+    forget = verbs.add_parser("forget", help="remove this guard's entities from Home Assistant",
+                              description="Clear what this guard ([device] id) left retained on the broker in "
+                                          "[mqtt]: its Home Assistant discovery configs (both styles), state and "
+                                          "availability. Home Assistant then removes the device. Run it before "
+                                          "retiring a guard; sudo ./install.sh --uninstall runs it for you. A "
+                                          "guard still running announces itself again.")
+    forget.set_defaults(func=cmd_forget)
 
     trail = verbs.add_parser("audit", help="show or verify the audit log",
                              description="Show the hash-chained log of every wake, release, discard and "

@@ -6,6 +6,8 @@ change a sink. Events wait in a bounded outbox until the broker acknowledges
 them, so a broker restart loses none; overflow is counted in the audit log.
 """
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -397,18 +399,63 @@ class MqttLink:
                         self.discovered, e.strerror)
 
 
-def read_status(settings: MqttConfig, device_id: str, wait_seconds: float = 3.0) -> dict:
-    """The retained availability and state of a guard, as its broker holds them."""
-    got: dict = {}
-    done = threading.Event()
-    root = f"guard/{device_id}"
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"guard-status-{os.getpid()}")
+def _brief_client(settings: MqttConfig, purpose: str) -> paho.Client:
+    """A client for one short job beside the daemon (status, forget), with the daemon's credentials."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"guard-{purpose}-{os.getpid()}")
     if settings.username:
         client.username_pw_set(settings.username,
                                read_password(settings.password_file) if settings.password_file else None)
     if settings.tls:
         client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
                        keyfile=settings.key_file or None)
+    return client
+
+
+def _connect(client: paho.Client, settings: MqttConfig) -> None:
+    try:
+        client.connect(settings.host, settings.port, keepalive=10)
+    except OSError as e:
+        raise GuardError(f"no MQTT broker reachable at {settings.host}:{settings.port} ({e.strerror or e})") from None
+
+
+def forget(settings: MqttConfig, device_id: str, discovered: Path | None, wait_seconds: float = 5.0) -> list[str]:
+    """Remove what this guard left retained on the broker: its Home Assistant entities (both discovery styles,
+    and those noted in `discovered`), its state and availability. Returns the topics cleared."""
+    topics = {f"guard/{device_id}/state", f"guard/{device_id}/availability"}
+    for style in ("entities", "device"):
+        link = MqttLink(dataclasses.replace(settings, discovery_style=style), device_id, lambda verb: None, None)
+        topics |= link.discovery_messages().keys()
+    if discovered is not None:
+        with contextlib.suppress(OSError):
+            topics |= set(discovered.read_text().split())
+    client = _brief_client(settings, "forget")
+    refused: list[str] = []
+    client.on_connect = lambda c, u, f, reason_code, p: refused.append(str(reason_code)) \
+        if reason_code.is_failure else None
+    _connect(client, settings)
+    client.loop_start()
+    try:
+        sent = [client.publish(topic, b"", qos=1, retain=True) for topic in sorted(topics)]
+        deadline = time.monotonic() + wait_seconds
+        for message in sent:
+            message.wait_for_publish(max(0.0, deadline - time.monotonic()))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if refused or not all(m.is_published() for m in sent):
+        why = f"refused the connection: {refused[0]}" if refused else f"did not acknowledge in {wait_seconds:g} s"
+        raise GuardError(f"broker {settings.host}:{settings.port} {why}; the entities stay in Home Assistant")
+    if discovered is not None:
+        discovered.unlink(missing_ok=True)
+    return sorted(topics)
+
+
+def read_status(settings: MqttConfig, device_id: str, wait_seconds: float = 3.0) -> dict:
+    """The retained availability and state of a guard, as its broker holds them."""
+    got: dict = {}
+    done = threading.Event()
+    root = f"guard/{device_id}"
+    client = _brief_client(settings, "status")
 
     def on_connect(c, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
@@ -423,10 +470,7 @@ def read_status(settings: MqttConfig, device_id: str, wait_seconds: float = 3.0)
             done.set()
 
     client.on_connect, client.on_message = on_connect, on_message
-    try:
-        client.connect(settings.host, settings.port, keepalive=10)
-    except OSError as e:
-        raise GuardError(f"no MQTT broker reachable at {settings.host}:{settings.port} ({e.strerror or e})") from None
+    _connect(client, settings)
     client.loop_start()
     done.wait(wait_seconds)
     client.disconnect()

@@ -657,3 +657,30 @@ def test_the_home_assistant_check_can_fail(home_assistant_python):
     broken = {"name": "x", "state_topic": "a", "device_class": "loudness_of_secrets", "origin": {"name": "x"}}
     read = _home_assistant_reads(home_assistant_python, {"homeassistant/sensor/k/x/config": broken}, [])
     assert "device_class" in read["homeassistant/sensor/k/x/config"]["error"]
+
+
+def test_forget_removes_every_retained_trace_so_home_assistant_drops_the_device(tmp_path, broker, quiet_wav):
+    cfg = _config(tmp_path, broker.port)
+    daemon = _daemon(cfg, quiet_wav, fast=False)
+    thread = _start(daemon)
+    sub = Subscriber(broker.port, ["homeassistant/#", f"{ROOT}/state"])
+    assert sub.wait_for(lambda: len([m for m in sub.messages if m[0].endswith("/config")]) >= 10)
+    daemon.stop()
+    thread.join(10)
+    sub.close()
+    (tmp_path / "guard.toml").write_text(f'[device]\nid = "{DEVICE}"\n[mqtt]\nhost = "127.0.0.1"\n'
+                                         f'port = {broker.port}\n[audit]\npath = "{tmp_path / "audit.jsonl"}"\n')
+    (tmp_path / "mqtt-discovered").write_text("homeassistant/switch/kitchen/an_older_entity/config\n")
+    result = subprocess.run([str(GUARD), "--config", str(tmp_path / "guard.toml"), "forget"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "cleared 14 retained topics" in result.stdout, result.stderr
+    assert not (tmp_path / "mqtt-discovered").exists()
+    late = Subscriber(broker.port, ["homeassistant/#", f"{ROOT}/#", "probe"])
+    late.publish("probe", b"x")  # a round trip: retained messages arrive before it
+    assert late.wait_for(lambda: any(t == "probe" for t, _, _ in late.messages))
+    assert [t for t, _, _ in late.messages] == ["probe"], late.messages
+    late.close()
+    broker.stop()
+    down = subprocess.run([str(GUARD), "--config", str(tmp_path / "guard.toml"), "forget"], capture_output=True,
+                          text=True, timeout=60)
+    assert down.returncode == 1 and down.stderr.count("\n") == 1 and "no MQTT broker reachable" in down.stderr
