@@ -675,8 +675,10 @@ def test_forget_removes_every_retained_trace_so_home_assistant_drops_the_device(
                             text=True, timeout=60)
     assert result.returncode == 0 and "cleared 14 retained topics" in result.stdout, result.stderr
     assert not (tmp_path / "mqtt-discovered").exists()
-    late = Subscriber(broker.port, ["homeassistant/#", f"{ROOT}/#", "probe"])
-    late.publish("probe", b"x")  # a round trip: retained messages arrive before it
+    prober = Subscriber(broker.port, ["unused"])
+    prober.publish("probe", b"x", retain=True)
+    prober.close()
+    late = Subscriber(broker.port, ["homeassistant/#", f"{ROOT}/#", "probe"])  # retained ones come in this order
     assert late.wait_for(lambda: any(t == "probe" for t, _, _ in late.messages))
     assert [t for t, _, _ in late.messages] == ["probe"], late.messages
     late.close()
