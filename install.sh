@@ -11,7 +11,8 @@ usage: ./install.sh [--dev]
        sudo ./install.sh --system [--with-broker] [--dry-run]
        sudo ./install.sh --uninstall [--purge] [--dry-run]
 
-  (no option)  install guard into ./.venv (needs portaudio19-dev, espeak-ng; installed via apt when root or sudo)
+  (no option)  install guard into ./.venv (needs portaudio19-dev, espeak-ng, gcc, python3-dev: installed via apt
+               when root or sudo)
   --dev        also install the test tools: mosquitto, sox, alsa-utils, openssl, bubblewrap (apt) and pytest, ruff,
                hypothesis, openwakeword (the reference the wake scores are tested against)
   --system     install the hardened systemd service into /opt/guard (see script/install-system --help)
@@ -47,7 +48,7 @@ command -v "$python" >/dev/null || fail "no $python; install Python 3.11 (sudo a
     || fail "$("$python" -V 2>&1) is too old; guard needs Python 3.11 or newer (Raspberry Pi OS Bookworm has it)"
 packages=(portaudio19-dev espeak-ng)  # espeak-ng: guard enroll synthesizes confusables
 "$python" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
-[ "$(uname -m)" = aarch64 ] && packages+=(gcc python3-dev)  # PyAudio has no arm64 wheel: it is built here
+packages+=(gcc python3-dev)  # PyAudio has no Linux wheel at all: it is built here, against portaudio19-dev
 [ "$dev" = 1 ] && packages+=(mosquitto sox alsa-utils openssl bubblewrap)  # bubblewrap: the unit-emulation test
 
 missing=()
