@@ -1,0 +1,182 @@
+"""How an inbound message and a frame reach the gate, in-process and fast: the MQTT link's dispatch (paho's
+own message objects, no broker) and the daemon's zeroing of every frame copy it handles or drops."""
+
+import time
+
+import numpy as np
+import paho.mqtt.client as paho
+import pytest
+import speech
+
+from guard import config, mqtt
+from guard.daemon import Daemon, RunOptions
+from guard.gate import State
+from guard.wake import WakeDetector, WakeModelSettings
+
+DEVICE = "kitchen"
+
+
+def _message(topic: bytes | str, payload: bytes = b"") -> paho.MQTTMessage:
+    message = paho.MQTTMessage(topic=topic.encode() if isinstance(topic, str) else topic)
+    message.payload = payload
+    return message
+
+
+@pytest.fixture
+def link():
+    heard: list[str] = []
+    errors: list[str] = []
+    link = mqtt.MqttLink(config.MqttConfig(host="127.0.0.1", discovery=True), DEVICE, heard.append, None)
+    link.error = errors.append  # what would go out on event/error
+    link.heard, link.errors = heard, errors
+    return link
+
+
+def test_each_verb_reaches_the_gate_once(link):
+    for verb in ("mute", "unmute", "cancel", "wipe"):
+        link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/{verb}"))
+    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/remote_mute", b"ON"))
+    assert link.heard == ["mute", "unmute", "cancel", "wipe", "mute"] and link.errors == []
+
+
+def test_a_refused_message_is_answered_and_never_reaches_the_gate(link):
+    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/release"))
+    link._on_message(None, None, _message(b"guard/\xff/cmd/mute"))
+    assert link.heard == []
+    assert link.errors == ["unknown command 'release'; known: mute, unmute, cancel, wipe, remote_mute",
+                           "a message with a topic that is not UTF-8 was refused"]
+
+
+def test_messages_for_others_are_ignored_silently(link):
+    for topic in ("guard/other/cmd/mute", "homeassistant/status", "hermes/hotword/toggleOff"):
+        link._on_message(None, None, _message(topic, b"{}" if "hermes" in topic else b"offline"))
+    assert link.heard == [] and link.errors == []
+
+
+def test_home_assistant_coming_online_gets_discovery_at_most_every_10_s(link):
+    sent = []
+    link.publish_discovery = lambda: sent.append(time.monotonic())
+    for _ in range(3):
+        link._on_message(None, None, _message("homeassistant/status", b"online"))
+    link._on_message(None, None, _message("homeassistant/status", b"offline"))
+    assert len(sent) == 1
+    off = mqtt.MqttLink(config.MqttConfig(host="127.0.0.1", discovery=False), DEVICE, print, None)
+    off.publish_discovery = lambda: sent.append(0)
+    off._on_message(None, None, _message("homeassistant/status", b"online"))
+    assert len(sent) == 1, "discovery = false publishes nothing"
+
+
+def test_commands_over_the_rate_are_counted_once_and_a_mute_always_acts(link):
+    for _ in range(mqtt.COMMANDS_PER_MINUTE + 5):
+        link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
+    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/mute"))
+    assert link.heard == ["cancel"] * mqtt.COMMANDS_PER_MINUTE + ["mute"]
+    assert link.errors == [f"over {mqtt.COMMANDS_PER_MINUTE} remote commands a minute: ignoring the excess"]
+    link._commands.clear()  # a minute later
+    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/wipe"))
+    assert link.heard[-1] == "wipe"
+    assert link.errors[-1] == f"5 remote command(s) over {mqtt.COMMANDS_PER_MINUTE}/min were ignored"
+    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/wipe"))
+    assert len(link.errors) == 2, "the excess is reported once"
+
+
+def test_a_rate_window_is_a_minute(link, monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(mqtt.time, "monotonic", lambda: now[0])
+    for _ in range(mqtt.COMMANDS_PER_MINUTE):
+        link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
+    now[0] += 60.0
+    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
+    assert len(link.heard) == mqtt.COMMANDS_PER_MINUTE and len(link.errors) == 1, "60 s is still the same minute"
+    now[0] += 0.001
+    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
+    assert len(link.heard) == mqtt.COMMANDS_PER_MINUTE + 1
+
+
+def test_a_callback_that_raises_never_stops_the_link(link, caplog):
+    def explode(verb):
+        raise RuntimeError("the gate's queue broke")
+    link.on_command = explode
+    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/mute"))  # returns: paho's thread lives
+    assert "MQTT _on_message failed; the link keeps running" in caplog.text
+
+
+# -- the daemon ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return WakeDetector([WakeModelSettings("alexa")])
+
+
+@pytest.fixture
+def daemon(tmp_path, detector):
+    wav = speech.write_wav(tmp_path / "quiet.wav", speech.silence(5))
+    cfg = config.Config(audit=config.AuditConfig(str(tmp_path / "audit.jsonl")))
+    daemon = Daemon(cfg, RunOptions(str(wav), "mock"), detector)
+    daemon.audit.open()
+    yield daemon
+    daemon.audit.close()
+
+
+def _loud(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(-20000, 20000, 1280).astype(np.int16)
+
+
+def test_each_frame_copy_is_zeroed_once_the_gate_has_seen_it(daemon):
+    frame = _loud(1)
+    daemon.post_frame(frame)
+    copy = daemon.frames.queue[0][0]
+    assert np.array_equal(copy, frame) and copy is not frame and copy.base is not frame
+    daemon._step()
+    assert not copy.any() and frame.any(), "the loop zeroes its copy, never the reader's frame"
+
+
+def test_a_frame_is_zeroed_even_when_handling_it_fails(daemon):
+    def broken(frame):
+        raise RuntimeError("the detector broke")
+    daemon.gate.feed = broken
+    daemon.post_frame(_loud(2))
+    copy = daemon.frames.queue[0][0]
+    daemon._step()
+    assert not copy.any() and daemon.gate.state is State.FAULT
+
+
+def test_muting_zeroes_and_drops_every_queued_frame(daemon):
+    for seed in range(5):
+        daemon.post_frame(_loud(seed))
+    queued = [item[0] for item in daemon.frames.queue]
+    daemon._set_listening(False)
+    assert daemon.frames.empty() and not daemon.listening.is_set()
+    assert all(not q.any() for q in queued)
+    daemon._set_listening(True)
+    assert daemon.listening.is_set()
+
+
+def test_stop_drains_too(daemon):
+    daemon.post_frame(_loud(7))
+    queued = daemon.frames.queue[0][0]
+    daemon._drain()
+    assert daemon.frames.empty() and not queued.any()
+
+
+def test_each_remote_verb_reaches_its_gate_action(daemon):
+    daemon._handle("remote", "mute")
+    assert daemon.gate.state is State.MUTED and daemon.gate.muted_by == "remote"
+    daemon._handle("remote", "unmute")
+    assert daemon.gate.state is State.IDLE
+    calls = []
+    daemon.gate.cancel, daemon.gate.wipe = (lambda by: calls.append(("cancel", by))), \
+        (lambda by: calls.append(("wipe", by)))
+    daemon._handle("remote", "cancel")
+    daemon._handle("remote", "wipe")
+    assert calls == [("cancel", "remote"), ("wipe", "remote")]
+    with pytest.raises(KeyError):
+        daemon._handle("remote", "release")
+
+
+def test_stop_wakes_a_muted_loop_and_asks_it_to_finish(daemon):
+    daemon.listening.clear()
+    daemon.stop()
+    assert daemon.stopping.is_set() and daemon.listening.is_set()
+    assert daemon.words.get_nowait() == ("stop", None)
