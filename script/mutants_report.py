@@ -22,8 +22,8 @@ def main() -> int:
     config = tomllib.loads(Path(sys.argv[1]).read_text())
     equivalent = config.get("equivalent", [])
     equivalent_operators = config.get("equivalent-operators", {})
-    counts = {"killed": 0, "timed out": 0, "equivalent": 0, "survived": 0, "filtered": 0, "out of scope": 0,
-              "not run": 0}
+    counts = {"killed": 0, "timed out": 0, "equivalent": 0, "survived": 0, "could not be made": 0, "filtered": 0,
+              "out of scope": 0, "not run": 0}
     survivors = []
     for line in sys.stdin:
         job, result = json.loads(line)
@@ -33,6 +33,8 @@ def main() -> int:
             counts["not run"] += 1
         elif result["worker_outcome"] == "skipped":
             counts["out of scope" if result["output"] == "out of scope" else "filtered"] += 1
+        elif result["test_outcome"] == "incompetent":  # cosmic-ray failed to write this mutant; nothing ran
+            counts["could not be made"] += 1
         elif result["test_outcome"] == "killed" and result["output"] != "timeout":
             counts["killed"] += 1
         elif mutation["operator_name"] in equivalent_operators or any(

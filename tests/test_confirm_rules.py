@@ -260,6 +260,19 @@ def test_thresholds_calibration_never_places_are_refused_by_name(tmp_path, chang
         Enrolment.load(saved(tmp_path, enrolment(), **change))
 
 
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 a zip cut short", b"\x93NUMPY not an archive", None],
+                         ids=["empty", "a cut zip", "a plain array file", "a folder"])
+def test_a_damaged_template_file_turns_voice_off_with_one_line(tmp_path, content):
+    path = tmp_path / "confirm.npz"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+        path.chmod(0o600)
+    with pytest.raises(EnrollError, match="confirm.npz: damaged confirmation templates \\(.+\\); enrol again$"):
+        Enrolment.load(path)
+
+
 def test_no_enrolment_says_how_to_enrol(tmp_path):
     with pytest.raises(EnrollError, match="no confirmation phrase enrolled; run: guard enroll confirm"):
         Enrolment.load(tmp_path / "confirm.npz")

@@ -56,6 +56,8 @@ def test_messages_for_others_are_ignored_silently(link):
 def test_home_assistant_coming_online_gets_discovery_at_most_every_10_s(link):
     sent = []
     link.publish_discovery = lambda: sent.append(time.monotonic())
+    link._on_message(None, None, _message("homeassistant/status", b"offline"))
+    assert sent == [], "going offline asks for nothing"
     for _ in range(3):
         link._on_message(None, None, _message("homeassistant/status", b"online"))
     link._on_message(None, None, _message("homeassistant/status", b"offline"))
