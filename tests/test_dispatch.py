@@ -56,8 +56,9 @@ def test_messages_for_others_are_ignored_silently(link):
 def test_home_assistant_coming_online_gets_discovery_at_most_every_10_s(link):
     sent = []
     link.publish_discovery = lambda: sent.append(time.monotonic())
-    link._on_message(None, None, _message("homeassistant/status", b"offline"))
-    assert sent == [], "going offline asks for nothing"
+    for payload in (b"offline", b"online!", b"online\n", b""):
+        link._on_message(None, None, _message("homeassistant/status", payload))
+    assert sent == [], "only exactly 'online' asks for discovery"
     for _ in range(3):
         link._on_message(None, None, _message("homeassistant/status", b"online"))
     link._on_message(None, None, _message("homeassistant/status", b"offline"))
@@ -82,17 +83,27 @@ def test_commands_over_the_rate_are_counted_once_and_a_mute_always_acts(link):
     assert len(link.errors) == 2, "the excess is reported once"
 
 
-def test_a_rate_window_is_a_minute(link, monkeypatch):
-    now = [1000.0]
+def test_a_rate_window_is_the_last_minute(link, monkeypatch):
+    now = [100.0]  # soon after boot: monotonic time is small
     monkeypatch.setattr(mqtt.time, "monotonic", lambda: now[0])
-    for _ in range(mqtt.COMMANDS_PER_MINUTE):
+
+    def command() -> None:
         link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
-    now[0] += 60.0
-    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
-    assert len(link.heard) == mqtt.COMMANDS_PER_MINUTE and len(link.errors) == 1, "60 s is still the same minute"
-    now[0] += 0.001
-    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
+    command()  # the oldest, at 100 s
+    now[0] = 130.0
+    for _ in range(mqtt.COMMANDS_PER_MINUTE - 1):
+        command()
+    now[0] = 160.0
+    command()
+    assert len(link.heard) == mqtt.COMMANDS_PER_MINUTE and len(link.errors) == 1, "60 s on is still the same minute"
+    now[0] = 160.001  # the oldest has left the window; the 29 from 130 s have not
+    command()
     assert len(link.heard) == mqtt.COMMANDS_PER_MINUTE + 1
+    command()
+    assert len(link.heard) == mqtt.COMMANDS_PER_MINUTE + 1, "the window is full again"
+    now[0] = 270.0  # long after all of them (and more than twice the oldest: time, not a remainder)
+    command()
+    assert len(link.heard) == mqtt.COMMANDS_PER_MINUTE + 2
 
 
 def test_a_callback_that_raises_never_stops_the_link(link, caplog):
