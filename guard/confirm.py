@@ -113,8 +113,7 @@ class Matcher:
         candidates[1, 1:], lengths[1, 1:] = self._cost[:-1], self._length[:-1]
         candidates[2, 2:], lengths[2, 2:] = self._cost[:-2], self._length[:-2]
         best = np.argmin(candidates / lengths, axis=0)
-        source = np.arange(n) - best  # the template frame each path came from
-        source[0] = 0
+        source = np.arange(n) - best  # the template frame each path came from (row 0 is restarted below)
         parts = self._parts[source] + self._own * local[:, None]
         part_lengths = self._part_lengths[source] + self._own
         cost = candidates[best, np.arange(n)] + local

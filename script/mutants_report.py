@@ -22,8 +22,8 @@ def main() -> int:
     config = tomllib.loads(Path(sys.argv[1]).read_text())
     equivalent = config.get("equivalent", [])
     equivalent_operators = config.get("equivalent-operators", {})
-    counts = {"killed": 0, "timed out": 0, "equivalent": 0, "survived": 0, "could not be made": 0, "filtered": 0,
-              "out of scope": 0, "not run": 0}
+    counts = {"killed": 0, "timed out": 0, "equivalent": 0, "survived": 0, "could not be made": 0, "no answer": 0,
+              "filtered": 0, "out of scope": 0, "not run": 0}
     survivors = []
     for line in sys.stdin:
         job, result = json.loads(line)
@@ -41,6 +41,9 @@ def main() -> int:
                 e["operator"] == mutation["operator_name"] and e["line"] == source
                 and e["function"] == str(mutation["definition_name"]) for e in equivalent):
             counts["equivalent"] += 1
+        elif result["worker_outcome"] == "abnormal":  # the worker's answer never came (an overloaded machine)
+            counts["no answer"] += 1
+            survivors.append(f"  (no answer) {_where(mutation, source)}")
         elif result["test_outcome"] == "killed":  # by the timeout: slow, or looping; check by hand
             counts["timed out"] += 1
             survivors.append(f"  (timed out) {_where(mutation, source)}")
@@ -51,7 +54,7 @@ def main() -> int:
     print("\n".join(survivors))
     summary = ", ".join(f"{v} {k}" for k, v in counts.items())
     print(f"{config['cosmic-ray']['module-path']}: {total} mutants: {summary}")
-    return 1 if counts["survived"] or counts["timed out"] or counts["not run"] else 0
+    return 1 if counts["survived"] or counts["timed out"] or counts["no answer"] or counts["not run"] else 0
 
 
 if __name__ == "__main__":
