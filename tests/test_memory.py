@@ -104,7 +104,10 @@ def _search_stopped(process: subprocess.Popen, wanted: list[bytes]) -> list[str]
     finally:
         process.send_signal(signal.SIGCONT)
         process.terminate()
-        process.communicate(timeout=20)
+        try:
+            process.communicate(timeout=20)
+        finally:
+            process.kill()  # a guard that ignores SIGTERM fails the test; it must not outlive it
 
 
 def test_the_search_finds_speech_that_is_still_held(tmp_path, request_speech):
