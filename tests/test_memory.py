@@ -28,6 +28,16 @@ NEEDLES = 24
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="reading a non-dumpable process's memory needs root")
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_guard_outlives_its_test():
+    yield
+    while STARTED:
+        STARTED.pop().kill()
+
+
 @pytest.fixture(scope="module")
 def request_speech() -> np.ndarray:
     return np.concatenate([speech.say("Alexa"), speech.silence(0.3), speech.say("what is my bank password")])
@@ -79,6 +89,7 @@ def _guard(tmp_path: Path, request: np.ndarray, extra: str = "", pending_timeout
         f'[gate]\npending_timeout_seconds = {pending_timeout}\n[audit]\npath = "{log}"\n{extra}')
     process = subprocess.Popen([*command, "--config", str(tmp_path / "guard.toml"), "run", "--gpio", "mock"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    STARTED.append(process)
     return process, log
 
 
