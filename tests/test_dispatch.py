@@ -193,3 +193,15 @@ def test_stop_wakes_a_muted_loop_and_asks_it_to_finish(daemon):
     daemon.stop()
     assert daemon.stopping.is_set() and daemon.listening.is_set()
     assert daemon.words.get_nowait() == ("stop", None)
+
+
+def test_only_sound_from_a_reopened_microphone_counts_as_its_recovery(daemon):
+    daemon.options = RunOptions("mic", "mock")
+    daemon._source_failed("PortAudio: device unavailable")
+    failed_generation = daemon._generation
+    assert daemon.gate.state is State.FAULT and daemon._mic_down is not None
+    daemon._handle(_loud(3), failed_generation)  # a late frame of the device that failed
+    assert daemon._mic_down is not None, "the failed device's own frames are no recovery"
+    daemon._handle(_loud(4), failed_generation + 1)
+    assert daemon._mic_down is None and daemon.gate.state is State.IDLE
+    assert daemon.health["audio"] != "failing, retrying: PortAudio: device unavailable"
