@@ -205,3 +205,16 @@ def test_only_sound_from_a_reopened_microphone_counts_as_its_recovery(daemon):
     daemon._handle(_loud(4), failed_generation + 1)
     assert daemon._mic_down is None and daemon.gate.state is State.IDLE
     assert daemon.health["audio"] != "failing, retrying: PortAudio: device unavailable"
+
+
+def test_a_finished_release_leaves_the_list_of_unfinished_ones_and_only_it(daemon, tmp_path):
+    from guard.gate import Delivery
+    from guard.sinks import DirectorySink, Utterance, encode_wav
+    folder = tmp_path / "box"
+    folder.mkdir()
+    first, second = (Delivery(Utterance(u, "20261123T000000Z"), encode_wav(np.full(1600, 1234, np.int16)),
+                              [DirectorySink("box", folder, "test")], "button", 0.1, {}) for u in ("u1", "u2"))
+    daemon._deliver_in_background(first)
+    daemon._deliver_in_background(second)
+    daemon._handle("delivered", first)
+    assert daemon._unfinished == [second], "at exit only the second is abandoned and recorded"
