@@ -220,6 +220,11 @@ def test_a_template_file_of_the_wrong_shape_is_refused(tmp_path, change):
         Enrolment.load(saved(tmp_path, enrolment(), **change))
 
 
+def test_a_file_lacking_several_keys_names_the_first(tmp_path):
+    with pytest.raises(EnrollError, match="no threshold\\)"):
+        Enrolment.load(saved(tmp_path, enrolment(), threshold=None, created=None))
+
+
 def test_a_file_from_an_older_guard_names_what_it_lacks(tmp_path):
     with pytest.raises(EnrollError, match="confirm.npz: made by an older guard \\(no unevenness_threshold\\); "
                                           "enrol again: guard enroll confirm$"):
