@@ -239,10 +239,12 @@ PLAUSIBLE = {
 }
 IMPLAUSIBLE = {
     "content threshold at the takes' worst": dict(threshold=0.1),
+    "content threshold below the takes' worst": dict(threshold=0.05),
     "content threshold at the closest confusable": dict(threshold=0.3),
     "content threshold above the confusable": dict(threshold=0.35),
     "content threshold over its cap": dict(threshold=confirm.MAX_CONTENT_THRESHOLD + 0.01, negative_min=0.6),
     "speaker threshold at the takes' worst": dict(speaker_threshold=0.4),
+    "speaker threshold below the takes' worst": dict(speaker_threshold=0.3),
     "speaker threshold at the nearest voice": dict(speaker_threshold=0.6),
     "speaker threshold above the nearest voice": dict(speaker_threshold=0.62, speaker_negative_min=0.61),
     "speaker threshold over its cap": dict(speaker_threshold=confirm.MAX_SPEAKER_RATIO + 0.01,
