@@ -27,7 +27,7 @@ from guard.sinks import (
 )
 
 UTTERANCE = Utterance("a1b2c3d4e5f6", "20261123T031500Z")
-SAMPLES = (np.sin(np.arange(8000) / 7) * 12000).astype(np.int16)
+SAMPLES = (np.sin(np.arange(8002) / 7) * 12000).astype(np.int16)  # 16004 bytes: sizes added, not or-ed, show
 
 
 def test_a_release_is_a_16_khz_mono_16_bit_wav_of_exactly_the_samples(tmp_path):
@@ -125,6 +125,11 @@ def test_a_command_that_cannot_start_is_a_failure_not_a_crash(tmp_path):
     assert CommandSink("cmd", (str(tmp_path / "nothing"),), 5.0, "k").problem() == (
         f"sink cmd: {tmp_path}/nothing: not an executable file; give its full path")
     assert CommandSink("cmd", (sys.executable,), 5.0, "k").problem() is None
+    plain = tmp_path / "not-executable"
+    plain.write_text("#!/bin/sh\n")
+    plain.chmod(0o644)
+    assert CommandSink("cmd", (str(plain),), 5.0, "k").problem() == (
+        f"sink cmd: {plain}: not an executable file; give its full path")
 
 
 HELPER = ("import subprocess, sys; p = subprocess.Popen(['sleep', '600']); "
@@ -179,6 +184,17 @@ def test_an_mqtt_release_the_broker_never_acknowledged_is_uncertain_one_refused_
     assert MqttSink("hub", lambda u, w, t: sent.append((u, bytes(w), t)) or f"guard/k/audio/{u}", 2.0).deliver(
         b"RIFF", UTTERANCE) == "guard/k/audio/a1b2c3d4e5f6"
     assert sent == [("a1b2c3d4e5f6", b"RIFF", 2.0)]
+
+
+def test_sinks_from_a_config_file_are_built_by_their_type(tmp_path):
+    """Types read from TOML are new strings, not the literals in the code: compared by value."""
+    (tmp_path / "box").mkdir()
+    (tmp_path / "guard.toml").write_text(f'[sinks.box]\ntype = "directory"\npath = "{tmp_path / "box"}"\n'
+                                         '[sinks.cmd]\ntype = "command"\ncommand = ["/bin/cat"]\n'
+                                         '[sinks.hub]\ntype = "mqtt"\n[mqtt]\nhost = "localhost"\n')
+    cfg, _ = config.load(str(tmp_path / "guard.toml"))
+    assert [type(s).__name__ for s in build(cfg.sinks, "k", send_mqtt=print)] == [
+        "DirectorySink", "CommandSink", "MqttSink"]
 
 
 def test_sinks_are_built_in_config_order_with_their_settings(tmp_path, monkeypatch):
