@@ -1,0 +1,47 @@
+"""What a remote message may ask for: only ever more privacy (mute, unmute a remote mute, cancel, wipe).
+
+Pure functions, no paho: `mqtt.py` hands every inbound message here, and the
+daemon maps the verb to the gate. There is no verb that releases audio or
+changes where it may go.
+"""
+
+import json
+
+VERBS = ("mute", "unmute", "cancel", "wipe")
+MAX_COMMAND_BYTES = 1024
+HERMES_SESSION_REASONS = ("dialogueSession", "playAudio", "ttsSay")  # rhasspy-hermes HotwordToggleReason
+
+
+class CommandError(ValueError):
+    """An inbound message that is not a command guard accepts."""
+
+
+def parse_command(topic: str, payload: bytes, device_id: str) -> str | None:
+    """The verb an inbound message asks for, None if it is not addressed to commands at all.
+
+    Raises CommandError for anything under our `cmd/` tree (or Hermes toggles for
+    this site) that is not one of the documented verbs with a valid payload.
+    """
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(f"payload of {len(payload)} bytes on {topic!r} is over {MAX_COMMAND_BYTES}")
+    prefix = f"guard/{device_id}/cmd/"
+    if topic.startswith(prefix):
+        verb = topic[len(prefix):]
+        if verb == "remote_mute":  # Home Assistant's switch: ON / OFF on one topic
+            text = payload.decode("utf-8", "replace").strip().upper()
+            if text not in ("ON", "OFF"):
+                raise CommandError(f"remote_mute takes ON or OFF, not {text[:20]!r}")
+            return "mute" if text == "ON" else "unmute"
+        if verb not in VERBS:
+            raise CommandError(f"unknown command {verb[:40]!r}; known: {', '.join(VERBS)}, remote_mute")
+        return verb
+    if topic in ("hermes/hotword/toggleOff", "hermes/hotword/toggleOn"):
+        try:
+            body = json.loads(payload)
+            site, reason = body.get("siteId"), body.get("reason", "")
+        except (ValueError, AttributeError, RecursionError):
+            raise CommandError(f"{topic}: payload is not a JSON object") from None
+        if site != device_id or reason in HERMES_SESSION_REASONS:
+            return None  # Rhasspy pauses wake words during its own dialogue or playback: not a privacy mute
+        return "mute" if topic.endswith("Off") else "unmute"
+    return None

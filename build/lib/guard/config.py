@@ -1,0 +1,465 @@
+"""The TOML config: one frozen dataclass per table, validated with errors that name the key.
+
+Defaults live only here; `guard config check` and the README table derive from
+them. Audio destinations will come from this file alone, never from a flag or
+a remote command.
+"""
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import socket
+import tomllib
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from guard import trust
+from guard.errors import ConfigError
+from guard.wake import WakeModelSettings
+
+SYSTEM_CONFIG = Path("/etc/guard/guard.toml")
+
+
+def _doc(text: str, lo: float | None = None, hi: float | None = None, **extra: Any) -> dict:
+    return {"doc": text, "range": (lo, hi), **extra}
+
+
+def _parse_channel(value: Any) -> int | None:
+    if value == "mix":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 63:
+        return value
+    raise ValueError('must be "mix" or a channel number 0-63')
+
+
+def _choice(value: Any, choices: tuple[str, ...]) -> str:
+    if value in choices:
+        return value
+    raise ValueError(f"must be one of {', '.join(choices)}")
+
+
+def _parse_pins(value: Any) -> tuple[int, ...]:
+    if (isinstance(value, list) and 1 <= len(value) <= 3
+            and all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 27 for p in value)):
+        return tuple(value)
+    raise ValueError("must be a list of 1-3 BCM pin numbers 0-27")
+
+
+def _parse_confirm(value: Any) -> tuple[str, ...]:
+    if isinstance(value, list) and "button" in value and all(v in ("button", "voice") for v in value):
+        return tuple(dict.fromkeys(value))
+    if value == ["voice"]:
+        raise ValueError('voice alone is refused: the button must always work, and the LED must show pending; '
+                         'use ["button", "voice"]')
+    raise ValueError('must be ["button"] or ["button", "voice"]')
+
+
+def _parse_device(value: Any) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return str(value)
+    if isinstance(value, str):
+        return value
+    raise ValueError("must be a device index (a whole number) or part of its name (a string)")
+
+
+def _parse_device_id(value: Any) -> str:
+    if isinstance(value, str) and (value == "" or re.fullmatch(DEVICE_ID_PATTERN, value)):
+        return value
+    raise ValueError("must be 1-64 characters of a-z 0-9 _ - (empty: derived from the hostname)")
+
+
+DEVICE_ID_PATTERN = r"[a-z0-9_-]{1,64}"
+MACHINE_ID = "/etc/machine-id"  # systemd's per-installation id; a hash of it, never the id itself, goes out
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """[device]: who this guard is, in audit records (and later topics and sink names)."""
+
+    id: str = field(default="", metadata=_doc(
+        "device id, a-z 0-9 _ -; empty: the hostname plus 6 hex digits of /etc/machine-id (unique per device, "
+        "stable across restarts)", parse=_parse_device_id))
+
+    def resolved_id(self) -> str:
+        """The configured id, or the hostname squeezed into a-z 0-9 _ - plus a short hash of the machine id.
+
+        Two Pis left at the default hostname `raspberrypi` must not share a topic tree.
+        """
+        if self.id:
+            return self.id
+        name = re.sub(r"[^a-z0-9_-]+", "-", socket.gethostname().lower()).strip("-")[:57] or "guard"
+        try:
+            machine = Path(MACHINE_ID).read_text().strip()
+        except OSError:
+            return name
+        return f"{name}-{hashlib.sha256(machine.encode()).hexdigest()[:6]}" if machine else name
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """[audit]: where the hash-chained decision log lives."""
+
+    path: str = field(default="", metadata=_doc(
+        "audit log file; empty: $STATE_DIRECTORY/audit.jsonl under systemd, "
+        "/var/lib/guard/audit.jsonl as root, else ~/.local/state/guard/audit.jsonl"))
+
+    def resolved_path(self) -> Path:
+        return Path(self.path).expanduser() if self.path else state_dir() / "audit.jsonl"
+
+
+def state_dir() -> Path:
+    """$STATE_DIRECTORY under systemd, /var/lib/guard as root, else ~/.local/state/guard."""
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/guard")
+    return Path.home() / ".local" / "state" / "guard"
+
+
+@dataclass(frozen=True)
+class ConfirmConfig:
+    """[confirm]: where the enrolled spoken-confirmation phrase lives."""
+
+    templates_path: str = field(default="", metadata=_doc(
+        "enrolled phrase templates (.npz, embeddings only); empty: confirm.npz in the state directory"))
+
+    def resolved_path(self) -> Path:
+        return Path(self.templates_path).expanduser() if self.templates_path else state_dir() / "confirm.npz"
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """[audio]: where sound comes from and how much pre-roll is kept."""
+
+    device: str = field(default="", metadata=_doc(
+        "microphone: index (2 or \"2\") or part of its name from `guard devices`; empty for the system default",
+        parse=_parse_device))
+    channels: int = field(default=1, metadata=_doc("channels to open (ReSpeaker USB v2.0: 6)", 1, 64))
+    channel: int | None = field(default=None, metadata=_doc(
+        'channel to keep, 0-based, or "mix" to average them', parse=_parse_channel, none_text='"mix"'))
+    rate_hz: int = field(default=0, metadata=_doc(
+        "native rate to open the mic at; 0 tries 16000, 48000, 44100", 0, 192000))
+    pre_roll_seconds: float = field(default=2.0, metadata=_doc(
+        "audio kept in RAM before the wake word ends", 0.5, 10))
+    zeros_fault_seconds: float = field(default=30.0, metadata=_doc(
+        "a microphone that delivers nothing but exact digital zeros this long has failed (unplugged under "
+        "ALSA, or a dead driver): a `fault` that wipes and opens it afresh with backoff until it delivers sound; "
+        "0: never", 0, 3600))
+
+
+@dataclass(frozen=True)
+class WakeConfig:
+    """[wake]: which wake words, and how sure the models must be."""
+
+    models: tuple[str, ...] = field(default=("alexa", "hey_jarvis"), metadata=_doc(
+        "wake-word models: bundled names (alexa, hey_jarvis, hey_mycroft, hey_marvin), "
+        "stems of .onnx files in models_dir, or paths"))
+    threshold: float = field(default=0.5, metadata=_doc("score that counts as a wake", 0, 1))
+    patience_frames: int = field(default=1, metadata=_doc(
+        "consecutive 80 ms frames at or over threshold needed", 1, 25))
+    refractory_seconds: float = field(default=2.0, metadata=_doc(
+        "after a wake, how long the same model stays quiet", 0, 30))
+    vad_threshold: float = field(default=0.0, metadata=_doc(
+        "Silero speech probability needed just before a wake; 0 disables", 0, 1))
+    models_dir: str = field(default="", metadata=_doc("folder of your own .onnx models, used by name; empty: none"))
+    overrides: dict = field(default_factory=dict, metadata=_doc(
+        "per-model threshold, patience_frames, refractory_seconds: [wake.overrides.alexa]"))
+
+    def settings(self) -> list[WakeModelSettings]:
+        """One trigger rule per configured model, overrides applied."""
+        base = {"threshold": self.threshold, "patience_frames": self.patience_frames,
+                "refractory_seconds": self.refractory_seconds}
+        return [WakeModelSettings(name, **{**base, **self.overrides.get(name, {})}) for name in self.models]
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """[gate]: how an utterance is captured and how long consent is waited for."""
+
+    pending_timeout_seconds: float = field(default=10.0, metadata=_doc(
+        "how long the LED shows pending and a press can release; then the audio is wiped", 1, 60))
+    max_utterance_seconds: float = field(default=10.0, metadata=_doc(
+        "longest capture after the wake word", 1, 30))
+    end_silence_seconds: float = field(default=1.0, metadata=_doc(
+        "quiet that ends the utterance", 0.3, 5))
+    silence_dbfs: float = field(default=-45.0, metadata=_doc(
+        "frame level (dBFS) below which a frame counts as quiet", -90, 0))
+    button_quiet_seconds: float = field(default=0.05, metadata=_doc(
+        "a press counts only if the button was up this long before it: contact bounce and chatter never do",
+        0.01, 1))
+
+
+@dataclass(frozen=True)
+class GpioConfig:
+    """[gpio]: the consent button and the status LED (BCM pin numbers)."""
+
+    button_pin: int = field(default=17, metadata=_doc("BCM pin of the button, wired to GND", 0, 27))
+    button_pull_up: bool = field(default=True, metadata=_doc(
+        "true: internal pull-up, button to GND; false: pull-down, button to 3V3"))
+    bounce_seconds: float = field(default=0.05, metadata=_doc("contact bounce ignored", 0, 0.5))
+    long_press_seconds: float = field(default=2.0, metadata=_doc("hold this long to mute or unmute", 0.2, 10))
+    led_type: str = field(default="plain", metadata=_doc(
+        "plain, pwm or rgb", parse=lambda v: _choice(v, ("plain", "pwm", "rgb"))))
+    led_pins: tuple[int, ...] = field(default=(27,), metadata=_doc(
+        "BCM pin of the LED; rgb takes three: [red, green, blue]", parse=_parse_pins))
+    led_active_high: bool = field(default=True, metadata=_doc("false for an LED wired from 3V3 to the pin"))
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """[mqtt]: the broker the hub listens on. Empty host: no MQTT at all."""
+
+    host: str = field(default="", metadata=_doc("broker host name or address; empty disables MQTT"))
+    port: int = field(default=1883, metadata=_doc("broker port (8883 is usual with TLS)", 1, 65535))
+    tls: bool = field(default=False, metadata=_doc("connect with TLS"))
+    ca_file: str = field(default="", metadata=_doc("CA certificate (PEM) for TLS; empty: the system CAs"))
+    cert_file: str = field(default="", metadata=_doc("client certificate (PEM) for TLS, if the broker wants one"))
+    key_file: str = field(default="", metadata=_doc("client key (PEM) for cert_file"))
+    username: str = field(default="", metadata=_doc("user name; empty connects anonymously"))
+    password_file: str = field(default="", metadata=_doc(
+        "file holding the password; must not be readable by group or others (chmod 600)"))
+    keepalive_seconds: int = field(default=30, metadata=_doc(
+        "MQTT keepalive; the broker declares the guard offline after 1.5 times this", 2, 600))
+    reconnect_max_seconds: int = field(default=60, metadata=_doc("longest wait between reconnect tries", 1, 3600))
+    outbox_events: int = field(default=1000, metadata=_doc(
+        "events kept while the broker is away; older ones are dropped and counted in the audit log (at most "
+        "10000: paho numbers messages in flight with 16 bits)", 10, 10000))
+    discovery: bool = field(default=True, metadata=_doc("publish Home Assistant discovery"))
+    discovery_prefix: str = field(default="homeassistant", metadata=_doc("Home Assistant's discovery prefix"))
+    discovery_style: str = field(default="entities", metadata=_doc(
+        "entities: a config topic per entity (every Home Assistant); device: one topic for all of them "
+        "(Home Assistant 2024.11 or newer); a change withdraws the other style's topics",
+        parse=lambda v: _choice(v, ("entities", "device"))))
+    hermes: bool = field(default=False, metadata=_doc(
+        "Rhasspy/Hermes: publish hermes/hotword/<device id>/detected; toggleOff/toggleOn act as remote mute"))
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """[sinks.NAME]: one place released audio may go. Only this file can name one."""
+
+    type: str = field(default="directory", metadata=_doc(
+        "directory (a WAV file per release), command (the WAV on its stdin) or mqtt (guard/<id>/audio/<utterance>)",
+        parse=lambda v: _choice(v, ("directory", "command", "mqtt"))))
+    path: str = field(default="", metadata=_doc("directory sink: the folder the WAV files go to"))
+    command: tuple[str, ...] = field(default=(), metadata=_doc(
+        'command sink: argv, run without a shell, e.g. ["/usr/local/bin/upload", "--quiet"]'))
+    timeout_seconds: float = field(default=30.0, metadata=_doc(
+        "command sink: killed after this long; mqtt sink: wait this long for the broker's ack", 1, 600))
+    confirm: tuple[str, ...] = field(default=("button",), metadata=_doc(
+        'which consent releases to this sink: ["button"] or ["button", "voice"] (voice needs guard enroll)',
+        parse=_parse_confirm))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole config file; each attribute is one TOML table."""
+
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    wake: WakeConfig = field(default_factory=WakeConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    gpio: GpioConfig = field(default_factory=GpioConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
+    sinks: dict[str, SinkConfig] = field(default_factory=dict)
+
+
+_OVERRIDE_KEYS = ("threshold", "patience_frames", "refractory_seconds")
+
+
+def _where(source: str, table: str, key: str, value: Any) -> str:
+    return f"{source}: [{table}] {key} = {value!r}"
+
+
+def value_text(f, value: Any) -> str:
+    """A setting's value as TOML text; None is written the way the field spells it ("mix")."""
+    if value is None:
+        return f.metadata["none_text"]
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _default_text(f) -> str:
+    return value_text(f, f.default if f.default is not MISSING else f.default_factory())
+
+
+def _check_type(value: Any, annotation: Any) -> bool:
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is dict:
+        return isinstance(value, dict)
+    if annotation is bool:
+        return isinstance(value, bool)
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _type_name(annotation: Any) -> str:
+    return {float: "a number", int: "a whole number", str: "a string", dict: "a table", bool: "true or false"}.get(
+        annotation, "a list of strings")
+
+
+def _value(source: str, table: str, f, value: Any) -> Any:
+    where = _where(source, table, f.name, value)
+    fix = f"fix it or delete the line for the default ({_default_text(f)})"
+    if "parse" in f.metadata:
+        try:
+            return f.metadata["parse"](value)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {e}; {fix}") from None
+    if not _check_type(value, f.type):
+        raise ConfigError(f"{where}: must be {_type_name(f.type)}; {fix}")
+    lo, hi = f.metadata["range"]
+    if lo is not None and not lo <= value <= hi:
+        raise ConfigError(f"{where}: must be {lo}-{hi}; {fix}")
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _unknown(source: str, table: str, key: str, known: list[str]) -> ConfigError:
+    near = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {near[0]}?" if near else f"known: {', '.join(known)}"
+    where = f"[{table}] {key}" if table else f"[{key}]"
+    return ConfigError(f"{source}: {where}: unknown key; {hint}")
+
+
+def _build(cls: type, source: str, table: str, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [{table}] must be a table")
+    known = {f.name: f for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise _unknown(source, table, key, list(known))
+    return cls(**{k: _value(source, table, known[k], v) for k, v in raw.items()})
+
+
+def _check_overrides(source: str, wake: WakeConfig) -> None:
+    defaults = {f.name: f for f in fields(WakeConfig)}
+    for name, table in wake.overrides.items():
+        where = f"wake.overrides.{name}"
+        if name not in wake.models:
+            raise ConfigError(f"{source}: [{where}]: {name} is not in [wake] models; add it there or remove the table")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{where}] must be a table")
+        for key, value in table.items():
+            if key not in _OVERRIDE_KEYS:
+                raise _unknown(source, where, key, list(_OVERRIDE_KEYS))
+            _value(source, where, defaults[key], value)
+
+
+def _sink(source: str, name: str, raw: Any) -> SinkConfig:
+    table = f"sinks.{name}"
+    if not re.fullmatch(DEVICE_ID_PATTERN, name):
+        raise ConfigError(f"{source}: [{table}]: sink names are 1-64 characters of a-z 0-9 _ -")
+    sink = _build(SinkConfig, source, table, raw)
+    if sink.type == "directory" and not sink.path:
+        raise ConfigError(f"{source}: [{table}] path: a directory sink needs path = \"/folder/for/wavs\"")
+    if sink.type == "command" and not sink.command:
+        raise ConfigError(f"{source}: [{table}] command: a command sink needs command = [\"/path/to/program\", ...]")
+    return sink
+
+
+def parse(raw: dict, source: str) -> Config:
+    """Validate a parsed TOML document; the first problem raises ConfigError naming the key."""
+    tables = {f.name: f for f in fields(Config)}
+    for key in raw:
+        if key not in tables:
+            raise _unknown(source, "", key, list(tables))
+    sinks = raw.get("sinks", {})
+    if not isinstance(sinks, dict):
+        raise ConfigError(f"{source}: [sinks] must hold tables like [sinks.archive]")
+    built = {k: _build(tables[k].default_factory, source, k, v) for k, v in raw.items() if k != "sinks"}
+    config = Config(**built, sinks={name: _sink(source, name, table) for name, table in sinks.items()})
+    _check_overrides(source, config.wake)
+    if any(sink.type == "mqtt" for sink in config.sinks.values()) and not config.mqtt.host:
+        raise ConfigError(f"{source}: an mqtt sink needs [mqtt] host")
+    wanted = 3 if config.gpio.led_type == "rgb" else 1
+    if len(config.gpio.led_pins) != wanted:
+        raise ConfigError(f"{source}: [gpio] led_pins = {list(config.gpio.led_pins)}: "
+                          f"a {config.gpio.led_type} LED takes {wanted} pin(s)")
+    return config
+
+
+def find_path(explicit: str | None) -> Path | None:
+    """--config, else $GUARD_CONFIG, else /etc/guard/guard.toml if present, else None (defaults)."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("GUARD_CONFIG"):
+        return Path(os.environ["GUARD_CONFIG"])
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.is_file() else None
+
+
+def load(explicit: str | None = None) -> tuple[Config, Path | None]:
+    """Find, read and validate the config; returns it and the file it came from."""
+    path = find_path(explicit)
+    if path is None:
+        return Config(), None
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (IsADirectoryError, PermissionError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    config = parse(raw, str(path))
+    _check_trust(path, config)
+    return config, path
+
+
+def _check_trust(path: Path, config: Config) -> None:
+    """The config and every file a sink names may be written only by root or this user (see trust.py)."""
+    named = [(path, "config")]
+    for name, sink in config.sinks.items():
+        if sink.type == "directory":
+            named.append((Path(sink.path).expanduser(), f"[sinks.{name}] path"))
+        elif sink.type == "command" and Path(sink.command[0]).is_absolute():
+            named.append((Path(sink.command[0]), f"[sinks.{name}] command"))
+    for file, key in named:
+        problem = trust.untrusted(file)
+        if problem:
+            raise ConfigError(f"{path}: {key}: {problem}" if key != "config" else problem)
+
+
+def _table_toml(name: str, section: Any) -> list[str]:
+    lines, subtables = [f"[{name}]"], []
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, dict):
+            subtables += [(f"{name}.{f.name}.{k}", v) for k, v in value.items()]
+        else:
+            lines.append(f"{f.name} = {value_text(f, value)}")
+    for sub, values in subtables:
+        lines += ["", f"[{sub}]"] + [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    return lines + [""]
+
+
+def to_toml(config: Config) -> str:
+    """The settings in effect, as a TOML file that would load back to the same Config."""
+    lines = []
+    for table in fields(Config):
+        if table.name == "sinks":
+            for name, sink in config.sinks.items():
+                lines += _table_toml(f"sinks.{name}", sink)
+        else:
+            lines += _table_toml(table.name, getattr(config, table.name))
+    return "\n".join(lines)
+
+
+def reference() -> list[tuple[str, str, str, str]]:
+    """(table, key, default, doc with range) for every setting: the README table and `config check`."""
+    rows = []
+    for table in fields(Config):
+        cls, name = (SinkConfig, "sinks.NAME") if table.name == "sinks" else (table.default_factory, table.name)
+        for f in fields(cls):
+            lo, hi = f.metadata["range"]
+            span = f" ({lo}-{hi})" if lo is not None else ""
+            rows.append((name, f.name, _default_text(f), f.metadata["doc"] + span))
+    return rows

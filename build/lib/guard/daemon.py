@@ -1,0 +1,463 @@
+"""`guard run`: one loop owns the gate; the audio thread and gpiozero only queue messages.
+
+The audio thread reads the source and posts copies of 80 ms frames; when the
+gate mutes, that same thread closes the microphone stream. The loop zeroes
+every frame after the gate has seen it, and drains the queue on mute and exit.
+A microphone that errors, vanishes or delivers only zeros is a lasting fault:
+the audio thread drops it and opens it afresh with backoff until it is back.
+"""
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from guard import sinks
+from guard.audio import FRAME_SECONDS, MicSource, WavSource
+from guard.audit import AuditLog
+from guard.config import Config
+from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
+from guard.errors import DeviceError, UsageError
+from guard.gate import Delivery, Event, Gate, State
+from guard.hardware import ConsentButton, StatusLed, pin_factory
+from guard.mqtt import MqttLink
+from guard.systemd import Notifier
+from guard.wake import WakeDetector
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.05
+AUDIO_STALL_SECONDS = 3.0  # no frame for this long while listening: the audio side is hung (watchdog stops)
+DELIVERY_GRACE_SECONDS = 4.0  # at exit, a release still running gets this long; systemd's stop timeout is longer
+MIC_HUNG_SECONDS = 10.0  # a read blocked this long cannot be interrupted: exit 1 so that systemd restarts
+MIC_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff between attempts to open a failed microphone afresh
+QUEUE_FRAMES = 50  # 4 s of audio: a slow loop holds the reader back instead of dropping frames
+
+
+class AudioClock:
+    """Time measured in audio consumed, for `--fast` file runs that must not wait in real time."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self) -> float:
+        return self.seconds
+
+
+@dataclass
+class RunOptions:
+    """Per-run choices: where audio comes from, which GPIO, how fast a file plays."""
+
+    source: str = "mic"
+    gpio: str = "auto"
+    fast: bool = False
+    publish: Callable[[Event], None] = field(default=lambda e: None)
+
+
+class Daemon:
+    """Wires source, detector, gate, button, LED, sinks and audit together, and runs the loop."""
+
+    def __init__(self, config: Config, options: RunOptions, detector: WakeDetector) -> None:
+        self.config, self.options = config, options
+        self.frames: queue.Queue = queue.Queue()  # (frame copy, microphone generation) from the audio thread
+        self.words: queue.Queue = queue.Queue()  # (word, clock) from gpiozero and the audio thread; served first
+        self.listening = threading.Event()
+        self.listening.set()
+        self.stopping = threading.Event()
+        self.clock = AudioClock() if options.fast else time.monotonic
+        device_id = config.device.resolved_id()
+        self.audit = AuditLog(config.audit.resolved_path(), device_id)
+        self.mqtt = MqttLink(config.mqtt, device_id, lambda verb: self.words.put(("remote", verb)), self.audit,
+                             config.audit.resolved_path().parent / "mqtt-discovered") \
+            if config.mqtt.host else None
+        self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None)
+        self.button, self.led = self._gpio()
+        accepts = {name: sink.confirm for name, sink in config.sinks.items()}
+        self._outgoing: queue.Queue[Delivery | None] = queue.Queue()  # consented releases for the delivery thread
+        self._unfinished: list[Delivery] = []
+        self._delivery_thread = threading.Thread(target=self._deliveries, name="delivery", daemon=True)
+        self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
+                         accepts=accepts, confirmation=self._spoken_confirmation(accepts), publish=self._publish,
+                         show=self.led.show if self.led else lambda s: None, set_listening=self._set_listening,
+                         clock=self.clock, deliver=self._deliver_in_background)
+        self._mic_down: str | None = None  # why the microphone is failing, until it delivers sound again
+        self._generation = 0  # counts microphones opened afresh: frames of a failed one never prove it is back
+        self._down_generation = -1
+        self._reopen = threading.Event()  # the loop asks the audio thread to drop the microphone and open it afresh
+        self._attempt = 0  # reopen attempts since the microphone last delivered sound (the backoff's step)
+        self._audio_heartbeat = time.monotonic()  # the audio thread is alive (reading, or waiting to retry)
+        self.source = self._open_source()
+        self.health = self._health()
+        if self.mqtt is not None:
+            self.mqtt.health = self.health
+        self._eof = threading.Event()
+        self.source_failure: str | None = None  # why the audio source is beyond retrying: `guard run` exits 1
+        self._zeros_since: float | None = None  # since when the microphone has delivered only exact zeros
+        self.notifier = Notifier()
+        self._last_frame = time.monotonic()
+
+    def _gpio(self) -> tuple[ConsentButton | None, StatusLed | None]:
+        if self.options.gpio == "none":
+            voice = [name for name, sink in self.config.sinks.items() if "voice" in sink.confirm]
+            if voice:
+                raise UsageError(f"[sinks.{voice[0]}] accepts spoken confirmation, but --gpio none has no LED to "
+                                 "show that a release is pending; use --gpio auto, or remove \"voice\" from its "
+                                 "confirm list")
+            log.warning("no GPIO (--gpio none): nothing can be released by button; every utterance is wiped")
+            return None, None
+        factory = pin_factory(self.options.gpio)
+        self.pin_factory = factory
+        return ConsentButton(self.config.gpio, self._post_word, factory), StatusLed(self.config.gpio, factory)
+
+    def _open_source(self) -> MicSource | WavSource | None:
+        """The file, or the microphone; None (retried by the audio thread) when the microphone is not there yet."""
+        if self.options.source != "mic":
+            return WavSource(Path(self.options.source))
+        try:
+            return self._new_mic()
+        except DeviceError as e:
+            self._mic_down = str(e)
+            return None
+
+    def _new_mic(self) -> MicSource:
+        a = self.config.audio
+        return MicSource(a.device or None, a.channels, a.channel, a.rate_hz or None)
+
+    @property
+    def _mic_label(self) -> str:
+        source = self.source  # the audio thread may drop it meanwhile
+        return source.name if isinstance(source, MicSource) else str(self.config.audio.device or
+                                                                     "the default microphone")
+
+    def _publish(self, event: Event) -> None:
+        self.options.publish(event)
+        if self.mqtt is not None:
+            self.mqtt.event(event)
+
+    def _spoken_confirmation(self, accepts: dict[str, tuple[str, ...]]) -> SpokenConfirmation | None:
+        """The enrolled phrase if some sink accepts voice; fails closed (button only) on any problem."""
+        if not any("voice" in a for a in accepts.values()):
+            return None
+        try:
+            return SpokenConfirmation(Enrolment.load(self.config.confirm.resolved_path()))
+        except EnrollError as e:
+            log.warning("spoken confirmation off: %s; the button still works", e)
+            return None
+
+    def _health(self) -> dict[str, str]:
+        """One line per part, logged at start and kept in the retained MQTT state for `guard status`."""
+        words = self.gate.detector.words
+        return {
+            "audio": self._audio_health(),
+            "models": ", ".join(f"{w.name} (threshold {w.settings.threshold:g})" for w in words),
+            "buffers": self._buffers_health(),
+            "gpio": {"none": "none: nothing can be released by button", "mock": "simulated pins"}.get(
+                self.options.gpio, f"button GPIO{self.config.gpio.button_pin}, "
+                                   f"{self.config.gpio.led_type} LED GPIO{list(self.config.gpio.led_pins)}"),
+            "mqtt": f"{self.config.mqtt.host}:{self.config.mqtt.port}" if self.mqtt else "off",
+            "sinks": ", ".join(f"{s.name} ({type(s).__name__}, by {' or '.join(self.gate.accepted_by(s))})"
+                               for s in self.sinks) or "none",
+            "spoken confirmation": "listening while pending" if self.gate.confirmation else "off",
+        }
+
+    def _audio_health(self) -> str:
+        source = self.source  # the audio thread may drop it meanwhile
+        if isinstance(source, MicSource):
+            return f"{source.name} at {source.rate_hz} Hz"
+        return str(source.path) if isinstance(source, WavSource) else f"waiting for the microphone: {self._mic_down}"
+
+    def _buffers_health(self) -> str:
+        """Every buffer that holds audio and could not be locked in RAM, by name and size."""
+        buffers = {"pre-roll ring": self.gate.ring, "capture": self.gate.capture}
+        if self.gate.confirmation is not None:
+            buffers["spoken-confirmation window"] = self.gate.confirmation.heard
+        unlocked = [f"{name} ({b.nbytes // 1024} KiB)" for name, b in buffers.items() if not b.locked]
+        if not unlocked:
+            return f"all {len(buffers)} locked in RAM"
+        problem = (f"not locked in RAM: {', '.join(unlocked)}; they may swap to disk; "
+                   "raise LimitMEMLOCK or grant CAP_IPC_LOCK")
+        log.warning("mlock refused: %s", problem)
+        return problem
+
+    def _deliver_in_background(self, delivery: Delivery) -> None:
+        """Queue a release for the delivery thread: a slow sink holds up neither the button, remote mute nor
+        the watchdog. Releases go out one at a time, in order."""
+        self._unfinished.append(delivery)
+        self._outgoing.put(delivery)
+
+    def _deliveries(self) -> None:
+        """The delivery thread: run each release, then hand it back to the loop to be recorded."""
+        while True:
+            delivery = self._outgoing.get()
+            if delivery is None:
+                return
+            delivery.run()
+            self.words.put(("delivered", delivery))
+
+    def _finish_deliveries(self) -> None:
+        """At exit: give releases still on their way a moment, then stop them and record what really happened."""
+        self._outgoing.put(None)
+        self._delivery_thread.join(DELIVERY_GRACE_SECONDS)
+        for delivery in self._unfinished:  # not yet recorded by the loop; abandoning a finished one changes nothing
+            delivery.abandon("still delivering when the guard stopped; stopped")
+        self._delivery_thread.join(1.0)
+        for delivery in self._unfinished:
+            self.gate.delivered(delivery)
+        self._unfinished = []
+
+    def _post_word(self, word: str) -> None:
+        self.words.put((word, self.clock()))
+
+    def _set_listening(self, on: bool) -> None:
+        if on:
+            self._last_frame = time.monotonic()  # the reopened mic gets its own grace period
+            self._zeros_since = None
+            self.listening.set()
+            return
+        self.listening.clear()
+        self._drain()
+
+    def _drain(self) -> None:
+        """Zero and drop queued frames (mute, exit)."""
+        while True:
+            try:
+                self.frames.get_nowait()[0].fill(0)
+            except queue.Empty:
+                return
+
+    # -- the audio thread -----------------------------------------------------------
+
+    def _frames(self) -> Iterator[np.ndarray]:
+        """Frames while listening. Muted, a mic's stream is closed here, in the thread that reads it."""
+        if isinstance(self.source, WavSource):
+            for frame in self.source.frames():
+                while not self.listening.is_set() and not self.stopping.is_set():
+                    self.listening.wait(TICK_SECONDS)  # a file pauses while muted
+                yield frame
+            return
+        while not self.stopping.is_set():
+            self._audio_heartbeat = time.monotonic()
+            if not self.listening.is_set():
+                if self.source is not None:
+                    self.source.close_stream()
+                self.listening.wait(TICK_SECONDS)
+                continue
+            try:
+                if self.source is None:
+                    self.source = self._new_mic()
+                    self._generation += 1
+                self.source.open()
+                for frame in self.source.frames():  # the loop's _last_frame shows these are alive
+                    yield frame
+                    if not self.listening.is_set() or self.stopping.is_set() or self._reopen.is_set():
+                        break
+            except Exception as e:  # PortAudio's OSError, a vanished device, anything: drop it and try afresh
+                self.words.put(("source-failed", str(e) or type(e).__name__))
+                self._reopen.set()
+            if self._reopen.is_set():
+                self._drop_mic()
+                self._wait(MIC_RETRY_SECONDS[min(self._attempt, len(MIC_RETRY_SECONDS) - 1)])
+                self._attempt += 1
+                self._reopen.clear()
+
+    def _drop_mic(self) -> None:
+        """Close the microphone and PortAudio itself: a device plugged back in is only seen by a fresh start."""
+        source, self.source = self.source, None
+        if isinstance(source, MicSource):
+            try:
+                source.close()
+            except Exception as e:  # a device that has gone may fail to close; it is dropped all the same
+                log.debug("closing the failed microphone: %s", e)
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep in the audio thread, staying responsive to stop and showing it is alive to the watchdog."""
+        until = time.monotonic() + seconds
+        while not self.stopping.is_set() and time.monotonic() < until:
+            self._audio_heartbeat = time.monotonic()
+            self.stopping.wait(TICK_SECONDS)
+
+    def _read(self) -> None:
+        paced = isinstance(self.source, WavSource) and not self.options.fast
+        next_due = time.monotonic()
+        try:
+            for frame in self._frames():
+                if paced:  # like a microphone, a frame is there once its 80 ms have been heard
+                    next_due = max(next_due + FRAME_SECONDS, time.monotonic() - FRAME_SECONDS)  # no burst after a pause
+                    time.sleep(max(0.0, next_due - time.monotonic()))
+                if self.stopping.is_set():
+                    break
+                while self.frames.qsize() >= QUEUE_FRAMES and not self.stopping.is_set():
+                    time.sleep(TICK_SECONDS / 10)  # back-pressure: the loop is behind
+                self.post_frame(frame)
+        except Exception as e:  # a dying audio thread must not take the guard's state with it
+            log.error("audio source failed: %s", e)
+            self.words.put(("source-failed", str(e)))
+        finally:
+            if self.source is not None:
+                self.source.wipe()
+            self._eof.set()
+
+    def post_frame(self, frame: np.ndarray) -> None:
+        """Hand a copy of one frame to the loop (the copy is zeroed once the gate has seen it)."""
+        self.frames.put((frame.copy(), self._generation))
+
+    # -- the loop -----------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish (signal handlers call this)."""
+        self.stopping.set()
+        self.listening.set()
+        self.words.put(("stop", None))
+
+    def run(self) -> None:
+        """Serve until stopped, or until a file source ends and nothing is pending.
+
+        Raises:
+            AuditError: another guard is writing the same audit log.
+        """
+        self.audit.open()
+        self._delivery_thread.start()
+        if self.audit.problem:  # read-only or full: keep guarding, but nothing can be captured without a record
+            self.gate.fault(f"audit log unavailable: {self.audit.problem}")
+        if self.mqtt is not None:
+            self.mqtt.start()
+        reader = threading.Thread(target=self._read, name="audio", daemon=True)
+        reader.start()
+        self._last_frame = time.monotonic()
+        self.notifier.ready(f"guarding as {self.config.device.resolved_id()}")
+        log.info("guarding as %s: %d sink(s), audit log %s", self.config.device.resolved_id(), len(self.sinks),
+                 self.audit.path)
+        try:
+            while not self.stopping.is_set():
+                self._step()
+                if self._eof.is_set() and self.frames.empty() and self.words.empty() and self._file_done():
+                    break
+        finally:
+            self.notifier.stopping()
+            self.stopping.set()
+            self.listening.set()
+            self._drain()
+            self.gate.shutdown()
+            self._finish_deliveries()
+            reader.join(timeout=2)
+            if self.mqtt is not None:
+                self.mqtt.stop()
+            self._close()
+
+    def _step(self) -> None:
+        try:
+            item, payload = self.words.get_nowait()
+        except queue.Empty:
+            try:
+                item, payload = self.frames.get(timeout=TICK_SECONDS)
+            except queue.Empty:
+                item = payload = None
+        try:
+            self._handle(item, payload)
+            self.gate.tick()
+            self.notifier.watchdog(self._audio_alive())
+            self._check_microphone()
+        except Exception as e:  # the loop's edge: log, wipe, show fault, keep serving
+            log.exception("fault in the guard loop")
+            self.gate.fault(f"{type(e).__name__}: {e}")
+        finally:
+            if isinstance(item, np.ndarray):
+                item.fill(0)
+
+    def _audio_alive(self) -> bool:
+        """Frames keep coming, the audio thread is waiting to retry a failed mic, or no frames are expected
+        (muted, or the file has ended)."""
+        expected = self.listening.is_set() and not self._eof.is_set()
+        return not expected or time.monotonic() - self._last_alive() < AUDIO_STALL_SECONDS
+
+    def _last_alive(self) -> float:
+        return max(self._last_frame, self._audio_heartbeat)
+
+    def _check_microphone(self) -> None:
+        """A microphone that delivers only exact zeros has failed (open it afresh); one whose read never returns
+        cannot be helped from inside this process (stop, exit 1, systemd restarts)."""
+        if self.options.source != "mic" or not self.listening.is_set() or self.source_failure:
+            return
+        if self._mic_down is not None and self.gate.state is State.IDLE:  # unmuted while it is still failing
+            self.gate.fault(f"audio source failed: {self._mic_down}; retrying", lasting=True)
+        now, limit = time.monotonic(), self.config.audio.zeros_fault_seconds
+        if now - self._last_alive() >= MIC_HUNG_SECONDS:
+            self.source_failure = f"no audio from {self._mic_label} for {MIC_HUNG_SECONDS:g} s (hung)"
+            self.gate.fault(f"audio source failed: {self.source_failure}")
+            self.stop()
+        elif limit and self._zeros_since is not None and now - self._zeros_since >= limit:
+            self._source_failed(f"{self._mic_label} delivered only digital zeros for {limit:g} s (unplugged?)")
+
+    def _source_failed(self, why: str) -> None:
+        """A file that cannot be read ends the run (exit 1); a failing microphone is a fault until it is back."""
+        if self.options.source != "mic":
+            self.source_failure = why
+            self.gate.fault(f"audio source failed: {why}")
+            return
+        self._reopen.set()
+        self._zeros_since = None
+        self._down_generation = self._generation
+        if self._mic_down == why:
+            log.debug("microphone still failing: %s", why)
+            return
+        first = self._mic_down is None
+        self._mic_down = why
+        self.health["audio"] = f"failing, retrying: {why}"
+        if first:
+            self.gate.fault(f"audio source failed: {why}; retrying", lasting=True)
+        else:
+            log.warning("microphone still failing, now: %s; retrying", why)
+
+    def _mic_back(self) -> None:
+        self._mic_down = None
+        self._attempt = 0
+        self.health["audio"] = self._audio_health()
+        self.gate.recovered(f"{self._mic_label} delivers sound again")
+
+    def _handle(self, item, payload) -> None:
+        if isinstance(item, np.ndarray):
+            self._last_frame = time.monotonic()
+            if item.any():
+                self._zeros_since = None
+                if self._mic_down is not None and payload > self._down_generation:
+                    self._mic_back()
+            elif self._zeros_since is None:
+                self._zeros_since = self._last_frame
+            self.gate.feed(item)
+            if self.options.fast:
+                self.clock.seconds += FRAME_SECONDS
+        elif item == "button_down":
+            self.gate.button_down(payload)
+        elif item == "button_up":
+            self.gate.button_up(payload)
+        elif item == "button_held":
+            self.gate.button_held(payload)
+        elif item == "remote":
+            {"mute": self.gate.mute, "unmute": self.gate.unmute, "cancel": self.gate.cancel,
+             "wipe": self.gate.wipe}[payload]("remote")
+        elif item == "source-failed":
+            self._source_failed(payload)
+        elif item == "delivered":
+            self._unfinished = [d for d in self._unfinished if d is not payload]
+            self.gate.delivered(payload)
+
+    def _file_done(self) -> bool:
+        """After a file ends: close the utterance, let a pending window run out, then stop."""
+        if self.gate.state is State.CAPTURING:
+            self.gate.end_capture()
+        expires = self.gate.expires_at()
+        if expires is not None and self.options.fast:
+            self.clock.seconds = max(self.clock.seconds, expires)
+        return expires is None
+
+    def _close(self) -> None:
+        self.audit.close()
+        self._drop_mic()
+        for part in (self.button, self.led):
+            if part is not None:
+                part.close()

@@ -1,0 +1,443 @@
+"""The privacy gate: the only code that may hand audio to a sink.
+
+idle -> (wake) -> capturing -> (end of utterance) -> pending -> released | discarded -> idle.
+Audio leaves only on a button press that *began* after the LED showed pending,
+after the button had been up for a quiet time (so contact bounce and chatter
+never count), and ended before a long press; never on a press from before, a
+held or stuck button, or any remote command. Everything not released is zeroed: on discard,
+timeout, mute, fault and shutdown. Every decision goes to the audit log first.
+"""
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+import numpy as np
+
+from guard.audio import FRAME_SECONDS, RATE_HZ, level_dbfs
+from guard.audit import AuditLog
+from guard.config import GateConfig
+from guard.confirm import SpokenConfirmation
+from guard.errors import AuditError
+from guard.ringbuffer import CaptureBuffer, RingBuffer
+from guard.sinks import Sink, SinkError, SinkUncertain, Utterance, encode_wav
+from guard.wake import Detection, WakeDetector
+
+log = logging.getLogger(__name__)
+
+FAULT_SHOW_SECONDS = 3.0  # how long the LED shows a fault before listening resumes
+
+
+class State(StrEnum):
+    """What the guard is doing; the same words in the LED, the audit log and MQTT."""
+
+    IDLE = "idle"
+    CAPTURING = "capturing"
+    PENDING = "pending"
+    MUTED = "muted"
+    FAULT = "fault"
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something the hub may know: never audio, only what happened and to which utterance."""
+
+    kind: str
+    state: str
+    time: str
+    utterance: str | None = None
+    model: str | None = None
+    score: float | None = None
+    sink: str | None = None
+    reason: str | None = None
+    confirmed_by: str | None = None
+    duration_seconds: float | None = None
+    by: str | None = None
+    match_score: float | None = None
+    speaker_score: float | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+
+@dataclass
+class Delivery:
+    """One consented release on its way to its sinks; `run` may happen in another thread.
+
+    The WAV is a bytearray so that it can be zeroed once every sink has it (paho
+    keeps its own copy of an MQTT payload until the broker acknowledges it).
+    """
+
+    utterance: Utterance
+    wav: bytearray
+    sinks: list[Sink]
+    confirmed_by: str
+    duration_seconds: float
+    extra: dict
+    outcomes: list[tuple[str, str, str]] = field(default_factory=list)  # (sink, outcome, where or why)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _abandoned: bool = False
+    started: bool = False  # a sink has been handed the WAV
+
+    def run(self) -> None:
+        """Hand the WAV to each sink in turn and note what happened; then zero it."""
+        with self._lock:
+            if self._abandoned:
+                return
+            self.started = True
+        try:
+            for sink in self.sinks:
+                try:
+                    self._note(sink.name, "released", sink.deliver(self.wav, self.utterance))
+                except SinkUncertain as e:
+                    self._note(sink.name, "release-unknown", str(e))
+                except SinkError as e:
+                    self._note(sink.name, "release-failed", str(e))
+        finally:
+            self.wav[:] = bytes(len(self.wav))
+
+    def _note(self, sink: str, outcome: str, detail: str) -> None:
+        with self._lock:
+            if not self._abandoned:  # after abandon, the record already says what may have happened
+                self.outcomes.append((sink, outcome, detail))
+
+    def abandon(self, why: str) -> None:
+        """Shutdown while sinks still run: whatever they did not finish may still arrive; then stop them."""
+        with self._lock:
+            self._abandoned = True
+            done = {name for name, _, _ in self.outcomes}
+            if self.started:
+                self.outcomes += [(s.name, "release-unknown", f"sink {s.name}: {why}; it may still arrive")
+                                  for s in self.sinks if s.name not in done]
+            else:
+                self.outcomes += [(s.name, "release-failed", f"sink {s.name}: the guard stopped before it was sent")
+                                  for s in self.sinks]
+                self.wav[:] = bytes(len(self.wav))
+        for sink in self.sinks:
+            sink.cancel()
+
+
+class Gate:
+    """Decides, frame by frame and press by press, what happens to captured audio.
+
+    One loop owns it; PortAudio and gpiozero callbacks only queue messages for
+    that loop. Collaborators are passed in, so tests drive it with real models,
+    a real audit log and a test clock.
+
+    Args:
+        settings: the [gate] table.
+        detector: the wake-word detector.
+        pre_roll_seconds: audio kept before the wake word ends.
+        sinks: where a confirmed utterance goes (may be empty: then nothing can leave).
+        audit: the decision log, written before each decision takes effect.
+        accepts: per sink name, which consents release to it ("button", "voice"); default button only.
+        confirmation: the enrolled spoken phrase, or None (then only the button consents).
+        publish: receives every Event (printing, MQTT).
+        show: receives the state the LED should show (plus "released" for the flash).
+        deliver: runs a Delivery and then hands it back to `delivered` on the loop; default: right here.
+        set_listening: opens (True) or closes (False) the microphone.
+        clock: monotonic seconds.
+    """
+
+    def __init__(self, settings: GateConfig, detector: WakeDetector, pre_roll_seconds: float,
+                 sinks: list[Sink], audit: AuditLog, accepts: dict[str, tuple[str, ...]] | None = None,
+                 confirmation: SpokenConfirmation | None = None, publish: Callable[[Event], None] = lambda e: None,
+                 show: Callable[[str], None] = lambda s: None, set_listening: Callable[[bool], None] = lambda b: None,
+                 clock: Callable[[], float] = time.monotonic,
+                 deliver: Callable[[Delivery], None] | None = None) -> None:
+        self.settings = settings
+        self.detector = detector
+        self.ring = RingBuffer(pre_roll_seconds)
+        self.capture = CaptureBuffer(pre_roll_seconds + settings.max_utterance_seconds)
+        self.sinks = sinks
+        self.audit = audit
+        self.accepts = accepts or {}
+        self.confirmation = confirmation if any("voice" in self.accepted_by(s) for s in sinks) else None
+        self._publish, self._show, self._set_listening, self.clock = publish, show, set_listening, clock
+        self._deliver = deliver or self._deliver_here
+        self.state = State.IDLE
+        self.muted_by: str | None = None
+        self._utterance: Utterance | None = None
+        self._pending_since = math.inf
+        self._quiet_frames = 0
+        self._press_counts = False
+        self._held = False
+        self._button_up_since = -math.inf
+        self._fault_until = 0.0
+
+    # -- audio -----------------------------------------------------------------
+
+    def feed(self, frame: np.ndarray) -> None:
+        """One 80 ms frame from the microphone."""
+        if self.state in (State.MUTED, State.FAULT):
+            return
+        if self.state is State.IDLE:
+            self.ring.write(frame)
+        detections = self.detector.process(frame)
+        if self.state is State.PENDING and self.confirmation is not None \
+                and self.confirmation.push(self.detector.features.embeddings[-1], frame):
+            self._release("voice", match_score=round(self.confirmation.score, 4),
+                          speaker_score=round(self.confirmation.speaker_score, 3))
+            return
+        if self.state is State.IDLE:
+            if detections:
+                self._start_capture(max(detections, key=lambda d: d.score))
+        elif self.state is State.CAPTURING:
+            self._continue_capture(frame)
+        if detections and self.state is not State.CAPTURING:
+            log.debug("wake %s ignored while %s", detections[0].model, self.state)
+
+    def _start_capture(self, wake: Detection) -> None:
+        heard_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        self.capture.load(self.ring)
+        self.ring.wipe()
+        self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
+        self._quiet_frames = 0
+        self._pending_since = math.inf  # no consent window until this utterance's pending is shown
+        if not self._record("wake", State.CAPTURING, required=True, model=wake.model, score=round(wake.score, 4)):
+            self.fault("the audit log cannot take the wake record; nothing is captured")
+            return
+        self._enter(State.CAPTURING)
+
+    def _continue_capture(self, frame: np.ndarray) -> None:
+        full = not self.capture.append(frame)
+        self._quiet_frames = self._quiet_frames + 1 if level_dbfs(frame) < self.settings.silence_dbfs else 0
+        if full or self._quiet_frames * FRAME_SECONDS >= self.settings.end_silence_seconds:
+            self.end_capture()
+
+    def end_capture(self) -> None:
+        """The utterance is complete: record it, show pending, and only then open the consent window."""
+        if self.state is not State.CAPTURING:
+            return
+        self._press_counts = False
+        if self.confirmation is not None:
+            self.confirmation.reset()  # only what is said from now on can confirm
+        if not self._record("pending", State.PENDING, required=True, duration_seconds=self._duration()):
+            self.fault("the audit log cannot take the pending record; the utterance is wiped")
+            return
+        self._enter(State.PENDING, show="pending_voice" if self.confirmation is not None else None)
+        self._pending_since = self.clock()  # the LED shows pending from here: a press must begin after this
+
+    # -- the button ---------------------------------------------------------------
+
+    def button_down(self, at: float) -> None:
+        """The button went down at `at` (clock seconds). It counts only if that was after the LED showed
+        pending and after the button had been up for `button_quiet_seconds`: bounce is not a press."""
+        quiet = at - self._button_up_since >= self.settings.button_quiet_seconds
+        self._press_counts = self.state is State.PENDING and at >= self._pending_since and quiet
+        self._held = False
+
+    def button_up(self, at: float) -> None:
+        """The button came up: a short press that counted releases the audio."""
+        counts, held = self._press_counts, self._held
+        self._press_counts = self._held = False
+        self._button_up_since = at
+        if counts and not held and self.state is State.PENDING:
+            self._release("button")
+
+    def button_held(self, at: float) -> None:
+        """A long press toggles the hardware mute; it never releases anything."""
+        self._held = True
+        self._press_counts = False
+        if self.state is State.MUTED:
+            self.unmute("button")
+        else:
+            self.mute("button")
+
+    # -- decisions ------------------------------------------------------------------
+
+    def _deliver_here(self, delivery: Delivery) -> None:
+        delivery.run()
+        self.delivered(delivery)
+
+    def accepted_by(self, sink: Sink) -> tuple[str, ...]:
+        return self.accepts.get(sink.name, ("button",))
+
+    def _release(self, confirmed_by: str, **extra) -> None:
+        """Hand the utterance to every sink that accepts this consent, on the record before and after.
+
+        The held audio is encoded and wiped here; the sinks run in `deliver` (another thread
+        in the daemon, so a slow sink blocks neither the button nor remote mute), and
+        `delivered` records what really happened.
+        """
+        eligible = [s for s in self.sinks if confirmed_by in self.accepted_by(s)]
+        if not eligible:
+            self._discard("no sink configured" if not self.sinks else f"no sink accepts {confirmed_by} consent")
+            return
+        if not self._record("releasing", self.state, required=True, sink=",".join(s.name for s in eligible),
+                            confirmed_by=confirmed_by, duration_seconds=self._duration(), **extra):
+            self.fault("the audit log cannot take the release record; nothing was released")
+            return
+        delivery = Delivery(self._utterance, encode_wav(self.capture.view()), eligible, confirmed_by,
+                            self._duration(), extra)
+        self._wipe()
+        self._utterance = None
+        self._enter(State.IDLE)
+        self._deliver(delivery)
+
+    def delivered(self, delivery: Delivery) -> None:
+        """Record each sink's outcome: released, release-failed, or release-unknown (may still arrive)."""
+        u = delivery.utterance.id
+        for sink, outcome, detail in delivery.outcomes:
+            if outcome == "released":
+                log.info("released %s to %s (%s)", u, sink, detail)
+                self._record("released", self.state, utterance=u, sink=sink, confirmed_by=delivery.confirmed_by,
+                             duration_seconds=delivery.duration_seconds, **delivery.extra)
+            else:
+                log.error("%s", detail)
+                self._record(outcome, self.state, utterance=u, sink=sink, reason=detail[:200])
+        kinds = {outcome for _, outcome, _ in delivery.outcomes}
+        if "released" in kinds:
+            if self.state is State.IDLE:
+                self._show("released")
+        elif "release-unknown" in kinds:
+            reason = "no sink confirmed the release; it may still arrive (see the audit log)"
+            if self.state is State.IDLE:  # show it, unless a new utterance is already held
+                self._show_fault(reason, utterance=u)
+            else:
+                self._record("fault", self.state, utterance=u, reason=reason)
+        else:
+            self._record("discarded", self.state, utterance=u, reason="every sink failed",
+                         duration_seconds=delivery.duration_seconds)
+
+    def _discard(self, reason: str) -> None:
+        self._record("discarded", State.IDLE, reason=reason, duration_seconds=self._duration())
+        self._wipe()
+        self._utterance = None
+        self._enter(State.IDLE)
+
+    def tick(self) -> None:
+        """Time passing: the confirmation window closes; a shown fault clears."""
+        now = self.clock()
+        if self.state is State.PENDING and now - self._pending_since >= self.settings.pending_timeout_seconds:
+            self._discard("timeout")
+        elif self.state is State.FAULT and now >= self._fault_until:
+            self._enter(State.IDLE)
+
+    def expires_at(self) -> float | None:
+        """When the current state ends by itself (pending window, shown fault), or None."""
+        if self.state is State.PENDING:
+            return self._pending_since + self.settings.pending_timeout_seconds
+        if self.state is State.FAULT:
+            return self._fault_until
+        return None
+
+    def mute(self, by: str) -> None:
+        """Close the microphone and wipe everything held; only `by` (or the button) lifts it."""
+        if self.state is State.MUTED:
+            return
+        if self.state in (State.CAPTURING, State.PENDING):
+            self._discard("muted")
+        self._set_listening(False)
+        self._wipe()
+        self.muted_by = by
+        self._decide("muted", State.MUTED, by=by)
+
+    def unmute(self, by: str) -> None:
+        """Reopen the microphone. A remote unmute cannot lift a mute set by the button."""
+        if self.state is not State.MUTED:
+            return
+        if by != "button" and self.muted_by == "button":
+            self._record("refused", self.state, by=by, reason="unmute: the button muted, only the button unmutes")
+            return
+        self.muted_by = None
+        self._decide("unmuted", State.IDLE, by=by)
+        self._set_listening(True)
+
+    def cancel(self, by: str) -> None:
+        """Discard the utterance being captured or waiting for consent, now."""
+        if self.state in (State.CAPTURING, State.PENDING):
+            self._discard(f"cancelled by {by}")
+
+    def wipe(self, by: str) -> None:
+        """Discard anything held and zero every buffer, whatever the state."""
+        if self.state in (State.CAPTURING, State.PENDING):
+            self._discard(f"wiped by {by}")
+        self._wipe()
+        self._record("wiped", self.state, by=by)
+
+    def fault(self, reason: str, lasting: bool = False) -> None:
+        """Something broke: close the utterance's record, wipe, show the fault, keep serving.
+
+        A fault is shown for FAULT_SHOW_SECONDS, or, when `lasting` (a failed
+        microphone), until `recovered`. A muted guard stays muted (its
+        microphone closed); the fault is only recorded.
+        """
+        if self.state in (State.CAPTURING, State.PENDING) and self._utterance is not None:
+            self._record("discarded", State.FAULT, reason=f"fault: {reason}"[:200], duration_seconds=self._duration())
+        self._wipe()
+        self._utterance = None
+        if self.state is State.MUTED:
+            self._record("fault", State.MUTED, reason=reason[:200])
+            return
+        self._show_fault(reason[:200], math.inf if lasting else FAULT_SHOW_SECONDS)
+
+    def recovered(self, reason: str) -> None:
+        """What a lasting fault waited for is back: listen again (a muted guard stays muted)."""
+        self._decide("recovered", State.IDLE if self.state is State.FAULT else self.state, reason=reason)
+
+    def _show_fault(self, reason: str, seconds: float = FAULT_SHOW_SECONDS, **fields) -> None:
+        self._fault_until = self.clock() + seconds
+        self._decide("fault", State.FAULT, reason=reason, **fields)
+
+    def shutdown(self) -> None:
+        """On SIGTERM/SIGINT: nothing held survives the process."""
+        if self.state in (State.CAPTURING, State.PENDING):
+            self._discard("shutdown")
+        self._wipe()
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _duration(self) -> float:
+        return round(len(self.capture) / RATE_HZ, 2)
+
+    def _wipe(self) -> None:
+        self.capture.wipe()
+        self.ring.wipe()
+        self.detector.wipe()
+        if self.confirmation is not None:
+            self.confirmation.wipe()
+
+    def is_wiped(self) -> bool:
+        """True when no buffer holds a sample of audio."""
+        return self.capture.is_zero() and self.ring.is_zero()
+
+    def _decide(self, kind: str, state: State, **fields) -> None:
+        self._record(kind, state, **fields)
+        self._enter(state)
+
+    def _record(self, kind: str, state: State, required: bool = False, utterance: str | None = None,
+                **fields) -> bool:
+        """Audit, log and publish a decision; False when the audit log could not take it.
+
+        Never raises for the audit log: a mute or a discard must still happen (and is
+        published). What must not happen without its record (capture, pending,
+        release) passes `required`: then nothing is published and the caller backs out.
+        """
+        if utterance is None and self._utterance is not None:
+            utterance = self._utterance.id
+        try:
+            self.audit.record(kind, utterance=utterance, **fields)
+            recorded = True
+        except AuditError as e:
+            recorded = False
+            if required:
+                log.error("%s; %s refused", e, kind)
+                return False
+            log.error("%s; %s is kept in memory and written when the log can take it", e, kind)
+            self.audit.defer(kind, utterance=utterance, **fields)
+        event = Event(kind, str(state), datetime.now(UTC).isoformat(timespec="milliseconds"), utterance, **fields)
+        log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in event.to_dict().items() if k not in ("kind", "time")))
+        self._publish(event)
+        return recorded
+
+    def _enter(self, state: State, show: str | None = None) -> None:
+        self.state = state
+        self._show(show or str(state))

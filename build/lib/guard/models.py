@@ -1,0 +1,93 @@
+"""Finding, verifying and opening ONNX models; never downloads, never unpickles.
+
+Bundled models ship in `guard/models/` (copied from the openwakeword 0.4.0 wheel,
+see NOTICE.md there) and must match the SHA-256 in its `manifest.toml`. A user's
+own classifier is `NAME.onnx` in `[wake] models_dir`, or any path ending in `.onnx`.
+"""
+
+import hashlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from guard.errors import ModelError
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "models"
+MANIFEST = BUNDLED_DIR / "manifest.toml"
+FEATURE_MODELS = ("melspectrogram", "embedding", "silero_vad")
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model on disk, with the hash it must have (None for a user's own file)."""
+
+    name: str
+    path: Path
+    sha256: str | None = None
+
+
+def _manifest() -> dict[str, dict[str, str]]:
+    try:
+        with MANIFEST.open("rb") as f:
+            return tomllib.load(f)["bundled"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError) as e:
+        raise ModelError(f"{MANIFEST}: cannot read the model manifest ({e}); reinstall guard") from None
+
+
+def wake_model_names(models_dir: Path | None = None) -> list[str]:
+    """Names usable as `--model NAME`: bundled wake words, then the user's own."""
+    bundled = [n for n in _manifest() if n not in FEATURE_MODELS]
+    own = sorted(p.stem for p in models_dir.glob("*.onnx")) if models_dir else []
+    return bundled + [n for n in own if n not in bundled]
+
+
+def resolve(name_or_path: str, models_dir: Path | None = None) -> ModelFile:
+    """Turn a model name or path into a file, without opening it.
+
+    Args:
+        name_or_path: a bundled name (`alexa`), a file stem in `models_dir`, or a path to `.onnx`.
+        models_dir: where the user's own models live, if anywhere.
+    """
+    if name_or_path.endswith(".onnx") or "/" in name_or_path:
+        path = Path(name_or_path).expanduser()
+        return ModelFile(path.stem, path)
+    bundled = _manifest()
+    if name_or_path in bundled:
+        entry = bundled[name_or_path]
+        return ModelFile(name_or_path, BUNDLED_DIR / entry["file"], entry["sha256"])
+    own = models_dir / f"{name_or_path}.onnx" if models_dir else None
+    if own is not None and own.is_file():
+        return ModelFile(name_or_path, own)
+    known = ", ".join(wake_model_names(models_dir))
+    raise ModelError(f"unknown model {name_or_path!r}; known: {known} (or give a path to an .onnx file)")
+
+
+def _check_hash(model: ModelFile) -> None:
+    digest = hashlib.sha256(model.path.read_bytes()).hexdigest()
+    if digest != model.sha256:
+        raise ModelError(f"{model.path}: SHA-256 {digest[:12]}... does not match the manifest; "
+                         "the file is corrupt or replaced; reinstall guard")
+
+
+def verify(model: ModelFile) -> None:
+    """Refuse a missing file, or a bundled one whose SHA-256 is not the manifest's."""
+    if not model.path.is_file():
+        raise ModelError(f"{model.path}: model file not found")
+    if model.sha256 is not None:
+        _check_hash(model)
+
+
+def open_session(model: ModelFile) -> ort.InferenceSession:
+    """Open a verified model on one CPU thread (the Pi has four cores and other work)."""
+    verify(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(model.path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own untyped errors for bad files
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{model.path}: not a usable ONNX model ({reason})") from None

@@ -1,0 +1,480 @@
+"""The hub's view: events, retained state, Home Assistant discovery, and commands that only add privacy.
+
+The only paho user. Inbound messages become one of four verbs (mute, unmute,
+cancel, wipe) posted to the daemon's loop; nothing here can release audio or
+change a sink. Events wait in a bounded outbox until the broker acknowledges
+them, so a broker restart loses none; overflow is counted in the audit log.
+"""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import paho.mqtt.client as paho
+
+from guard import __version__
+from guard.audit import AuditLog
+from guard.commands import CommandError, parse_command
+from guard.config import MqttConfig
+from guard.errors import ConfigError, DeliveryUncertain, GuardError
+from guard.gate import Event
+
+log = logging.getLogger(__name__)
+
+DISCOVERY_DEBOUNCE_SECONDS = 10.0  # Home Assistant restarting says "online" once; a flood gets one answer
+COMMANDS_PER_MINUTE = 30  # remote commands beyond this are counted, not acted on one by one
+DROP_AUDIT_SECONDS = 60.0  # while events are being dropped, the count goes to the audit log this often
+ACTIVITY_TYPES = {"wake": "wake_detected", "pending": "pending", "released": "released", "discarded": "discarded"}
+
+
+def read_password(path: str) -> str:
+    try:
+        mode = os.stat(path).st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{path}: MQTT password file is readable by group or others; run: chmod 600 {path}")
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the MQTT password file ({e.strerror}); fix [mqtt] password_file") \
+            from None
+
+
+def _never_raises(callback: Callable) -> Callable:
+    """Wrap a paho callback: an exception there would kill paho's thread and with it remote mute."""
+    def guarded(self, *args) -> None:
+        try:
+            callback(self, *args)
+        except Exception:
+            log.exception("MQTT %s failed; the link keeps running", callback.__name__)
+    guarded.__name__ = callback.__name__
+    return guarded
+
+
+class _AtMostEvery:
+    """True when called for the first time, then at most once per `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self._last = seconds, -math.inf
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self.seconds:
+            return False
+        self._last = now
+        return True
+
+
+@dataclass
+class _Outgoing:
+    topic: str
+    payload: bytes
+    sent: paho.MQTTMessageInfo | None = None  # the latest try; its is_published() is the broker's ack
+
+
+class MqttLink:
+    """One connection to the broker, kept up with backoff; the daemon keeps guarding without it.
+
+    Args:
+        settings: the [mqtt] table.
+        device_id: topic root `guard/<device_id>/`.
+        on_command: receives "mute", "unmute", "cancel" or "wipe" (from paho's thread: queue it).
+        audit: where dropped events are counted.
+        discovered: a file in the state folder noting the discovery topics last announced.
+    """
+
+    def __init__(self, settings: MqttConfig, device_id: str, on_command: Callable[[str], None],
+                 audit: AuditLog, discovered: Path | None = None) -> None:
+        self.settings, self.device_id, self.on_command, self.audit = settings, device_id, on_command, audit
+        self.discovered = discovered  # the config topics last announced, so an id change can withdraw them
+        self.root = f"guard/{device_id}"
+        self.started = datetime.now(UTC).isoformat(timespec="seconds")
+        self._state = {"state": "idle", "since": self.started, "muted_by": None, "started": self.started}
+        self.health: dict[str, str] = {}
+        self._outbox: deque[_Outgoing] = deque()
+        self._dropped = 0
+        self._drops_due = _AtMostEvery(DROP_AUDIT_SECONDS)  # one drop record a minute while the broker is away
+        self._discovery_due = _AtMostEvery(DISCOVERY_DEBOUNCE_SECONDS)
+        self._commands: deque[float] = deque()  # when recent remote commands came, for the rate limit
+        self._refused_commands = 0
+        self._lock = threading.Lock()  # the outbox and state; never held while calling paho
+        self._order = threading.Lock()  # one publisher at a time, so events leave in the order they came
+        self.connected = threading.Event()
+        self.client = self._client()
+
+    def _client(self) -> paho.Client:
+        s = self.settings
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"guard-{self.device_id}")
+        client.will_set(f"{self.root}/availability", "offline", qos=1, retain=True)
+        if s.username:
+            client.username_pw_set(s.username, read_password(s.password_file) if s.password_file else None)
+        if s.tls:
+            try:
+                client.tls_set(ca_certs=s.ca_file or None, certfile=s.cert_file or None, keyfile=s.key_file or None)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"[mqtt] TLS files: {e}; fix ca_file, cert_file, key_file") from None
+        client.reconnect_delay_set(min_delay=1, max_delay=s.reconnect_max_seconds)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self.client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_seconds)
+        self.client.loop_start()
+
+    def stop(self, flush_seconds: float = 3.0) -> None:
+        """Give queued events a moment to leave, say offline, disconnect."""
+        deadline = time.monotonic() + flush_seconds
+        while self.undelivered() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if self.connected.is_set():
+            info = self.client.publish(f"{self.root}/availability", "offline", qos=1, retain=True)
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        if self.undelivered():
+            log.warning("%d MQTT message(s) not delivered before exit", self.undelivered())
+        self.connected.clear()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    @_never_raises
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s:%d refused the connection: %s", self.settings.host, self.settings.port, reason_code)
+            return
+        log.info("broker %s:%d connected", self.settings.host, self.settings.port)
+        client.subscribe([(f"{self.root}/cmd/#", 1), ("homeassistant/status", 1)]
+                         + ([("hermes/hotword/toggleOff", 1), ("hermes/hotword/toggleOn", 1)]
+                            if self.settings.hermes else []))
+        with self._order:
+            client.publish(f"{self.root}/availability", "online", qos=1, retain=True)
+            if self.settings.discovery:
+                self.publish_discovery()
+            with self._lock:
+                self._prune_locked()
+                state, waiting = json.dumps({**self._state, "health": self.health}), list(self._outbox)
+                dropped, self._dropped = self._dropped, 0
+                self.connected.set()
+            client.publish(f"{self.root}/state", state, qos=1, retain=True)
+            for item in waiting:
+                item.sent = client.publish(item.topic, item.payload, qos=1)
+        if dropped:
+            self._audit_drops(dropped)
+
+    @_never_raises
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if self.connected.is_set():
+            log.warning("broker connection lost (%s); events wait in the outbox", reason_code)
+        self.connected.clear()
+
+    def _prune_locked(self) -> None:
+        """Forget events from the front of the outbox that the broker has acknowledged.
+
+        Done lazily (paho marks a message published only after its on_publish callback).
+        A message paho gave up on (dropped with the connection) is sent again after reconnect.
+        """
+        while self._outbox and self._outbox[0].sent is not None:
+            try:
+                acknowledged = self._outbox[0].sent.is_published()
+            except (RuntimeError, ValueError):
+                self._outbox[0].sent = None
+                return
+            if not acknowledged:
+                return
+            self._outbox.popleft()
+
+    def _audit_drops(self, count: int) -> None:
+        try:
+            self.audit.record("events_dropped", count=count, reason="broker unreachable, outbox full")
+        except GuardError as e:
+            log.error("%d MQTT event(s) dropped; the record waits for the audit log: %s", count, e)
+            self.audit.defer("events_dropped", count=count, reason="broker unreachable, outbox full")
+
+    def undelivered(self) -> int:
+        """Messages not yet acknowledged by the broker."""
+        with self._lock:
+            self._prune_locked()
+            return len(self._outbox)
+
+    # -- outbound -------------------------------------------------------------------
+
+    def _send(self, topic: str, payload: bytes) -> None:
+        """Queue an event; it leaves now if connected, else after reconnect, in order."""
+        with self._order:
+            with self._lock:
+                self._prune_locked()
+                if len(self._outbox) >= self.settings.outbox_events:
+                    self._outbox.popleft()
+                    self._dropped += 1
+                item = _Outgoing(topic, payload)
+                self._outbox.append(item)
+                connected = self.connected.is_set()
+                dropped = self._dropped if self._dropped and self._drops_due() else 0
+                self._dropped -= dropped
+            if connected:
+                try:
+                    item.sent = self.client.publish(topic, payload, qos=1)
+                except (OSError, RuntimeError, ValueError) as e:  # it stays in the outbox for the reconnect
+                    log.warning("MQTT publish of %s failed (%s); kept for the reconnect", topic, e)
+        if dropped:
+            self._audit_drops(dropped)
+
+    def event(self, event: Event) -> None:
+        """Publish a gate event, the retained state it leads to, and the hub-facing extras."""
+        body = event.to_dict()
+        self._send(f"{self.root}/event/{event.kind}", json.dumps(body).encode())
+        if event.kind in ACTIVITY_TYPES:
+            self._send(f"{self.root}/activity", json.dumps({"event_type": ACTIVITY_TYPES[event.kind],
+                                                             "utterance": event.utterance}).encode())
+        if event.kind == "wake" and self.settings.hermes:
+            # wakewordId = device id: the broker ACL can confine a topic, never the siteId inside a payload
+            self._send(f"hermes/hotword/{self.device_id}/detected", json.dumps(
+                {"siteId": self.device_id, "modelId": event.model, "currentSensitivity": event.score}).encode())
+        self._update_state(event)
+
+    def _update_state(self, event: Event) -> None:
+        with self._order:
+            with self._lock:
+                muted_by = event.by if event.kind == "muted" else self._state["muted_by"]
+                if event.state != "muted":
+                    muted_by = None
+                if event.state == self._state["state"] and muted_by == self._state["muted_by"]:
+                    return
+                self._state.update(state=event.state, since=event.time, muted_by=muted_by)
+                if event.kind == "wake":  # kept in the retained state, so it survives a restart of the hub
+                    self._state["last_wake"] = {"model": event.model, "score": event.score, "time": event.time}
+                state, connected = json.dumps({**self._state, "health": self.health}), self.connected.is_set()
+            if connected:
+                self.client.publish(f"{self.root}/state", state, qos=1, retain=True)
+
+    def error(self, reason: str) -> None:
+        """A refused inbound message: logged and told to the hub, never acted on."""
+        log.warning("MQTT command ignored: %s", reason)
+        self._send(f"{self.root}/event/error", json.dumps(
+            {"kind": "error", "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+             "reason": reason}).encode())
+
+    def send_audio(self, utterance_id: str, wav: bytes, timeout_seconds: float) -> str:
+        """Publish a released WAV (QoS 1, not retained) and wait for the broker's ack. Never queued."""
+        if not self.connected.is_set():
+            raise GuardError("broker not connected; nothing was sent")
+        topic = f"{self.root}/audio/{utterance_id}"
+        info = self.client.publish(topic, wav, qos=1, retain=False)
+        try:
+            info.wait_for_publish(timeout_seconds)
+        except (RuntimeError, ValueError) as e:  # paho: the message was dropped (disconnected, queue full)
+            raise GuardError(f"{topic} was not sent ({e})") from None
+        if not info.is_published():
+            raise DeliveryUncertain(f"broker did not acknowledge {topic} within {timeout_seconds:g} s; the client "
+                                "still holds it, so it may still arrive when the broker comes back")
+        return topic
+
+    # -- inbound --------------------------------------------------------------------
+
+    @_never_raises
+    def _on_message(self, client, userdata, message) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            self.error("a message with a topic that is not UTF-8 was refused")
+            return
+        if topic == "homeassistant/status":
+            if message.payload == b"online" and self.settings.discovery and self._discovery_due():
+                self.publish_discovery()
+            return
+        try:
+            verb = parse_command(topic, message.payload, self.device_id)
+        except CommandError as e:
+            self.error(str(e))
+            return
+        if verb is not None and (verb == "mute" or self._command_allowed()):  # a mute is never held back
+            self.on_command(verb)
+
+    def _command_allowed(self) -> bool:
+        """At most COMMANDS_PER_MINUTE remote commands act; the excess is counted in one error, not one by one."""
+        now = time.monotonic()
+        while self._commands and now - self._commands[0] > 60:
+            self._commands.popleft()
+        if len(self._commands) < COMMANDS_PER_MINUTE:
+            self._commands.append(now)
+            if self._refused_commands:
+                self.error(f"{self._refused_commands} remote command(s) over {COMMANDS_PER_MINUTE}/min were ignored")
+                self._refused_commands = 0
+            return True
+        self._refused_commands += 1
+        if self._refused_commands == 1:
+            self.error(f"over {COMMANDS_PER_MINUTE} remote commands a minute: ignoring the excess")
+        return False
+
+    # -- Home Assistant -------------------------------------------------------------
+
+    def discovery_messages(self) -> dict[str, dict]:
+        """Config topic -> payload: one per entity, or one for the device holding them all (discovery_style)."""
+        entities = self._entity_configs()
+        if self.settings.discovery_style == "entities":
+            return entities
+        first = next(iter(entities.values()))  # device, origin and availability are the same for all
+        components = {config["unique_id"]: {"p": topic.split("/")[-4], **{k: v for k, v in config.items()
+                                                                          if k not in ("device", "origin")}}
+                      for topic, config in entities.items()}
+        return {f"{self.settings.discovery_prefix}/device/{self.device_id}/config":
+                {"dev": first["device"], "o": first["origin"], "cmps": components}}
+
+    def _entity_configs(self) -> dict[str, dict]:
+        """Config topic -> payload for every Home Assistant entity of this guard."""
+        prefix, node, root = self.settings.discovery_prefix, self.device_id, self.root
+        device = {"identifiers": [f"guard_{node}"], "name": f"pi-guard {node}", "manufacturer": "pi-guard",
+                  "model": "privacy guard", "sw_version": __version__}
+        origin = {"name": "pi-guard", "sw_version": __version__}
+        common = {"availability_topic": f"{root}/availability", "device": device, "origin": origin}
+
+        def entity(component: str, key: str, **config) -> tuple[str, dict]:
+            # default_entity_id (HA 2025.10+) is "domain.slug"; object_id stopped working in HA 2026.4
+            return (f"{prefix}/{component}/{node}/{key}/config",
+                    {"unique_id": f"guard_{node}_{key}", "default_entity_id": f"{component}.guard_{node}_{key}",
+                     **common, **config})
+
+        state = f"{root}/state"
+        return dict([
+            entity("binary_sensor", "capturing", name="Capturing", state_topic=state,
+                   value_template="{{ 'ON' if value_json.state in ('capturing', 'pending') else 'OFF' }}"),
+            entity("binary_sensor", "muted", name="Muted", state_topic=state,
+                   value_template="{{ 'ON' if value_json.state == 'muted' else 'OFF' }}"),
+            entity("switch", "remote_mute", name="Remote mute", state_topic=state,
+                   command_topic=f"{root}/cmd/remote_mute", payload_on="ON", payload_off="OFF",
+                   value_template="{{ 'ON' if value_json.muted_by == 'remote' else 'OFF' }}"),
+            entity("button", "cancel", name="Cancel pending", command_topic=f"{root}/cmd/cancel",
+                   payload_press="PRESS"),
+            entity("button", "wipe", name="Wipe buffers", command_topic=f"{root}/cmd/wipe", payload_press="PRESS"),
+            entity("event", "activity", name="Activity", state_topic=f"{root}/activity",
+                   event_types=list(ACTIVITY_TYPES.values())),
+            entity("binary_sensor", "problem", name="Problem", state_topic=state, device_class="problem",
+                   value_template="{{ 'ON' if value_json.state == 'fault' else 'OFF' }}"),
+            entity("sensor", "last_wake_word", name="Last wake word", state_topic=state,
+                   value_template="{{ value_json.last_wake.model if value_json.last_wake is defined else none }}",
+                   entity_category="diagnostic"),
+            entity("sensor", "last_wake_score", name="Last wake score", state_topic=state,
+                   value_template="{{ value_json.last_wake.score if value_json.last_wake is defined else none }}",
+                   entity_category="diagnostic"),
+            entity("sensor", "started", name="Started", state_topic=state, device_class="timestamp",
+                   value_template="{{ value_json.started }}", entity_category="diagnostic"),
+        ])
+
+    def publish_discovery(self) -> None:
+        """Announce every entity (retained), and withdraw those this device announced under an earlier id."""
+        messages = self.discovery_messages()
+        for topic in self._earlier_discovery() - messages.keys():
+            self.client.publish(topic, b"", qos=1, retain=True)  # an empty retained config removes the entity
+        for topic, payload in messages.items():
+            self.client.publish(topic, json.dumps(payload), qos=1, retain=True)
+        self._remember_discovery(messages.keys())
+
+    def _earlier_discovery(self) -> set[str]:
+        if self.discovered is None:
+            return set()
+        try:
+            return set(self.discovered.read_text().split())
+        except OSError:
+            return set()
+
+    def _remember_discovery(self, topics) -> None:
+        if self.discovered is None:
+            return
+        try:
+            self.discovered.write_text("".join(f"{t}\n" for t in sorted(topics)))
+        except OSError as e:
+            log.warning("%s: cannot note the discovery topics (%s); a later id change leaves stale entities",
+                        self.discovered, e.strerror)
+
+
+def _brief_client(settings: MqttConfig, purpose: str) -> paho.Client:
+    """A client for one short job beside the daemon (status, forget), with the daemon's credentials."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"guard-{purpose}-{os.getpid()}")
+    if settings.username:
+        client.username_pw_set(settings.username,
+                               read_password(settings.password_file) if settings.password_file else None)
+    if settings.tls:
+        client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
+                       keyfile=settings.key_file or None)
+    return client
+
+
+def _connect(client: paho.Client, settings: MqttConfig) -> None:
+    try:
+        client.connect(settings.host, settings.port, keepalive=10)
+    except OSError as e:
+        raise GuardError(f"no MQTT broker reachable at {settings.host}:{settings.port} ({e.strerror or e})") from None
+
+
+def forget(settings: MqttConfig, device_id: str, discovered: Path | None, wait_seconds: float = 5.0) -> list[str]:
+    """Remove what this guard left retained on the broker: its Home Assistant entities (both discovery styles,
+    and those noted in `discovered`), its state and availability. Returns the topics cleared."""
+    topics = {f"guard/{device_id}/state", f"guard/{device_id}/availability"}
+    for style in ("entities", "device"):
+        link = MqttLink(dataclasses.replace(settings, discovery_style=style), device_id, lambda verb: None, None)
+        topics |= link.discovery_messages().keys()
+    if discovered is not None:
+        with contextlib.suppress(OSError):
+            topics |= set(discovered.read_text().split())
+    client = _brief_client(settings, "forget")
+    refused: list[str] = []
+    client.on_connect = lambda c, u, f, reason_code, p: refused.append(str(reason_code)) \
+        if reason_code.is_failure else None
+    _connect(client, settings)
+    client.loop_start()
+    try:
+        sent = [client.publish(topic, b"", qos=1, retain=True) for topic in sorted(topics)]
+        deadline = time.monotonic() + wait_seconds
+        for message in sent:
+            message.wait_for_publish(max(0.0, deadline - time.monotonic()))
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if refused or not all(m.is_published() for m in sent):
+        why = f"refused the connection: {refused[0]}" if refused else f"did not acknowledge in {wait_seconds:g} s"
+        raise GuardError(f"broker {settings.host}:{settings.port} {why}; the entities stay in Home Assistant")
+    if discovered is not None:
+        discovered.unlink(missing_ok=True)
+    return sorted(topics)
+
+
+def read_status(settings: MqttConfig, device_id: str, wait_seconds: float = 3.0) -> dict:
+    """The retained availability and state of a guard, as its broker holds them."""
+    got: dict = {}
+    done = threading.Event()
+    root = f"guard/{device_id}"
+    client = _brief_client(settings, "status")
+
+    def on_connect(c, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            got["refused"] = str(reason_code)
+            done.set()
+        else:
+            c.subscribe([(f"{root}/availability", 1), (f"{root}/state", 1)])
+
+    def on_message(c, userdata, message):
+        got[message.topic.rsplit("/", 1)[1]] = message.payload.decode()
+        if {"availability", "state"} <= got.keys():
+            done.set()
+
+    client.on_connect, client.on_message = on_connect, on_message
+    _connect(client, settings)
+    client.loop_start()
+    done.wait(wait_seconds)
+    client.disconnect()
+    client.loop_stop()
+    if "refused" in got:
+        raise GuardError(f"broker {settings.host}:{settings.port} refused the connection: {got['refused']}")
+    return got

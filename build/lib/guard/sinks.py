@@ -1,0 +1,210 @@
+"""Where released audio may go: a directory of WAV files, or a command's stdin.
+
+Only `gate.py` calls a sink, and only after local consent. Destinations come
+from the local config file alone. A sink leaves no partial file behind.
+"""
+
+import contextlib
+import os
+import signal
+import struct
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from guard.audio import RATE_HZ
+from guard.config import SinkConfig
+from guard.errors import DeliveryUncertain, GuardError
+
+
+class SinkError(GuardError):
+    """A release that did not arrive: disk full, folder missing, broker away, command failed."""
+
+
+class SinkUncertain(SinkError):
+    """A release that may still arrive: the broker never acknowledged, or a command was killed mid-way."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """Which utterance is released: its id and when it was heard (UTC, compact ISO), for names and topics."""
+
+    id: str
+    heard_at: str
+
+
+def encode_wav(samples: np.ndarray) -> bytearray:
+    """16 kHz mono 16-bit WAV, in a bytearray the caller zeroes when every sink has it."""
+    data_bytes = 2 * len(samples)
+    head = b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE" + b"fmt " + struct.pack(
+        "<IHHIIHH", 16, 1, 1, RATE_HZ, 2 * RATE_HZ, 2, 16) + b"data" + struct.pack("<I", data_bytes)
+    wav = bytearray(len(head) + data_bytes)
+    wav[:len(head)] = head
+    np.frombuffer(wav, "<i2", offset=len(head))[:] = samples  # no intermediate copy of the audio
+    return wav
+
+
+class DirectorySink:
+    """Writes each release as `<device>-<time>-<utterance>.wav` (mode 0600), atomically.
+
+    Args:
+        name: the sink's name in the config.
+        folder: an existing, writable folder.
+        device_id: this guard's id, part of every file name.
+    """
+
+    def __init__(self, name: str, folder: Path, device_id: str) -> None:
+        self.name, self.folder, self.device_id = name, folder, device_id
+
+    def problem(self) -> str | None:
+        """Why a release would fail now, checked at start so the user hears of it early."""
+        if not self.folder.is_dir():
+            return f"sink {self.name}: {self.folder}: no such directory; create it or fix [sinks.{self.name}] path"
+        if not os.access(self.folder, os.W_OK | os.X_OK):
+            return f"sink {self.name}: {self.folder}: not writable by this user"
+        return None
+
+    def cancel(self) -> None:
+        """Nothing to stop: a write either finished or left no file."""
+
+    def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
+        """Write the file under a hidden name, fsync, then rename, so readers never see half a file."""
+        final = self.folder / f"{self.device_id}-{utterance.heard_at}-{utterance.id}.wav"
+        partial = self.folder / f".{final.name}.partial"
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(wav)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(partial, final)
+        except OSError as e:
+            partial.unlink(missing_ok=True)
+            raise SinkError(f"sink {self.name}: {self.folder}: {e.strerror}") from None
+        return str(final)
+
+
+class CommandSink:
+    """Runs a configured argv (never through a shell) with the WAV on its stdin.
+
+    Args:
+        name: the sink's name in the config.
+        argv: the program and its arguments.
+        timeout_seconds: the command is killed after this long.
+        device_id: passed as $GUARD_DEVICE, with $GUARD_UTTERANCE.
+    """
+
+    def __init__(self, name: str, argv: tuple[str, ...], timeout_seconds: float, device_id: str) -> None:
+        self.name, self.argv, self.timeout_seconds, self.device_id = name, argv, timeout_seconds, device_id
+        self._running: subprocess.Popen | None = None
+
+    def cancel(self) -> None:
+        """Kill a command still running (and everything it started): the guard is shutting down."""
+        if self._running is not None:
+            _kill_group(self._running)
+
+    def problem(self) -> str | None:
+        program = Path(self.argv[0])
+        if not (program.is_file() and os.access(program, os.X_OK)):
+            return f"sink {self.name}: {self.argv[0]}: not an executable file; give its full path"
+        return None
+
+    def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
+        """Run the command in its own process group with a minimal environment; on timeout kill the group.
+
+        Its stderr goes to a memory file, not a pipe, so a helper it leaves running cannot hold the release open.
+        """
+        env = {"PATH": COMMAND_PATH, "LANG": os.environ.get("LANG", "C.UTF-8"),
+               "GUARD_DEVICE": self.device_id, "GUARD_UTTERANCE": utterance.id}
+        stderr = os.memfd_create(f"guard-sink-{self.name}")
+        try:
+            try:
+                process = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                           stderr=stderr, env=env, start_new_session=True)
+            except OSError as e:
+                raise SinkError(f"sink {self.name}: {self.argv[0]}: {e.strerror}") from None
+            self._running = process
+            try:
+                process.communicate(wav, timeout=self.timeout_seconds)
+            except subprocess.TimeoutExpired:
+                raise SinkUncertain(f"sink {self.name}: {self.argv[0]} still running after {self.timeout_seconds:g} "
+                                    "s; killed with everything it started; it may have sent part of the audio"
+                                    ) from None
+            finally:
+                _kill_group(process)  # helpers it left behind do not outlive the release
+                self._running = None
+            if process.returncode != 0:
+                said = _last_line(stderr)
+                raise SinkError(f"sink {self.name}: {self.argv[0]} exited {process.returncode}"
+                                + (f": {said[:200]}" if said else ""))
+        finally:
+            os.close(stderr)
+        return " ".join(self.argv)
+
+
+def _last_line(fd: int) -> str:
+    """The last line a command wrote to its stderr file (read from its last 4 KiB)."""
+    size = os.lseek(fd, 0, os.SEEK_END)
+    os.lseek(fd, max(0, size - 4096), os.SEEK_SET)
+    lines = os.read(fd, 4096).decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+COMMAND_PATH = "/usr/local/bin:/usr/bin:/bin"  # a command sink sees only this, its LANG and GUARD_* variables
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+class MqttSink:
+    """Publishes each release to `guard/<device>/audio/<utterance>` (QoS 1, not retained); never queues audio.
+
+    Args:
+        name: the sink's name in the config.
+        send: the MQTT link's `send_audio(utterance_id, wav, timeout_seconds) -> topic`.
+        timeout_seconds: how long to wait for the broker's acknowledgement.
+    """
+
+    def __init__(self, name: str, send: Callable[[str, bytes, float], str], timeout_seconds: float) -> None:
+        self.name, self.send, self.timeout_seconds = name, send, timeout_seconds
+
+    def problem(self) -> str | None:
+        return None
+
+    def cancel(self) -> None:
+        """Nothing to stop here: paho holds what it was given (the record says it may still arrive)."""
+
+    def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
+        try:
+            return self.send(utterance.id, wav, self.timeout_seconds)
+        except DeliveryUncertain as e:
+            raise SinkUncertain(f"sink {self.name}: {e}") from None
+        except GuardError as e:
+            raise SinkError(f"sink {self.name}: {e}") from None
+
+
+Sink = DirectorySink | CommandSink | MqttSink
+
+
+def build(sinks: dict[str, SinkConfig], device_id: str,
+          send_mqtt: Callable[[str, bytes, float], str] | None = None) -> list[Sink]:
+    """The configured sinks, in config order."""
+    built: list[Sink] = []
+    for name, c in sinks.items():
+        if c.type == "directory":
+            built.append(DirectorySink(name, Path(c.path).expanduser(), device_id))
+        elif c.type == "command":
+            built.append(CommandSink(name, c.command, c.timeout_seconds, device_id))
+        else:
+            built.append(MqttSink(name, send_mqtt, c.timeout_seconds))
+    return built

@@ -1,0 +1,239 @@
+"""Wake-word detection: openWakeWord's models run directly on small numpy buffers.
+
+openWakeWord 0.4.0's `Model` keeps 10 s of raw audio in a Python deque and
+copies it to a list every 80 ms; that audio cannot be wiped and costs CPU. Here
+the same models (melspectrogram and classifiers on onnxruntime, the embedding
+incrementally in `embedding.py`) run on preallocated arrays that `wipe()`
+resets. `tests/test_wake.py` proves the scores equal `openwakeword.model.Model`'s.
+This module never releases or stores audio.
+"""
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from guard import models
+from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ
+from guard.embedding import HOP_MEL_FRAMES, StreamingEmbedding
+from guard.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+MEL_BINS = 32
+MEL_WINDOW = 76  # melspectrogram frames the embedding model sees (775 ms)
+MEL_CONTEXT_SAMPLES = 480  # 3 hops of 160 samples the melspectrogram needs before each frame
+EMBEDDING_DIM = 96
+WARMUP_FRAMES = 5  # openWakeWord reports 0 for its first 5 frames while buffers fill
+VAD_CHUNK_SAMPLES = 640  # 40 ms: openWakeWord's Silero step
+VAD_LOOKBACK = slice(-7, -4)  # VAD frames 320-560 ms back are the ones that cover a just-finished word
+
+
+@dataclass(frozen=True)
+class WakeModelSettings:
+    """How one wake word triggers.
+
+    Args:
+        name: bundled name, a stem in `models_dir`, or a path to `.onnx`.
+        threshold: score that counts as a wake (0-1).
+        patience_frames: consecutive 80 ms frames at or over threshold needed (1-25).
+        refractory_seconds: quiet time after a wake before this model fires again (0-30).
+    """
+
+    name: str
+    threshold: float = 0.5
+    patience_frames: int = 1
+    refractory_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A wake word heard: which model, its score, and when its frame ended (s from stream start)."""
+
+    model: str
+    score: float
+    end_seconds: float
+
+
+class FeatureExtractor:
+    """Audio frames in, openWakeWord embeddings (96 floats per 80 ms) out, in fixed buffers.
+
+    Args:
+        history_frames: embeddings kept, at least the longest classifier input (16-34).
+    """
+
+    def __init__(self, history_frames: int) -> None:
+        self._melspec = models.open_session(models.resolve("melspectrogram"))
+        embedding_file = models.resolve("embedding")
+        models.verify(embedding_file)
+        self._embed = StreamingEmbedding(embedding_file.path)
+        self._raw = np.zeros((1, MEL_CONTEXT_SAMPLES + FRAME_SAMPLES), np.float32)
+        self._mel = np.ones((MEL_WINDOW, MEL_BINS), np.float32)
+        self._initial = self._silence_embeddings(history_frames)
+        self.embeddings = self._initial.copy()
+        self._raw_filled = 0
+
+    def _silence_embeddings(self, count: int) -> np.ndarray:
+        """openWakeWord starts from the embeddings of 10 s of silence; so must we, to score alike."""
+        spec = self._melspec.run(None, {"input": np.zeros((1, 10 * RATE_HZ), np.float32)})[0]
+        spec = spec.reshape(-1, MEL_BINS) / 10 + 2
+        ends = [i + MEL_WINDOW for i in range(0, len(spec), HOP_MEL_FRAMES) if i + MEL_WINDOW <= len(spec)][-count:]
+        if len(ends) < count:
+            raise ModelError(f"a classifier wants {count} embedding frames; at most {len(ends)} are kept")
+        silence = np.stack([self._embed(spec[end - MEL_WINDOW:end], HOP_MEL_FRAMES) for end in ends])
+        self._embed.wipe()
+        return silence
+
+    def push(self, frame: np.ndarray) -> None:
+        """Add one 80 ms int16 frame and compute its embedding."""
+        self._raw[0, :MEL_CONTEXT_SAMPLES] = self._raw[0, FRAME_SAMPLES:]
+        self._raw[0, MEL_CONTEXT_SAMPLES:] = frame
+        self._raw_filled = min(self._raw_filled + FRAME_SAMPLES, self._raw.shape[1])
+        audio = self._raw[:, self._raw.shape[1] - self._raw_filled:]
+        spec = self._melspec.run(None, {"input": audio})[0].reshape(-1, MEL_BINS)
+        n = len(spec)
+        self._mel[:-n] = self._mel[n:]
+        self._mel[-n:] = spec / 10 + 2  # openWakeWord's scaling towards Google's TF features
+        self.embeddings[:-1] = self.embeddings[1:]
+        self.embeddings[-1] = self._embed(self._mel, shifted_by=n)
+
+    def window(self, count: int) -> np.ndarray:
+        """The newest `count` embeddings as a [1, count, 96] classifier input (a view)."""
+        return self.embeddings[None, len(self.embeddings) - count:]
+
+    def wipe(self) -> None:
+        """Forget all audio and what was derived from it; back to the start state."""
+        self._raw.fill(0)
+        self._raw_filled = 0
+        self._mel.fill(1)
+        self._embed.wipe()
+        np.copyto(self.embeddings, self._initial)
+
+
+class VoiceGate:
+    """Silero VAD as openWakeWord uses it: a wake counts only if speech was heard just before."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self._session = models.open_session(models.resolve("silero_vad"))
+        self._rate = np.array(RATE_HZ, np.int64)
+        self._chunk = np.zeros((1, VAD_CHUNK_SAMPLES), np.float32)
+        self.wipe()
+
+    def push(self, frame: np.ndarray) -> None:
+        total = 0.0
+        for start in range(0, FRAME_SAMPLES, VAD_CHUNK_SAMPLES):
+            np.divide(frame[start:start + VAD_CHUNK_SAMPLES], 32767, out=self._chunk[0])
+            out, self._h, self._c = self._session.run(
+                None, {"input": self._chunk, "h": self._h, "c": self._c, "sr": self._rate})
+            total += float(out[0][0])
+        self._history[:-1] = self._history[1:]
+        self._history[-1] = total / (FRAME_SAMPLES // VAD_CHUNK_SAMPLES)
+        self._seen += 1
+
+    def speech_heard(self) -> bool:
+        heard = self._history[len(self._history) - min(self._seen, len(self._history)):]
+        recent = heard[VAD_LOOKBACK]
+        return len(recent) > 0 and float(recent.max()) >= self.threshold
+
+    def wipe(self) -> None:
+        self._h = np.zeros((2, 1, 64), np.float32)
+        self._c = np.zeros((2, 1, 64), np.float32)
+        self._chunk.fill(0)
+        self._history = np.zeros(7, np.float32)
+        self._seen = 0
+
+
+class WakeWord:
+    """One classifier and its trigger rule (threshold, patience, refractory period)."""
+
+    def __init__(self, settings: WakeModelSettings, models_dir: Path | None = None) -> None:
+        self.settings = settings
+        model_file = models.resolve(settings.name, models_dir)
+        self.name = model_file.name
+        self._session = models.open_session(model_file)
+        inputs = self._session.get_inputs()
+        shape = inputs[0].shape
+        if len(inputs) != 1 or len(shape) != 3 or shape[2] != EMBEDDING_DIM or not isinstance(shape[1], int):
+            raise ModelError(f"{model_file.path}: not an openWakeWord classifier "
+                             f"(input shape {shape}, expected [1, frames, {EMBEDDING_DIM}])")
+        self.input_frames = shape[1]
+        self._input_name = inputs[0].name
+        self._refractory_frames = round(settings.refractory_seconds / FRAME_SECONDS)
+        self.reset()
+
+    def reset(self) -> None:
+        self.frames_seen = 0
+        self._over = 0
+        self._quiet_until = 0
+        self.score = 0.0
+
+    def score_frame(self, features: FeatureExtractor) -> float:
+        """Score the newest features; 0 during warm-up, like openWakeWord."""
+        out = self._session.run(None, {self._input_name: features.window(self.input_frames)})[0]
+        self.score = float(out.reshape(-1)[0]) if self.frames_seen >= WARMUP_FRAMES else 0.0
+        self.frames_seen += 1
+        self._over = self._over + 1 if self.score >= self.settings.threshold else 0
+        return self.score
+
+    def triggered(self, voice_heard: bool) -> bool:
+        """Whether the frame just scored is a wake, honouring patience and the refractory period."""
+        now = self.frames_seen
+        if not voice_heard or now <= self._quiet_until or self._over < self.settings.patience_frames:
+            return False
+        self._quiet_until = now + self._refractory_frames
+        return True
+
+
+class WakeDetector:
+    """Listens to 80 ms frames for any of the configured wake words.
+
+        detector = WakeDetector([WakeModelSettings("alexa")])
+        for frame in source.frames():
+            for detection in detector.process(frame): ...
+
+    Args:
+        wake_words: the models and their trigger rules.
+        vad_threshold: Silero speech probability a wake needs just before it (0 disables, 0-1).
+        models_dir: where a user's own `.onnx` models live.
+    """
+
+    def __init__(self, wake_words: Sequence[WakeModelSettings], vad_threshold: float = 0.0,
+                 models_dir: Path | None = None) -> None:
+        if not wake_words:
+            raise ModelError("no wake-word model configured; set [wake] models")
+        self.words = [WakeWord(w, models_dir) for w in wake_words]
+        self.features = FeatureExtractor(max(w.input_frames for w in self.words))
+        self.vad = VoiceGate(vad_threshold) if vad_threshold > 0 else None
+        self.frames_seen = 0
+
+    def process(self, frame: np.ndarray) -> list[Detection]:
+        """Score one 80 ms int16 frame (1280 samples); returns the wakes it completes."""
+        self.features.push(frame)
+        self.frames_seen += 1
+        if self.vad is not None:
+            self.vad.push(frame)
+        voice = self.vad is None or self.vad.speech_heard()
+        end = self.frames_seen * FRAME_SECONDS
+        detections = []
+        for word in self.words:
+            score = word.score_frame(self.features)
+            if word.triggered(voice):
+                detections.append(Detection(word.name, score, end))
+                log.debug("wake %s score=%.3f at %.2fs", word.name, score, end)
+        return detections
+
+    def scores(self) -> dict[str, float]:
+        """The last frame's score per model (VAD not applied)."""
+        return {w.name: w.score for w in self.words}
+
+    def wipe(self) -> None:
+        """Reset to the start state: no audio-derived data left, as after a fresh load."""
+        self.features.wipe()
+        if self.vad is not None:
+            self.vad.wipe()
+        for word in self.words:
+            word.reset()
+        self.frames_seen = 0
