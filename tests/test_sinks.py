@@ -115,8 +115,8 @@ def test_a_failing_command_is_named_with_its_exit_code_and_last_line_cut_to_200(
         _command(tmp_path, body).deliver(encode_wav(SAMPLES), UTTERANCE)
     assert str(e.value) == f"sink cmd: {sys.executable} exited 3: {'x' * 200}"
     assert not isinstance(e.value, SinkUncertain)
-    long = "import sys; sys.stdin.buffer.read(); sys.stderr.write('noise\\n' * 900 + 'the real reason'); sys.exit(5)"
-    with pytest.raises(SinkError, match=r"exited 5: the real reason$"):  # the end of 5 KB, to its last byte
+    long = "import sys; sys.stdin.buffer.read(); sys.stderr.write('noise\\n' * 1500 + 'the real reason'); sys.exit(5)"
+    with pytest.raises(SinkError, match=r"exited 5: the real reason$"):  # the end of 9 KB, to its last byte
         _command(tmp_path, long).deliver(encode_wav(SAMPLES), UTTERANCE)
     with pytest.raises(SinkError, match=r"exited 4$"):
         _command(tmp_path, "import sys; sys.exit(4)").deliver(encode_wav(SAMPLES), UTTERANCE)
