@@ -7,7 +7,6 @@ them, so a broker restart loses none; overflow is counted in the audit log.
 """
 
 import contextlib
-import dataclasses
 import json
 import logging
 import math
@@ -329,8 +328,14 @@ class MqttLink:
         components = {config["unique_id"]: {"p": topic.split("/")[-4], **{k: v for k, v in config.items()
                                                                           if k not in ("device", "origin")}}
                       for topic, config in entities.items()}
-        return {f"{self.settings.discovery_prefix}/device/{self.device_id}/config":
-                {"dev": first["device"], "o": first["origin"], "cmps": components}}
+        return {self._device_topic(): {"dev": first["device"], "o": first["origin"], "cmps": components}}
+
+    def _device_topic(self) -> str:
+        return f"{self.settings.discovery_prefix}/device/{self.device_id}/config"
+
+    def discovery_topics_of_both_styles(self) -> set[str]:
+        """Every config topic this guard may have announced, whichever discovery_style it used."""
+        return set(self._entity_configs()) | {self._device_topic()}
 
     def _entity_configs(self) -> dict[str, dict]:
         """Config topic -> payload for every Home Assistant entity of this guard."""
@@ -422,9 +427,7 @@ def forget(settings: MqttConfig, device_id: str, discovered: Path | None, wait_s
     """Remove what this guard left retained on the broker: its Home Assistant entities (both discovery styles,
     and those noted in `discovered`), its state and availability. Returns the topics cleared."""
     topics = {f"guard/{device_id}/state", f"guard/{device_id}/availability"}
-    for style in ("entities", "device"):
-        link = MqttLink(dataclasses.replace(settings, discovery_style=style), device_id, lambda verb: None, None)
-        topics |= link.discovery_messages().keys()
+    topics |= MqttLink(settings, device_id, lambda verb: None, None).discovery_topics_of_both_styles()
     if discovered is not None:
         with contextlib.suppress(OSError):
             topics |= set(discovered.read_text().split())
