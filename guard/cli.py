@@ -26,7 +26,7 @@ from guard.errors import ExitStatus, GuardError, UsageError
 from guard.gate import Event
 from guard.process import forbid_core_dumps
 from guard.progress import Progress
-from guard.wake import Detection, FeatureExtractor, WakeDetector
+from guard.wake import ENGINES, Detection, FeatureExtractor, WakeDetector
 
 log = logging.getLogger("guard")
 
@@ -38,11 +38,14 @@ def _models_dir(cfg: config.Config) -> Path | None:
     return Path(cfg.wake.models_dir).expanduser() if cfg.wake.models_dir else None
 
 
-def _detector(cfg: config.Config, names: list[str] | None, threshold: float | None) -> WakeDetector:
+def _detector(cfg: config.Config, names: list[str] | None = None, threshold: float | None = None,
+              engine: str | None = None) -> WakeDetector:
     wake = dataclasses.replace(cfg.wake, models=tuple(names)) if names else cfg.wake
-    if threshold is not None:
-        wake = dataclasses.replace(wake, threshold=threshold, overrides={})
-    return WakeDetector(wake.settings(), wake.vad_threshold, _models_dir(cfg))
+    if threshold is not None or engine is not None:
+        wake = dataclasses.replace(wake, threshold=threshold if threshold is not None else wake.threshold,
+                                   engine=engine or wake.engine, overrides={})
+    voice = any("voice" in sink.confirm for sink in cfg.sinks.values())
+    return WakeDetector(wake.settings(), wake.vad_threshold, _models_dir(cfg), embeddings=voice)
 
 
 def scan_file(detector: WakeDetector, path: Path, progress: Progress | None = None) -> list[Detection]:
@@ -64,7 +67,7 @@ def scan_file(detector: WakeDetector, path: Path, progress: Progress | None = No
 
 def cmd_scan(args: argparse.Namespace) -> int:
     cfg, _ = config.load(args.config)
-    detector = _detector(cfg, args.model, args.threshold)
+    detector = _detector(cfg, args.model, args.threshold, args.engine)
     status = ExitStatus.OK
     for name in args.files:
         try:
@@ -111,7 +114,7 @@ def _add_device_flag(p: argparse.ArgumentParser) -> None:
 
 def cmd_listen(args: argparse.Namespace) -> int:
     cfg, _ = _load(args)
-    detector = _detector(cfg, args.model, args.threshold)
+    detector = _detector(cfg, args.model, args.threshold, args.engine)
     mic = _mic(cfg)
     show_meter = sys.stderr.isatty()
     print(f"listening on {mic.name} at {mic.rate_hz} Hz for {', '.join(w.name for w in detector.words)}; "
@@ -192,7 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.device and args.source == "mic":  # a microphone named by hand is checked now (exit 2 if absent);
         _mic(cfg).close()                     # the configured one is waited for, as a service must
     daemon = Daemon(cfg, RunOptions(args.source, args.gpio, args.fast, publish=_print_event),
-                    _detector(cfg, None, None))
+                    _detector(cfg))
     for part, status in daemon.health.items():
         log.info("%s: %s", part, status)
     _report_sinks(daemon)
@@ -262,7 +265,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(f"  (no press: the {cfg.gate.pending_timeout_seconds:g} s window runs out)", flush=True)
 
         print(f"guard demo: {DEMO_WAV.name} holds two requests; only the first gets a button press.\n")
-        daemon = Daemon(cfg, RunOptions(str(DEMO_WAV), "mock", fast=True, publish=on_event), _detector(cfg, None, None))
+        daemon = Daemon(cfg, RunOptions(str(DEMO_WAV), "mock", fast=True, publish=on_event), _detector(cfg))
         _serve(daemon)
         files = sorted(released.iterdir())
         print(f"\nreleased to the sink ({released}):")
@@ -422,8 +425,10 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", action="append", metavar="NAME|PATH",
                    help="wake-word model, repeatable: alexa, hey_jarvis, hey_mycroft, hey_marvin, "
                         "a stem in [wake] models_dir, or a path to .onnx (default: [wake] models)")
+    p.add_argument("--engine", choices=ENGINES,
+                   help="which models hear the wake words (default: [wake] engine, openwakeword)")
     p.add_argument("--threshold", type=_unit_interval, metavar="F",
-                   help="score that counts as a wake (0-1, default: [wake] threshold, 0.5)")
+                   help="score that counts as a wake (0-1, default: [wake] threshold, each model's own)")
 
 
 def _number(text: str) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 
 from guard import trust
 from guard.errors import ConfigError
-from guard.wake import WakeModelSettings
+from guard.wake import ENGINES, WakeModelSettings
 
 SYSTEM_CONFIG = Path("/etc/guard/guard.toml")
 
@@ -39,6 +39,14 @@ def _choice(value: Any, choices: tuple[str, ...]) -> str:
     if value in choices:
         return value
     raise ValueError(f"must be one of {', '.join(choices)}")
+
+
+def _parse_threshold(value: Any) -> float | None:
+    if value == "auto":
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
+        return float(value)
+    raise ValueError('must be 0-1, or "auto" for the model\'s own')
 
 
 def _parse_pins(value: Any) -> tuple[int, ...]:
@@ -155,9 +163,14 @@ class WakeConfig:
     """[wake]: which wake words, and how sure the models must be."""
 
     models: tuple[str, ...] = field(default=("alexa", "hey_jarvis"), metadata=_doc(
-        "wake-word models: bundled names (alexa, hey_jarvis, hey_mycroft, hey_marvin), "
-        "stems of .onnx files in models_dir, or paths"))
-    threshold: float = field(default=0.5, metadata=_doc("score that counts as a wake", 0, 1))
+        "wake words: bundled names (openwakeword: alexa, hey_jarvis, hey_mycroft, hey_marvin; micro: alexa, "
+        "hey_jarvis, hey_mycroft, okay_nabu), or for openwakeword stems of .onnx files in models_dir, or paths"))
+    engine: str = field(default="openwakeword", metadata=_doc(
+        "which models hear them: openwakeword, or micro (microWakeWord, as Home Assistant's Voice PE runs)",
+        parse=lambda v: _choice(v, ENGINES)))
+    threshold: float | None = field(default=None, metadata=_doc(
+        'score that counts as a wake, 0-1; "auto": the model\'s own (openwakeword 0.5, micro the cutoff its '
+        "model publishes, 0.85-0.97)", parse=_parse_threshold, none_text='"auto"'))
     patience_frames: int = field(default=1, metadata=_doc(
         "consecutive 80 ms frames at or over threshold needed", 1, 25))
     refractory_seconds: float = field(default=2.0, metadata=_doc(
@@ -166,11 +179,11 @@ class WakeConfig:
         "Silero speech probability needed just before a wake; 0 disables", 0, 1))
     models_dir: str = field(default="", metadata=_doc("folder of your own .onnx models, used by name; empty: none"))
     overrides: dict = field(default_factory=dict, metadata=_doc(
-        "per-model threshold, patience_frames, refractory_seconds: [wake.overrides.alexa]"))
+        "per-model engine, threshold, patience_frames, refractory_seconds: [wake.overrides.alexa]"))
 
     def settings(self) -> list[WakeModelSettings]:
         """One trigger rule per configured model, overrides applied."""
-        base = {"threshold": self.threshold, "patience_frames": self.patience_frames,
+        base = {"engine": self.engine, "threshold": self.threshold, "patience_frames": self.patience_frames,
                 "refractory_seconds": self.refractory_seconds}
         return [WakeModelSettings(name, **{**base, **self.overrides.get(name, {})}) for name in self.models]
 
@@ -269,7 +282,7 @@ class Config:
     sinks: dict[str, SinkConfig] = field(default_factory=dict)
 
 
-_OVERRIDE_KEYS = ("threshold", "patience_frames", "refractory_seconds")
+_OVERRIDE_KEYS = ("engine", "threshold", "patience_frames", "refractory_seconds")
 
 
 def _where(source: str, table: str, key: str, value: Any) -> str:
@@ -350,7 +363,7 @@ def _check_overrides(source: str, wake: WakeConfig) -> None:
         for key, value in table.items():
             if key not in _OVERRIDE_KEYS:
                 raise _unknown(source, where, key, list(_OVERRIDE_KEYS))
-            _value(source, where, defaults[key], value)
+            table[key] = _value(source, where, defaults[key], value)
 
 
 def _sink(source: str, name: str, raw: Any) -> SinkConfig:

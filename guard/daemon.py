@@ -154,7 +154,7 @@ class Daemon:
         words = self.gate.detector.words
         return {
             "audio": self._audio_health(),
-            "models": ", ".join(f"{w.name} (threshold {w.settings.threshold:g})" for w in words),
+            "models": ", ".join(f"{w.name} ({w.settings.engine}, threshold {w.threshold:g})" for w in words),
             "buffers": self._buffers_health(),
             "gpio": {"none": "none: nothing can be released by button", "mock": "simulated pins"}.get(
                 self.options.gpio, f"button GPIO{self.config.gpio.button_pin}, "

@@ -1,13 +1,14 @@
-"""Finding, verifying and opening ONNX models; never downloads, never unpickles.
+"""Finding, verifying and opening models; never downloads, never unpickles.
 
-Bundled models ship in `guard/models/` (copied from the openwakeword 0.4.0 wheel,
-see NOTICE.md there) and must match the SHA-256 in its `manifest.toml`. A user's
-own classifier is `NAME.onnx` in `[wake] models_dir`, or any path ending in `.onnx`.
+Bundled models ship in `guard/models/` (openWakeWord's ONNX files and microWakeWord's
+TFLite files, see NOTICE.md there) and must match the SHA-256 in its `manifest.toml`.
+A user's own openWakeWord classifier is `NAME.onnx` in `[wake] models_dir`, or any
+path ending in `.onnx`.
 """
 
 import hashlib
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnxruntime as ort
@@ -26,14 +27,30 @@ class ModelFile:
     name: str
     path: Path
     sha256: str | None = None
+    meta: dict = field(default_factory=dict, compare=False)  # what the manifest says beside the hash
 
 
-def _manifest() -> dict[str, dict[str, str]]:
+def _manifest(section: str = "bundled") -> dict[str, dict]:
     try:
         with MANIFEST.open("rb") as f:
-            return tomllib.load(f)["bundled"]
+            return tomllib.load(f)[section]
     except (OSError, tomllib.TOMLDecodeError, KeyError) as e:
         raise ModelError(f"{MANIFEST}: cannot read the model manifest ({e}); reinstall guard") from None
+
+
+def micro_model_names() -> list[str]:
+    """Wake words the microWakeWord engine has models for."""
+    return list(_manifest("micro"))
+
+
+def resolve_micro(name: str) -> ModelFile:
+    """A bundled microWakeWord model by name, with its published cutoff and averaging window."""
+    bundled = _manifest("micro")
+    if name not in bundled:
+        raise ModelError(f"no microWakeWord model for {name!r}; it has: {', '.join(bundled)} "
+                         "(or use engine = \"openwakeword\" for this wake word)")
+    entry = bundled[name]
+    return ModelFile(name, BUNDLED_DIR / entry["file"], entry["sha256"], entry)
 
 
 def wake_model_names(models_dir: Path | None = None) -> list[str]:
@@ -64,8 +81,8 @@ def resolve(name_or_path: str, models_dir: Path | None = None) -> ModelFile:
     raise ModelError(f"unknown model {name_or_path!r}; known: {known} (or give a path to an .onnx file)")
 
 
-def _check_hash(model: ModelFile) -> None:
-    digest = hashlib.sha256(model.path.read_bytes()).hexdigest()
+def _check_hash(model: ModelFile, data: bytes) -> None:
+    digest = hashlib.sha256(data).hexdigest()
     if digest != model.sha256:
         raise ModelError(f"{model.path}: SHA-256 {digest[:12]}... does not match the manifest; "
                          "the file is corrupt or replaced; reinstall guard")
@@ -76,7 +93,18 @@ def verify(model: ModelFile) -> None:
     if not model.path.is_file():
         raise ModelError(f"{model.path}: model file not found")
     if model.sha256 is not None:
-        _check_hash(model)
+        _check_hash(model, model.path.read_bytes())
+
+
+def verified_bytes(model: ModelFile) -> bytes:
+    """The model's bytes, hash-checked as read, so what runs is what was checked."""
+    try:
+        data = model.path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{model.path}: cannot read the model ({e.strerror})") from None
+    if model.sha256 is not None:
+        _check_hash(model, data)
+    return data
 
 
 def open_session(model: ModelFile) -> ort.InferenceSession:

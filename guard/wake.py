@@ -1,10 +1,11 @@
-"""Wake-word detection: openWakeWord's models run directly on small numpy buffers.
+"""Wake-word detection: openWakeWord's or microWakeWord's models on small fixed buffers.
 
 openWakeWord 0.4.0's `Model` keeps 10 s of raw audio in a Python deque and
 copies it to a list every 80 ms; that audio cannot be wiped and costs CPU. Here
 the same models (melspectrogram and classifiers on onnxruntime, the embedding
 incrementally in `embedding.py`) run on preallocated arrays that `wipe()`
 resets. `tests/test_wake.py` proves the scores equal `openwakeword.model.Model`'s.
+microWakeWord models run in `micro.py`; both share the trigger rule here.
 This module never releases or stores audio.
 """
 
@@ -19,6 +20,7 @@ from guard import models
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ
 from guard.embedding import HOP_MEL_FRAMES, StreamingEmbedding
 from guard.errors import ModelError
+from guard.micro import MicroClassifier, MicroFeatures
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ EMBEDDING_DIM = 96
 WARMUP_FRAMES = 5  # openWakeWord reports 0 for its first 5 frames while buffers fill
 VAD_CHUNK_SAMPLES = 640  # 40 ms: openWakeWord's Silero step
 VAD_LOOKBACK = slice(-7, -4)  # VAD frames 320-560 ms back are the ones that cover a just-finished word
+ENGINES = ("openwakeword", "micro")
+OPENWAKEWORD_THRESHOLD = 0.5  # openWakeWord's documented default; microWakeWord models publish their own
 
 
 @dataclass(frozen=True)
@@ -36,16 +40,18 @@ class WakeModelSettings:
     """How one wake word triggers.
 
     Args:
-        name: bundled name, a stem in `models_dir`, or a path to `.onnx`.
-        threshold: score that counts as a wake (0-1).
+        name: bundled name, a stem in `models_dir`, or a path to `.onnx` (openWakeWord only).
+        threshold: score that counts as a wake (0-1); None: the model's own default.
         patience_frames: consecutive 80 ms frames at or over threshold needed (1-25).
         refractory_seconds: quiet time after a wake before this model fires again (0-30).
+        engine: "openwakeword" or "micro" (microWakeWord).
     """
 
     name: str
-    threshold: float = 0.5
+    threshold: float | None = None
     patience_frames: int = 1
     refractory_seconds: float = 2.0
+    engine: str = "openwakeword"
 
 
 @dataclass(frozen=True)
@@ -146,12 +152,12 @@ class VoiceGate:
         self._seen = 0
 
 
-class WakeWord:
-    """One classifier and its trigger rule (threshold, patience, refractory period)."""
+class OnnxClassifier:
+    """One openWakeWord classifier over the shared embeddings; 0 during warm-up, like openWakeWord."""
 
-    def __init__(self, settings: WakeModelSettings, models_dir: Path | None = None) -> None:
-        self.settings = settings
-        model_file = models.resolve(settings.name, models_dir)
+    default_threshold = OPENWAKEWORD_THRESHOLD
+
+    def __init__(self, model_file: models.ModelFile, features: FeatureExtractor | None) -> None:
         self.name = model_file.name
         self._session = models.open_session(model_file)
         inputs = self._session.get_inputs()
@@ -161,6 +167,26 @@ class WakeWord:
                              f"(input shape {shape}, expected [1, frames, {EMBEDDING_DIM}])")
         self.input_frames = shape[1]
         self._input_name = inputs[0].name
+        self.features = features
+        self.wipe()
+
+    def score(self) -> float:
+        out = self._session.run(None, {self._input_name: self.features.window(self.input_frames)})[0]
+        self._frames_seen += 1
+        return float(out.reshape(-1)[0]) if self._frames_seen > WARMUP_FRAMES else 0.0
+
+    def wipe(self) -> None:
+        self._frames_seen = 0
+
+
+class WakeWord:
+    """One classifier and its trigger rule (threshold, patience, refractory period)."""
+
+    def __init__(self, settings: WakeModelSettings, classifier: OnnxClassifier | MicroClassifier) -> None:
+        self.settings = settings
+        self.classifier = classifier
+        self.name = classifier.name
+        self.threshold = settings.threshold if settings.threshold is not None else classifier.default_threshold
         self._refractory_frames = round(settings.refractory_seconds / FRAME_SECONDS)
         self.reset()
 
@@ -169,13 +195,13 @@ class WakeWord:
         self._over = 0
         self._quiet_until = 0
         self.score = 0.0
+        self.classifier.wipe()
 
-    def score_frame(self, features: FeatureExtractor) -> float:
-        """Score the newest features; 0 during warm-up, like openWakeWord."""
-        out = self._session.run(None, {self._input_name: features.window(self.input_frames)})[0]
-        self.score = float(out.reshape(-1)[0]) if self.frames_seen >= WARMUP_FRAMES else 0.0
+    def score_frame(self) -> float:
+        """Score the newest frame's features."""
+        self.score = self.classifier.score()
         self.frames_seen += 1
-        self._over = self._over + 1 if self.score >= self.settings.threshold else 0
+        self._over = self._over + 1 if self.score >= self.threshold else 0
         return self.score
 
     def triggered(self, voice_heard: bool) -> bool:
@@ -198,20 +224,36 @@ class WakeDetector:
         wake_words: the models and their trigger rules.
         vad_threshold: Silero speech probability a wake needs just before it (0 disables, 0-1).
         models_dir: where a user's own `.onnx` models live.
+        embeddings: compute openWakeWord's embeddings even if no wake word needs them
+            (spoken confirmation listens to them).
     """
 
     def __init__(self, wake_words: Sequence[WakeModelSettings], vad_threshold: float = 0.0,
-                 models_dir: Path | None = None) -> None:
+                 models_dir: Path | None = None, embeddings: bool = False) -> None:
         if not wake_words:
             raise ModelError("no wake-word model configured; set [wake] models")
-        self.words = [WakeWord(w, models_dir) for w in wake_words]
-        self.features = FeatureExtractor(max(w.input_frames for w in self.words))
+        onnx = {w.name: OnnxClassifier(models.resolve(w.name, models_dir), None)
+                for w in wake_words if w.engine == "openwakeword"}
+        history = max([c.input_frames for c in onnx.values()] + [1])
+        self.features = FeatureExtractor(history) if onnx or embeddings else None
+        self.micro_features = MicroFeatures() if len(onnx) < len(wake_words) else None
+        self.words = []
+        for w in wake_words:
+            if w.engine == "openwakeword":
+                classifier = onnx[w.name]
+                classifier.features = self.features
+            else:
+                classifier = MicroClassifier(models.resolve_micro(w.name), self.micro_features)
+            self.words.append(WakeWord(w, classifier))
         self.vad = VoiceGate(vad_threshold) if vad_threshold > 0 else None
         self.frames_seen = 0
 
     def process(self, frame: np.ndarray) -> list[Detection]:
         """Score one 80 ms int16 frame (1280 samples); returns the wakes it completes."""
-        self.features.push(frame)
+        if self.features is not None:
+            self.features.push(frame)
+        if self.micro_features is not None:
+            self.micro_features.push(frame)
         self.frames_seen += 1
         if self.vad is not None:
             self.vad.push(frame)
@@ -219,7 +261,7 @@ class WakeDetector:
         end = self.frames_seen * FRAME_SECONDS
         detections = []
         for word in self.words:
-            score = word.score_frame(self.features)
+            score = word.score_frame()
             if word.triggered(voice):
                 detections.append(Detection(word.name, score, end))
                 log.debug("wake %s score=%.3f at %.2fs", word.name, score, end)
@@ -231,7 +273,10 @@ class WakeDetector:
 
     def wipe(self) -> None:
         """Reset to the start state: no audio-derived data left, as after a fresh load."""
-        self.features.wipe()
+        if self.features is not None:
+            self.features.wipe()
+        if self.micro_features is not None:
+            self.micro_features.wipe()
         if self.vad is not None:
             self.vad.wipe()
         for word in self.words:

@@ -33,7 +33,7 @@ def test_version(capsys):
 def test_help_teaches_units_and_defaults(capsys):
     assert cli.main(["scan", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "(0-1, default: [wake] threshold, 0.5)" in out and '"end": seconds into the file' in out
+    assert "(0-1, default: [wake] threshold, each model's own)" in out and '"end": seconds into the file' in out
 
 
 def test_scan_plain_output_names_file_model_and_time(alexa_wav, capsys):
@@ -102,7 +102,7 @@ def test_bad_threshold_is_a_usage_error(alexa_wav):
 
 @pytest.mark.parametrize(("toml", "needles"), [
     ("[wake]\ntreshold = 0.4\n", ["[wake] treshold: unknown key; did you mean threshold?"]),
-    ("[wake]\nthreshold = 1.5\n", ["[wake] threshold = 1.5: must be 0-1", "default (0.5)"]),
+    ("[wake]\nthreshold = 1.5\n", ["[wake] threshold = 1.5: must be 0-1", 'default ("auto")']),
     ("[wake]\nmodels = 'alexa'\n", ["[wake] models = 'alexa': must be a list of strings"]),
     ("[audio]\nchannel = -1\n", ['must be "mix" or a channel number']),
     ("[wake.overrides.hey_mycroft]\nthreshold = 0.7\n", ["hey_mycroft is not in [wake] models"]),

@@ -77,7 +77,7 @@ GUARD_STOPPING_AT_EXIT = ("import atexit, os, signal, sys; from guard.cli import
 
 
 def _guard(tmp_path: Path, request: np.ndarray, extra: str = "", pending_timeout: float = 1,
-           command: tuple[str, ...] = (str(GUARD),)) -> tuple[subprocess.Popen, Path]:
+           command: tuple[str, ...] = (str(GUARD),), engine: str = "openwakeword") -> tuple[subprocess.Popen, Path]:
     room = np.random.default_rng(1).normal(0, 30, 16000 * 600)
     samples = np.concatenate([room[:16000], request, np.zeros(16000), room]).clip(-32768, 32767)
     raw = tmp_path / "mic.raw"
@@ -85,7 +85,7 @@ def _guard(tmp_path: Path, request: np.ndarray, extra: str = "", pending_timeout
     env = alsa_home(tmp_path / "home", raw)
     log = tmp_path / "audit.jsonl"
     (tmp_path / "guard.toml").write_text(
-        f'[device]\nid = "memtest"\n[audio]\ndevice = "guardtest"\n[wake]\nmodels = ["alexa"]\n'
+        f'[device]\nid = "memtest"\n[audio]\ndevice = "guardtest"\n[wake]\nmodels = ["alexa"]\nengine = "{engine}"\n'
         f'[gate]\npending_timeout_seconds = {pending_timeout}\n[audit]\npath = "{log}"\n{extra}')
     process = subprocess.Popen([*command, "--config", str(tmp_path / "guard.toml"), "run", "--gpio", "mock"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -129,8 +129,9 @@ def test_the_search_finds_speech_that_is_still_held(tmp_path, request_speech):
     assert _search_stopped(process, needles(request_speech)), "the search cannot see held speech"
 
 
-def test_invariant3_no_copy_of_timed_out_speech_stays_in_memory(tmp_path, request_speech):
-    process, log = _guard(tmp_path, request_speech)
+@pytest.mark.parametrize("engine", ["openwakeword", "micro"])
+def test_invariant3_no_copy_of_timed_out_speech_stays_in_memory(tmp_path, request_speech, engine):
+    process, log = _guard(tmp_path, request_speech, engine=engine)
     records = _wait_for(log, "discarded")
     assert [r["event"] for r in records][:3] == ["wake", "pending", "discarded"]
     time.sleep(1.0)  # room noise goes on through the same buffers

@@ -1,0 +1,154 @@
+"""microWakeWord engine: ESPHome's streaming TFLite models on fixed buffers that `wipe()` clears.
+
+pymicro-wakeword 2.5.0 (the runtime Home Assistant's satellites use) supplies the TFLite C
+library and the TFLite Micro audio frontend; its own `MicroWakeWord` class copies every chunk
+into new bytes and arrays that cannot be wiped. Here the audio passes through one 10 ms buffer
+that is overwritten in place and zeroed on wipe, and the frontend's 30 ms window is zeroed by its
+reset. Each interpreter keeps int8 activations of past features (never samples) as streaming
+state; a wipe replaces the interpreter, which returns that memory to the allocator.
+`tests/test_micro.py` proves the scores equal pymicro-wakeword's.
+"""
+
+import ctypes
+import statistics
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import pymicro_wakeword
+from pymicro_features import MicroFrontend
+from pymicro_wakeword.wakeword import TfLiteWakeWord
+
+from guard import models
+from guard.audio import FRAME_SAMPLES
+from guard.errors import ModelError
+
+CHUNK_SAMPLES = 160  # 10 ms: one frontend step, one feature row
+FEATURE_BINS = 40
+ROWS_PER_FRAME = FRAME_SAMPLES // CHUNK_SAMPLES
+_QUANTIZED = {3: np.uint8, 9: np.int8}  # kTfLiteUInt8, kTfLiteInt8
+_LIBRARY = Path(pymicro_wakeword.__file__).parent / "lib" / "libtensorflowlite_c.so"
+_lib: ctypes.CDLL | None = None
+
+
+def _tflite() -> ctypes.CDLL:
+    """The TFLite C library pymicro-wakeword ships, with the calls used here typed."""
+    global _lib
+    if _lib is None:
+        lib = TfLiteWakeWord(_LIBRARY).lib
+        lib.TfLiteModelCreate.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        lib.TfLiteModelCreate.restype = ctypes.c_void_p
+        lib.TfLiteInterpreterOptionsCreate.restype = ctypes.c_void_p
+        lib.TfLiteInterpreterOptionsSetNumThreads.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        lib.TfLiteInterpreterOptionsDelete.argtypes = [ctypes.c_void_p]
+        _lib = lib
+    return _lib
+
+
+class MicroFeatures:
+    """80 ms int16 frames in, up to 8 rows of 40 frontend features out, per frame."""
+
+    def __init__(self) -> None:
+        self._frontend = MicroFrontend()
+        # the frontend takes only immutable bytes; this one is private and overwritten in place
+        self._chunk = bytes(CHUNK_SAMPLES * 2)
+        self._chunk_address = id(self._chunk) + bytes.__basicsize__ - 1
+        self.rows = np.zeros((ROWS_PER_FRAME, FEATURE_BINS))
+        self.count = 0
+
+    def push(self, frame: np.ndarray) -> None:
+        """Feed one frame; `rows[:count]` are the features it completed."""
+        samples = np.ascontiguousarray(frame, np.int16)
+        self.count = 0
+        for start in range(0, FRAME_SAMPLES, CHUNK_SAMPLES):
+            ctypes.memmove(self._chunk_address, samples[start:].ctypes.data, len(self._chunk))
+            features = self._frontend.process_samples(self._chunk).features
+            if features:
+                self.rows[self.count] = features
+                self.count += 1
+        ctypes.memset(self._chunk_address, 0, len(self._chunk))
+
+    def wipe(self) -> None:
+        ctypes.memset(self._chunk_address, 0, len(self._chunk))
+        self._frontend.reset()
+        self.rows.fill(0)
+        self.count = 0
+
+
+class MicroClassifier:
+    """One microWakeWord model: the mean of its last few probabilities is the score."""
+
+    def __init__(self, model: models.ModelFile, features: MicroFeatures) -> None:
+        self._features = features
+        self._lib = _tflite()
+        self._weights = ctypes.create_string_buffer(models.verified_bytes(model))  # TFLite reads it for life
+        self._model = self._lib.TfLiteModelCreate(self._weights, len(self._weights) - 1)
+        if not self._model:
+            raise ModelError(f"{model.path}: not a usable TFLite model")
+        self.default_threshold = float(model.meta["probability_cutoff"])
+        self._probabilities: deque[float] = deque(maxlen=int(model.meta["sliding_window_size"]))
+        self._interpreter = None
+        self._open_interpreter()
+        self.name = model.name
+
+    def _open_interpreter(self) -> None:
+        lib = self._lib
+        options = lib.TfLiteInterpreterOptionsCreate()
+        lib.TfLiteInterpreterOptionsSetNumThreads(options, 1)
+        self._interpreter = lib.TfLiteInterpreterCreate(self._model, options)
+        lib.TfLiteInterpreterOptionsDelete(options)
+        if not self._interpreter or lib.TfLiteInterpreterAllocateTensors(self._interpreter) != 0:
+            raise ModelError(f"{self.name}: the TFLite runtime could not open this model")
+        self._in = lib.TfLiteInterpreterGetInputTensor(self._interpreter, 0)
+        self._out = lib.TfLiteInterpreterGetOutputTensor(self._interpreter, 0)
+        stride = lib.TfLiteTensorDim(self._in, 1)
+        in_q, out_q = lib.TfLiteTensorQuantizationParams(self._in), lib.TfLiteTensorQuantizationParams(self._out)
+        in_type, out_type = lib.TfLiteTensorType(self._in), lib.TfLiteTensorType(self._out)
+        if in_type not in _QUANTIZED or out_type not in _QUANTIZED:
+            raise ModelError(f"{self.name}: not a quantized microWakeWord model (tensor types {in_type}, {out_type})")
+        self._in_scale, self._in_zero = in_q.scale, in_q.zero_point
+        self._out_scale, self._out_zero = out_q.scale, out_q.zero_point
+        self._stacked = np.zeros((1, stride, FEATURE_BINS))
+        self._quantized = np.zeros((1, stride, FEATURE_BINS), _QUANTIZED[in_type])
+        self._output = np.zeros(1, _QUANTIZED[out_type])
+        self._filled = 0
+
+    def score(self) -> float:
+        """The highest score among the inferences this frame's features completed; 0 while filling."""
+        best = 0.0
+        for row in self._features.rows[:self._features.count]:
+            self._stacked[0, self._filled] = row
+            self._filled += 1
+            if self._filled == self._stacked.shape[1]:
+                self._filled = 0
+                best = max(best, self._infer())
+        return best
+
+    def _infer(self) -> float:
+        np.round(self._stacked / self._in_scale + self._in_zero, out=self._stacked)
+        self._quantized[...] = self._stacked
+        lib = self._lib
+        lib.TfLiteTensorCopyFromBuffer(self._in, self._quantized.ctypes.data, self._quantized.nbytes)
+        lib.TfLiteInterpreterInvoke(self._interpreter)
+        lib.TfLiteTensorCopyToBuffer(self._out, self._output.ctypes.data, self._output.nbytes)
+        probability = ((self._output.astype(np.float32) - self._out_zero) * self._out_scale).item()
+        self._probabilities.append(probability)
+        if len(self._probabilities) < self._probabilities.maxlen:
+            return 0.0
+        return statistics.mean(self._probabilities)
+
+    def wipe(self) -> None:
+        """Back to a fresh load: no features, no probabilities, a new interpreter."""
+        self._lib.TfLiteInterpreterDelete(self._interpreter)
+        self._stacked.fill(0)
+        self._quantized.fill(0)
+        self._probabilities.clear()
+        self._open_interpreter()
+
+    def close(self) -> None:
+        if self._interpreter:
+            self._lib.TfLiteInterpreterDelete(self._interpreter)
+            self._interpreter = None
+        if self._model:
+            self._lib.TfLiteModelDelete(self._model)
+            self._model = None

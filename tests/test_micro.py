@@ -1,0 +1,136 @@
+"""The microWakeWord engine against pymicro-wakeword's own classes, on espeak-ng speech."""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import speech
+from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
+
+from guard import cli, config, models
+from guard.audio import FRAME_SAMPLES
+from guard.errors import ConfigError, ModelError
+from guard.micro import MicroFeatures
+from guard.wake import WakeDetector, WakeModelSettings
+
+NAMES = ["alexa", "hey_jarvis", "hey_mycroft", "okay_nabu"]
+
+
+@pytest.fixture(scope="module")
+def phrases() -> np.ndarray:
+    return np.concatenate([speech.say("good morning, how are you"), speech.silence(0.8),
+                           speech.say("Alexa"), speech.silence(0.7), speech.say("hey Jarvis", "en+f4"),
+                           speech.silence(0.7), speech.say("hey Mycroft"), speech.silence(0.7),
+                           speech.say("okay Nabu", "en-us"), speech.silence(1.0)])
+
+
+def frames_of(samples: np.ndarray) -> np.ndarray:
+    return samples[:len(samples) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
+
+
+def reference_scores(samples: np.ndarray, name: str) -> list[float]:
+    """pymicro-wakeword's probabilities, the highest per 80 ms frame, as its README streams them."""
+    features, model = MicroWakeWordFeatures(), MicroWakeWord.from_builtin(Model(name))
+    best = []
+    for frame in frames_of(samples):
+        best.append(max([model.process_streaming_prob(f) for f in features.process_streaming(frame.tobytes())],
+                        default=0.0))
+    return best
+
+
+def our_scores(detector: WakeDetector, samples: np.ndarray) -> np.ndarray:
+    rows = []
+    for frame in frames_of(samples):
+        detector.process(frame)
+        rows.append([detector.scores()[n] for n in NAMES])
+    return np.array(rows)
+
+
+def micro_detector(**settings) -> WakeDetector:
+    return WakeDetector([WakeModelSettings(n, engine="micro", **settings) for n in NAMES])
+
+
+def test_scores_equal_pymicro_wakeword_frame_by_frame(phrases):
+    theirs = np.array([reference_scores(phrases, n) for n in NAMES]).T
+    mine = our_scores(micro_detector(), phrases)
+    assert theirs.shape == mine.shape and len(mine) > 100
+    assert np.array_equal(theirs, mine)
+    assert (mine.max(axis=0) > 0.5).sum() >= 2, "the audio must exercise real detections"
+
+
+def test_the_bundled_models_are_pymicro_wakewords_byte_for_byte():
+    for name in NAMES:
+        reference = MicroWakeWord.from_builtin(Model(name))
+        ours = models.resolve_micro(name)
+        assert ours.path.read_bytes() == Path(reference.tflite_model).read_bytes()
+        assert ours.meta["probability_cutoff"] == reference.probability_cutoff
+        assert ours.meta["sliding_window_size"] == reference.sliding_window_size
+
+
+def test_default_thresholds_are_the_published_cutoffs_and_an_explicit_one_wins():
+    detector = micro_detector()
+    assert [w.threshold for w in detector.words] == [0.9, 0.97, 0.95, 0.85]
+    assert [w.threshold for w in micro_detector(threshold=0.6).words] == [0.6] * 4
+    assert WakeDetector([WakeModelSettings("alexa")]).words[0].threshold == 0.5
+
+
+def test_a_detection_names_the_wake_word_whichever_engine_heard_it(phrases):
+    detector = WakeDetector([WakeModelSettings("alexa", engine="micro")])
+    found = [d for frame in frames_of(phrases) for d in detector.process(frame)]
+    assert [d.model for d in found] == ["alexa"]
+    assert 1.8 <= found[0].end_seconds <= 4.5 and found[0].score >= 0.9
+
+
+def test_wipe_returns_the_engine_to_its_start_state_with_no_audio_left(phrases):
+    used = micro_detector()
+    our_scores(used, phrases[: len(phrases) // 2])
+    used.wipe()
+    features = used.micro_features
+    assert not np.frombuffer(features._chunk, np.int16).any() and not features.rows.any() and features.count == 0
+    assert np.array_equal(our_scores(used, phrases), our_scores(micro_detector(), phrases))
+
+
+def test_the_input_chunk_is_zeroed_after_every_frame(phrases):
+    features = MicroFeatures()
+    loud = frames_of(phrases)[np.abs(frames_of(phrases).astype(np.int32)).max(axis=1).argmax()]
+    features.push(loud)
+    assert features.count > 0 and not np.frombuffer(features._chunk, np.int16).any()
+
+
+def test_a_replaced_model_file_is_refused(tmp_path, monkeypatch):
+    swapped = tmp_path / "alexa.tflite"
+    swapped.write_bytes(models.resolve_micro("hey_jarvis").path.read_bytes())
+    real = models.resolve_micro
+
+    def resolve(name):
+        return dataclasses.replace(real(name), path=swapped)
+
+    monkeypatch.setattr(models, "resolve_micro", resolve)
+    with pytest.raises(ModelError, match="does not match the manifest"):
+        WakeDetector([WakeModelSettings("alexa", engine="micro")])
+
+
+def test_a_wake_word_micro_has_no_model_for_is_named_with_what_it_has(capsys):
+    assert cli.main(["scan", "--engine", "micro", "--model", "hey_marvin", "x.wav"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hey_marvin" in err and "okay_nabu" in err and "Traceback" not in err
+
+
+def test_engine_and_auto_threshold_are_read_from_config_and_checked():
+    cfg = config.parse({"wake": {"models": ["alexa", "okay_nabu"], "engine": "micro",
+                                 "overrides": {"alexa": {"engine": "openwakeword", "threshold": "auto"}}}}, "t.toml")
+    settings = {s.name: s for s in cfg.wake.settings()}
+    assert settings["alexa"].engine == "openwakeword" and settings["alexa"].threshold is None
+    assert settings["okay_nabu"].engine == "micro" and settings["okay_nabu"].threshold is None
+    with pytest.raises(ConfigError, match=r"\[wake\] engine.*must be one of openwakeword, micro"):
+        config.parse({"wake": {"engine": "tflite"}}, "t.toml")
+    with pytest.raises(ConfigError, match=r'threshold.*"auto"'):
+        config.parse({"wake": {"threshold": "high"}}, "t.toml")
+
+
+def test_spoken_confirmation_still_gets_embeddings_when_every_wake_word_is_micro():
+    assert WakeDetector([WakeModelSettings("alexa", engine="micro")]).features is None
+    detector = WakeDetector([WakeModelSettings("alexa", engine="micro")], embeddings=True)
+    detector.process(np.zeros(FRAME_SAMPLES, np.int16))
+    assert detector.features.embeddings.shape[1] == 96
