@@ -1,7 +1,9 @@
 """Sinks on their own: what arrives, and that a failed or killed release leaves nothing half-done behind."""
 
 import os
+import re
 import stat
+import struct
 import sys
 import threading
 import time
@@ -37,8 +39,8 @@ def test_a_release_is_a_16_khz_mono_16_bit_wav_of_exactly_the_samples(tmp_path):
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (1, 2, 16000, len(SAMPLES))
         assert np.array_equal(np.frombuffer(w.readframes(len(SAMPLES)), "<i2"), SAMPLES)
     # the sizes and rates a strict reader checks, which the wave module does not
-    assert int.from_bytes(wav[4:8], "little") == len(wav) - 8
-    assert int.from_bytes(wav[28:32], "little") == 32000 and int.from_bytes(wav[32:34], "little") == 2
+    assert struct.unpack("<4sI4s4sIHHIIHH4sI", wav[:44]) == (
+        b"RIFF", len(wav) - 8, b"WAVE", b"fmt ", 16, 1, 1, 16000, 32000, 2, 16, b"data", 2 * len(SAMPLES))
     assert len(wav) == 44 + 2 * len(SAMPLES)
 
 
@@ -133,6 +135,10 @@ def test_a_command_that_cannot_start_is_a_failure_not_a_crash(tmp_path):
     plain.chmod(0o644)
     assert CommandSink("cmd", (str(plain),), 5.0, "k").problem() == (
         f"sink cmd: {plain}: not an executable file; give its full path")
+    # the program is the first word, whatever its arguments are
+    assert CommandSink("cmd", (str(plain), sys.executable), 5.0, "k").problem() == (
+        f"sink cmd: {plain}: not an executable file; give its full path")
+    assert CommandSink("cmd", (sys.executable, str(plain)), 5.0, "k").problem() is None
 
 
 HELPER = ("import subprocess, sys; p = subprocess.Popen(['sleep', '600']); "
@@ -140,7 +146,8 @@ HELPER = ("import subprocess, sys; p = subprocess.Popen(['sleep', '600']); "
 
 
 def test_a_command_over_its_time_is_killed_with_what_it_started_and_may_have_sent_part(tmp_path):
-    with pytest.raises(SinkUncertain, match=r"still running after 0\.5 s; killed with everything it started"):
+    with pytest.raises(SinkUncertain, match=rf"^sink cmd: {re.escape(sys.executable)} still running after 0\.5 s; "
+                                            "killed with everything it started"):
         _command(tmp_path, HELPER + "import time; time.sleep(600)", timeout=0.5).deliver(encode_wav(SAMPLES),
                                                                                           UTTERANCE)
     helper = int((tmp_path / "helper").read_text())
