@@ -2,14 +2,15 @@
 
 For each shared wake word and engine: miss rate and false accepts per hour at the default
 threshold, the lowest miss rate with no false accept in the negatives, and a DET curve
-(bench/eval-det.png, where matplotlib is installed). Scores per frame are saved to
+(bench/eval-det.png, made in .venv-bench by bench/make-venv). Scores per frame are saved to
 bench/.eval/<corpus>/scores-<engine>.npz, so a new decision rule is evaluated without rescoring.
 
-    .venv/bin/python bench/eval.py [--quick]
+    .venv/bin/python bench/eval.py [--quick] [--no-peers]
 """
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ from guard.audio import FRAME_SAMPLES, FRAME_SECONDS  # noqa: E402
 from guard.wake import WakeDetector, WakeModelSettings  # noqa: E402
 
 REFRACTORY_FRAMES = round(2.0 / FRAME_SECONDS)  # guard's default refractory_seconds
-DEFAULTS = {"openwakeword": {w: 0.5 for w in eval_corpus.WORDS}}
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"  # peers and matplotlib: bench/make-venv
 
 
 def _frames(samples: np.ndarray) -> np.ndarray:
@@ -108,6 +109,7 @@ def fuse(a: dict, b: dict, combine=np.minimum, window: int = 3) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the small corpus the tests use (minutes, not hours)")
+    parser.add_argument("--no-peers", action="store_true", help="skip pyopen-wakeword (the slowest to score)")
     args = parser.parse_args()
     spec = eval_corpus.QUICK if args.quick else eval_corpus.Spec()
     start = time.monotonic()
@@ -125,6 +127,14 @@ def main() -> int:
             print(f"scored {engine} in {time.monotonic() - started:.0f} s", flush=True)
         with np.load(path) as f:
             results[engine] = dict(f)
+    peer = cache / "scores-pyopen-wakeword.npz"
+    if BENCH_PYTHON.exists() and not peer.exists() and not args.no_peers:
+        started = time.monotonic()
+        subprocess.run([str(BENCH_PYTHON), str(ROOT / "bench" / "eval_peer.py"), "score", str(cache)], check=True)
+        print(f"scored pyopen-wakeword in {time.monotonic() - started:.0f} s", flush=True)
+    if peer.exists():
+        with np.load(peer) as f:
+            results["pyopen-wakeword"] = dict(f)
     results["both"] = fuse(results["openwakeword"], results["micro"], np.minimum)
     results["either"] = fuse(results["openwakeword"], results["micro"], np.maximum)
     report = {}
@@ -141,6 +151,11 @@ def main() -> int:
     print(f"\n{hours:.2f} h of negatives: 0 false accepts there means fewer than {1 / hours:.2f}/h; "
           "1 per 10 h needs at least 10 h of negatives, which this corpus does not have.")
     (cache / "report.json").write_text(json.dumps(report))
+    if BENCH_PYTHON.exists():
+        plot = cache / "eval-det.png" if args.quick else ROOT / "bench" / "eval-det.png"
+        subprocess.run([str(BENCH_PYTHON), str(ROOT / "bench" / "eval_peer.py"), "plot", str(cache), str(plot)],
+                       check=True)
+        print(f"DET curves: {plot.relative_to(ROOT)}")
     return 0
 
 

@@ -42,6 +42,7 @@ class Spec:
     conditions: tuple = CONDITIONS
     negative_minutes: float = 120.0
     seed: int = 7
+    generator: int = 2  # bumped when the making changes (2: sox -R, repeatable dither)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self)).encode()).hexdigest()[:12]

@@ -18,10 +18,10 @@ SPEECH_LEVEL = 300  # samples above this magnitude count as voiced when finding 
 
 
 def say(text: str, voice: str = "en", speed_wpm: int = 160, pitch: int = 50) -> np.ndarray:
-    """Speak `text` with espeak-ng; returns 16 kHz mono int16 samples."""
+    """Speak `text` with espeak-ng; returns 16 kHz mono int16 samples, the same every time (sox -R)."""
     espeak = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-p", str(pitch), "--stdout", text],
                             check=True, capture_output=True).stdout
-    raw = subprocess.run(["sox", "-t", "wav", "-", "-t", "raw", "-r", str(RATE_HZ), "-e", "signed", "-b", "16",
+    raw = subprocess.run(["sox", "-R", "-t", "wav", "-", "-t", "raw", "-r", str(RATE_HZ), "-e", "signed", "-b", "16",
                           "-c", "1", "-"], input=espeak, check=True, capture_output=True).stdout
     return np.frombuffer(raw, np.int16).copy()
 
