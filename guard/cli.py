@@ -45,7 +45,8 @@ def _detector(cfg: config.Config, names: list[str] | None = None, threshold: flo
         wake = dataclasses.replace(wake, threshold=threshold if threshold is not None else wake.threshold,
                                    engine=engine or wake.engine, overrides={})
     voice = any("voice" in sink.confirm for sink in cfg.sinks.values())
-    return WakeDetector(wake.settings(), wake.vad_threshold, _models_dir(cfg), embeddings=voice)
+    rest = wake.rest_below_dbfs if wake.rest_below_dbfs > -120 else None
+    return WakeDetector(wake.settings(), wake.vad_threshold, _models_dir(cfg), embeddings=voice, rest_below_dbfs=rest)
 
 
 def scan_file(detector: WakeDetector, path: Path, progress: Progress | None = None) -> list[Detection]:

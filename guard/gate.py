@@ -180,7 +180,8 @@ class Gate:
             return
         if self.state is State.IDLE:
             self.ring.write(frame)
-        detections = self.detector.process(frame)
+        detections = self.detector.process(frame, keep_awake=self.state is State.PENDING
+                                            and self.confirmation is not None)
         if self.state is State.PENDING and self.confirmation is not None \
                 and self.confirmation.push(self.detector.features.embeddings[-1], frame):
             self._release("voice", match_score=round(self.confirmation.score, 4),
@@ -407,7 +408,7 @@ class Gate:
 
     def is_wiped(self) -> bool:
         """True when no buffer holds a sample of audio."""
-        return self.capture.is_zero() and self.ring.is_zero()
+        return self.capture.is_zero() and self.ring.is_zero() and not self.detector.holds_audio()
 
     def _decide(self, kind: str, state: State, **fields) -> None:
         self._record(kind, state, **fields)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from guard import models
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ
+from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, level_dbfs
 from guard.embedding import HOP_MEL_FRAMES, StreamingEmbedding
 from guard.errors import ModelError
 from guard.micro import MicroClassifier, MicroFeatures
@@ -32,6 +32,8 @@ WARMUP_FRAMES = 5  # openWakeWord reports 0 for its first 5 frames while buffers
 VAD_CHUNK_SAMPLES = 640  # 40 ms: openWakeWord's Silero step
 VAD_LOOKBACK = slice(-7, -4)  # VAD frames 320-560 ms back are the ones that cover a just-finished word
 ENGINES = ("openwakeword", "micro")
+REST_AFTER_FRAMES = 25  # 2 s of quiet before the models rest: a wake score has decayed long before
+REPLAY_FRAMES = 40  # 3.2 s replayed when sound returns: more than any model remembers (openWakeWord: <= 2.3 s)
 OPENWAKEWORD_THRESHOLD = 0.5  # openWakeWord's documented default; microWakeWord models publish their own
 
 
@@ -197,12 +199,18 @@ class WakeWord:
         self.score = 0.0
         self.classifier.wipe()
 
-    def score_frame(self) -> float:
-        """Score the newest frame's features."""
+    def score_frame(self, replay: bool = False) -> float:
+        """Score the newest frame's features; a replayed frame was already counted while resting."""
         self.score = self.classifier.score()
-        self.frames_seen += 1
+        self.frames_seen += 0 if replay else 1
         self._over = self._over + 1 if self.score >= self.threshold else 0
         return self.score
+
+    def rest(self) -> None:
+        """A quiet frame the models skip: time goes on, nothing scores."""
+        self.frames_seen += 1
+        self.score = 0.0
+        self._over = 0
 
     def triggered(self, voice_heard: bool) -> bool:
         """Whether the frame just scored is a wake, honouring patience and the refractory period."""
@@ -226,10 +234,13 @@ class WakeDetector:
         models_dir: where a user's own `.onnx` models live.
         embeddings: compute openWakeWord's embeddings even if no wake word needs them
             (spoken confirmation listens to them).
+        rest_below_dbfs: after 2 s of frames quieter than this the models rest; the first louder
+            frame replays the last 3.2 s through them first, so no wake is lost or late. None: never rest.
     """
 
     def __init__(self, wake_words: Sequence[WakeModelSettings], vad_threshold: float = 0.0,
-                 models_dir: Path | None = None, embeddings: bool = False) -> None:
+                 models_dir: Path | None = None, embeddings: bool = False,
+                 rest_below_dbfs: float | None = None) -> None:
         if not wake_words:
             raise ModelError("no wake-word model configured; set [wake] models")
         onnx = {w.name: OnnxClassifier(models.resolve(w.name, models_dir), None)
@@ -246,26 +257,60 @@ class WakeDetector:
                 classifier = MicroClassifier(models.resolve_micro(w.name), self.micro_features)
             self.words.append(WakeWord(w, classifier))
         self.vad = VoiceGate(vad_threshold) if vad_threshold > 0 else None
+        self.rest_below_dbfs = rest_below_dbfs
+        self._recent = np.zeros((REPLAY_FRAMES, FRAME_SAMPLES), np.int16)  # quiet frames to replay
         self.frames_seen = 0
+        self._quiet_run = self._skipped = 0
+        self.resting = False
 
-    def process(self, frame: np.ndarray) -> list[Detection]:
-        """Score one 80 ms int16 frame (1280 samples); returns the wakes it completes."""
+    def process(self, frame: np.ndarray, keep_awake: bool = False) -> list[Detection]:
+        """Score one 80 ms int16 frame (1280 samples); returns the wakes it completes.
+
+        keep_awake: the caller needs fresh features on every frame (spoken confirmation listening).
+        """
+        quiet = self.rest_below_dbfs is not None and level_dbfs(frame) < self.rest_below_dbfs
+        self._quiet_run = self._quiet_run + 1 if quiet else 0
+        if self.resting and (keep_awake or not quiet):
+            self._replay()
+        self._recent[self.frames_seen % REPLAY_FRAMES] = frame
+        self.frames_seen += 1
+        if self.resting:
+            self._skipped += 1
+            for word in self.words:
+                word.rest()
+            return []
+        detections = self._score(frame)
+        self.resting = self._quiet_run >= REST_AFTER_FRAMES and not keep_awake
+        self._skipped = 0
+        return detections
+
+    def _score(self, frame: np.ndarray, replay: bool = False) -> list[Detection]:
         if self.features is not None:
             self.features.push(frame)
         if self.micro_features is not None:
             self.micro_features.push(frame)
-        self.frames_seen += 1
         if self.vad is not None:
             self.vad.push(frame)
         voice = self.vad is None or self.vad.speech_heard()
         end = self.frames_seen * FRAME_SECONDS
         detections = []
         for word in self.words:
-            score = word.score_frame()
-            if word.triggered(voice):
+            score = word.score_frame(replay)
+            if not replay and word.triggered(voice):
                 detections.append(Detection(word.name, score, end))
                 log.debug("wake %s score=%.3f at %.2fs", word.name, score, end)
         return detections
+
+    def _replay(self) -> None:
+        """Run the skipped quiet frames (at most the last 3.2 s) so the models are where they would be."""
+        count = min(self._skipped, REPLAY_FRAMES)
+        for back in range(count, 0, -1):
+            self._score(self._recent[(self.frames_seen - back) % REPLAY_FRAMES], replay=True)
+        self.resting = False
+
+    def holds_audio(self) -> bool:
+        """Whether the frames kept for a replay hold any sample."""
+        return bool(self._recent.any())
 
     def scores(self) -> dict[str, float]:
         """The last frame's score per model (VAD not applied)."""
@@ -281,4 +326,7 @@ class WakeDetector:
             self.vad.wipe()
         for word in self.words:
             word.reset()
+        self._recent.fill(0)
         self.frames_seen = 0
+        self._quiet_run = self._skipped = 0
+        self.resting = False

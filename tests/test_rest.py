@@ -1,0 +1,94 @@
+"""Models resting in a quiet room: the same wakes as always-on, at the same frames, with the audio wiped."""
+
+import numpy as np
+import pytest
+import speech
+
+from guard.audio import FRAME_SAMPLES
+from guard.wake import REPLAY_FRAMES, WakeDetector, WakeModelSettings
+
+QUIET_ROOM = 20  # sample RMS: about -64 dBFS, a quiet room through a USB mic
+
+
+def day_profile(seconds: float = 240, seed: int = 3) -> np.ndarray:
+    """Mostly a quiet room; now and then a wake word, a request, or people talking."""
+    rng = np.random.default_rng(seed)
+    events = [speech.say("Alexa"), speech.say("hey Jarvis", "en+f4"), speech.say("hey Mycroft", "en-us"),
+              speech.say("Alexa, what time is it", "en-gb-x-rp"), speech.say("the kettle is on, do you want tea"),
+              speech.say("okay Nabu", "en-us+f2"), speech.say("hey Jarvis, lights off", "en+m3")]
+    parts, total = [], 0
+    while total < seconds * 16000:
+        gap = np.zeros(int(rng.uniform(2.5, 30) * 16000), np.int16)  # quiet spells from 2.5 s (just past rest) up
+        event = events[int(rng.integers(len(events)))]
+        parts += [gap, event]
+        total += len(gap) + len(event)
+    audio = np.concatenate(parts + [np.zeros(3 * 16000, np.int16)]).astype(np.float64)
+    audio += rng.normal(0, QUIET_ROOM, len(audio))
+    return np.clip(np.round(audio), -32768, 32767).astype(np.int16)
+
+
+def run(detector: WakeDetector, audio: np.ndarray) -> tuple[list, int]:
+    frames = audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
+    found, rested = [], 0
+    for frame in frames:
+        found += [(d.model, round(d.end_seconds, 2), round(d.score, 4)) for d in detector.process(frame)]
+        rested += detector.resting
+    return found, rested
+
+
+@pytest.fixture(scope="module")
+def day() -> np.ndarray:
+    return day_profile()
+
+
+@pytest.mark.parametrize(("engine", "words"), [
+    ("openwakeword", ["alexa", "hey_jarvis", "hey_mycroft"]),
+    ("micro", ["alexa", "hey_jarvis", "hey_mycroft", "okay_nabu"]),
+])
+def test_a_resting_detector_finds_exactly_the_wakes_an_always_on_one_does(day, engine, words):
+    settings = [WakeModelSettings(w, engine=engine) for w in words]
+    always, never_rested = run(WakeDetector(settings), day)
+    resting, rested = run(WakeDetector(settings, rest_below_dbfs=-60), day)
+    assert never_rested == 0 and len(always) >= 3, "the day must hold wakes"
+    assert rested > 0.6 * len(day) / FRAME_SAMPLES, "the models must rest through most of a quiet day"
+    if engine == "openwakeword":
+        assert resting == always  # same models, same frames, same scores
+    else:  # the micro frontend's noise estimate remembers further back than any replay: same wakes and frames
+        assert [(m, t) for m, t, _ in resting] == [(m, t) for m, t, _ in always]
+        assert all(abs(a[2] - b[2]) < 0.02 for a, b in zip(resting, always, strict=True))
+
+
+def test_sound_after_rest_is_scored_as_if_the_models_had_never_stopped():
+    quiet = np.random.default_rng(0).normal(0, QUIET_ROOM, 16000 * 8)
+    audio = np.concatenate([quiet, speech.say("Alexa"), np.zeros(8000)]).astype(np.int16)
+    frames = audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
+    always = WakeDetector([WakeModelSettings("alexa")])
+    resting = WakeDetector([WakeModelSettings("alexa")], rest_below_dbfs=-60)
+    for frame in frames:
+        always.process(frame)
+        resting.process(frame)
+        if not resting.resting:
+            assert resting.scores() == always.scores()
+            assert np.array_equal(resting.features.embeddings, always.features.embeddings)
+
+
+def test_keep_awake_stops_a_rest_and_forbids_the_next():
+    detector = WakeDetector([WakeModelSettings("alexa")], rest_below_dbfs=-60)
+    silence = np.zeros(FRAME_SAMPLES, np.int16)
+    for _ in range(30):
+        detector.process(silence)
+    assert detector.resting
+    detector.process(silence, keep_awake=True)
+    assert not detector.resting
+    for _ in range(30):
+        detector.process(silence, keep_awake=True)
+    assert not detector.resting
+
+
+def test_the_frames_kept_for_a_replay_are_wiped():
+    detector = WakeDetector([WakeModelSettings("alexa")], rest_below_dbfs=-60)
+    detector.process(speech.say("Alexa")[:FRAME_SAMPLES])
+    assert detector.holds_audio()
+    detector.wipe()
+    assert not detector.holds_audio() and not detector.resting
+    assert detector._recent.shape == (REPLAY_FRAMES, FRAME_SAMPLES)
