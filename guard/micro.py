@@ -55,8 +55,9 @@ class MicroFeatures:
         self._chunk_address = id(self._chunk) + bytes.__basicsize__ - 1
         self.rows = np.zeros((ROWS_PER_FRAME, FEATURE_BINS))
         self.count = 0
+        self.rows_seen = 0  # as if every frame had been pushed once: a rest counts, a replay does not
 
-    def push(self, frame: np.ndarray) -> None:
+    def push(self, frame: np.ndarray, replay: bool = False) -> None:
         """Feed one frame; `rows[:count]` are the features it completed."""
         samples = np.ascontiguousarray(frame, np.int16)
         self.count = 0
@@ -67,12 +68,18 @@ class MicroFeatures:
                 self.rows[self.count] = features
                 self.count += 1
         ctypes.memset(self._chunk_address, 0, len(self._chunk))
+        self.rows_seen += 0 if replay else self.count
+
+    def rest(self) -> None:
+        """A frame skipped in a quiet room: it would have completed a frame's worth of rows."""
+        self.rows_seen += ROWS_PER_FRAME
 
     def wipe(self) -> None:
         ctypes.memset(self._chunk_address, 0, len(self._chunk))
         self._frontend.reset()
         self.rows.fill(0)
         self.count = 0
+        self.rows_seen = 0
 
 
 class MicroClassifier:
@@ -123,6 +130,19 @@ class MicroClassifier:
                 self._filled = 0
                 best = max(best, self._infer())
         return best
+
+    @property
+    def stride(self) -> int:
+        """Feature rows per inference."""
+        return self._stacked.shape[1]
+
+    def aligned(self, rows_before: int) -> bool:
+        """Whether an inference would start right after `rows_before` rows, as the model counts them."""
+        return rows_before % self.stride == 0
+
+    def realign(self) -> None:
+        """Start the next inference afresh: a replay begins where `aligned` said one starts."""
+        self._filled = 0
 
     def _infer(self) -> float:
         np.round(self._stacked / self._in_scale + self._in_zero, out=self._stacked)

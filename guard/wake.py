@@ -20,7 +20,7 @@ from guard import models
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, level_dbfs
 from guard.embedding import HOP_MEL_FRAMES, StreamingEmbedding
 from guard.errors import ModelError
-from guard.micro import MicroClassifier, MicroFeatures
+from guard.micro import ROWS_PER_FRAME, MicroClassifier, MicroFeatures
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ VAD_CHUNK_SAMPLES = 640  # 40 ms: openWakeWord's Silero step
 VAD_LOOKBACK = slice(-7, -4)  # VAD frames 320-560 ms back are the ones that cover a just-finished word
 ENGINES = ("openwakeword", "micro")
 REST_AFTER_FRAMES = 25  # 2 s of quiet before the models rest: a wake score has decayed long before
-REPLAY_FRAMES = 40  # 3.2 s replayed when sound returns: more than any model remembers (openWakeWord: <= 2.3 s)
+# frames replayed when sound returns, more than each engine remembers: openWakeWord's classifiers see
+# at most 2.3 s; the microWakeWord frontend's noise estimate fades over seconds (exact after 9.6 s)
+REPLAY_FRAMES = {"openwakeword": 40, "micro": 120}
 OPENWAKEWORD_THRESHOLD = 0.5  # openWakeWord's documented default; microWakeWord models publish their own
 
 
@@ -235,7 +237,8 @@ class WakeDetector:
         embeddings: compute openWakeWord's embeddings even if no wake word needs them
             (spoken confirmation listens to them).
         rest_below_dbfs: after 2 s of frames quieter than this the models rest; the first louder
-            frame replays the last 3.2 s through them first, so no wake is lost or late. None: never rest.
+            frame replays the skipped frames (up to 3.2 s, 9.6 s with microWakeWord) through them
+            first, so no wake is lost or late. None: never rest.
     """
 
     def __init__(self, wake_words: Sequence[WakeModelSettings], vad_threshold: float = 0.0,
@@ -258,7 +261,11 @@ class WakeDetector:
             self.words.append(WakeWord(w, classifier))
         self.vad = VoiceGate(vad_threshold) if vad_threshold > 0 else None
         self.rest_below_dbfs = rest_below_dbfs
-        self._recent = np.zeros((REPLAY_FRAMES, FRAME_SAMPLES), np.int16)  # quiet frames to replay
+        micro = [w.classifier for w in self.words if isinstance(w.classifier, MicroClassifier)]
+        self._micro = micro
+        align = max([c.stride for c in micro] + [1]) - 1  # extra frames to start a replay on an inference
+        self._replay_frames = max(REPLAY_FRAMES[w.engine] for w in wake_words)
+        self._recent = np.zeros((self._replay_frames + align, FRAME_SAMPLES), np.int16)  # quiet frames to replay
         self.frames_seen = 0
         self._quiet_run = self._skipped = 0
         self.resting = False
@@ -272,10 +279,12 @@ class WakeDetector:
         self._quiet_run = self._quiet_run + 1 if quiet else 0
         if self.resting and (keep_awake or not quiet):
             self._replay()
-        self._recent[self.frames_seen % REPLAY_FRAMES] = frame
+        self._recent[self.frames_seen % len(self._recent)] = frame
         self.frames_seen += 1
         if self.resting:
             self._skipped += 1
+            if self.micro_features is not None:
+                self.micro_features.rest()
             for word in self.words:
                 word.rest()
             return []
@@ -288,7 +297,7 @@ class WakeDetector:
         if self.features is not None:
             self.features.push(frame)
         if self.micro_features is not None:
-            self.micro_features.push(frame)
+            self.micro_features.push(frame, replay)
         if self.vad is not None:
             self.vad.push(frame)
         voice = self.vad is None or self.vad.speech_heard()
@@ -302,11 +311,23 @@ class WakeDetector:
         return detections
 
     def _replay(self) -> None:
-        """Run the skipped quiet frames (at most the last 3.2 s) so the models are where they would be."""
-        count = min(self._skipped, REPLAY_FRAMES)
-        for back in range(count, 0, -1):
-            self._score(self._recent[(self.frames_seen - back) % REPLAY_FRAMES], replay=True)
+        """Run the skipped quiet frames through the models, so they are where they would have been."""
+        for back in range(self._replay_count(), 0, -1):
+            self._score(self._recent[(self.frames_seen - back) % len(self._recent)], replay=True)
         self.resting = False
+
+    def _replay_count(self) -> int:
+        """All skipped frames if all are kept; else the engines' replay length or a little more, so that
+        a microWakeWord model's next inference starts on the same feature row as if it had never rested."""
+        if self._skipped <= len(self._recent):
+            return self._skipped
+        for count in range(self._replay_frames, len(self._recent) + 1):
+            start = self.micro_features.rows_seen - ROWS_PER_FRAME * count if self._micro else 0
+            if all(c.aligned(start) for c in self._micro):
+                for c in self._micro:
+                    c.realign()
+                return count
+        return self._replay_frames
 
     def holds_audio(self) -> bool:
         """Whether the frames kept for a replay hold any sample."""

@@ -737,8 +737,8 @@ def test_the_wake_record_keeps_the_score_to_four_places(rig, request_audio):
     r = rig()
     heard, detect = [], r.gate.detector.process
 
-    def watched(frame):
-        found = detect(frame)
+    def watched(frame, **options):
+        found = detect(frame, **options)
         if found and not heard:
             heard.append(max(d.score for d in found))
         return found
