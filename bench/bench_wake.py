@@ -1,14 +1,19 @@
-"""Wake detector cost: guard's direct-ONNX detector vs a bare openwakeword Model loop.
+"""Wake detector cost: guard's engines against the libraries they equal, on speech and on a quiet day.
 
-Both run in child processes on the same >= 10 minutes of synthesized speech in
-one run; prints CPU seconds per audio second, their ratio, and peak RSS.
+Every variant runs in its own child process (so peak RSS is its own) on the same audio, one model
+(alexa), one thread; runs are interleaved and repeated, and the median CPU per audio second is
+quoted with its range and as a ratio to pymicro-wakeword measured in the same run. "day" is
+mostly a quiet room (-64 dBFS) with a wake word or a few words now and then.
 
-    .venv/bin/python bench/bench_wake.py [--minutes 10] [--model alexa] [--repeats 2]
+    .venv/bin/python bench/bench_wake.py [--speech-minutes 5] [--day-minutes 10] [--repeats 3]
+
+pyopen-wakeword runs in .venv-bench (bench/make-venv) when it exists; the others are in .venv.
 """
 
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,9 +24,20 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 
 FRAME = 1280
 RATE = 16000
+MODEL = "alexa"
+VARIANTS = {  # name: what it is
+    "pymicro-wakeword": "pymicro-wakeword 2.5.0 MicroWakeWord loop (the baseline)",
+    "openwakeword": "openwakeword 0.4.0 Model.predict loop",
+    "pyopen-wakeword": "pyopen-wakeword 1.1.0 (TFLite openWakeWord)",
+    "guard-oww-always": "guard, openwakeword engine, never resting",
+    "guard-oww": "guard, openwakeword engine (default rest)",
+    "guard-micro-always": "guard, micro engine, never resting",
+    "guard-micro": "guard, micro engine (default rest)",
+}
 
 
 def _frames(raw: Path) -> np.ndarray:
@@ -29,75 +45,81 @@ def _frames(raw: Path) -> np.ndarray:
     return audio[:len(audio) // FRAME * FRAME].reshape(-1, FRAME)
 
 
-def child(variant: str, raw: Path, model: str) -> dict:
-    """Runs in its own process so peak RSS belongs to one variant."""
+def _step(variant: str):
+    """A function that takes one 80 ms frame, as each library is meant to be fed."""
     if variant == "openwakeword":
         import openwakeword
         from openwakeword.model import Model
-        detector = Model(wakeword_model_paths=[openwakeword.models[model]["model_path"]])
-        step = detector.predict
-    elif variant == "guard":
-        from guard.wake import WakeDetector, WakeModelSettings
-        detector = WakeDetector([WakeModelSettings(model)])
-        step = detector.process
-    else:
-        from guard.cli import scan_file
-        from guard.wake import WakeDetector, WakeModelSettings
-        detector = WakeDetector([WakeModelSettings(model)])
-        wav = raw.with_suffix(".wav")
-        start = time.process_time()
-        scan_file(detector, wav)
-        cpu = time.process_time() - start
-        return {"cpu": cpu, "audio": wav.stat().st_size / 2 / RATE, "rss_mb": _peak_rss_mb()}
+        return Model(wakeword_model_paths=[openwakeword.models[MODEL]["model_path"]]).predict
+    if variant == "pymicro-wakeword":
+        from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
+        features, model = MicroWakeWordFeatures(), MicroWakeWord.from_builtin(Model(MODEL))
+        return lambda frame: [model.process_streaming(f) for f in features.process_streaming(frame.tobytes())]
+    if variant == "pyopen-wakeword":
+        from pyopen_wakeword import Model, OpenWakeWord, OpenWakeWordFeatures
+        features, model = OpenWakeWordFeatures.from_builtin(), OpenWakeWord.from_builtin(Model(MODEL))
+        return lambda frame: [list(model.process_streaming(f)) for f in features.process_streaming(frame.tobytes())]
+    from guard.wake import WakeDetector, WakeModelSettings
+    engine = "micro" if "micro" in variant else "openwakeword"
+    rest = None if variant.endswith("-always") else -60.0
+    return WakeDetector([WakeModelSettings(MODEL, engine=engine)], rest_below_dbfs=rest).process
+
+
+def child(variant: str, raw: Path) -> dict:
+    """Runs in its own process so peak RSS belongs to one variant."""
+    step = _step(variant)
     frames = _frames(raw)
     start = time.process_time()
     for frame in frames:
         step(frame)
-    cpu = time.process_time() - start
-    return {"cpu": cpu, "audio": len(frames) * FRAME / RATE, "rss_mb": _peak_rss_mb()}
+    return {"cpu": time.process_time() - start, "audio": len(frames) * FRAME / RATE,
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _run(variant: str, raw: Path, model: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", variant, str(raw), model],
+def _run(variant: str, raw: Path) -> dict:
+    python = BENCH_PYTHON if variant == "pyopen-wakeword" else Path(sys.executable)
+    out = subprocess.run([str(python), __file__, "--child", variant, str(raw)],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=10.0, help="audio length (default 10)")
-    parser.add_argument("--model", default="alexa", help="one wake-word model (default alexa)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per variant; the fastest counts (default 2)")
-    parser.add_argument("--child", nargs=3, metavar=("VARIANT", "RAW", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--speech-minutes", type=float, default=5.0, help="ordinary speech (default 5)")
+    parser.add_argument("--day-minutes", type=float, default=10.0, help="the quiet-room day profile (default 10)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per variant (default 3)")
+    parser.add_argument("--child", nargs=2, metavar=("VARIANT", "RAW"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], Path(args.child[1]), args.child[2])))
+        print(json.dumps(child(args.child[0], Path(args.child[1]))))
         return
 
     import speech
+    variants = [v for v in VARIANTS if v != "pyopen-wakeword" or BENCH_PYTHON.exists()]
     with tempfile.TemporaryDirectory() as tmp:
-        audio = speech.ordinary_speech(args.minutes * 60)
-        raw = Path(tmp) / "speech.raw"
-        audio.astype("<i2").tofile(raw)
-        speech.write_wav(raw.with_suffix(".wav"), audio)
-        results = {v: [] for v in ("openwakeword", "guard", "guard scan")}
+        profiles = {"speech": speech.ordinary_speech(args.speech_minutes * 60),
+                    "day": speech.day_profile(args.day_minutes * 60)}
+        raws = {}
+        for name, audio in profiles.items():
+            raws[name] = Path(tmp) / f"{name}.raw"
+            audio.astype("<i2").tofile(raws[name])
+        runs = {(p, v): [] for p in profiles for v in variants}
         for _ in range(args.repeats):
-            for variant in results:
-                results[variant].append(_run(variant, raw, args.model))
-    best = {v: min(runs, key=lambda r: r["cpu"]) for v, runs in results.items()}
-    baseline = best["openwakeword"]["cpu"] / best["openwakeword"]["audio"]
-    print(f"{best['openwakeword']['audio']:.0f} s of speech, model {args.model}, "
-          f"best of {args.repeats}, one ONNX thread each")
-    print(f"{'variant':<30}{'CPU s / audio s':>16}{'ratio':>8}{'peak RSS MB':>13}")
-    names = {"openwakeword": "openwakeword Model.predict", "guard": "guard WakeDetector",
-             "guard scan": "guard scan (WAV decode + detect)"}
-    for variant, r in best.items():
-        per_second = r["cpu"] / r["audio"]
-        print(f"{names[variant]:<30}{per_second:>16.5f}{per_second / baseline:>7.2f}x{r['rss_mb']:>13.1f}")
+            for (profile, variant), results in runs.items():
+                results.append(_run(variant, raws[profile]))
+    print(f"model {MODEL}; {args.speech_minutes:g} min of speech, {args.day_minutes:g} min day profile; "
+          f"median of {args.repeats} interleaved runs (range); ratio to pymicro-wakeword in the same run")
+    print("| audio | variant | CPU ms per audio s | ratio | peak RSS MB |")
+    print("|---|---|---|---|---|")
+    for profile in profiles:
+        per_second = {v: [r["cpu"] / r["audio"] * 1000 for r in runs[(profile, v)]] for v in variants}
+        baseline = statistics.median(per_second["pymicro-wakeword"])
+        for variant in variants:
+            values = per_second[variant]
+            median = statistics.median(values)
+            rss = max(r["rss_mb"] for r in runs[(profile, variant)])
+            print(f"| {profile} | {VARIANTS[variant]} | {median:.2f} ({min(values):.2f}-{max(values):.2f}) "
+                  f"| {median / baseline:.2f}x | {rss:.0f} |")
 
 
 if __name__ == "__main__":

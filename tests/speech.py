@@ -85,3 +85,23 @@ def with_room_noise(samples: np.ndarray, snr_db: float, seed: int = 0) -> np.nda
     level = np.sqrt(np.mean(voiced ** 2)) if len(voiced) else 1000.0
     mixed = samples + noise * level / 10 ** (snr_db / 20)
     return np.clip(np.round(mixed), -32768, 32767).astype(np.int16)
+
+
+QUIET_ROOM = 20  # sample RMS: about -64 dBFS, a quiet room through a USB mic
+
+
+def day_profile(seconds: float = 240, seed: int = 3) -> np.ndarray:
+    """Mostly a quiet room; now and then a wake word, a request, or people talking."""
+    rng = np.random.default_rng(seed)
+    events = [say("Alexa"), say("hey Jarvis", "en+f4"), say("hey Mycroft", "en-us"),
+              say("Alexa, what time is it", "en-gb-x-rp"), say("the kettle is on, do you want tea"),
+              say("okay Nabu", "en-us+f2"), say("hey Jarvis, lights off", "en+m3")]
+    parts, total = [], 0
+    while total < seconds * 16000:
+        gap = np.zeros(int(rng.uniform(2.5, 30) * 16000), np.int16)  # quiet spells from 2.5 s (just past rest) up
+        event = events[int(rng.integers(len(events)))]
+        parts += [gap, event]
+        total += len(gap) + len(event)
+    audio = np.concatenate(parts + [np.zeros(3 * 16000, np.int16)]).astype(np.float64)
+    audio += rng.normal(0, QUIET_ROOM, len(audio))
+    return np.clip(np.round(audio), -32768, 32767).astype(np.int16)

@@ -7,25 +7,6 @@ import speech
 from guard.audio import FRAME_SAMPLES
 from guard.wake import REPLAY_FRAMES, WakeDetector, WakeModelSettings
 
-QUIET_ROOM = 20  # sample RMS: about -64 dBFS, a quiet room through a USB mic
-
-
-def day_profile(seconds: float = 240, seed: int = 3) -> np.ndarray:
-    """Mostly a quiet room; now and then a wake word, a request, or people talking."""
-    rng = np.random.default_rng(seed)
-    events = [speech.say("Alexa"), speech.say("hey Jarvis", "en+f4"), speech.say("hey Mycroft", "en-us"),
-              speech.say("Alexa, what time is it", "en-gb-x-rp"), speech.say("the kettle is on, do you want tea"),
-              speech.say("okay Nabu", "en-us+f2"), speech.say("hey Jarvis, lights off", "en+m3")]
-    parts, total = [], 0
-    while total < seconds * 16000:
-        gap = np.zeros(int(rng.uniform(2.5, 30) * 16000), np.int16)  # quiet spells from 2.5 s (just past rest) up
-        event = events[int(rng.integers(len(events)))]
-        parts += [gap, event]
-        total += len(gap) + len(event)
-    audio = np.concatenate(parts + [np.zeros(3 * 16000, np.int16)]).astype(np.float64)
-    audio += rng.normal(0, QUIET_ROOM, len(audio))
-    return np.clip(np.round(audio), -32768, 32767).astype(np.int16)
-
 
 def run(detector: WakeDetector, audio: np.ndarray) -> tuple[list, int]:
     frames = audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
@@ -38,7 +19,7 @@ def run(detector: WakeDetector, audio: np.ndarray) -> tuple[list, int]:
 
 @pytest.fixture(scope="module")
 def day() -> np.ndarray:
-    return day_profile()
+    return speech.day_profile()
 
 
 @pytest.mark.parametrize(("engine", "words"), [
@@ -55,7 +36,7 @@ def test_a_resting_detector_finds_exactly_the_wakes_an_always_on_one_does(day, e
 
 
 def test_sound_after_rest_is_scored_as_if_the_models_had_never_stopped():
-    quiet = np.random.default_rng(0).normal(0, QUIET_ROOM, 16000 * 8)
+    quiet = np.random.default_rng(0).normal(0, speech.QUIET_ROOM, 16000 * 8)
     audio = np.concatenate([quiet, speech.say("Alexa"), np.zeros(8000)]).astype(np.int16)
     frames = audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
     always = WakeDetector([WakeModelSettings("alexa")])
