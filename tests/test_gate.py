@@ -863,3 +863,36 @@ def test_unmute_does_nothing_unless_muted(rig, request_audio):
     r.feed(_opening(request_audio, 2.5))
     r.gate.unmute("remote")
     assert r.gate.state is State.CAPTURING and r.kinds() == ["wake"]
+
+
+class _NeverConfirms:
+    """A spoken-confirmation listener that hears every frame and never confirms."""
+
+    def __init__(self) -> None:
+        self.embeddings: list[np.ndarray] = []
+
+    def push(self, embedding: np.ndarray, frame: np.ndarray) -> bool:
+        self.embeddings.append(embedding.copy())
+        return False
+
+    def reset(self) -> None:
+        self.embeddings.clear()
+
+    def wipe(self) -> None:
+        self.embeddings.clear()
+
+
+@pytest.mark.parametrize("voice", [True, False])
+def test_while_pending_for_a_spoken_confirmation_the_models_never_rest(tmp_path, request_audio, voice):
+    resting = WakeDetector([WakeModelSettings("alexa")], rest_below_dbfs=-60)
+    listener = _NeverConfirms()
+    gate = Gate(GateConfig(pending_timeout_seconds=10.0), resting, PRE_ROLL_SECONDS,
+                [DirectorySink("box", tmp_path, "test")], AuditLog(tmp_path / "audit.jsonl", "test"),
+                accepts={"box": ("button", "voice") if voice else ("button",)}, confirmation=listener)
+    room = np.random.default_rng(0).normal(0, speech.QUIET_ROOM, 16000 * 4).astype(np.int16)  # -64 dBFS
+    for frame in np.concatenate([request_audio, room]).reshape(-1, FRAME_SAMPLES):
+        gate.feed(frame.copy())
+    assert gate.state is State.PENDING
+    assert resting.resting is not voice  # 4 s of quiet: rest, unless a spoken confirmation listens
+    if voice:  # and it heard a fresh embedding of every quiet frame, not the last one before a rest
+        assert len(listener.embeddings) >= 50 and not np.array_equal(listener.embeddings[-1], listener.embeddings[-30])
