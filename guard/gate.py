@@ -54,6 +54,7 @@ class Event:
     utterance: str | None = None
     model: str | None = None
     score: float | None = None
+    threshold: float | None = None
     sink: str | None = None
     reason: str | None = None
     confirmed_by: str | None = None
@@ -202,7 +203,8 @@ class Gate:
         self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
         self._quiet_frames = 0
         self._pending_since = math.inf  # no consent window until this utterance's pending is shown
-        if not self._record("wake", State.CAPTURING, required=True, model=wake.model, score=round(wake.score, 4)):
+        if not self._record("wake", State.CAPTURING, required=True, model=wake.model, score=round(wake.score, 4),
+                            threshold=wake.threshold):
             self.fault("the audit log cannot take the wake record; nothing is captured")
             return
         self._enter(State.CAPTURING)

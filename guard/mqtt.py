@@ -240,7 +240,7 @@ class MqttLink:
         if event.kind == "wake" and self.settings.hermes:
             # wakewordId = device id: the broker ACL can confine a topic, never the siteId inside a payload
             self._send(f"hermes/hotword/{self.device_id}/detected", json.dumps(
-                {"siteId": self.device_id, "modelId": event.model, "currentSensitivity": event.score}).encode())
+                {"siteId": self.device_id, "modelId": event.model, "currentSensitivity": event.threshold}).encode())
         self._update_state(event)
 
     def _update_state(self, event: Event) -> None:

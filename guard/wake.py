@@ -60,11 +60,12 @@ class WakeModelSettings:
 
 @dataclass(frozen=True)
 class Detection:
-    """A wake word heard: which model, its score, and when its frame ended (s from stream start)."""
+    """A wake word heard: which model, its score and threshold, and when its frame ended (s from stream start)."""
 
     model: str
     score: float
     end_seconds: float
+    threshold: float
 
 
 class FeatureExtractor:
@@ -306,7 +307,7 @@ class WakeDetector:
         for word in self.words:
             score = word.score_frame(replay)
             if not replay and word.triggered(voice):
-                detections.append(Detection(word.name, score, end))
+                detections.append(Detection(word.name, score, end, word.threshold))
                 log.debug("wake %s score=%.3f at %.2fs", word.name, score, end)
         return detections
 

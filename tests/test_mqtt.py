@@ -27,7 +27,7 @@ from guard.daemon import Daemon, RunOptions
 from guard.errors import ConfigError
 from guard.gate import Event, State
 from guard.mqtt import MqttLink
-from guard.wake import WakeDetector, WakeModelSettings
+from guard.wake import WakeDetector
 
 DEVICE = "kitchen"
 ROOT = f"guard/{DEVICE}"
@@ -66,7 +66,7 @@ def _config(tmp_path, port: int, **mqtt) -> config.Config:
 
 
 def _daemon(cfg, source, fast=True, publish=lambda e: None) -> Daemon:
-    detector = WakeDetector([WakeModelSettings("alexa")])
+    detector = WakeDetector(cfg.wake.settings())
     return Daemon(cfg, RunOptions(str(source), "mock", fast=fast, publish=publish), detector)
 
 
@@ -513,6 +513,19 @@ def test_a_rhasspy_dialogue_session_is_not_a_privacy_mute(tmp_path, broker, quie
         assert daemon.gate.state is State.IDLE
         sub.publish("hermes/hotword/toggleOff", json.dumps({"siteId": DEVICE, "reason": ""}))
         assert sub.wait_for(lambda: daemon.gate.state is State.MUTED and daemon.gate.muted_by == "remote")
+
+
+def test_a_hermes_wake_carries_the_configured_sensitivity_not_the_score(tmp_path, broker, two_requests_wav):
+    """Rhasspy's currentSensitivity is the threshold the word was heard at; the score goes in guard's own event."""
+    cfg = _config(tmp_path, broker.port, hermes=True)
+    cfg = dataclasses.replace(cfg, wake=dataclasses.replace(cfg.wake, threshold=0.42))
+    with _running(cfg, two_requests_wav, ("hermes/hotword/#", f"{ROOT}/event/wake")) as (daemon, sub):
+        assert sub.wait_for(lambda: f"hermes/hotword/{DEVICE}/detected" in sub.topics(), 30)
+        hermes = next(json.loads(p) for t, p, _ in sub.messages if t.startswith("hermes/"))
+        assert hermes == {"siteId": DEVICE, "modelId": "alexa", "currentSensitivity": 0.42}
+        assert sub.wait_for(lambda: f"{ROOT}/event/wake" in sub.topics())
+        wake = next(json.loads(p) for t, p, _ in sub.messages if t == f"{ROOT}/event/wake")
+        assert wake["threshold"] == 0.42 and wake["score"] > 0.42
 
 
 def test_floods_are_debounced_and_counted_not_recorded_one_by_one(tmp_path, broker, quiet_wav):
