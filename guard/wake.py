@@ -266,7 +266,8 @@ class WakeDetector:
         self._micro = micro
         align = max([c.stride for c in micro] + [1]) - 1  # extra frames to start a replay on an inference
         self._replay_frames = max(REPLAY_FRAMES[w.engine] for w in wake_words)
-        self._recent = np.zeros((self._replay_frames + align, FRAME_SAMPLES), np.int16)  # quiet frames to replay
+        kept = self._replay_frames + align if rest_below_dbfs is not None else 0
+        self._recent = np.zeros((kept, FRAME_SAMPLES), np.int16)  # the frames a replay may need
         self.frames_seen = 0
         self._quiet_run = self._skipped = 0
         self.resting = False
@@ -280,7 +281,8 @@ class WakeDetector:
         self._quiet_run = self._quiet_run + 1 if quiet else 0
         if self.resting and (keep_awake or not quiet):
             self._replay()
-        self._recent[self.frames_seen % len(self._recent)] = frame
+        if len(self._recent):
+            self._recent[self.frames_seen % len(self._recent)] = frame
         self.frames_seen += 1
         if self.resting:
             self._skipped += 1
