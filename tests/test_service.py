@@ -16,7 +16,7 @@ from conftest import ROOT
 from mqtt_broker import Broker, Subscriber
 
 from guard import config
-from guard.daemon import Daemon, RunOptions
+from guard.daemon import AUDIO_STALL_SECONDS, Daemon, RunOptions
 from guard.wake import WakeDetector, WakeModelSettings
 
 INSTALL = ROOT / "install.sh"
@@ -230,6 +230,16 @@ def notify(tmp_path, monkeypatch):
     listener.close()
 
 
+def _until(condition, seconds: float = 30.0) -> bool:
+    """Wait for an observable condition (never a fixed sleep: a loaded machine is slow)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def _daemon(tmp_path, wav) -> Daemon:
     cfg = config.Config(audit=config.AuditConfig(str(tmp_path / "audit.jsonl")))
     return Daemon(cfg, RunOptions(str(wav), "none"), WakeDetector([WakeModelSettings("alexa")]))
@@ -241,10 +251,9 @@ def test_ready_after_start_then_watchdog_pings(tmp_path, notify):
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:
-        time.sleep(2.0)
+        assert _until(lambda: notify.pings() >= 5), notify.messages
         first = notify.messages[0][1].splitlines()
         assert first[0] == "READY=1" and first[1].startswith("STATUS=guarding as ")
-        assert notify.pings() >= 5, notify.messages
     finally:
         daemon.stop()
         thread.join(10)
@@ -257,28 +266,32 @@ def test_ready_after_start_then_watchdog_pings(tmp_path, notify):
 def test_watchdog_pings_stop_when_the_audio_loop_hangs(tmp_path, notify):
     wav = speech.write_wav(tmp_path / "quiet.wav", speech.silence(30))
     daemon = _daemon(tmp_path, wav)
-    hang = threading.Event()
+    hang, release = threading.Event(), threading.Event()
     frames = daemon.source.frames
 
     def hanging_frames():
-        for n, frame in enumerate(frames()):
-            if n == 12:
-                hang.wait()  # the audio thread blocks, as a wedged USB device would
+        for frame in frames():
+            if hang.is_set():
+                release.wait()  # the audio thread blocks, as a wedged USB device would
             yield frame
 
     daemon.source.frames = hanging_frames
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:
-        time.sleep(0.8)
-        assert notify.pings() >= 2, "pings while audio flows"
-        time.sleep(3.5)  # the stall is now longer than AUDIO_STALL_SECONDS
-        since = time.monotonic()
-        time.sleep(1.5)
-        assert notify.pings(since) == 0, "no pings while the audio thread hangs"
+        assert _until(lambda: notify.pings() >= 2), "pings while audio flows"
+        hang.set()
+        hung_at = time.monotonic()
+
+        def pings_stopped() -> bool:  # a 1.5 s window without a ping; they came every 0.2 s
+            now = time.monotonic()
+            return now - hung_at >= 1.5 and notify.pings(now - 1.5) == 0
+
+        assert _until(pings_stopped, AUDIO_STALL_SECONDS + 30), "pings went on while the audio thread hung"
+        assert time.monotonic() - hung_at >= AUDIO_STALL_SECONDS, "the pings stopped before the stall was long"
         assert thread.is_alive()
     finally:
-        hang.set()
+        release.set()
         daemon.stop()
         thread.join(10)
 
