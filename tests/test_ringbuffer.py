@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import tracemalloc
 
 import numpy as np
 from conftest import ROOT
@@ -40,18 +39,30 @@ def test_wipe_leaves_only_zeros():
     assert not ring._samples.any()
 
 
-def test_writing_frames_allocates_nothing():
-    ring = RingBuffer(seconds=2.0)
-    frame = np.ones(FRAME_SAMPLES, np.int16)
+ALLOCATION_PROBE = """
+import tracemalloc
+import numpy as np
+from guard.audio import FRAME_SAMPLES
+from guard.ringbuffer import RingBuffer
+ring = RingBuffer(seconds=2.0)
+frame = np.ones(FRAME_SAMPLES, np.int16)
+ring.write(frame)
+tracemalloc.start()
+base = tracemalloc.get_traced_memory()[0]
+for _ in range(1000):
     ring.write(frame)
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
-    for _ in range(1000):
-        ring.write(frame)
-    current, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    assert current - base < 1024, f"{current - base} bytes kept by 1000 writes"
-    assert peak - base < frame.nbytes, f"a temporary of {peak - base} bytes: as large as a frame"
+current, peak = tracemalloc.get_traced_memory()
+print(current - base, peak - base, frame.nbytes)
+"""
+
+
+def test_writing_frames_allocates_nothing():
+    """In a process of its own: tracemalloc counts every thread's allocations, and inside the full suite
+    (other tests' threads still running) this check failed twice by 24 bytes."""
+    kept, peak, frame_bytes = map(int, subprocess.run([sys.executable, "-c", ALLOCATION_PROBE], check=True,
+                                                      capture_output=True, text=True).stdout.split())
+    assert kept < 1024, f"{kept} bytes kept by 1000 writes"
+    assert peak < frame_bytes, f"a temporary of {peak} bytes: as large as a frame"
 
 
 NO_IPC_LOCK = ["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock"]  # even root then obeys the limit
