@@ -21,15 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import eval_corpus  # noqa: E402
 
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS  # noqa: E402
+from guard.audio import FRAME_SECONDS  # noqa: E402
 from guard.wake import WakeDetector, WakeModelSettings  # noqa: E402
 
 REFRACTORY_FRAMES = round(2.0 / FRAME_SECONDS)  # guard's default refractory_seconds
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"  # peers and matplotlib: bench/make-venv
-
-
-def _frames(samples: np.ndarray) -> np.ndarray:
-    return samples[:len(samples) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
 
 
 def score(engine: str, clips: list[np.ndarray], negatives: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -39,14 +35,15 @@ def score(engine: str, clips: list[np.ndarray], negatives: dict[str, np.ndarray]
     best = np.zeros((len(clips), len(words)))
     for i, clip in enumerate(clips):
         detector.wipe()
-        for frame in _frames(clip):
+        for frame in eval_corpus.speech.frames(clip):
             detector.process(frame)
             best[i] = np.maximum(best[i], [detector.scores()[w] for w in words])
     streams = {}
     for name, samples in negatives.items():
         detector.wipe()
-        trace = np.zeros((len(_frames(samples)), len(words)))
-        for j, frame in enumerate(_frames(samples)):
+        frames = eval_corpus.speech.frames(samples)
+        trace = np.zeros((len(frames), len(words)))
+        for j, frame in enumerate(frames):
             detector.process(frame)
             trace[j] = [detector.scores()[w] for w in words]
         streams[name] = trace

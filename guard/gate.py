@@ -181,10 +181,9 @@ class Gate:
             return
         if self.state is State.IDLE:
             self.ring.write(frame)
-        detections = self.detector.process(frame, keep_awake=self.state is State.PENDING
-                                            and self.confirmation is not None)
-        if self.state is State.PENDING and self.confirmation is not None \
-                and self.confirmation.push(self.detector.features.embeddings[-1], frame):
+        listening = self.state is State.PENDING and self.confirmation is not None  # for a spoken confirmation
+        detections = self.detector.process(frame, keep_awake=listening)
+        if listening and self.confirmation.push(self.detector.features.embeddings[-1], frame):
             self._release("voice", match_score=round(self.confirmation.score, 4),
                           speaker_score=round(self.confirmation.speaker_score, 3))
             return

@@ -170,11 +170,3 @@ class MicroClassifier:
         self._quantized.fill(0)
         self._probabilities.clear()
         self._open_interpreter()
-
-    def close(self) -> None:
-        if self._interpreter:
-            self._lib.TfLiteInterpreterDelete(self._interpreter)
-            self._interpreter = None
-        if self._model:
-            self._lib.TfLiteModelDelete(self._model)
-            self._model = None

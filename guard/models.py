@@ -90,14 +90,13 @@ def _check_hash(model: ModelFile, data: bytes) -> None:
 
 def verify(model: ModelFile) -> None:
     """Refuse a missing file, or a bundled one whose SHA-256 is not the manifest's."""
-    if not model.path.is_file():
-        raise ModelError(f"{model.path}: model file not found")
-    if model.sha256 is not None:
-        _check_hash(model, model.path.read_bytes())
+    verified_bytes(model)
 
 
 def verified_bytes(model: ModelFile) -> bytes:
     """The model's bytes, hash-checked as read, so what runs is what was checked."""
+    if not model.path.is_file():
+        raise ModelError(f"{model.path}: model file not found")
     try:
         data = model.path.read_bytes()
     except OSError as e:
@@ -109,13 +108,13 @@ def verified_bytes(model: ModelFile) -> bytes:
 
 def open_session(model: ModelFile) -> ort.InferenceSession:
     """Open a verified model on one CPU thread (the Pi has four cores and other work)."""
-    verify(model)
+    data = verified_bytes(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(model.path), sess_options=options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors for bad files
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise ModelError(f"{model.path}: not a usable ONNX model ({reason})") from None

@@ -262,9 +262,8 @@ class WakeDetector:
             self.words.append(WakeWord(w, classifier))
         self.vad = VoiceGate(vad_threshold) if vad_threshold > 0 else None
         self.rest_below_dbfs = rest_below_dbfs
-        micro = [w.classifier for w in self.words if isinstance(w.classifier, MicroClassifier)]
-        self._micro = micro
-        align = max([c.stride for c in micro] + [1]) - 1  # extra frames to start a replay on an inference
+        self._micro = [w.classifier for w in self.words if isinstance(w.classifier, MicroClassifier)]
+        align = max([c.stride for c in self._micro] + [1]) - 1  # extra frames to start a replay on an inference
         self._replay_frames = max(REPLAY_FRAMES[w.engine] for w in wake_words)
         kept = self._replay_frames + align if rest_below_dbfs is not None else 0
         self._recent = np.zeros((kept, FRAME_SAMPLES), np.int16)  # the frames a replay may need
@@ -324,8 +323,10 @@ class WakeDetector:
         a microWakeWord model's next inference starts on the same feature row as if it had never rested."""
         if self._skipped <= len(self._recent):
             return self._skipped
+        if not self._micro:
+            return self._replay_frames
         for count in range(self._replay_frames, len(self._recent) + 1):
-            start = self.micro_features.rows_seen - ROWS_PER_FRAME * count if self._micro else 0
+            start = self.micro_features.rows_seen - ROWS_PER_FRAME * count
             if all(c.aligned(start) for c in self._micro):
                 for c in self._micro:
                     c.realign()

@@ -4,6 +4,7 @@ import os
 import pty
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,16 @@ def fill(folder: Path, leave: int = 0) -> None:
                 f.flush()
             except OSError:
                 break
+
+
+def until(condition, seconds: float = 10.0) -> bool:
+    """Wait for an observable condition (never a fixed sleep: a loaded machine is slow)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def consent_window_open(daemon) -> bool:

@@ -26,6 +26,11 @@ def say(text: str, voice: str = "en", speed_wpm: int = 160, pitch: int = 50) -> 
     return np.frombuffer(raw, np.int16).copy()
 
 
+def frames(samples: np.ndarray, frame_samples: int = 1280) -> np.ndarray:
+    """`samples` as whole 80 ms frames, one per row (a trailing part frame is dropped)."""
+    return samples[:len(samples) // frame_samples * frame_samples].reshape(-1, frame_samples)
+
+
 def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * RATE_HZ), np.int16)
 

@@ -25,15 +25,11 @@ def phrases() -> np.ndarray:
                            speech.say("okay Nabu", "en-us"), speech.silence(1.0)])
 
 
-def frames_of(samples: np.ndarray) -> np.ndarray:
-    return samples[:len(samples) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
-
-
 def reference_scores(samples: np.ndarray, name: str) -> list[float]:
     """pymicro-wakeword's probabilities, the highest per 80 ms frame, as its README streams them."""
     features, model = MicroWakeWordFeatures(), MicroWakeWord.from_builtin(Model(name))
     best = []
-    for frame in frames_of(samples):
+    for frame in speech.frames(samples):
         best.append(max([model.process_streaming_prob(f) for f in features.process_streaming(frame.tobytes())],
                         default=0.0))
     return best
@@ -41,7 +37,7 @@ def reference_scores(samples: np.ndarray, name: str) -> list[float]:
 
 def our_scores(detector: WakeDetector, samples: np.ndarray) -> np.ndarray:
     rows = []
-    for frame in frames_of(samples):
+    for frame in speech.frames(samples):
         detector.process(frame)
         rows.append([detector.scores()[n] for n in NAMES])
     return np.array(rows)
@@ -77,7 +73,7 @@ def test_default_thresholds_are_the_published_cutoffs_and_an_explicit_one_wins()
 
 def test_a_detection_names_the_wake_word_whichever_engine_heard_it(phrases):
     detector = WakeDetector([WakeModelSettings("alexa", engine="micro")])
-    found = [d for frame in frames_of(phrases) for d in detector.process(frame)]
+    found = [d for frame in speech.frames(phrases) for d in detector.process(frame)]
     assert [d.model for d in found] == ["alexa"]
     assert 1.8 <= found[0].end_seconds <= 4.5 and found[0].score >= 0.9
 
@@ -93,7 +89,8 @@ def test_wipe_returns_the_engine_to_its_start_state_with_no_audio_left(phrases):
 
 def test_the_input_chunk_is_zeroed_after_every_frame(phrases):
     features = MicroFeatures()
-    loud = frames_of(phrases)[np.abs(frames_of(phrases).astype(np.int32)).max(axis=1).argmax()]
+    frames = speech.frames(phrases)
+    loud = frames[np.abs(frames.astype(np.int32)).max(axis=1).argmax()]
     features.push(loud)
     assert features.count > 0 and not np.frombuffer(features._chunk, np.int16).any()
 

@@ -9,9 +9,8 @@ from guard.wake import REPLAY_FRAMES, WakeDetector, WakeModelSettings
 
 
 def run(detector: WakeDetector, audio: np.ndarray) -> tuple[list, int]:
-    frames = audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
     found, rested = [], 0
-    for frame in frames:
+    for frame in speech.frames(audio):
         found += [(d.model, round(d.end_seconds, 2), round(d.score, 4)) for d in detector.process(frame)]
         rested += detector.resting
     return found, rested
@@ -38,10 +37,9 @@ def test_a_resting_detector_finds_exactly_the_wakes_an_always_on_one_does(day, e
 def test_sound_after_rest_is_scored_as_if_the_models_had_never_stopped():
     quiet = np.random.default_rng(0).normal(0, speech.QUIET_ROOM, 16000 * 8)
     audio = np.concatenate([quiet, speech.say("Alexa"), np.zeros(8000)]).astype(np.int16)
-    frames = audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
     always = WakeDetector([WakeModelSettings("alexa")])
     resting = WakeDetector([WakeModelSettings("alexa")], rest_below_dbfs=-60)
-    for frame in frames:
+    for frame in speech.frames(audio):
         always.process(frame)
         resting.process(frame)
         if not resting.resting:

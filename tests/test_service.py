@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import speech
-from conftest import ROOT
+from conftest import ROOT, until
 from mqtt_broker import Broker, Subscriber
 
 from guard import config
@@ -230,16 +230,6 @@ def notify(tmp_path, monkeypatch):
     listener.close()
 
 
-def _until(condition, seconds: float = 30.0) -> bool:
-    """Wait for an observable condition (never a fixed sleep: a loaded machine is slow)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def _daemon(tmp_path, wav) -> Daemon:
     cfg = config.Config(audit=config.AuditConfig(str(tmp_path / "audit.jsonl")))
     return Daemon(cfg, RunOptions(str(wav), "none"), WakeDetector([WakeModelSettings("alexa")]))
@@ -251,7 +241,7 @@ def test_ready_after_start_then_watchdog_pings(tmp_path, notify):
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:
-        assert _until(lambda: notify.pings() >= 5), notify.messages
+        assert until(lambda: notify.pings() >= 5, 30), notify.messages
         first = notify.messages[0][1].splitlines()
         assert first[0] == "READY=1" and first[1].startswith("STATUS=guarding as ")
     finally:
@@ -279,7 +269,7 @@ def test_watchdog_pings_stop_when_the_audio_loop_hangs(tmp_path, notify):
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:
-        assert _until(lambda: notify.pings() >= 2), "pings while audio flows"
+        assert until(lambda: notify.pings() >= 2, 30), "pings while audio flows"
         hang.set()
         hung_at = time.monotonic()
 
@@ -287,7 +277,7 @@ def test_watchdog_pings_stop_when_the_audio_loop_hangs(tmp_path, notify):
             now = time.monotonic()
             return now - hung_at >= 1.5 and notify.pings(now - 1.5) == 0
 
-        assert _until(pings_stopped, AUDIO_STALL_SECONDS + 30), "pings went on while the audio thread hung"
+        assert until(pings_stopped, AUDIO_STALL_SECONDS + 30), "pings went on while the audio thread hung"
         assert time.monotonic() - hung_at >= AUDIO_STALL_SECONDS, "the pings stopped before the stall was long"
         assert thread.is_alive()
     finally:

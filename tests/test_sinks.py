@@ -6,13 +6,12 @@ import stat
 import struct
 import sys
 import threading
-import time
 import wave
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import fill
+from conftest import fill, until
 
 from guard import config
 from guard.errors import DeliveryUncertain, GuardError
@@ -49,15 +48,6 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except OSError:
         return False
-
-
-def _until(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_directory_release_is_one_private_file_named_for_device_time_and_utterance(tmp_path):
@@ -151,13 +141,13 @@ def test_a_command_over_its_time_is_killed_with_what_it_started_and_may_have_sen
         _command(tmp_path, HELPER + "import time; time.sleep(600)", timeout=0.5).deliver(encode_wav(SAMPLES),
                                                                                           UTTERANCE)
     helper = int((tmp_path / "helper").read_text())
-    assert _until(lambda: not _alive(helper))
+    assert until(lambda: not _alive(helper))
 
 
 def test_helpers_a_successful_command_leaves_behind_do_not_outlive_the_release(tmp_path):
     _command(tmp_path, HELPER).deliver(encode_wav(SAMPLES), UTTERANCE)
     helper = int((tmp_path / "helper").read_text())
-    assert _until(lambda: not _alive(helper))
+    assert until(lambda: not _alive(helper))
 
 
 def test_cancel_stops_a_running_command_and_what_it_started(tmp_path):
@@ -171,11 +161,11 @@ def test_cancel_stops_a_running_command_and_what_it_started(tmp_path):
             outcome.append(e)
     thread = threading.Thread(target=deliver, daemon=True)  # if cancel fails, the test fails rather than hangs
     thread.start()
-    assert _until(lambda: (tmp_path / "helper").exists() and (tmp_path / "helper").read_text() != "")
+    assert until(lambda: (tmp_path / "helper").exists() and (tmp_path / "helper").read_text() != "")
     sink.cancel()
     thread.join(10)
     assert not thread.is_alive() and "exited -9" in str(outcome[0])
-    assert _until(lambda: not _alive(int((tmp_path / "helper").read_text())))
+    assert until(lambda: not _alive(int((tmp_path / "helper").read_text())))
     sink.cancel()  # nothing running: nothing to do
 
 
