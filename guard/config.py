@@ -251,7 +251,8 @@ class MqttConfig:
         "(Home Assistant 2024.11 or newer); a change withdraws the other style's topics",
         parse=lambda v: _choice(v, ("entities", "device"))))
     hermes: bool = field(default=False, metadata=_doc(
-        "Rhasspy/Hermes: publish hermes/hotword/<device id>/detected; toggleOff/toggleOn act as remote mute"))
+        "Rhasspy/Hermes: publish hermes/hotword/<device id>/detected; toggleOff/toggleOn act as remote mute "
+        "(except for Rhasspy's own dialogue sessions and playback)"))
 
 
 @dataclass(frozen=True)
@@ -259,13 +260,14 @@ class SinkConfig:
     """[sinks.NAME]: one place released audio may go. Only this file can name one."""
 
     type: str = field(default="directory", metadata=_doc(
-        "directory (a WAV file per release), command (the WAV on its stdin) or mqtt (guard/<id>/audio/<utterance>)",
-        parse=lambda v: _choice(v, ("directory", "command", "mqtt"))))
+        "directory (a WAV file per release), command (the WAV on its stdin), mqtt (guard/<id>/audio/<utterance>) "
+        "or hermes (Rhasspy's ASR: hermes/audioServer/<id>/audioFrame; needs [mqtt] hermes = true)",
+        parse=lambda v: _choice(v, ("directory", "command", "mqtt", "hermes"))))
     path: str = field(default="", metadata=_doc("directory sink: the folder the WAV files go to"))
     command: tuple[str, ...] = field(default=(), metadata=_doc(
         'command sink: argv, run without a shell, e.g. ["/usr/local/bin/upload", "--quiet"]'))
     timeout_seconds: float = field(default=30.0, metadata=_doc(
-        "command sink: killed after this long; mqtt sink: wait this long for the broker's ack", 1, 600))
+        "command sink: killed after this long; mqtt and hermes sinks: wait this long for the broker's ack", 1, 600))
     confirm: tuple[str, ...] = field(default=("button",), metadata=_doc(
         'which consent releases to this sink: ["button"] or ["button", "voice"] (voice needs guard enroll)',
         parse=_parse_confirm))
@@ -394,8 +396,12 @@ def parse(raw: dict, source: str) -> Config:
     built = {k: _build(tables[k].default_factory, source, k, v) for k, v in raw.items() if k != "sinks"}
     config = Config(**built, sinks={name: _sink(source, name, table) for name, table in sinks.items()})
     _check_overrides(source, config.wake)
-    if any(sink.type == "mqtt" for sink in config.sinks.values()) and not config.mqtt.host:
-        raise ConfigError(f"{source}: an mqtt sink needs [mqtt] host")
+    for name, sink in config.sinks.items():
+        if sink.type in ("mqtt", "hermes") and not config.mqtt.host:
+            raise ConfigError(f"{source}: [sinks.{name}] is an {sink.type} sink; it needs [mqtt] host")
+        if sink.type == "hermes" and not config.mqtt.hermes:
+            raise ConfigError(f"{source}: [sinks.{name}] is a hermes sink; it needs [mqtt] hermes = true, "
+                              "so that Rhasspy hears of the wake and starts listening")
     wanted = 3 if config.gpio.led_type == "rgb" else 1
     if len(config.gpio.led_pins) != wanted:
         raise ConfigError(f"{source}: [gpio] led_pins = {list(config.gpio.led_pins)}: "

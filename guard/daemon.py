@@ -75,7 +75,8 @@ class Daemon:
         self.mqtt = MqttLink(config.mqtt, device_id, lambda verb: self.words.put(("remote", verb)), self.audit,
                              config.audit.resolved_path().parent / "mqtt-discovered") \
             if config.mqtt.host else None
-        self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None)
+        self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None,
+                                 self.mqtt.send_hermes_audio if self.mqtt else None)
         self.button, self.led = self._gpio()
         accepts = {name: sink.confirm for name, sink in config.sinks.items()}
         self._outgoing: queue.Queue[Delivery | None] = queue.Queue()  # consented releases for the delivery thread

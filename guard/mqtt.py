@@ -106,6 +106,7 @@ class MqttLink:
         self._discovery_due = _AtMostEvery(DISCOVERY_DEBOUNCE_SECONDS)
         self._commands: deque[float] = deque()  # when recent remote commands came, for the rate limit
         self._refused_commands = 0
+        self._asr_session: str | None = None  # the session Rhasspy's ASR opened for this site's latest wake
         self._lock = threading.Lock()  # the outbox and state; never held while calling paho
         self._order = threading.Lock()  # one publisher at a time, so events leave in the order they came
         self.connected = threading.Event()
@@ -155,8 +156,8 @@ class MqttLink:
             return
         log.info("broker %s:%d connected", self.settings.host, self.settings.port)
         client.subscribe([(f"{self.root}/cmd/#", 1), ("homeassistant/status", 1)]
-                         + ([("hermes/hotword/toggleOff", 1), ("hermes/hotword/toggleOn", 1)]
-                            if self.settings.hermes else []))
+                         + ([("hermes/hotword/toggleOff", 1), ("hermes/hotword/toggleOn", 1),
+                             ("hermes/asr/startListening", 1)] if self.settings.hermes else []))
         with self._order:
             client.publish(f"{self.root}/availability", "online", qos=1, retain=True)
             if self.settings.discovery:
@@ -238,6 +239,7 @@ class MqttLink:
             self._send(f"{self.root}/activity", json.dumps({"event_type": ACTIVITY_TYPES[event.kind],
                                                              "utterance": event.utterance}).encode())
         if event.kind == "wake" and self.settings.hermes:
+            self._asr_session = None  # Rhasspy answers this wake with a new one
             # wakewordId = device id: the broker ACL can confine a topic, never the siteId inside a payload
             self._send(f"hermes/hotword/{self.device_id}/detected", json.dumps(
                 {"siteId": self.device_id, "modelId": event.model, "currentSensitivity": event.threshold}).encode())
@@ -267,18 +269,39 @@ class MqttLink:
 
     def send_audio(self, utterance_id: str, wav: bytes, timeout_seconds: float) -> str:
         """Publish a released WAV (QoS 1, not retained) and wait for the broker's ack. Never queued."""
+        topic = f"{self.root}/audio/{utterance_id}"
+        self._publish_and_wait([(topic, wav)], timeout_seconds)
+        return topic
+
+    def send_hermes_audio(self, chunks: list[bytearray], timeout_seconds: float) -> str:
+        """Publish a released utterance as Hermes audio frames, then stop the ASR session Rhasspy started
+        for this wake, so it transcribes now (QoS 1, wait for every ack). Never queued."""
+        topic = f"hermes/audioServer/{self.device_id}/audioFrame"
+        messages: list[tuple[str, bytes | bytearray]] = [(topic, chunk) for chunk in chunks]
+        if self._asr_session is not None:
+            messages.append(("hermes/asr/stopListening",
+                             json.dumps({"siteId": self.device_id, "sessionId": self._asr_session}).encode()))
+        self._publish_and_wait(messages, timeout_seconds)
+        return topic
+
+    def _publish_and_wait(self, messages: list[tuple[str, bytes | bytearray]], timeout_seconds: float) -> None:
         if not self.connected.is_set():
             raise GuardError("broker not connected; nothing was sent")
-        topic = f"{self.root}/audio/{utterance_id}"
-        info = self.client.publish(topic, wav, qos=1, retain=False)
+        deadline = time.monotonic() + timeout_seconds
+        sent = []
         try:
-            info.wait_for_publish(timeout_seconds)
+            for topic, payload in messages:
+                sent.append(self.client.publish(topic, payload, qos=1, retain=False))
+            for info in sent:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
         except (RuntimeError, ValueError) as e:  # paho: the message was dropped (disconnected, queue full)
-            raise GuardError(f"{topic} was not sent ({e})") from None
-        if not info.is_published():
-            raise DeliveryUncertain(f"broker did not acknowledge {topic} within {timeout_seconds:g} s; the client "
-                                "still holds it, so it may still arrive when the broker comes back")
-        return topic
+            if not sent:
+                raise GuardError(f"{messages[0][0]} was not sent ({e})") from None
+            raise DeliveryUncertain(f"{messages[0][0]}: the broker connection failed mid-way ({e}); "
+                                    "part of the audio may arrive") from None
+        if not all(info.is_published() for info in sent):
+            raise DeliveryUncertain(f"broker did not acknowledge {messages[0][0]} within {timeout_seconds:g} s; "
+                                    "the client still holds it, so it may still arrive when the broker comes back")
 
     # -- inbound --------------------------------------------------------------------
 
@@ -292,6 +315,9 @@ class MqttLink:
         if topic == "homeassistant/status":
             if message.payload == b"online" and self.settings.discovery and self._discovery_due():
                 self.publish_discovery()
+            return
+        if topic == "hermes/asr/startListening":
+            self._asr_session = asr_session(message.payload, self.device_id) or self._asr_session
             return
         try:
             verb = parse_command(topic, message.payload, self.device_id)
@@ -402,6 +428,19 @@ class MqttLink:
         except OSError as e:
             log.warning("%s: cannot note the discovery topics (%s); a later id change leaves stale entities",
                         self.discovered, e.strerror)
+
+
+def asr_session(payload: bytes, device_id: str) -> str | None:
+    """The sessionId of a Hermes asr/startListening for this site, if it is one; it only names the session
+    the release's stopListening ends, so anything odd is simply not one."""
+    try:
+        message = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(message, dict) or message.get("siteId") != device_id:
+        return None
+    session = message.get("sessionId")
+    return session if isinstance(session, str) and 0 < len(session) <= 200 and session.isprintable() else None
 
 
 def _brief_client(settings: MqttConfig, purpose: str) -> paho.Client:

@@ -1,4 +1,4 @@
-"""Where released audio may go: a directory of WAV files, or a command's stdin.
+"""Where released audio may go: a directory of WAV files, a command's stdin, an MQTT topic, or Rhasspy.
 
 Only `gate.py` calls a sink, and only after local consent. Destinations come
 from the local config file alone. A sink leaves no partial file behind.
@@ -34,6 +34,10 @@ class Utterance:
 
     id: str
     heard_at: str
+
+
+WAV_HEADER_BYTES = 44
+HERMES_FRAME_SAMPLES = 1024  # what Rhasspy's own microphone services put in one audioFrame
 
 
 def encode_wav(samples: np.ndarray) -> bytearray:
@@ -185,19 +189,54 @@ class MqttSink:
         """Nothing to stop here: paho holds what it was given (the record says it may still arrive)."""
 
     def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
+        return _through_broker(self.name, self.send, utterance.id, wav, self.timeout_seconds)
+
+
+class HermesSink:
+    """Streams each release to Rhasspy as `hermes/audioServer/<device>/audioFrame` WAV chunks (QoS 1), then
+    ends the speech recogniser's session, so its ASR hears exactly the released request.
+
+    Args:
+        name: the sink's name in the config.
+        send: the MQTT link's `send_hermes_audio(chunks, timeout_seconds) -> topic`.
+        timeout_seconds: how long to wait for the broker's acknowledgement of every chunk.
+    """
+
+    def __init__(self, name: str, send: Callable[[list[bytearray], float], str], timeout_seconds: float) -> None:
+        self.name, self.send, self.timeout_seconds = name, send, timeout_seconds
+
+    def problem(self) -> str | None:
+        return None
+
+    def cancel(self) -> None:
+        """Nothing to stop here: paho holds what it was given (the record says it may still arrive)."""
+
+    def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
+        samples = np.frombuffer(wav, "<i2", offset=WAV_HEADER_BYTES)
+        chunks = [encode_wav(samples[i:i + HERMES_FRAME_SAMPLES]) for i in range(0, len(samples), HERMES_FRAME_SAMPLES)]
         try:
-            return self.send(utterance.id, wav, self.timeout_seconds)
-        except DeliveryUncertain as e:
-            raise SinkUncertain(f"sink {self.name}: {e}") from None
-        except GuardError as e:
-            raise SinkError(f"sink {self.name}: {e}") from None
+            return _through_broker(self.name, self.send, chunks, self.timeout_seconds)
+        finally:
+            for chunk in chunks:  # paho has its own copy by now; ours goes the way of the release's WAV
+                np.frombuffer(chunk, np.uint8)[:] = 0
 
 
-Sink = DirectorySink | CommandSink | MqttSink
+def _through_broker(name: str, send: Callable[..., str], *args) -> str:
+    """A broker publish as a sink's outcome: sent, may still arrive, or not sent."""
+    try:
+        return send(*args)
+    except DeliveryUncertain as e:
+        raise SinkUncertain(f"sink {name}: {e}") from None
+    except GuardError as e:
+        raise SinkError(f"sink {name}: {e}") from None
+
+
+Sink = DirectorySink | CommandSink | MqttSink | HermesSink
 
 
 def build(sinks: dict[str, SinkConfig], device_id: str,
-          send_mqtt: Callable[[str, bytes, float], str] | None = None) -> list[Sink]:
+          send_mqtt: Callable[[str, bytes, float], str] | None = None,
+          send_hermes: Callable[[list[bytearray], float], str] | None = None) -> list[Sink]:
     """The configured sinks, in config order."""
     built: list[Sink] = []
     for name, c in sinks.items():
@@ -205,6 +244,8 @@ def build(sinks: dict[str, SinkConfig], device_id: str,
             built.append(DirectorySink(name, Path(c.path).expanduser(), device_id))
         elif c.type == "command":
             built.append(CommandSink(name, c.command, c.timeout_seconds, device_id))
+        elif c.type == "hermes":
+            built.append(HermesSink(name, send_hermes, c.timeout_seconds))
         else:
             built.append(MqttSink(name, send_mqtt, c.timeout_seconds))
     return built

@@ -109,6 +109,9 @@ def test_bad_threshold_is_a_usage_error(alexa_wav):
     ("[wake.overrides.alexa]\nthresh = 0.7\n", ["[wake.overrides.alexa] thresh: unknown key"]),
     ("[mic]\ndevice = 'x'\n", ["[mic]: unknown key"]),
     ("[wake\n", ["not valid TOML"]),
+    ("[sinks.hub]\ntype = 'mqtt'\n", ["[sinks.hub] is an mqtt sink; it needs [mqtt] host"]),
+    ("[mqtt]\nhost = 'hub'\n[sinks.asr]\ntype = 'hermes'\n",
+     ["[sinks.asr] is a hermes sink; it needs [mqtt] hermes = true"]),
 ])
 def test_bad_config_names_the_key(tmp_path, toml, needles):
     path = tmp_path / "guard.toml"

@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from guard.commands import CommandError, parse_command
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ConfigError
 from guard.gate import Event, State
-from guard.mqtt import MqttLink
+from guard.mqtt import MqttLink, asr_session
 from guard.wake import WakeDetector
 
 DEVICE = "kitchen"
@@ -418,6 +420,77 @@ def test_mqtt_sink_publishes_the_released_wav(tmp_path, broker, two_requests_wav
     topic, payload, retained = sub.messages[0]
     assert topic == f"{ROOT}/audio/{pressed[0]}" and payload[:4] == b"RIFF" and not retained
     sub.close()
+
+
+class _RhasspyDialogue(Subscriber):
+    """Rhasspy's dialogue manager as the guard meets it: each hotword detected opens a session, which turns
+    the hotword off (reason dialogueSession) and asks the ASR to listen to that site; another site's session
+    opens meanwhile. Records everything under hermes/ and the guard's events, in arrival order."""
+
+    def __init__(self, port: int) -> None:
+        self.sessions = 0
+        super().__init__(port, ["hermes/#", f"{ROOT}/event/#"])
+
+    def _on_message(self, client, userdata, message) -> None:
+        super()._on_message(client, userdata, message)
+        if message.topic == f"hermes/hotword/{DEVICE}/detected":
+            self.sessions += 1
+            client.publish("hermes/hotword/toggleOff", json.dumps({"siteId": DEVICE, "reason": "dialogueSession"}),
+                           qos=1)
+            client.publish("hermes/asr/startListening", json.dumps(
+                {"siteId": DEVICE, "sessionId": f"session-{self.sessions}", "stopOnSilence": True}), qos=1)
+            client.publish("hermes/asr/startListening", json.dumps(
+                {"siteId": "bedroom", "sessionId": "not-this-site"}), qos=1)
+
+
+def test_rhasspy_hears_exactly_the_released_request_and_nothing_else(tmp_path, broker, two_requests_wav):
+    """The first request is released by a press, the second times out: Rhasspy's ASR receives the first's
+    samples as audio frames, after the release record, then the end of its session; nothing of the second."""
+    cfg = _config(tmp_path, broker.port, hermes=True)
+    cfg = dataclasses.replace(cfg, sinks={**cfg.sinks, "rhasspy": config.SinkConfig(type="hermes")})
+    rhasspy = _RhasspyDialogue(broker.port)
+    assert rhasspy.wait_for(lambda: rhasspy.client.is_connected())
+    press_first, pressed, daemons = _press_on_first_pending(cfg)
+    daemon = _daemon(cfg, two_requests_wav, fast=False, publish=press_first)
+    daemons.append(daemon)
+    _start(daemon).join(40)
+    assert rhasspy.wait_for(lambda: "discarded" in _events(rhasspy)), _events(rhasspy)
+    rhasspy.close()
+    assert _events(rhasspy) == ["wake", "pending", "releasing", "released", "released", "wake", "pending",
+                                "discarded"], "a dialogue session's toggleOff is not a mute"
+    topics = [t for t, _, _ in rhasspy.messages]
+    frames = [p for t, p, _ in rhasspy.messages if t == f"hermes/audioServer/{DEVICE}/audioFrame"]
+    heard = []
+    for frame in frames:
+        with wave.open(io.BytesIO(frame)) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+            assert 0 < w.getnframes() <= 1024
+            heard.append(np.frombuffer(w.readframes(w.getnframes()), "<i2"))
+    released = next((tmp_path / "sink").glob(f"*{pressed[0]}.wav"))
+    with wave.open(str(released)) as w:
+        assert np.array_equal(np.concatenate(heard), np.frombuffer(w.readframes(w.getnframes()), "<i2"))
+    first_frame = topics.index(f"hermes/audioServer/{DEVICE}/audioFrame")
+    assert first_frame > topics.index(f"{ROOT}/event/releasing"), "no audio before the release is on the record"
+    stops = [(i, json.loads(p)) for i, (t, p, _) in enumerate(rhasspy.messages) if t == "hermes/asr/stopListening"]
+    assert [s for _, s in stops] == [{"siteId": DEVICE, "sessionId": "session-1"}]
+    assert stops[0][0] > max(i for i, t in enumerate(topics) if t.endswith("/audioFrame")), "ended after the audio"
+    assert rhasspy.sessions == 2, "the second wake was announced, and its request never sent"
+    sinks = [json.loads(p)["sink"] for t, p, _ in rhasspy.messages if t == f"{ROOT}/event/released"]
+    assert sorted(sinks) == ["box", "rhasspy"]
+
+
+@pytest.mark.parametrize("payload", [
+    b"", b"[" * 50000, b"\xff\xfe", b"[]", b'"session"', b'{"siteId": "kitchen"}',
+    b'{"siteId": "bedroom", "sessionId": "s"}', b'{"siteId": "kitchen", "sessionId": 7}',
+    b'{"siteId": "kitchen", "sessionId": ""}', b'{"siteId": "kitchen", "sessionId": "a\\u0000b"}',
+    json.dumps({"siteId": DEVICE, "sessionId": "x" * 201}).encode(),
+])
+def test_an_odd_start_listening_names_no_session(payload):
+    assert asr_session(payload, DEVICE) is None
+
+
+def test_a_start_listening_for_this_site_names_its_session():
+    assert asr_session(b'{"siteId": "kitchen", "sessionId": "abc-1", "stopOnSilence": true}', DEVICE) == "abc-1"
 
 
 def test_status_reads_the_state_from_the_broker(tmp_path, broker, two_requests_wav):

@@ -172,12 +172,15 @@ def test_broker_acl_confines_each_guard_to_its_own_tree(tmp_path):
     try:
         hub = Subscriber(broker.port, ["guard/#"], username_pw_set=("homeassistant", "pw"))
         kitchen = Subscriber(broker.port, ["guard/#"], username_pw_set=("kitchen", "pw"))
-        hermes = Subscriber(broker.port, ["hermes/hotword/+/detected"], username_pw_set=("rhasspy", "pw"))
+        hermes = Subscriber(broker.port, ["hermes/hotword/+/detected", "hermes/audioServer/+/audioFrame"],
+                            username_pw_set=("rhasspy", "pw"))
         assert hub.wait_for(lambda: all(s.client.is_connected() for s in (hub, kitchen, hermes)))
         time.sleep(0.3)
         kitchen.publish("guard/hall/event/wake", "spoofed")
         kitchen.publish("hermes/hotword/hall/detected", '{"siteId": "hall"}')
+        kitchen.publish("hermes/audioServer/hall/audioFrame", b"RIFF spoofed")
         kitchen.publish("hermes/hotword/kitchen/detected", '{"siteId": "kitchen"}')
+        kitchen.publish("hermes/audioServer/kitchen/audioFrame", b"RIFF mine")
         kitchen.publish("guard/kitchen/event/wake", "mine")
         hub.publish("guard/kitchen/cmd/mute", "")
         assert hub.wait_for(lambda: "guard/kitchen/cmd/mute" in hub.topics())
@@ -185,7 +188,9 @@ def test_broker_acl_confines_each_guard_to_its_own_tree(tmp_path):
         assert "guard/kitchen/event/wake" in hub.topics()
         assert "guard/hall/event/wake" not in hub.topics(), "a guard cannot publish as another"
         assert hermes.wait_for(lambda: "hermes/hotword/kitchen/detected" in hermes.topics())
+        assert hermes.wait_for(lambda: "hermes/audioServer/kitchen/audioFrame" in hermes.topics())
         assert "hermes/hotword/hall/detected" not in hermes.topics(), "nor announce another's Hermes wake"
+        assert "hermes/audioServer/hall/audioFrame" not in hermes.topics(), "nor send audio as another site"
         hermes.close()
         hub.close()
         kitchen.close()
