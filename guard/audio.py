@@ -286,7 +286,7 @@ class WavSource:
 
 @dataclass(frozen=True)
 class InputDevice:
-    """A capture device as PortAudio reports it."""
+    """A capture (or playback) device as PortAudio reports it."""
 
     index: int
     name: str
@@ -299,7 +299,7 @@ class InputDevice:
 
 
 @contextmanager
-def _quiet_stderr() -> Iterator[None]:
+def quiet_stderr() -> Iterator[None]:
     """Hide ALSA's and JACK's start-up chatter, which is noise, not news, to our users."""
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -312,60 +312,74 @@ def _quiet_stderr() -> Iterator[None]:
         os.close(devnull)
 
 
-def _portaudio():
+def portaudio():
+    """pyaudio and a PortAudio instance (the caller terminates it), started without ALSA's chatter."""
     import pyaudio
 
-    with _quiet_stderr():
+    with quiet_stderr():
         return pyaudio, pyaudio.PyAudio()
 
 
-def _supported_rates(pa, pyaudio, index: int, channels: int) -> tuple[int, ...]:
+def _supported_rates(pa, pyaudio, index: int, channels: int, output: bool) -> tuple[int, ...]:
     rates = []
     for rate in NATIVE_RATES_HZ:
+        way = {"output_device": index, "output_channels": channels, "output_format": pyaudio.paInt16} if output \
+            else {"input_device": index, "input_channels": channels, "input_format": pyaudio.paInt16}
         try:
-            if pa.is_format_supported(rate, input_device=index, input_channels=channels,
-                                      input_format=pyaudio.paInt16):
+            if pa.is_format_supported(rate, **way):
                 rates.append(rate)
         except ValueError:
             continue
     return tuple(rates)
 
 
-def _describe(pa, pyaudio, info: dict) -> InputDevice:
+def _channels(info: dict, output: bool) -> int:
+    return int(info["maxOutputChannels" if output else "maxInputChannels"])
+
+
+def _describe(pa, pyaudio, info: dict, output: bool) -> InputDevice:
     index = int(info["index"])
-    return InputDevice(index, str(info["name"]), int(info["maxInputChannels"]),
-                       int(info["defaultSampleRate"]), _supported_rates(pa, pyaudio, index, 1))
+    return InputDevice(index, str(info["name"]), _channels(info, output),
+                       int(info["defaultSampleRate"]), _supported_rates(pa, pyaudio, index, 1, output))
 
 
-def list_devices() -> list[InputDevice]:
-    """Every capture device PortAudio can see, with the rates it accepts for mono int16."""
-    pyaudio, pa = _portaudio()
+def list_devices(output: bool = False) -> list[InputDevice]:
+    """Every capture (or playback) device PortAudio can see, with the rates it accepts for mono int16."""
+    pyaudio, pa = portaudio()
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             infos = [pa.get_device_info_by_index(i) for i in range(pa.get_device_count())]
-            return [_describe(pa, pyaudio, info) for info in infos if info["maxInputChannels"] > 0]
+            return [_describe(pa, pyaudio, info, output) for info in infos if _channels(info, output) > 0]
     finally:
         pa.terminate()
 
 
-def _find_device(pa, device: str | int | None) -> dict:
-    inputs = [pa.get_device_info_by_index(i) for i in range(pa.get_device_count())]
-    inputs = [d for d in inputs if d["maxInputChannels"] > 0]
-    if not inputs:
+def find_device(pa, device: str | int | None, output: bool = False) -> dict:
+    """PortAudio's record of the device named by index or part of its name; None or "": the system default."""
+    with quiet_stderr():
+        found = [pa.get_device_info_by_index(i) for i in range(pa.get_device_count())]
+    found = [d for d in found if _channels(d, output) > 0]
+    kind = "output" if output else "input"
+    if not found:
+        if output:
+            raise DeviceError("no speaker found; plug one in and check `aplay -l`, or leave [audio] output_device "
+                              "empty")
         raise DeviceError("no microphone found; plug one in and check `arecord -l` (without one: guard scan "
                           "FILE.wav, guard run --source FILE.wav, guard enroll confirm --from A.wav B.wav C.wav)")
     if device is None or device == "":
         try:
-            return pa.get_default_input_device_info()
+            with quiet_stderr():
+                return pa.get_default_output_device_info() if output else pa.get_default_input_device_info()
         except OSError:
-            return inputs[0]
+            return found[0]
     if isinstance(device, int) or str(device).isdigit():
-        match = [d for d in inputs if d["index"] == int(device)]
+        match = [d for d in found if d["index"] == int(device)]
     else:
-        match = [d for d in inputs if str(device).lower() in d["name"].lower()]
+        match = [d for d in found if str(device).lower() in d["name"].lower()]
     if not match:
-        names = "; ".join(f"{d['index']}: {d['name']}" for d in inputs)
-        raise DeviceError(f"no input device matches {device!r}; `guard devices` lists them ({names})")
+        names = "; ".join(f"{d['index']}: {d['name']}" for d in found)
+        listing = "guard devices --output" if output else "guard devices"
+        raise DeviceError(f"no {kind} device matches {device!r}; `{listing}` lists them ({names})")
     return match[0]
 
 
@@ -387,10 +401,9 @@ class MicSource:
 
     def __init__(self, device: str | int | None = None, channels: int = 1,
                  channel: int | None = None, rate_hz: int | None = None) -> None:
-        self._pyaudio, self._pa = _portaudio()
+        self._pyaudio, self._pa = portaudio()
         try:
-            with _quiet_stderr():
-                self.info = _find_device(self._pa, device)
+            self.info = find_device(self._pa, device)
             self.name = str(self.info["name"])
             if channels > self.info["maxInputChannels"]:
                 raise DeviceError(f"{self.name}: has {self.info['maxInputChannels']} input channels, "
@@ -405,8 +418,8 @@ class MicSource:
             raise
 
     def _pick_rate(self) -> int:
-        with _quiet_stderr():
-            rates = _supported_rates(self._pa, self._pyaudio, int(self.info["index"]), self.channels)
+        with quiet_stderr():
+            rates = _supported_rates(self._pa, self._pyaudio, int(self.info["index"]), self.channels, False)
         return rates[0] if rates else int(self.info["defaultSampleRate"])
 
     @property
@@ -418,7 +431,7 @@ class MicSource:
         if self._stream is not None:
             return
         try:
-            with _quiet_stderr():
+            with quiet_stderr():
                 self._stream = self._pa.open(
                     rate=self.rate_hz, channels=self.channels, format=self._pyaudio.paInt16, input=True,
                     input_device_index=int(self.info["index"]), frames_per_buffer=self.block_frames)

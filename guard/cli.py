@@ -140,7 +140,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    devices = list_devices()
+    devices = list_devices(output=args.output)
     for d in devices:
         if args.json:
             print(d.to_json())
@@ -148,7 +148,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
             rates = ", ".join(str(r) for r in d.rates_hz) or f"{d.default_rate_hz} only"
             print(f"{d.index:3}  {d.name}  ({d.channels} ch; mono int16 at {rates} Hz)")
     if not devices and not args.json:
-        print("no input devices; plug in a microphone or check `arecord -l`", file=sys.stderr)
+        print("no output devices; plug in a speaker or check `aplay -l`" if args.output else
+              "no input devices; plug in a microphone or check `arecord -l`", file=sys.stderr)
     return ExitStatus.OK
 
 
@@ -494,8 +495,9 @@ def _build_verbs(verbs) -> list[argparse.ArgumentParser]:
     devices = verbs.add_parser("devices", help="list microphones",
                                description="List capture devices with channels and the rates guard can "
                                            "open them at; put the index or part of the name in "
-                                           "[audio] device.")
+                                           "[audio] device (with --output: speakers, for [audio] output_device).")
     devices.add_argument("--json", action="store_true", help="one JSON object per device per line")
+    devices.add_argument("--output", action="store_true", help="list playback devices instead of microphones")
     devices.set_defaults(func=cmd_devices)
 
     run = verbs.add_parser("run", help="the guard daemon",

@@ -152,6 +152,9 @@ class AudioConfig:
         "native rate to open the mic at; 0 tries 16000, 48000, 44100", 0, 192000))
     pre_roll_seconds: float = field(default=2.0, metadata=_doc(
         "audio kept in RAM before the wake word ends", 0.5, 10))
+    output_device: str = field(default="", metadata=_doc(
+        "speaker for Home Assistant's spoken answers: index or part of its name (`guard devices --output`); "
+        "empty: none", parse=_parse_device))
     zeros_fault_seconds: float = field(default=30.0, metadata=_doc(
         "a microphone that delivers nothing but exact digital zeros this long has failed (unplugged under "
         "ALSA, or a dead driver): a `fault` that wipes and opens it afresh with backoff until it delivers sound; "
@@ -255,19 +258,42 @@ class MqttConfig:
         "(except for Rhasspy's own dialogue sessions and playback)"))
 
 
+def _parse_uri(value: Any) -> str:
+    if value == "" or (isinstance(value, str) and re.fullmatch(r"tcp://[^:/\s]+:\d{1,5}", value)
+                       and int(value.rsplit(":", 1)[1]) <= 65535):
+        return value
+    raise ValueError('must be "tcp://HOST:PORT", e.g. "tcp://0.0.0.0:10700", or empty (off)')
+
+
+@dataclass(frozen=True)
+class WyomingConfig:
+    """[wyoming]: be a Home Assistant voice satellite; audio reaches it only through a wyoming sink."""
+
+    uri: str = field(default="", metadata=_doc(
+        'where Home Assistant connects, e.g. "tcp://0.0.0.0:10700"; empty: no satellite', parse=_parse_uri))
+    name: str = field(default="", metadata=_doc("the satellite's name in Home Assistant; empty: pi-guard <device id>"))
+    zeroconf: bool = field(default=True, metadata=_doc(
+        "announce the satellite on the local network (_wyoming._tcp), so Home Assistant discovers it"))
+    allowed_hosts: tuple[str, ...] = field(default=(), metadata=_doc(
+        'the only addresses that may connect, e.g. ["192.168.1.10"] (your Home Assistant): whoever connects '
+        "receives released requests; empty: any"))
+
+
 @dataclass(frozen=True)
 class SinkConfig:
     """[sinks.NAME]: one place released audio may go. Only this file can name one."""
 
     type: str = field(default="directory", metadata=_doc(
         "directory (a WAV file per release), command (the WAV on its stdin), mqtt (guard/<id>/audio/<utterance>) "
-        "or hermes (Rhasspy's ASR: hermes/audioServer/<id>/audioFrame; needs [mqtt] hermes = true)",
-        parse=lambda v: _choice(v, ("directory", "command", "mqtt", "hermes"))))
+        "hermes (Rhasspy's ASR: hermes/audioServer/<id>/audioFrame; needs [mqtt] hermes = true) "
+        "or wyoming (Home Assistant Assist, through the [wyoming] satellite)",
+        parse=lambda v: _choice(v, ("directory", "command", "mqtt", "hermes", "wyoming"))))
     path: str = field(default="", metadata=_doc("directory sink: the folder the WAV files go to"))
     command: tuple[str, ...] = field(default=(), metadata=_doc(
         'command sink: argv, run without a shell, e.g. ["/usr/local/bin/upload", "--quiet"]'))
     timeout_seconds: float = field(default=30.0, metadata=_doc(
-        "command sink: killed after this long; mqtt and hermes sinks: wait this long for the broker's ack", 1, 600))
+        "command sink: killed after this long; mqtt and hermes sinks: wait this long for the broker's ack; "
+        "wyoming sink: for the audio to be written to Home Assistant", 1, 600))
     confirm: tuple[str, ...] = field(default=("button",), metadata=_doc(
         'which consent releases to this sink: ["button"] or ["button", "voice"] (voice needs guard enroll)',
         parse=_parse_confirm))
@@ -283,6 +309,7 @@ class Config:
     gate: GateConfig = field(default_factory=GateConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     sinks: dict[str, SinkConfig] = field(default_factory=dict)
@@ -399,6 +426,9 @@ def parse(raw: dict, source: str) -> Config:
     for name, sink in config.sinks.items():
         if sink.type in ("mqtt", "hermes") and not config.mqtt.host:
             raise ConfigError(f"{source}: [sinks.{name}] is an {sink.type} sink; it needs [mqtt] host")
+        if sink.type == "wyoming" and not config.wyoming.uri:
+            raise ConfigError(f"{source}: [sinks.{name}] is a wyoming sink; it needs [wyoming] uri, "
+                              'e.g. "tcp://0.0.0.0:10700"')
         if sink.type == "hermes" and not config.mqtt.hermes:
             raise ConfigError(f"{source}: [sinks.{name}] is a hermes sink; it needs [mqtt] hermes = true, "
                               "so that Rhasspy hears of the wake and starts listening")

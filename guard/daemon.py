@@ -26,6 +26,8 @@ from guard.errors import DeviceError, UsageError
 from guard.gate import Delivery, Event, Gate, State
 from guard.hardware import ConsentButton, StatusLed, pin_factory
 from guard.mqtt import MqttLink
+from guard.satellite import AssistSatellite
+from guard.sound import Speaker
 from guard.systemd import Notifier
 from guard.wake import WakeDetector
 
@@ -75,8 +77,13 @@ class Daemon:
         self.mqtt = MqttLink(config.mqtt, device_id, lambda verb: self.words.put(("remote", verb)), self.audit,
                              config.audit.resolved_path().parent / "mqtt-discovered") \
             if config.mqtt.host else None
+        self.satellite = AssistSatellite(
+            config.wyoming, device_id, lambda verb: self.words.put(("assist", verb)), list(config.wake.models),
+            Speaker(config.audio.output_device) if config.audio.output_device else None) \
+            if config.wyoming.uri else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None,
-                                 self.mqtt.send_hermes_audio if self.mqtt else None)
+                                 self.mqtt.send_hermes_audio if self.mqtt else None,
+                                 self.satellite.send if self.satellite else None)
         self.button, self.led = self._gpio()
         accepts = {name: sink.confirm for name, sink in config.sinks.items()}
         self._outgoing: queue.Queue[Delivery | None] = queue.Queue()  # consented releases for the delivery thread
@@ -161,10 +168,18 @@ class Daemon:
                 self.options.gpio, f"button GPIO{self.config.gpio.button_pin}, "
                                    f"{self.config.gpio.led_type} LED GPIO{list(self.config.gpio.led_pins)}"),
             "mqtt": f"{self.config.mqtt.host}:{self.config.mqtt.port}" if self.mqtt else "off",
+            "assist satellite": self._satellite_health(),
             "sinks": ", ".join(f"{s.name} ({type(s).__name__}, by {' or '.join(self.gate.accepted_by(s))})"
                                for s in self.sinks) or "none",
             "spoken confirmation": "listening while pending" if self.gate.confirmation else "off",
         }
+
+    def _satellite_health(self) -> str:
+        if self.satellite is None:
+            return "off"
+        speaker = self.satellite.speaker
+        return f"{self.config.wyoming.uri} as {self.satellite.name!r}; answers " + (
+            f"play on {speaker.name}" if speaker else "are not played (no [audio] output_device)")
 
     def _audio_health(self) -> str:
         source = self.source  # the audio thread may drop it meanwhile
@@ -327,6 +342,8 @@ class Daemon:
             self.gate.fault(f"audit log unavailable: {self.audit.problem}")
         if self.mqtt is not None:
             self.mqtt.start()
+        if self.satellite is not None:
+            self.satellite.start()
         reader = threading.Thread(target=self._read, name="audio", daemon=True)
         reader.start()
         self._last_frame = time.monotonic()
@@ -348,6 +365,8 @@ class Daemon:
             reader.join(timeout=2)
             if self.mqtt is not None:
                 self.mqtt.stop()
+            if self.satellite is not None:
+                self.satellite.stop()
             self._close()
 
     def _step(self) -> None:
@@ -441,6 +460,11 @@ class Daemon:
         elif item == "remote":
             {"mute": self.gate.mute, "unmute": self.gate.unmute, "cancel": self.gate.cancel,
              "wipe": self.gate.wipe}[payload]("remote")
+        elif item == "assist":
+            if payload.startswith("refuse:"):
+                self.gate.refuse("assist", f"{payload[7:]}: audio leaves only after a local act of consent")
+            else:
+                {"mute": self.gate.mute, "unmute": self.gate.unmute}[payload]("assist")
         elif item == "source-failed":
             self._source_failed(payload)
         elif item == "delivered":

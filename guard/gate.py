@@ -343,15 +343,20 @@ class Gate:
         self._decide("muted", State.MUTED, by=by)
 
     def unmute(self, by: str) -> None:
-        """Reopen the microphone. A remote unmute cannot lift a mute set by the button."""
+        """Reopen the microphone. Only who muted (or the button) can: a remote unmute never lifts a button mute."""
         if self.state is not State.MUTED:
             return
-        if by != "button" and self.muted_by == "button":
-            self._record("refused", self.state, by=by, reason="unmute: the button muted, only the button unmutes")
+        if by != "button" and self.muted_by != by:
+            self.refuse(by, f"unmute: the {self.muted_by} muted, only the {self.muted_by}"
+                            + (" unmutes" if self.muted_by == "button" else " or the button unmutes"))
             return
         self.muted_by = None
         self._decide("unmuted", State.IDLE, by=by)
         self._set_listening(True)
+
+    def refuse(self, by: str, reason: str) -> None:
+        """Put a request that was not acted on (it would have made the device less private) on the record."""
+        self._record("refused", self.state, by=by, reason=reason)
 
     def cancel(self, by: str) -> None:
         """Discard the utterance being captured or waiting for consent, now."""

@@ -1,4 +1,5 @@
-"""Where released audio may go: a directory of WAV files, a command's stdin, an MQTT topic, or Rhasspy.
+"""Where released audio may go: a directory of WAV files, a command's stdin, an MQTT topic, Rhasspy, or
+Home Assistant Assist.
 
 Only `gate.py` calls a sink, and only after local consent. Destinations come
 from the local config file alone. A sink leaves no partial file behind.
@@ -189,7 +190,7 @@ class MqttSink:
         """Nothing to stop here: paho holds what it was given (the record says it may still arrive)."""
 
     def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
-        return _through_broker(self.name, self.send, utterance.id, wav, self.timeout_seconds)
+        return _sent_by(self.name, self.send, utterance.id, wav, self.timeout_seconds)
 
 
 class HermesSink:
@@ -215,14 +216,14 @@ class HermesSink:
         samples = np.frombuffer(wav, "<i2", offset=WAV_HEADER_BYTES)
         chunks = [encode_wav(samples[i:i + HERMES_FRAME_SAMPLES]) for i in range(0, len(samples), HERMES_FRAME_SAMPLES)]
         try:
-            return _through_broker(self.name, self.send, chunks, self.timeout_seconds)
+            return _sent_by(self.name, self.send, chunks, self.timeout_seconds)
         finally:
             for chunk in chunks:  # paho has its own copy by now; ours goes the way of the release's WAV
                 np.frombuffer(chunk, np.uint8)[:] = 0
 
 
-def _through_broker(name: str, send: Callable[..., str], *args) -> str:
-    """A broker publish as a sink's outcome: sent, may still arrive, or not sent."""
+def _sent_by(name: str, send: Callable[..., str], *args) -> str:
+    """A send over the network as a sink's outcome: sent, may still arrive, or not sent."""
     try:
         return send(*args)
     except DeliveryUncertain as e:
@@ -231,12 +232,35 @@ def _through_broker(name: str, send: Callable[..., str], *args) -> str:
         raise SinkError(f"sink {name}: {e}") from None
 
 
-Sink = DirectorySink | CommandSink | MqttSink | HermesSink
+class WyomingSink:
+    """Runs a Home Assistant Assist pipeline from speech-to-text on each release, through the satellite.
+
+    Args:
+        name: the sink's name in the config.
+        send: the satellite's `send(pcm, timeout_seconds) -> peer`.
+        timeout_seconds: how long writing the audio to Home Assistant may take.
+    """
+
+    def __init__(self, name: str, send: Callable[[memoryview, float], str], timeout_seconds: float) -> None:
+        self.name, self.send, self.timeout_seconds = name, send, timeout_seconds
+
+    def problem(self) -> str | None:
+        return None
+
+    def cancel(self) -> None:
+        """Nothing to stop here: what was written is Home Assistant's (the record says it may have arrived)."""
+
+    def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
+        return _sent_by(self.name, self.send, memoryview(wav)[WAV_HEADER_BYTES:], self.timeout_seconds)
+
+
+Sink = DirectorySink | CommandSink | MqttSink | HermesSink | WyomingSink
 
 
 def build(sinks: dict[str, SinkConfig], device_id: str,
           send_mqtt: Callable[[str, bytes, float], str] | None = None,
-          send_hermes: Callable[[list[bytearray], float], str] | None = None) -> list[Sink]:
+          send_hermes: Callable[[list[bytearray], float], str] | None = None,
+          send_assist: Callable[[memoryview, float], str] | None = None) -> list[Sink]:
     """The configured sinks, in config order."""
     built: list[Sink] = []
     for name, c in sinks.items():
@@ -246,6 +270,8 @@ def build(sinks: dict[str, SinkConfig], device_id: str,
             built.append(CommandSink(name, c.command, c.timeout_seconds, device_id))
         elif c.type == "hermes":
             built.append(HermesSink(name, send_hermes, c.timeout_seconds))
+        elif c.type == "wyoming":
+            built.append(WyomingSink(name, send_assist, c.timeout_seconds))
         else:
             built.append(MqttSink(name, send_mqtt, c.timeout_seconds))
     return built

@@ -112,6 +112,8 @@ def test_bad_threshold_is_a_usage_error(alexa_wav):
     ("[sinks.hub]\ntype = 'mqtt'\n", ["[sinks.hub] is an mqtt sink; it needs [mqtt] host"]),
     ("[mqtt]\nhost = 'hub'\n[sinks.asr]\ntype = 'hermes'\n",
      ["[sinks.asr] is a hermes sink; it needs [mqtt] hermes = true"]),
+    ("[sinks.assist]\ntype = 'wyoming'\n", ["[sinks.assist] is a wyoming sink; it needs [wyoming] uri"]),
+    ("[wyoming]\nuri = '0.0.0.0:10700'\n", ['[wyoming] uri = \'0.0.0.0:10700\': must be "tcp://HOST:PORT"']),
 ])
 def test_bad_config_names_the_key(tmp_path, toml, needles):
     path = tmp_path / "guard.toml"

@@ -1,0 +1,267 @@
+"""Home Assistant's voice satellite: a stand-in for Home Assistant, made of the `wyoming` library's own client
+as Home Assistant's Wyoming integration uses it, connects to a real guard. Only a released request reaches it,
+after its record; its pause mutes; its requests to listen are refused; its spoken answer plays through PortAudio."""
+
+import asyncio
+import dataclasses
+import signal
+import socket
+import subprocess
+import threading
+import time
+import wave
+
+import numpy as np
+import pytest
+import speech
+from conftest import GUARD, alsa_home, consent_window_open, until
+from mqtt_broker import free_port
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+from wyoming.ping import Ping, Pong
+from wyoming.pipeline import PipelineStage, RunPipeline
+from wyoming.satellite import PauseSatellite, RunSatellite
+from wyoming.snd import Played
+from wyoming.tts import Synthesize
+from wyoming.wake import Detect
+
+from guard import audit, config
+from guard.daemon import Daemon, RunOptions
+from guard.gate import Event as GateEvent
+from guard.gate import State
+from guard.wake import WakeDetector
+
+DEVICE = "kitchen"
+
+
+class HomeAssistant:
+    """Home Assistant's side of a satellite connection, in a thread of its own: it connects, says
+    run-satellite, asks for the satellite's info, answers pings, and keeps every event with its arrival time."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.events: list[tuple[float, Event]] = []
+        self._loop = asyncio.new_event_loop()
+        self._client: AsyncTcpClient | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result(20)
+        self._reader = asyncio.run_coroutine_threadsafe(self._read(), self._loop)
+
+    async def _connect(self) -> None:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self._client = AsyncTcpClient("127.0.0.1", self.port)
+                await self._client.connect()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        await self._client.write_event(RunSatellite().event())
+        await self._client.write_event(Describe().event())
+
+    async def _read(self) -> None:
+        while (event := await self._client.read_event()) is not None:
+            self.events.append((time.monotonic(), event))
+            if Ping.is_type(event.type):
+                await self._client.write_event(Pong(text=Ping.from_event(event).text).event())
+
+    def send(self, *events: Event) -> None:
+        async def write() -> None:
+            for event in events:
+                await self._client.write_event(event)
+        asyncio.run_coroutine_threadsafe(write(), self._loop).result(10)
+
+    def types(self) -> list[str]:
+        return [e.type for _, e in self.events if not Ping.is_type(e.type)]
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._client.disconnect(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def two_requests_wav(tmp_path_factory):
+    audio = np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
+                            speech.say("turn off the kitchen light"), speech.silence(3.0), speech.say("Alexa"),
+                            speech.silence(0.3), speech.say("what is my bank password"), speech.silence(1.5)])
+    return speech.write_wav(tmp_path_factory.mktemp("assist") / "two.wav", audio)
+
+
+@pytest.fixture(scope="module")
+def quiet_wav(tmp_path_factory):
+    return speech.write_wav(tmp_path_factory.mktemp("quiet") / "quiet.wav", speech.silence(60))
+
+
+def _config(tmp_path, port: int) -> config.Config:
+    sink = tmp_path / "sink"
+    sink.mkdir(exist_ok=True)
+    base = config.Config()
+    return dataclasses.replace(
+        base, device=config.DeviceConfig(DEVICE), wake=dataclasses.replace(base.wake, models=("alexa",)),
+        gpio=dataclasses.replace(base.gpio, bounce_seconds=0.0, long_press_seconds=0.3),
+        audit=config.AuditConfig(str(tmp_path / "audit.jsonl")),
+        wyoming=config.WyomingConfig(uri=f"tcp://127.0.0.1:{port}", zeroconf=False),
+        sinks={"box": config.SinkConfig(path=str(sink)), "assist": config.SinkConfig(type="wyoming")})
+
+
+def _daemon_pressing_on_first_pending(cfg, source) -> tuple[Daemon, dict[str, list[tuple[float, GateEvent]]]]:
+    """A daemon at real-time pace whose button is pressed once the LED shows the first pending request; and
+    its events by kind, each with the time it was published."""
+    records: dict[str, list[tuple[float, GateEvent]]] = {}
+
+    def press_once_the_led_shows_pending() -> None:
+        until(lambda: consent_window_open(daemon), 5)
+        pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+        pin.drive_low()
+        pin.drive_high()
+
+    def hook(event: GateEvent) -> None:
+        records.setdefault(event.kind, []).append((time.monotonic(), event))
+        if event.kind == "pending" and len(records["pending"]) == 1:
+            threading.Thread(target=press_once_the_led_shows_pending, daemon=True).start()
+
+    daemon = _daemon(cfg, source, hook)
+    return daemon, records
+
+
+def _daemon(cfg, source, publish) -> Daemon:
+    return Daemon(cfg, RunOptions(str(source), "mock", fast=False, publish=publish), WakeDetector(cfg.wake.settings()))
+
+
+def test_assist_hears_exactly_the_released_request_and_nothing_before_or_else(tmp_path, two_requests_wav):
+    """The first request is released by a press, the second times out: Home Assistant gets one pipeline run
+    from speech-to-text with the first request's samples, after its `releasing` record; nothing of the second."""
+    cfg = _config(tmp_path, free_port())
+    daemon, records = _daemon_pressing_on_first_pending(cfg, two_requests_wav)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    home_assistant = HomeAssistant(int(cfg.wyoming.uri.rsplit(":", 1)[1]))
+    thread.join(60)
+    home_assistant.close()
+    assert [e.kind for _, e in records["discarded"]] == ["discarded"], "the second request timed out"
+    kinds = home_assistant.types()
+    assert kinds[0] == "info" and Info.from_event(home_assistant.events[0][1]).satellite.supports_trigger is False
+    audio_kinds = kinds[1:]
+    assert audio_kinds[:2] == ["run-pipeline", "audio-start"] and audio_kinds[-1] == "audio-stop"
+    assert set(audio_kinds[2:-1]) == {"audio-chunk"}, "one pipeline run, one stream, nothing after it"
+    events = [e for _, e in home_assistant.events]
+    run = RunPipeline.from_event(next(e for e in events if RunPipeline.is_type(e.type)))
+    assert (run.start_stage, run.end_stage) == (PipelineStage.ASR, PipelineStage.HANDLE)
+    chunks = [AudioChunk.from_event(e) for e in events if AudioChunk.is_type(e.type)]
+    assert {(c.rate, c.width, c.channels) for c in chunks} == {(16000, 2, 1)}
+    heard = np.frombuffer(b"".join(c.audio for c in chunks), "<i2")
+    released = next((tmp_path / "sink").glob("*.wav"))
+    with wave.open(str(released)) as w:
+        assert np.array_equal(heard, np.frombuffer(w.readframes(w.getnframes()), "<i2"))
+    first_sent = next(t for t, e in home_assistant.events if RunPipeline.is_type(e.type))
+    assert first_sent > records["releasing"][0][0], "nothing reaches Home Assistant before the release record"
+    released_to = [e.sink for _, e in records["released"]]
+    assert sorted(released_to) == ["assist", "box"]
+
+
+def test_a_pause_mutes_and_requests_to_listen_are_refused(tmp_path, quiet_wav):
+    cfg = _config(tmp_path, free_port())
+    daemon = _daemon(cfg, quiet_wav, lambda e: None)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    home_assistant = HomeAssistant(int(cfg.wyoming.uri.rsplit(":", 1)[1]))
+    try:
+        assert until(lambda: daemon.satellite.connected)
+        home_assistant.send(PauseSatellite().event())
+        assert until(lambda: daemon.gate.state is State.MUTED and daemon.gate.muted_by == "assist")
+        assert not daemon.listening.is_set(), "the microphone is closed"
+        daemon.words.put(("remote", "unmute"))  # an MQTT unmute cannot lift Home Assistant's pause
+        home_assistant.send(Detect(names=["alexa"]).event(),
+                            RunPipeline(start_stage=PipelineStage.WAKE, end_stage=PipelineStage.TTS).event(),
+                            RunSatellite().event())
+        assert until(lambda: daemon.gate.state is State.IDLE)
+        refused = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "refused"]
+        assert [(r["by"], r["reason"].split(":")[0]) for r in refused] == [
+            ("remote", "unmute"), ("assist", "detect"), ("assist", "run-pipeline")]
+        assert "only after a local act of consent" in refused[1]["reason"]
+        assert "audio-chunk" not in home_assistant.types() and "run-pipeline" not in home_assistant.types()
+    finally:
+        daemon.stop()
+        thread.join(10)
+        home_assistant.close()
+
+
+def test_a_release_while_home_assistant_is_away_is_recorded_as_failed_and_nothing_is_sent(tmp_path, two_requests_wav):
+    daemon, records = _daemon_pressing_on_first_pending(_config(tmp_path, free_port()), two_requests_wav)
+    daemon.run()
+    first = records["pending"][0][1].utterance
+    said = [(r["event"], r.get("sink")) for r in audit.read(tmp_path / "audit.jsonl") if r.get("utterance") == first]
+    assert ("release-failed", "assist") in said and ("released", "box") in said
+    failed = next(r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "release-failed")
+    assert "not connected to the satellite; nothing was sent" in failed["reason"]
+
+
+def test_a_stranger_or_garbage_never_takes_the_satellite(tmp_path, quiet_wav):
+    """Whoever connects receives released requests: with allowed_hosts, no one else may; a malformed
+    event drops only its own connection; Home Assistant still connects afterwards."""
+    cfg = _config(tmp_path, free_port())
+    cfg = dataclasses.replace(cfg, wyoming=dataclasses.replace(cfg.wyoming, allowed_hosts=("127.0.0.1",)))
+    daemon = _daemon(cfg, quiet_wav, lambda e: None)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    port = int(cfg.wyoming.uri.rsplit(":", 1)[1])
+    try:
+        until(lambda: daemon.satellite is not None and daemon.satellite._thread.is_alive())
+        for source, line in (("127.0.0.2", b'{"type": "run-satellite"}\n'),
+                             ("127.0.0.1", b'{"type": "run-satellite", "data_length": "x"}\n[[[\n')):
+            with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as peer:
+                peer.sendall(line)
+                assert peer.recv(100) == b"", f"the connection from {source} is closed at its first event"
+            assert not daemon.satellite.connected
+        home_assistant = HomeAssistant(port)
+        assert until(lambda: home_assistant.types()[:1] == ["info"]) and daemon.satellite.connected
+        home_assistant.close()
+    finally:
+        daemon.stop()
+        thread.join(10)
+    assert daemon.gate.state is State.IDLE
+
+
+def _tone(rate: int, seconds: float) -> np.ndarray:
+    """A spoken answer stand-in whose first and last samples are not zero (so the padding a device adds shows)."""
+    t = np.arange(int(rate * seconds)) / rate
+    noise = np.random.default_rng(7).integers(-300, 300, len(t))
+    return (8000 * np.sin(2 * np.pi * 440 * t) + noise + 1000).astype(np.int16)
+
+
+def test_the_spoken_answer_plays_on_the_output_device(tmp_path, quiet_wav):
+    """`guard run` opens a real PortAudio output (an ALSA `file` PCM that keeps what is played); Home Assistant
+    streams an answer at 22050 Hz as it does; the samples played are the samples sent, then `played` comes back."""
+    played = tmp_path / "played.raw"
+    env = alsa_home(tmp_path / "home", tmp_path / "none.raw")
+    (tmp_path / "home" / ".asoundrc").write_text(
+        f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
+    port = free_port()
+    toml = tmp_path / "guard.toml"
+    toml.write_text(f'[device]\nid = "{DEVICE}"\n[audio]\noutput_device = "speaker"\n'
+                    f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
+                    f'[wyoming]\nuri = "tcp://127.0.0.1:{port}"\nzeroconf = false\n')
+    guard = subprocess.Popen([str(GUARD), "--config", str(toml), "run", "--source", str(quiet_wav), "--gpio", "none"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    answer = _tone(22050, 1.5)
+    try:
+        home_assistant = HomeAssistant(port)
+        pieces = [answer[i:i + 1024] for i in range(0, len(answer), 1024)]
+        home_assistant.send(Synthesize(text="The kitchen light is off").event(),
+                            AudioStart(rate=22050, width=2, channels=1).event(),
+                            *[AudioChunk(rate=22050, width=2, channels=1, audio=p.tobytes()).event() for p in pieces],
+                            AudioStop().event())
+        assert until(lambda: Played.is_type(home_assistant.types()[-1]), 20), home_assistant.types()
+        home_assistant.close()
+    finally:
+        guard.send_signal(signal.SIGTERM)
+        _, stderr = guard.communicate(timeout=30)
+    assert guard.returncode == 0, stderr
+    out = np.frombuffer(played.read_bytes(), "<i2")
+    assert np.array_equal(np.trim_zeros(out), answer), "what played is exactly what Home Assistant sent"
