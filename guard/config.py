@@ -155,6 +155,9 @@ class AudioConfig:
     output_device: str = field(default="", metadata=_doc(
         "speaker for Home Assistant's spoken answers: index or part of its name (`guard devices --output`); "
         "empty: none", parse=_parse_device))
+    chimes: bool = field(default=False, metadata=_doc(
+        "play a short sound on the output device at wake, pending, released and discarded"))
+    chime_volume: float = field(default=0.5, metadata=_doc("loudness of the chimes, 0-1", 0, 1))
     zeros_fault_seconds: float = field(default=30.0, metadata=_doc(
         "a microphone that delivers nothing but exact digital zeros this long has failed (unplugged under "
         "ALSA, or a dead driver): a `fault` that wipes and opens it afresh with backoff until it delivers sound; "
@@ -432,6 +435,8 @@ def parse(raw: dict, source: str) -> Config:
         if sink.type == "hermes" and not config.mqtt.hermes:
             raise ConfigError(f"{source}: [sinks.{name}] is a hermes sink; it needs [mqtt] hermes = true, "
                               "so that Rhasspy hears of the wake and starts listening")
+    if config.audio.chimes and not config.audio.output_device:
+        raise ConfigError(f"{source}: [audio] chimes = true needs [audio] output_device, a speaker to play them on")
     wanted = 3 if config.gpio.led_type == "rgb" else 1
     if len(config.gpio.led_pins) != wanted:
         raise ConfigError(f"{source}: [gpio] led_pins = {list(config.gpio.led_pins)}: "

@@ -27,7 +27,7 @@ from guard.gate import Delivery, Event, Gate, State
 from guard.hardware import ConsentButton, StatusLed, pin_factory
 from guard.mqtt import MqttLink
 from guard.satellite import AssistSatellite
-from guard.sound import Speaker
+from guard.sound import Chimes, Speaker
 from guard.systemd import Notifier
 from guard.wake import WakeDetector
 
@@ -77,10 +77,10 @@ class Daemon:
         self.mqtt = MqttLink(config.mqtt, device_id, lambda verb: self.words.put(("remote", verb)), self.audit,
                              config.audit.resolved_path().parent / "mqtt-discovered") \
             if config.mqtt.host else None
-        self.satellite = AssistSatellite(
-            config.wyoming, device_id, lambda verb: self.words.put(("assist", verb)), list(config.wake.models),
-            Speaker(config.audio.output_device) if config.audio.output_device else None) \
-            if config.wyoming.uri else None
+        self.speaker = Speaker(config.audio.output_device) if config.audio.output_device else None
+        self.chimes = Chimes(self.speaker, config.audio.chime_volume) if config.audio.chimes else None
+        self.satellite = AssistSatellite(config.wyoming, device_id, lambda verb: self.words.put(("assist", verb)),
+                                         list(config.wake.models), self.speaker) if config.wyoming.uri else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None,
                                  self.mqtt.send_hermes_audio if self.mqtt else None,
                                  self.satellite.send if self.satellite else None)
@@ -143,6 +143,8 @@ class Daemon:
                                                                      "the default microphone")
 
     def _publish(self, event: Event) -> None:
+        if self.chimes is not None:
+            self.chimes.play(event.kind, event.utterance)
         self.options.publish(event)
         if self.mqtt is not None:
             self.mqtt.event(event)
@@ -482,6 +484,10 @@ class Daemon:
 
     def _close(self) -> None:
         self.audit.close()
+        if self.chimes is not None:
+            self.chimes.close()
+        if self.speaker is not None:
+            self.speaker.close()
         self._drop_mic()
         for part in (self.button, self.led):
             if part is not None:

@@ -85,8 +85,6 @@ class AssistSatellite:
             asyncio.run_coroutine_threadsafe(self._server.stop(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
-        if self.speaker is not None:
-            self.speaker.close()
 
     @property
     def connected(self) -> bool:

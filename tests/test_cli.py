@@ -112,6 +112,7 @@ def test_bad_threshold_is_a_usage_error(alexa_wav):
     ("[sinks.hub]\ntype = 'mqtt'\n", ["[sinks.hub] is an mqtt sink; it needs [mqtt] host"]),
     ("[mqtt]\nhost = 'hub'\n[sinks.asr]\ntype = 'hermes'\n",
      ["[sinks.asr] is a hermes sink; it needs [mqtt] hermes = true"]),
+    ("[audio]\nchimes = true\n", ["[audio] chimes = true needs [audio] output_device"]),
     ("[sinks.assist]\ntype = 'wyoming'\n", ["[sinks.assist] is a wyoming sink; it needs [wyoming] uri"]),
     ("[wyoming]\nuri = '0.0.0.0:10700'\n", ['[wyoming] uri = \'0.0.0.0:10700\': must be "tcp://HOST:PORT"']),
 ])

@@ -2,7 +2,6 @@
 as Home Assistant's Wyoming integration uses it, connects to a real guard. Only a released request reaches it,
 after its record; its pause mutes; its requests to listen are refused; its spoken answer plays through PortAudio."""
 
-import asyncio
 import dataclasses
 import signal
 import socket
@@ -14,13 +13,11 @@ import wave
 import numpy as np
 import pytest
 import speech
+from assist import HomeAssistant
 from conftest import GUARD, alsa_home, consent_window_open, until
 from mqtt_broker import free_port
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
-from wyoming.client import AsyncTcpClient
-from wyoming.event import Event
-from wyoming.info import Describe, Info
-from wyoming.ping import Ping, Pong
+from wyoming.info import Info
 from wyoming.pipeline import PipelineStage, RunPipeline
 from wyoming.satellite import PauseSatellite, RunSatellite
 from wyoming.snd import Played
@@ -31,58 +28,10 @@ from guard import audit, config
 from guard.daemon import Daemon, RunOptions
 from guard.gate import Event as GateEvent
 from guard.gate import State
+from guard.sound import read_chime
 from guard.wake import WakeDetector
 
 DEVICE = "kitchen"
-
-
-class HomeAssistant:
-    """Home Assistant's side of a satellite connection, in a thread of its own: it connects, says
-    run-satellite, asks for the satellite's info, answers pings, and keeps every event with its arrival time."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.events: list[tuple[float, Event]] = []
-        self._loop = asyncio.new_event_loop()
-        self._client: AsyncTcpClient | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result(20)
-        self._reader = asyncio.run_coroutine_threadsafe(self._read(), self._loop)
-
-    async def _connect(self) -> None:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                self._client = AsyncTcpClient("127.0.0.1", self.port)
-                await self._client.connect()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
-        await self._client.write_event(RunSatellite().event())
-        await self._client.write_event(Describe().event())
-
-    async def _read(self) -> None:
-        while (event := await self._client.read_event()) is not None:
-            self.events.append((time.monotonic(), event))
-            if Ping.is_type(event.type):
-                await self._client.write_event(Pong(text=Ping.from_event(event).text).event())
-
-    def send(self, *events: Event) -> None:
-        async def write() -> None:
-            for event in events:
-                await self._client.write_event(event)
-        asyncio.run_coroutine_threadsafe(write(), self._loop).result(10)
-
-    def types(self) -> list[str]:
-        return [e.type for _, e in self.events if not Ping.is_type(e.type)]
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._client.disconnect(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +177,11 @@ def test_a_stranger_or_garbage_never_takes_the_satellite(tmp_path, quiet_wav):
     assert daemon.gate.state is State.IDLE
 
 
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _tone(rate: int, seconds: float) -> np.ndarray:
     """A spoken answer stand-in whose first and last samples are not zero (so the padding a device adds shows)."""
     t = np.arange(int(rate * seconds)) / rate
@@ -251,6 +205,8 @@ def test_the_spoken_answer_plays_on_the_output_device(tmp_path, quiet_wav):
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     answer = _tone(22050, 1.5)
     try:
+        assert until(lambda: guard.poll() is not None or _listening(port), 60), "the satellite never listened"
+        assert guard.poll() is None, guard.communicate()[1]
         home_assistant = HomeAssistant(port)
         pieces = [answer[i:i + 1024] for i in range(0, len(answer), 1024)]
         home_assistant.send(Synthesize(text="The kitchen light is off").event(),
@@ -265,3 +221,24 @@ def test_the_spoken_answer_plays_on_the_output_device(tmp_path, quiet_wav):
     assert guard.returncode == 0, stderr
     out = np.frombuffer(played.read_bytes(), "<i2")
     assert np.array_equal(np.trim_zeros(out), answer), "what played is exactly what Home Assistant sent"
+
+
+def test_chimes_tell_wake_pending_and_discarded_in_order_on_the_output_device(tmp_path, two_requests_wav):
+    """Off by default; on, each gate event has its sound, at the configured volume, once, in order."""
+    played = tmp_path / "played.raw"
+    env = alsa_home(tmp_path / "home", tmp_path / "none.raw")
+    (tmp_path / "home" / ".asoundrc").write_text(
+        f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "|cat >> {played}"\n  format "raw"\n}}\n')
+    # each sound opens the device afresh, and a plain file would be truncated: append through a pipe
+    toml = tmp_path / "guard.toml"
+    toml.write_text(f'[device]\nid = "{DEVICE}"\n[audio]\noutput_device = "speaker"\nchimes = true\n'
+                    f'chime_volume = 0.25\n[gate]\npending_timeout_seconds = 2.0\n'
+                    f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n[wake]\nmodels = ["alexa"]\n')
+    result = subprocess.run([str(GUARD), "--config", str(toml), "run", "--source", str(two_requests_wav),
+                             "--gpio", "none", "--fast"], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    said = [r["event"] for r in audit.read(tmp_path / "audit.jsonl")]
+    assert said == ["wake", "pending", "discarded"] * 2
+    expected = np.concatenate([read_chime(kind, 0.25) for kind in said])
+    out = np.frombuffer(played.read_bytes(), "<i2")
+    assert np.array_equal(out[out != 0], expected[expected != 0]), "each chime once, in order, at a quarter volume"
