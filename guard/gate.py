@@ -169,7 +169,6 @@ class Gate:
         self._pending_since = math.inf
         self._quiet_frames = 0
         self._press_counts = False
-        self._held = False
         self._button_up_since = -math.inf
         self._fault_until = 0.0
 
@@ -234,20 +233,17 @@ class Gate:
         pending and after the button had been up for `button_quiet_seconds`: bounce is not a press."""
         quiet = at - self._button_up_since >= self.settings.button_quiet_seconds
         self._press_counts = self.state is State.PENDING and at >= self._pending_since and quiet
-        self._held = False
 
     def button_up(self, at: float) -> None:
         """The button came up: a short press that counted releases the audio."""
-        counts, held = self._press_counts, self._held
-        self._press_counts = self._held = False
+        counts, self._press_counts = self._press_counts, False
         self._button_up_since = at
-        if counts and not held and self.state is State.PENDING:
+        if counts and self.state is State.PENDING:
             self._release("button")
 
     def button_held(self, at: float) -> None:
         """A long press toggles the hardware mute; it never releases anything."""
-        self._held = True
-        self._press_counts = False
+        self._press_counts = False  # a long press never releases
         if self.state is State.MUTED:
             self.unmute("button")
         else:

@@ -490,6 +490,8 @@ def test_invariant5_nothing_is_captured_without_a_wake_record_and_the_guard_reco
     r.wait(3.0)
     r.feed(request_audio)  # room again: the next request is captured and recorded as usual
     assert r.gate.state is State.PENDING and r.kinds()[-2:] == ["wake", "pending"]
+    said = [rec["event"] for rec in audit.read(full_disk / "audit.jsonl")]
+    assert "discarded" not in said, "an utterance whose wake was never recorded is not on the record at all"
 
 
 def test_a_timed_out_command_sink_takes_its_helpers_with_it(rig, request_audio, tmp_path):
@@ -761,6 +763,42 @@ def test_an_uncertain_delivery_arriving_during_a_new_capture_does_not_interrupt_
     # the new capture goes on to pending as usual
     r.feed(np.zeros(16000 * 2, np.int16))
     assert r.gate.state is State.PENDING
+
+
+@pytest.mark.parametrize("state", [State.PENDING, State.MUTED])
+def test_an_uncertain_delivery_arriving_while_pending_or_muted_changes_neither(rig, request_audio, state):
+    """The fault it shows waits for idle: a pending request keeps its window, a mute keeps the microphone shut."""
+    r = rig()
+    delivery = r.release_held(request_audio)
+    if state is State.PENDING:
+        r.feed(request_audio)
+    else:
+        r.gate.mute("remote")
+    assert r.gate.state is state
+    delivery.started = True
+    delivery.abandon("stopped")
+    r.gate.delivered(delivery)
+    assert r.gate.state is state and r.led.showing == state.value
+    assert r.kinds()[-2:] == ["release-unknown", "fault"]
+
+
+@pytest.mark.parametrize(("muted_by", "unmuted_by", "lifted"), [
+    ("remote", "remote", True), ("assist", "assist", True), ("remote", "assist", False), ("assist", "remote", False),
+    ("button", "remote", False), ("button", "assist", False), ("remote", "button", True), ("assist", "button", True)])
+def test_only_who_muted_or_the_button_unmutes(rig, muted_by, unmuted_by, lifted):
+    r = rig()
+    r.gate.mute(muted_by)
+    r.gate.unmute(unmuted_by)
+    assert (r.gate.state is State.IDLE) is lifted
+    assert r.kinds()[-1] == ("unmuted" if lifted else "refused")
+
+
+def test_an_unmute_while_not_muted_is_not_even_recorded(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    for by in ("remote", "assist", "button"):
+        r.gate.unmute(by)
+    assert r.gate.state is State.PENDING and r.kinds() == ["wake", "pending"]
 
 
 def test_a_press_whose_window_closes_while_the_button_is_down_releases_nothing(rig, request_audio):
