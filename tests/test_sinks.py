@@ -1,5 +1,6 @@
 """Sinks on their own: what arrives, and that a failed or killed release leaves nothing half-done behind."""
 
+import io
 import os
 import re
 import stat
@@ -19,10 +20,12 @@ from guard.sinks import (
     COMMAND_PATH,
     CommandSink,
     DirectorySink,
+    HermesSink,
     MqttSink,
     SinkError,
     SinkUncertain,
     Utterance,
+    WyomingSink,
     build,
     encode_wav,
 )
@@ -186,24 +189,75 @@ def test_an_mqtt_release_the_broker_never_acknowledged_is_uncertain_one_refused_
     assert sent == [("a1b2c3d4e5f6", b"RIFF", 2.0)]
 
 
+def test_a_hermes_release_is_the_samples_in_wav_chunks_of_1024_zeroed_once_sent():
+    sent, kept = [], []
+
+    def send(chunks, timeout):
+        kept.extend(chunks)
+        sent.extend(bytes(c) for c in chunks)
+        sent.append(timeout)
+        return "hermes/audioServer/k/audioFrame"
+
+    assert HermesSink("asr", send, 4.0).deliver(encode_wav(SAMPLES), UTTERANCE) == "hermes/audioServer/k/audioFrame"
+    *chunks, timeout = sent
+    assert timeout == 4.0 and len(chunks) == 8  # 8002 samples: 7 of 1024 and one of 834
+    heard = []
+    for chunk in chunks:
+        with wave.open(io.BytesIO(chunk)) as w:
+            assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+            heard.append(np.frombuffer(w.readframes(w.getnframes()), "<i2"))
+    assert [len(h) for h in heard] == [1024] * 7 + [834]
+    assert np.array_equal(np.concatenate(heard), SAMPLES)
+    assert all(not any(c) for c in kept), "the guard's copies of the chunks are zeroed once the broker has them"
+
+
+def test_a_hermes_or_wyoming_release_that_may_have_arrived_is_uncertain_one_not_sent_a_failure():
+    def uncertain(audio, timeout):
+        raise DeliveryUncertain(f"part may have arrived in {timeout:g} s")
+
+    def refused(audio, timeout):
+        raise GuardError("not connected")
+    for sink in (HermesSink, WyomingSink):
+        with pytest.raises(SinkUncertain, match=r"^sink a: part may have arrived in 3 s$"):
+            sink("a", uncertain, 3.0).deliver(encode_wav(SAMPLES), UTTERANCE)
+        with pytest.raises(SinkError, match=r"^sink a: not connected$") as e:
+            sink("a", refused, 3.0).deliver(encode_wav(SAMPLES), UTTERANCE)
+        assert not isinstance(e.value, SinkUncertain)
+        assert sink("a", refused, 3.0).problem() is None and sink("a", refused, 3.0).cancel() is None
+
+
+def test_a_wyoming_release_hands_the_satellite_exactly_the_samples():
+    got = []
+    peer = WyomingSink("assist", lambda pcm, t: got.append((bytes(pcm), t)) or "Home Assistant (h:1)", 5.0).deliver(
+        encode_wav(SAMPLES), UTTERANCE)
+    assert peer == "Home Assistant (h:1)" and got == [(SAMPLES.astype("<i2").tobytes(), 5.0)]
+
+
 def test_sinks_from_a_config_file_are_built_by_their_type(tmp_path):
     """Types read from TOML are new strings, not the literals in the code: compared by value."""
     (tmp_path / "box").mkdir()
     (tmp_path / "guard.toml").write_text(f'[sinks.box]\ntype = "directory"\npath = "{tmp_path / "box"}"\n'
                                          '[sinks.cmd]\ntype = "command"\ncommand = ["/bin/cat"]\n'
-                                         '[sinks.hub]\ntype = "mqtt"\n[mqtt]\nhost = "localhost"\n')
+                                         '[sinks.hub]\ntype = "mqtt"\n[sinks.asr]\ntype = "hermes"\n'
+                                         '[sinks.ha]\ntype = "wyoming"\n[wyoming]\nuri = "tcp://0.0.0.0:10700"\n'
+                                         '[mqtt]\nhost = "localhost"\nhermes = true\n')
     cfg, _ = config.load(str(tmp_path / "guard.toml"))
-    assert [type(s).__name__ for s in build(cfg.sinks, "k", send_mqtt=print)] == [
-        "DirectorySink", "CommandSink", "MqttSink"]
+    assert [type(s).__name__ for s in build(cfg.sinks, "k", send_mqtt=print, send_hermes=len, send_assist=repr)] == [
+        "DirectorySink", "CommandSink", "MqttSink", "HermesSink", "WyomingSink"]
 
 
 def test_sinks_are_built_in_config_order_with_their_settings(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     sinks = build({"z": config.SinkConfig(type="command", command=("/bin/cat",), timeout_seconds=7.0),
                    "a": config.SinkConfig(type="directory", path="~/box"),
-                   "m": config.SinkConfig(type="mqtt", timeout_seconds=3.0)}, "kitchen", send_mqtt=print)
-    assert [type(s).__name__ for s in sinks] == ["CommandSink", "DirectorySink", "MqttSink"]
-    assert [s.name for s in sinks] == ["z", "a", "m"]
+                   "m": config.SinkConfig(type="mqtt", timeout_seconds=3.0),
+                   "h": config.SinkConfig(type="hermes", timeout_seconds=4.0),
+                   "w": config.SinkConfig(type="wyoming", timeout_seconds=5.0)}, "kitchen", send_mqtt=print,
+                  send_hermes=len, send_assist=repr)
+    assert [type(s).__name__ for s in sinks] == [
+        "CommandSink", "DirectorySink", "MqttSink", "HermesSink", "WyomingSink"]
+    assert [s.name for s in sinks] == ["z", "a", "m", "h", "w"]
+    assert (sinks[3].send, sinks[3].timeout_seconds, sinks[4].send, sinks[4].timeout_seconds) == (len, 4.0, repr, 5.0)
     assert sinks[0].argv == ("/bin/cat",) and sinks[0].timeout_seconds == 7.0 and sinks[0].device_id == "kitchen"
     assert sinks[1].folder == tmp_path / "box" and sinks[1].device_id == "kitchen"
     assert sinks[2].send is print and sinks[2].timeout_seconds == 3.0
