@@ -213,7 +213,7 @@ def test_the_spoken_answer_plays_on_the_output_device(tmp_path, quiet_wav):
                             AudioStart(rate=22050, width=2, channels=1).event(),
                             *[AudioChunk(rate=22050, width=2, channels=1, audio=p.tobytes()).event() for p in pieces],
                             AudioStop().event())
-        assert until(lambda: Played.is_type(home_assistant.types()[-1]), 20), home_assistant.types()
+        assert until(lambda: home_assistant.types()[-1:] == [Played().event().type], 20), home_assistant.types()
         home_assistant.close()
     finally:
         guard.send_signal(signal.SIGTERM)
