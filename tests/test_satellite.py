@@ -3,6 +3,7 @@ as Home Assistant's Wyoming integration uses it, connects to a real guard. Only 
 after its record; its pause mutes; its requests to listen are refused; its spoken answer plays through PortAudio."""
 
 import dataclasses
+import json
 import signal
 import socket
 import subprocess
@@ -242,3 +243,20 @@ def test_chimes_tell_wake_pending_and_discarded_in_order_on_the_output_device(tm
     expected = np.concatenate([read_chime(kind, 0.25) for kind in said])
     out = np.frombuffer(played.read_bytes(), "<i2")
     assert np.array_equal(out[out != 0], expected[expected != 0]), "each chime once, in order, at a quarter volume"
+
+
+def test_devices_output_lists_the_speakers_to_name_in_output_device(tmp_path):
+    env = alsa_home(tmp_path / "home", tmp_path / "none.raw")
+    (tmp_path / "home" / ".asoundrc").write_text(
+        f'pcm.kitchenspeaker {{\n  type file\n  slave.pcm "null"\n  file "{tmp_path / "out.raw"}"\n'
+        '  format "raw"\n}\n')
+    listed = subprocess.run([str(GUARD), "devices", "--output", "--json"], env=env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    names = [json.loads(line)["name"] for line in listed.stdout.splitlines()]
+    assert "kitchenspeaker" in names
+    toml = tmp_path / "guard.toml"
+    toml.write_text('[audio]\noutput_device = "no such speaker"\n[wyoming]\nuri = "tcp://127.0.0.1:1"\n')
+    run = subprocess.run([str(GUARD), "--config", str(toml), "run", "--source", str(tmp_path / "none.wav")],
+                         env=env, capture_output=True, text=True)
+    assert run.returncode == 2 and "no output device matches 'no such speaker'" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) <= 2
