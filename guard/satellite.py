@@ -185,10 +185,11 @@ class _Connection(AsyncEventHandler):
         self.satellite = satellite
         host, port = writer.get_extra_info("peername")[:2]
         self.peer = f"{host}:{port}"
+        allowed = satellite.settings.allowed_hosts
+        self.allowed = not allowed or host in allowed  # decided once, at connect
 
     async def handle_event(self, event: Event) -> bool:
-        allowed = self.satellite.settings.allowed_hosts
-        if allowed and self.peer.rsplit(":", 1)[0] not in allowed:
+        if not self.allowed:
             log.warning("satellite connection from %s refused: not in [wyoming] allowed_hosts", self.peer)
             return False
         try:
