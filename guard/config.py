@@ -18,7 +18,7 @@ from typing import Any
 
 from guard import trust
 from guard.errors import ConfigError
-from guard.wake import ENGINES, WakeModelSettings
+from guard.wake import ENGINES, WakeModelSettings, engine_for
 
 SYSTEM_CONFIG = Path("/etc/guard/guard.toml")
 
@@ -171,8 +171,9 @@ class WakeConfig:
     models: tuple[str, ...] = field(default=("alexa", "hey_jarvis"), metadata=_doc(
         "wake words: bundled names (openwakeword: alexa, hey_jarvis, hey_mycroft, hey_marvin; micro: alexa, "
         "hey_jarvis, hey_mycroft, okay_nabu), or for openwakeword stems of .onnx files in models_dir, or paths"))
-    engine: str = field(default="openwakeword", metadata=_doc(
-        "which models hear them: openwakeword, or micro (microWakeWord, as Home Assistant's Voice PE runs)",
+    engine: str = field(default="auto", metadata=_doc(
+        "which models hear them: openwakeword, micro (microWakeWord, as Home Assistant's Voice PE runs), or "
+        "auto: micro for alexa, hey_mycroft and okay_nabu, openwakeword for the rest (the evaluation's pick)",
         parse=lambda v: _choice(v, ENGINES)))
     threshold: float | None = field(default=None, metadata=_doc(
         'score that counts as a wake, 0-1; "auto": the model\'s own (openwakeword 0.5, micro the cutoff its '
@@ -195,7 +196,9 @@ class WakeConfig:
         """One trigger rule per configured model, overrides applied."""
         base = {"engine": self.engine, "threshold": self.threshold, "patience_frames": self.patience_frames,
                 "refractory_seconds": self.refractory_seconds}
-        return [WakeModelSettings(name, **{**base, **self.overrides.get(name, {})}) for name in self.models]
+        rules = [{**base, **self.overrides.get(name, {})} for name in self.models]
+        return [WakeModelSettings(name, **{**rule, "engine": engine_for(name, rule["engine"])})
+                for name, rule in zip(self.models, rules)]
 
 
 @dataclass(frozen=True)

@@ -117,3 +117,23 @@ def consent_window_open(daemon) -> bool:
     """
     expires = daemon.gate.expires_at()
     return daemon.led.showing.startswith("pending") and expires is not None and expires != float("inf")
+
+
+# the newest HA for Python 3.11, its MQTT client, and what its Wyoming satellite code and that code's
+# dependencies (assist_pipeline, conversation, tts, ffmpeg, http) list in their manifests
+HOME_ASSISTANT = ("homeassistant==2024.3.3", "paho-mqtt==1.6.1", "wyoming==1.5.3", "webrtc-noise-gain==1.2.3",
+                  "hassil==1.6.1", "home-assistant-intents==2024.3.12", "mutagen==1.47.0", "ha-ffmpeg==3.1.0",
+                  "aiohttp_cors==0.7.0", "aiohttp-fast-url-dispatcher==0.3.0", "aiohttp-zlib-ng==0.3.1")
+
+
+@pytest.fixture(scope="session")
+def home_assistant_python() -> str:
+    """Home Assistant's own Python, in a venv of its own (.venv-ha, made once: a few minutes)."""
+    venv = Path(__file__).resolve().parent.parent / ".venv-ha"
+    stamp = venv / "guard-stamp"
+    if not (stamp.exists() and stamp.read_text() == " ".join(HOME_ASSISTANT)):
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+        subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", *HOME_ASSISTANT],
+                       check=True, timeout=1800)
+        stamp.write_text(" ".join(HOME_ASSISTANT))
+    return str(venv / "bin/python")

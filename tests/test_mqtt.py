@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import wave
@@ -685,22 +684,6 @@ def test_an_id_change_withdraws_the_entities_announced_under_the_old_id(tmp_path
     retained = {t for t, p, r in late.messages if r and p}
     assert all(f"/{DEVICE}/" in t for t in retained), "the old id's entities were withdrawn"
     late.close()
-
-
-HOME_ASSISTANT = ("homeassistant==2024.3.3", "paho-mqtt==1.6.1")  # the newest HA for Python 3.11, and its MQTT client
-
-
-@pytest.fixture(scope="session")
-def home_assistant_python() -> str:
-    """Home Assistant's own Python, in a venv of its own (.venv-ha, made once: a few minutes)."""
-    venv = Path(__file__).resolve().parent.parent / ".venv-ha"
-    stamp = venv / "guard-stamp"
-    if not (stamp.exists() and stamp.read_text() == " ".join(HOME_ASSISTANT)):
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", *HOME_ASSISTANT],
-                       check=True, timeout=1800)
-        stamp.write_text(" ".join(HOME_ASSISTANT))
-    return str(venv / "bin/python")
 
 
 def _home_assistant_reads(python: str, configs: dict, states: list[dict]) -> dict:

@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -260,3 +261,44 @@ def test_devices_output_lists_the_speakers_to_name_in_output_device(tmp_path):
                          env=env, capture_output=True, text=True)
     assert run.returncode == 2 and "no output device matches 'no such speaker'" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) <= 2
+
+
+def test_home_assistants_own_satellite_code_gets_only_the_released_request_and_its_answer_plays(
+        tmp_path, monkeypatch, home_assistant_python):
+    """Home Assistant's `WyomingSatellite` itself (tests/home_assistant_satellite.py, in .venv-ha) is the client:
+    of two requests only the pressed one reaches its speech-to-text, sample for sample and after its record;
+    the answer its own code streams back plays through PortAudio on the output device."""
+    played = tmp_path / "played.raw"
+    (tmp_path / ".asoundrc").write_text(
+        f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
+    monkeypatch.setenv("HOME", str(tmp_path))  # each sound opens PortAudio afresh, which reads this .asoundrc
+    port = free_port()
+    cfg = dataclasses.replace(_config(tmp_path, port),
+                              audio=dataclasses.replace(config.AudioConfig(), output_device="speaker"))
+    answer = _tone(22050, 1.0)
+    answer_wav = speech.write_wav(tmp_path / "answer.wav", answer, rate_hz=22050)
+    audio = np.concatenate([speech.silence(6.0), speech.say("Alexa"), speech.silence(0.3),
+                            speech.say("turn off the kitchen light"), speech.silence(4.0), speech.say("Alexa"),
+                            speech.silence(0.3), speech.say("what is my bank password"), speech.silence(4.0)])
+    daemon, records = _daemon_pressing_on_first_pending(cfg, speech.write_wav(tmp_path / "two.wav", audio))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()  # six quiet seconds while Home Assistant's code starts and connects
+    out = tmp_path / "ha"
+    out.mkdir()
+    client = subprocess.Popen([home_assistant_python, str(Path(__file__).with_name("home_assistant_satellite.py")),
+                               "127.0.0.1", str(port), str(out), str(answer_wav)], stderr=subprocess.PIPE, text=True)
+    try:
+        assert until(lambda: daemon.satellite.connected, 30), "Home Assistant's code never connected"
+        thread.join(60)
+    finally:
+        client.terminate()
+        _, stderr = client.communicate(timeout=30)
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(runs) == 1, f"one pipeline run, the released request's: {runs}\n{stderr[-3000:]}"
+    assert (runs[0]["start_stage"], runs[0]["end_stage"]) == ("stt", "tts")
+    with wave.open(str(next((tmp_path / "sink").glob("*.wav")))) as w:
+        assert (out / "run-1.raw").read_bytes() == w.readframes(w.getnframes()), "exactly the released request"
+    assert runs[0]["first_audio"] > records["releasing"][0][0], "no audio before the release record"
+    assert [e.kind for _, e in records["discarded"]] == ["discarded"], "the second request was wiped"
+    out_samples = np.frombuffer(played.read_bytes(), "<i2")
+    assert np.array_equal(np.trim_zeros(out_samples), answer), "the answer Home Assistant streamed is what played"
