@@ -428,7 +428,8 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
                    help="wake-word model, repeatable: alexa, hey_jarvis, hey_mycroft, hey_marvin, "
                         "a stem in [wake] models_dir, or a path to .onnx (default: [wake] models)")
     p.add_argument("--engine", choices=ENGINES,
-                   help="which models hear the wake words; auto: the evaluation's pick per word (default: [wake] engine, auto)")
+                   help="which models hear the wake words; auto: the evaluation's pick per word "
+                        "(default: [wake] engine, auto)")
     p.add_argument("--threshold", type=_unit_interval, metavar="F",
                    help="score that counts as a wake (0-1, default: [wake] threshold, each model's own)")
 

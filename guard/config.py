@@ -198,7 +198,7 @@ class WakeConfig:
                 "refractory_seconds": self.refractory_seconds}
         rules = [{**base, **self.overrides.get(name, {})} for name in self.models]
         return [WakeModelSettings(name, **{**rule, "engine": engine_for(name, rule["engine"])})
-                for name, rule in zip(self.models, rules)]
+                for name, rule in zip(self.models, rules, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -499,7 +499,7 @@ def test_status_reads_the_state_from_the_broker(tmp_path, broker, two_requests_w
     result = subprocess.run([str(GUARD), "--config", str(toml), "status"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"{DEVICE}: offline, idle since ")
-    assert "\n  audio: " in result.stdout and "\n  models: alexa (openwakeword, threshold 0.5)" in result.stdout
+    assert "\n  audio: " in result.stdout and "\n  models: alexa (micro, threshold 0.9)" in result.stdout
     broker.stop()
     result = subprocess.run([str(GUARD), "--config", str(toml), "status"], capture_output=True, text=True)
     assert result.returncode == 1

@@ -14,7 +14,7 @@ from guard.wake import WakeDetector, WakeModelSettings
 
 
 def test_wake_words_in_several_voices_are_detected_where_they_end(wake_clips, capsys):
-    code = cli.main(["scan", "--json", "--model", "alexa", "--model", "hey_jarvis",
+    code = cli.main(["scan", "--json", "--engine", "openwakeword", "--model", "alexa", "--model", "hey_jarvis",
                      *[str(c[0]) for c in wake_clips]])
     out = capsys.readouterr().out
     assert code == 0
