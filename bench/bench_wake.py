@@ -12,7 +12,6 @@ pyopen-wakeword runs in .venv-bench (bench/make-venv) when it exists; the others
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ VARIANTS = {  # name: what it is
     "guard-oww": "guard, openwakeword engine (default rest)",
     "guard-micro-always": "guard, micro engine, never resting",
     "guard-micro": "guard, micro engine (default rest)",
+    "guard-default": "guard, the default [wake] configuration (models, engine auto, rest)",
 }
 
 
@@ -60,6 +60,10 @@ def _step(variant: str):
         features, model = OpenWakeWordFeatures.from_builtin(), OpenWakeWord.from_builtin(Model(MODEL))
         return lambda frame: [list(model.process_streaming(f)) for f in features.process_streaming(frame.tobytes())]
     from guard.wake import WakeDetector, WakeModelSettings
+    if variant == "guard-default":
+        from guard import config
+        wake = config.Config().wake
+        return WakeDetector(wake.settings(), wake.vad_threshold, rest_below_dbfs=wake.rest_below_dbfs).process
     engine = "micro" if "micro" in variant else "openwakeword"
     rest = None if variant.endswith("-always") else -60.0
     return WakeDetector([WakeModelSettings(MODEL, engine=engine)], rest_below_dbfs=rest).process
@@ -73,7 +77,15 @@ def child(variant: str, raw: Path) -> dict:
     for frame in frames:
         step(frame)
     return {"cpu": time.process_time() - start, "audio": len(frames) * FRAME / RATE,
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _run(variant: str, raw: Path) -> dict:
@@ -95,6 +107,11 @@ def main() -> None:
         return
 
     import speech
+
+    from guard import config
+    if config.Config().wake.models != (MODEL,):
+        raise SystemExit(f"bench_wake.py: guard's default [wake] models are no longer just {MODEL}; the peers must "
+                         "run the same words")
     variants = [v for v in VARIANTS if v != "pyopen-wakeword" or BENCH_PYTHON.exists()]
     with tempfile.TemporaryDirectory() as tmp:
         profiles = {"speech": speech.ordinary_speech(args.speech_minutes * 60),
@@ -107,7 +124,8 @@ def main() -> None:
         for _ in range(args.repeats):
             for (profile, variant), results in runs.items():
                 results.append(_run(variant, raws[profile]))
-    print(f"model {MODEL}; {args.speech_minutes:g} min of speech, {args.day_minutes:g} min day profile; "
+    print(f"model {MODEL} (guard's default [wake] models); "
+          f"{args.speech_minutes:g} min of speech, {args.day_minutes:g} min day profile; "
           f"median of {args.repeats} interleaved runs (range); ratio to pymicro-wakeword in the same run")
     print("| audio | variant | CPU ms per audio s | ratio | peak RSS MB |")
     print("|---|---|---|---|---|")

@@ -251,6 +251,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         defaults = config.Config()
         cfg = dataclasses.replace(
             defaults, device=config.DeviceConfig("demo"), audit=config.AuditConfig(str(Path(tmp) / "audit.jsonl")),
+            wake=dataclasses.replace(defaults.wake, models=("alexa", "hey_jarvis")),  # the words the demo says
             gpio=dataclasses.replace(defaults.gpio, bounce_seconds=0.0),
             sinks={"demo": config.SinkConfig(path=str(released))})
         presses = []

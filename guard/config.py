@@ -168,9 +168,10 @@ class AudioConfig:
 class WakeConfig:
     """[wake]: which wake words, and how sure the models must be."""
 
-    models: tuple[str, ...] = field(default=("alexa", "hey_jarvis"), metadata=_doc(
-        "wake words: bundled names (openwakeword: alexa, hey_jarvis, hey_mycroft, hey_marvin; micro: alexa, "
-        "hey_jarvis, hey_mycroft, okay_nabu), or for openwakeword stems of .onnx files in models_dir, or paths"))
+    models: tuple[str, ...] = field(default=("alexa",), metadata=_doc(
+        "wake words, each adding CPU and its own false wakes: bundled names (openwakeword: alexa, hey_jarvis, "
+        "hey_mycroft, hey_marvin; micro: alexa, hey_jarvis, hey_mycroft, okay_nabu), or for openwakeword stems of "
+        ".onnx files in models_dir, or paths"))
     engine: str = field(default="auto", metadata=_doc(
         "which models hear them: openwakeword, micro (microWakeWord, as Home Assistant's Voice PE runs), or "
         "auto: micro for alexa, hey_mycroft and okay_nabu, openwakeword for the rest (the evaluation's pick)",
