@@ -41,6 +41,10 @@ def _tflite() -> ctypes.CDLL:
         lib.TfLiteInterpreterOptionsCreate.restype = ctypes.c_void_p
         lib.TfLiteInterpreterOptionsSetNumThreads.argtypes = [ctypes.c_void_p, ctypes.c_int32]
         lib.TfLiteInterpreterOptionsDelete.argtypes = [ctypes.c_void_p]
+        lib.TfLiteInterpreterGetTensor.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        lib.TfLiteInterpreterGetTensor.restype = ctypes.c_void_p
+        lib.TfLiteTensorName.argtypes = [ctypes.c_void_p]
+        lib.TfLiteTensorName.restype = ctypes.c_char_p
         _lib = lib
     return _lib
 
@@ -57,15 +61,15 @@ class MicroFeatures:
         self.count = 0
         self.rows_seen = 0  # as if every frame had been pushed once: a rest counts, a replay does not
 
-    def push(self, frame: np.ndarray, replay: bool = False) -> None:
-        """Feed one frame; `rows[:count]` are the features it completed."""
+    def push(self, frame: np.ndarray, replay: bool = False, keep_rows: bool = True) -> None:
+        """Feed one frame; `rows[:count]` are the features it completed (none kept if no model will see them)."""
         samples = np.ascontiguousarray(frame, np.int16)
         base, size = samples.ctypes.data, len(self._chunk)
         self.count = 0
         for offset in range(0, FRAME_SAMPLES * 2, size):
             ctypes.memmove(self._chunk_address, base + offset, size)
             features = self._frontend.process_samples(self._chunk).features
-            if features:
+            if features and keep_rows:
                 self.rows[self.count] = features
                 self.count += 1
         ctypes.memset(self._chunk_address, 0, len(self._chunk))
@@ -96,8 +100,11 @@ class MicroClassifier:
         self.default_threshold = float(model.meta["probability_cutoff"])
         self._probabilities: deque[float] = deque(maxlen=int(model.meta["sliding_window_size"]))
         self._interpreter = None
-        self._open_interpreter()
         self.name = model.name
+        self._open_interpreter()
+        # one more inference than the layers and the average hold: a replay's first may be partly stale
+        self.memory_rows = (self._state_steps() + self._probabilities.maxlen + 1) * self.stride
+        self.memory_frames = math.ceil(self.memory_rows / ROWS_PER_FRAME)
 
     def _open_interpreter(self) -> None:
         lib = self._lib
@@ -138,13 +145,22 @@ class MicroClassifier:
         """Feature rows per inference."""
         return self._stacked.shape[1]
 
-    def aligned(self, rows_before: int) -> bool:
-        """Whether an inference would start right after `rows_before` rows, as the model counts them."""
-        return rows_before % self.stride == 0
+    def resume(self, rows_before: int) -> None:
+        """Scoring restarts after a rest at row `rows_before`: inferences fall where an always-on model's do."""
+        self._filled = rows_before % self.stride
 
-    def realign(self) -> None:
-        """Start the next inference afresh: a replay begins where `aligned` said one starts."""
-        self._filled = 0
+    def _state_steps(self) -> int:
+        """The steps all streaming layers keep between inferences, summed: no output depends on inputs more
+        inferences back than that (the first layer keeps feature rows, fewer than a step, counted as steps)."""
+        lib, steps, index = self._lib, 0, 0
+        while tensor := lib.TfLiteInterpreterGetTensor(self._interpreter, index):
+            name = lib.TfLiteTensorName(tensor) or b""
+            if b"stream" in name and name.endswith(b"/concat/ReadVariableOp"):
+                steps += lib.TfLiteTensorDim(tensor, 1)
+            index += 1
+        if not steps:
+            raise ModelError(f"{self.name}: no streaming layer state found; not a streaming microWakeWord model")
+        return steps
 
     def _infer(self) -> float:
         np.divide(self._stacked, self._in_scale, out=self._stacked)  # as pymicro-wakeword: x / scale + zero

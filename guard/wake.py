@@ -36,8 +36,9 @@ ENGINES = ("auto", "openwakeword", "micro")
 # "How well they hear"); openWakeWord for every other word, a user's own .onnx models included
 AUTO_ENGINE = {"alexa": "micro", "hey_mycroft": "micro", "okay_nabu": "micro"}
 REST_AFTER_FRAMES = 25  # 2 s of quiet before the models rest: a wake score has decayed long before
-# frames replayed when sound returns, more than each engine remembers: openWakeWord's classifiers see
-# at most 2.3 s; the microWakeWord frontend's noise estimate fades over seconds (exact after 9.6 s)
+# frames replayed through the features when sound returns, more than each engine's features remember:
+# openWakeWord's embeddings span 2.3 s; the microWakeWord frontend's noise estimate fades over seconds
+# (exact after 9.6 s). Only the newest of them, what each model remembers, also go through the models.
 REPLAY_FRAMES = {"openwakeword": 40, "micro": 120}
 OPENWAKEWORD_THRESHOLD = 0.5  # openWakeWord's documented default; microWakeWord models publish their own
 
@@ -169,6 +170,7 @@ class OnnxClassifier:
     """One openWakeWord classifier over the shared embeddings; 0 during warm-up, like openWakeWord."""
 
     default_threshold = OPENWAKEWORD_THRESHOLD
+    memory_frames = 0  # its input is the embeddings window; it keeps nothing between frames
 
     def __init__(self, model_file: models.ModelFile, features: FeatureExtractor | None) -> None:
         self.name = model_file.name
@@ -217,6 +219,11 @@ class WakeWord:
         self._over = self._over + 1 if self.score >= self.threshold else 0
         return self.score
 
+    @property
+    def replay_frames(self) -> int:
+        """Replayed frames to score after a rest so the next live frame scores and counts as if always on."""
+        return self.classifier.memory_frames + self.settings.patience_frames - 1
+
     def rest(self) -> None:
         """A quiet frame the models skip: time goes on, nothing scores."""
         self.frames_seen += 1
@@ -246,8 +253,9 @@ class WakeDetector:
         embeddings: compute openWakeWord's embeddings even if no wake word needs them
             (spoken confirmation listens to them).
         rest_below_dbfs: after 2 s of frames quieter than this the models rest; the first louder
-            frame replays the skipped frames (up to 3.2 s, 9.6 s with microWakeWord) through them
-            first, so no wake is lost or late. None: never rest.
+            frame replays the skipped frames (up to 3.2 s, 9.6 s with microWakeWord) through the
+            features and what each model remembers through it first, so no wake is lost or late.
+            None: never rest.
     """
 
     def __init__(self, wake_words: Sequence[WakeModelSettings], vad_threshold: float = 0.0,
@@ -270,10 +278,8 @@ class WakeDetector:
             self.words.append(WakeWord(w, classifier))
         self.vad = VoiceGate(vad_threshold) if vad_threshold > 0 else None
         self.rest_below_dbfs = rest_below_dbfs
-        self._micro = [w.classifier for w in self.words if isinstance(w.classifier, MicroClassifier)]
-        align = max([c.stride for c in self._micro] + [1]) - 1  # extra frames to start a replay on an inference
-        self._replay_frames = max(REPLAY_FRAMES[w.engine] for w in wake_words)
-        kept = self._replay_frames + align if rest_below_dbfs is not None else 0
+        replay = max([REPLAY_FRAMES[w.engine] for w in wake_words] + [w.replay_frames for w in self.words])
+        kept = replay if rest_below_dbfs is not None else 0
         self._recent = np.zeros((kept, FRAME_SAMPLES), np.int16)  # the frames a replay may need
         self.frames_seen = 0
         self._quiet_run = self._skipped = 0
@@ -298,48 +304,47 @@ class WakeDetector:
             for word in self.words:
                 word.rest()
             return []
-        detections = self._score(frame)
+        self._push(frame)
+        detections = self._score()
         self.resting = self._quiet_run >= REST_AFTER_FRAMES and not keep_awake
         self._skipped = 0
         return detections
 
-    def _score(self, frame: np.ndarray, replay: bool = False) -> list[Detection]:
+    def _push(self, frame: np.ndarray, replay: bool = False, micro_rows: bool = True) -> None:
         if self.features is not None:
             self.features.push(frame)
         if self.micro_features is not None:
-            self.micro_features.push(frame, replay)
+            self.micro_features.push(frame, replay, micro_rows)
         if self.vad is not None:
             self.vad.push(frame)
+
+    def _score(self) -> list[Detection]:
         voice = self.vad is None or self.vad.speech_heard()
         end = self.frames_seen * FRAME_SECONDS
         detections = []
         for word in self.words:
-            score = word.score_frame(replay)
-            if not replay and word.triggered(voice):
+            score = word.score_frame()
+            if word.triggered(voice):
                 detections.append(Detection(word.name, score, end, word.threshold))
                 log.debug("wake %s score=%.3f at %.2fs", word.name, score, end)
         return detections
 
     def _replay(self) -> None:
-        """Run the skipped quiet frames through the models, so they are where they would have been."""
-        for back in range(self._replay_count(), 0, -1):
-            self._score(self._recent[(self.frames_seen - back) % len(self._recent)], replay=True)
+        """Run the kept skipped frames through the features and the newest of them through each model,
+        as many as it remembers, so features and models are where they would have been."""
+        count = min(self._skipped, len(self._recent))
+        scored = [(word, min(word.replay_frames, count)) for word in self.words]
+        micro_frames = 0  # the newest replayed frames a microWakeWord model sees
+        for word, frames in scored:
+            if isinstance(word.classifier, MicroClassifier):
+                word.classifier.resume(self.micro_features.rows_seen - ROWS_PER_FRAME * frames)
+                micro_frames = max(micro_frames, frames)
+        for back in range(count, 0, -1):
+            self._push(self._recent[(self.frames_seen - back) % len(self._recent)], True, back <= micro_frames)
+            for word, frames in scored:
+                if back <= frames:
+                    word.score_frame(replay=True)
         self.resting = False
-
-    def _replay_count(self) -> int:
-        """All skipped frames if all are kept; else the engines' replay length or a little more, so that
-        a microWakeWord model's next inference starts on the same feature row as if it had never rested."""
-        if self._skipped <= len(self._recent):
-            return self._skipped
-        if not self._micro:
-            return self._replay_frames
-        for count in range(self._replay_frames, len(self._recent) + 1):
-            start = self.micro_features.rows_seen - ROWS_PER_FRAME * count
-            if all(c.aligned(start) for c in self._micro):
-                for c in self._micro:
-                    c.realign()
-                return count
-        return self._replay_frames
 
     def holds_audio(self) -> bool:
         """Whether the frames kept for a replay hold any sample."""

@@ -8,12 +8,15 @@ from guard.audio import FRAME_SAMPLES
 from guard.wake import REPLAY_FRAMES, WakeDetector, WakeModelSettings
 
 
-def run(detector: WakeDetector, audio: np.ndarray) -> tuple[list, int]:
-    found, rested = [], 0
-    for frame in speech.frames(audio):
+def run(detector: WakeDetector, audio: np.ndarray) -> tuple[list, int, dict]:
+    """The wakes, how many frames the models rested, and the scores of every frame they did not."""
+    found, rested, scored = [], 0, {}
+    for index, frame in enumerate(speech.frames(audio)):
         found += [(d.model, round(d.end_seconds, 2), round(d.score, 4)) for d in detector.process(frame)]
         rested += detector.resting
-    return found, rested
+        if not detector.resting:
+            scored[index] = detector.scores()
+    return found, rested, scored
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +30,12 @@ def day() -> np.ndarray:
 ])
 def test_a_resting_detector_finds_exactly_the_wakes_an_always_on_one_does(day, engine, words):
     settings = [WakeModelSettings(w, engine=engine) for w in words]
-    always, never_rested = run(WakeDetector(settings), day)
-    resting, rested = run(WakeDetector(settings, rest_below_dbfs=-60), day)
+    always, never_rested, every_score = run(WakeDetector(settings), day)
+    resting, rested, scored = run(WakeDetector(settings, rest_below_dbfs=-60), day)
     assert never_rested == 0 and len(always) >= 3, "the day must hold wakes"
     assert rested > 0.6 * len(day) / FRAME_SAMPLES, "the models must rest through most of a quiet day"
     assert resting == always  # same models, same frames, same scores
+    assert scored == {index: every_score[index] for index in scored}  # every frame scored, to the last bit
 
 
 def test_sound_after_rest_is_scored_as_if_the_models_had_never_stopped():
@@ -67,3 +71,8 @@ def test_the_frames_kept_for_a_replay_are_wiped():
     detector.wipe()
     assert not detector.holds_audio() and not detector.resting
     assert detector._recent.shape == (REPLAY_FRAMES["openwakeword"], FRAME_SAMPLES)
+
+
+def test_a_long_patience_keeps_enough_frames_to_replay_it():
+    detector = WakeDetector([WakeModelSettings("alexa", engine="micro", patience_frames=200)], rest_below_dbfs=-60)
+    assert len(detector._recent) >= 200 + detector.words[0].classifier.memory_frames - 1
