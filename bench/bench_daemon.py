@@ -24,6 +24,7 @@ TICKS = 100  # os.sysconf("SC_CLK_TCK") on Linux
 SETTLE_SECONDS = 10  # start-up (imports, model loading) is left out: the figure is what a day of running costs
 
 import speech  # noqa: E402
+from procstat import peak_rss_mb  # noqa: E402
 
 VARIANTS = {
     "default": "",
@@ -34,13 +35,6 @@ VARIANTS = {
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def run_once(wav: Path, folder: Path, extra: str) -> tuple[float, float]:
@@ -54,7 +48,7 @@ def run_once(wav: Path, folder: Path, extra: str) -> tuple[float, float]:
     rss = 0.0
     while process.poll() is None:
         try:
-            sample, rss = (time.monotonic(), _cpu_seconds(process.pid)), _peak_rss_mb(process.pid)
+            sample, rss = (time.monotonic(), _cpu_seconds(process.pid)), peak_rss_mb(process.pid)
         except (OSError, IndexError):
             break
         if sample[0] - started >= SETTLE_SECONDS:

@@ -2,7 +2,7 @@
 
 Every variant runs in its own child process (so peak RSS is its own) on the same audio, one model
 (alexa), one thread; runs are interleaved and repeated, and the median CPU per audio second is
-quoted with its range and as a ratio to pymicro-wakeword measured in the same run. "day" is
+quoted with its range, and so is its ratio to pymicro-wakeword in each round. "day" is
 mostly a quiet room (-64 dBFS) with a wake word or a few words now and then.
 
     .venv/bin/python bench/bench_wake.py [--speech-minutes 5] [--day-minutes 10] [--repeats 3]
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from procstat import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -77,15 +78,7 @@ def child(variant: str, raw: Path) -> dict:
     for frame in frames:
         step(frame)
     return {"cpu": time.process_time() - start, "audio": len(frames) * FRAME / RATE,
-            "rss_mb": _peak_rss_mb()}
-
-
-def _peak_rss_mb() -> float:
-    """VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so a child would report its parent's peak."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+            "rss_mb": peak_rss_mb()}
 
 
 def _run(variant: str, raw: Path) -> dict:
@@ -126,18 +119,22 @@ def main() -> None:
                 results.append(_run(variant, raws[profile]))
     print(f"model {MODEL} (guard's default [wake] models); "
           f"{args.speech_minutes:g} min of speech, {args.day_minutes:g} min day profile; "
-          f"median of {args.repeats} interleaved runs (range); ratio to pymicro-wakeword in the same run")
-    print("| audio | variant | CPU ms per audio s | ratio | peak RSS MB |")
+          f"median of {args.repeats} interleaved rounds (range); the ratio is taken to pymicro-wakeword in the "
+          "same round, so a busy spell on a shared machine weighs on both sides")
+    print("| audio | variant | CPU ms per audio s | vs pymicro-wakeword | peak RSS MB |")
     print("|---|---|---|---|---|")
     for profile in profiles:
         per_second = {v: [r["cpu"] / r["audio"] * 1000 for r in runs[(profile, v)]] for v in variants}
-        baseline = statistics.median(per_second["pymicro-wakeword"])
         for variant in variants:
             values = per_second[variant]
-            median = statistics.median(values)
+            ratios = [mine / theirs for mine, theirs in zip(values, per_second["pymicro-wakeword"], strict=True)]
             rss = max(r["rss_mb"] for r in runs[(profile, variant)])
-            print(f"| {profile} | {VARIANTS[variant]} | {median:.2f} ({min(values):.2f}-{max(values):.2f}) "
-                  f"| {median / baseline:.2f}x | {rss:.0f} |")
+            print(f"| {profile} | {VARIANTS[variant]} | {_median_range(values, '.2f')} "
+                  f"| {_median_range(ratios, '.2f', 'x')} | {rss:.0f} |")
+
+
+def _median_range(values: list[float], spec: str, unit: str = "") -> str:
+    return f"{statistics.median(values):{spec}}{unit} ({min(values):{spec}}-{max(values):{spec}})"
 
 
 if __name__ == "__main__":
