@@ -196,11 +196,12 @@ class WakeConfig:
 
     def settings(self) -> list[WakeModelSettings]:
         """One trigger rule per configured model, overrides applied."""
-        base = {"engine": self.engine, "threshold": self.threshold, "patience_frames": self.patience_frames,
-                "refractory_seconds": self.refractory_seconds}
-        rules = [{**base, **self.overrides.get(name, {})} for name in self.models]
-        return [WakeModelSettings(name, **{**rule, "engine": engine_for(name, rule["engine"])})
-                for name, rule in zip(self.models, rules, strict=True)]
+        return [self._rule(name) for name in self.models]
+
+    def _rule(self, name: str) -> WakeModelSettings:
+        rule = {"engine": self.engine, "threshold": self.threshold, "patience_frames": self.patience_frames,
+                "refractory_seconds": self.refractory_seconds, **self.overrides.get(name, {})}
+        return WakeModelSettings(name, **{**rule, "engine": engine_for(name, rule["engine"])})
 
 
 @dataclass(frozen=True)

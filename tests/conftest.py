@@ -1,5 +1,6 @@
 """Fixtures: real synthesized speech, real WAV files, and an ALSA capture device made of a file."""
 
+import dataclasses
 import os
 import pty
 import subprocess
@@ -13,8 +14,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import speech  # noqa: E402
 
+from guard import config  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 GUARD = ROOT / ".venv" / "bin" / "guard"
+DEVICE = "kitchen"
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +42,24 @@ def alexa_samples() -> np.ndarray:
 @pytest.fixture(scope="session")
 def alexa_wav(tmp_path_factory, alexa_samples) -> Path:
     return speech.write_wav(tmp_path_factory.mktemp("alexa") / "alexa.wav", alexa_samples)
+
+
+@pytest.fixture(scope="session")
+def quiet_wav(tmp_path_factory) -> Path:
+    return speech.write_wav(tmp_path_factory.mktemp("quiet") / "quiet.wav", speech.silence(60))
+
+
+def daemon_config(tmp_path: Path, **sections) -> config.Config:
+    """The daemon as the tests drive it: device "kitchen", alexa, a mock button without bounce, an audit log and
+    a directory sink "box" in `tmp_path`; `sections` replace whole sections (mqtt=..., sinks=...)."""
+    sink = tmp_path / "sink"
+    sink.mkdir(exist_ok=True)
+    base = config.Config()
+    return dataclasses.replace(base, **{
+        "device": config.DeviceConfig(DEVICE), "wake": dataclasses.replace(base.wake, models=("alexa",)),
+        "gpio": dataclasses.replace(base.gpio, bounce_seconds=0.0, long_press_seconds=0.3),
+        "audit": config.AuditConfig(str(tmp_path / "audit.jsonl")), "sinks": {"box": config.SinkConfig(path=str(sink))},
+        **sections})
 
 
 def alsa_home(home: Path, raw: Path, pcm: str = "guardtest") -> dict[str, str]:

@@ -57,6 +57,12 @@ def wake_clip(model: str, voice: str, lead_seconds: float = 0.5, tail_seconds: f
     return clip, lead_seconds + voiced_end_seconds(speech)
 
 
+def two_requests(first: str, second: str, lead: float = 1.0, gap: float = 3.0, tail: float = 1.5) -> np.ndarray:
+    """ "Alexa, <first>", then after `gap` s "Alexa, <second>": one request to release, one to let time out."""
+    return np.concatenate([silence(lead), say("Alexa"), silence(0.3), say(first), silence(gap), say("Alexa"),
+                           silence(0.3), say(second), silence(tail)])
+
+
 def paragraphs(min_words: int = 8) -> list[str]:
     """Ordinary English prose from the licence texts every Debian system carries."""
     out = []

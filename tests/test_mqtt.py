@@ -16,7 +16,7 @@ import numpy as np
 import paho.mqtt.client as paho
 import pytest
 import speech
-from conftest import GUARD, alsa_home, consent_window_open
+from conftest import DEVICE, GUARD, alsa_home, consent_window_open, daemon_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mqtt_broker import Broker, Subscriber
@@ -30,7 +30,6 @@ from guard.gate import Event, State
 from guard.mqtt import MqttLink, asr_session
 from guard.wake import WakeDetector
 
-DEVICE = "kitchen"
 ROOT = f"guard/{DEVICE}"
 
 
@@ -43,27 +42,12 @@ def broker(tmp_path):
 
 @pytest.fixture(scope="module")
 def two_requests_wav(tmp_path_factory):
-    audio = np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
-                            speech.say("what time is it"), speech.silence(3.0), speech.say("Alexa"),
-                            speech.silence(0.3), speech.say("turn on the radio"), speech.silence(1.5)])
+    audio = speech.two_requests("what time is it", "turn on the radio")
     return speech.write_wav(tmp_path_factory.mktemp("mqtt") / "two.wav", audio)
 
 
-@pytest.fixture(scope="module")
-def quiet_wav(tmp_path_factory):
-    return speech.write_wav(tmp_path_factory.mktemp("quiet") / "quiet.wav", speech.silence(60))
-
-
 def _config(tmp_path, port: int, **mqtt) -> config.Config:
-    sink = tmp_path / "sink"
-    sink.mkdir(exist_ok=True)
-    base = config.Config()
-    return dataclasses.replace(
-        base, device=config.DeviceConfig(DEVICE), wake=dataclasses.replace(base.wake, models=("alexa",)),
-        gpio=dataclasses.replace(base.gpio, bounce_seconds=0.0, long_press_seconds=0.3),
-        audit=config.AuditConfig(str(tmp_path / "audit.jsonl")),
-        mqtt=config.MqttConfig(host="127.0.0.1", port=port, **mqtt),
-        sinks={"box": config.SinkConfig(path=str(sink))})
+    return daemon_config(tmp_path, mqtt=config.MqttConfig(host="127.0.0.1", port=port, **mqtt))
 
 
 def _daemon(cfg, source, fast=True, publish=lambda e: None) -> Daemon:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import speech
 from assist import HomeAssistant
-from conftest import GUARD, alsa_home, consent_window_open, until
+from conftest import DEVICE, GUARD, alsa_home, consent_window_open, daemon_config, until
 from mqtt_broker import free_port
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.info import Info
@@ -33,32 +33,17 @@ from guard.gate import State
 from guard.sound import read_chime
 from guard.wake import WakeDetector
 
-DEVICE = "kitchen"
-
 
 @pytest.fixture(scope="module")
 def two_requests_wav(tmp_path_factory):
-    audio = np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
-                            speech.say("turn off the kitchen light"), speech.silence(3.0), speech.say("Alexa"),
-                            speech.silence(0.3), speech.say("what is my bank password"), speech.silence(1.5)])
+    audio = speech.two_requests("turn off the kitchen light", "what is my bank password")
     return speech.write_wav(tmp_path_factory.mktemp("assist") / "two.wav", audio)
 
 
-@pytest.fixture(scope="module")
-def quiet_wav(tmp_path_factory):
-    return speech.write_wav(tmp_path_factory.mktemp("quiet") / "quiet.wav", speech.silence(60))
-
-
 def _config(tmp_path, port: int) -> config.Config:
-    sink = tmp_path / "sink"
-    sink.mkdir(exist_ok=True)
-    base = config.Config()
-    return dataclasses.replace(
-        base, device=config.DeviceConfig(DEVICE), wake=dataclasses.replace(base.wake, models=("alexa",)),
-        gpio=dataclasses.replace(base.gpio, bounce_seconds=0.0, long_press_seconds=0.3),
-        audit=config.AuditConfig(str(tmp_path / "audit.jsonl")),
-        wyoming=config.WyomingConfig(uri=f"tcp://127.0.0.1:{port}", zeroconf=False),
-        sinks={"box": config.SinkConfig(path=str(sink)), "assist": config.SinkConfig(type="wyoming")})
+    return daemon_config(tmp_path, wyoming=config.WyomingConfig(uri=f"tcp://127.0.0.1:{port}", zeroconf=False),
+                         sinks={"box": config.SinkConfig(path=str(tmp_path / "sink")),
+                                "assist": config.SinkConfig(type="wyoming")})
 
 
 def _daemon_pressing_on_first_pending(cfg, source) -> tuple[Daemon, dict[str, list[tuple[float, GateEvent]]]]:
@@ -277,9 +262,7 @@ def test_home_assistants_own_satellite_code_gets_only_the_released_request_and_i
                               audio=dataclasses.replace(config.AudioConfig(), output_device="speaker"))
     answer = _tone(22050, 1.0)
     answer_wav = speech.write_wav(tmp_path / "answer.wav", answer, rate_hz=22050)
-    audio = np.concatenate([speech.silence(6.0), speech.say("Alexa"), speech.silence(0.3),
-                            speech.say("turn off the kitchen light"), speech.silence(4.0), speech.say("Alexa"),
-                            speech.silence(0.3), speech.say("what is my bank password"), speech.silence(4.0)])
+    audio = speech.two_requests("turn off the kitchen light", "what is my bank password", lead=6.0, gap=4.0, tail=4.0)
     daemon, records = _daemon_pressing_on_first_pending(cfg, speech.write_wav(tmp_path / "two.wav", audio))
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()  # six quiet seconds while Home Assistant's code starts and connects
