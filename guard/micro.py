@@ -122,20 +122,29 @@ class MicroClassifier:
         if in_type not in _QUANTIZED or out_type not in _QUANTIZED:
             raise ModelError(f"{self.name}: not a quantized microWakeWord model (tensor types {in_type}, {out_type})")
         self._in_scale, self._in_zero = in_q.scale, in_q.zero_point
-        self._out_scale, self._out_zero = out_q.scale, out_q.zero_point
-        self._stacked = np.zeros((1, stride, FEATURE_BINS))
+        self._scaled = np.zeros((ROWS_PER_FRAME, FEATURE_BINS))  # a frame's rows on their way to the input
         self._quantized = np.zeros((1, stride, FEATURE_BINS), _QUANTIZED[in_type])
         self._output = np.zeros(1, _QUANTIZED[out_type])
+        self._output_byte = self._output.view(np.uint8)
+        # as pymicro-wakeword turns the output into a probability, once for each of the 256 values it can take
+        every_output = np.arange(256, dtype=np.uint8).view(_QUANTIZED[out_type])
+        self._probability_of = ((every_output.astype(np.float32) - out_q.zero_point) * out_q.scale).tolist()
         self._io = (self._quantized.ctypes.data, self._quantized.nbytes, self._output.ctypes.data, self._output.nbytes)
         self._filled = 0
 
     def score(self) -> float:
         """The highest score among the inferences this frame's features completed; 0 while filling."""
-        best = 0.0
-        for row in self._features.rows[:self._features.count]:
-            self._stacked[0, self._filled] = row
-            self._filled += 1
-            if self._filled == self._stacked.shape[1]:
+        count, stride, best = self._features.count, self.stride, 0.0
+        scaled = self._scaled[:count]
+        np.divide(self._features.rows[:count], self._in_scale, out=scaled)  # as pymicro-wakeword: x / scale + zero
+        np.add(scaled, self._in_zero, out=scaled)
+        np.round(scaled, out=scaled)
+        done = 0
+        while done < count:
+            take = min(stride - self._filled, count - done)
+            self._quantized[0, self._filled:self._filled + take] = scaled[done:done + take]
+            self._filled, done = self._filled + take, done + take
+            if self._filled == stride:
                 self._filled = 0
                 best = max(best, self._infer())
         return best
@@ -143,7 +152,7 @@ class MicroClassifier:
     @property
     def stride(self) -> int:
         """Feature rows per inference."""
-        return self._stacked.shape[1]
+        return self._quantized.shape[1]
 
     def resume(self, rows_before: int) -> None:
         """Scoring restarts after a rest at row `rows_before`: inferences fall where an always-on model's do."""
@@ -163,16 +172,11 @@ class MicroClassifier:
         return steps
 
     def _infer(self) -> float:
-        np.divide(self._stacked, self._in_scale, out=self._stacked)  # as pymicro-wakeword: x / scale + zero
-        np.add(self._stacked, self._in_zero, out=self._stacked)
-        np.round(self._stacked, out=self._stacked)
-        self._quantized[...] = self._stacked
         lib, (in_data, in_size, out_data, out_size) = self._lib, self._io
         lib.TfLiteTensorCopyFromBuffer(self._in, in_data, in_size)
         lib.TfLiteInterpreterInvoke(self._interpreter)
         lib.TfLiteTensorCopyToBuffer(self._out, out_data, out_size)
-        probability = ((self._output.astype(np.float32) - self._out_zero) * self._out_scale).item()
-        self._probabilities.append(probability)
+        self._probabilities.append(self._probability_of[self._output_byte[0]])
         if len(self._probabilities) < self._probabilities.maxlen:
             return 0.0
         # the probabilities are multiples of a power-of-two scale, so this sum is exact and the mean
@@ -182,7 +186,7 @@ class MicroClassifier:
     def wipe(self) -> None:
         """Back to a fresh load: no features, no probabilities, a new interpreter."""
         self._lib.TfLiteInterpreterDelete(self._interpreter)
-        self._stacked.fill(0)
+        self._scaled.fill(0)
         self._quantized.fill(0)
         self._probabilities.clear()
         self._open_interpreter()
