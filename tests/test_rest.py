@@ -24,12 +24,13 @@ def day() -> np.ndarray:
     return speech.day_profile()
 
 
-@pytest.mark.parametrize(("engine", "words"), [
-    ("openwakeword", ["alexa", "hey_jarvis", "hey_mycroft"]),
-    ("micro", ["alexa", "hey_jarvis", "hey_mycroft", "okay_nabu"]),
+@pytest.mark.parametrize(("engine", "words", "patience"), [
+    ("openwakeword", ["alexa", "hey_jarvis", "hey_mycroft"], 1),
+    ("micro", ["alexa", "hey_jarvis", "hey_mycroft", "okay_nabu"], 1),
+    ("micro", ["alexa", "hey_mycroft"], 2),  # a replay must also recount the frames over threshold
 ])
-def test_a_resting_detector_finds_exactly_the_wakes_an_always_on_one_does(day, engine, words):
-    settings = [WakeModelSettings(w, engine=engine) for w in words]
+def test_a_resting_detector_finds_exactly_the_wakes_an_always_on_one_does(day, engine, words, patience):
+    settings = [WakeModelSettings(w, engine=engine, patience_frames=patience) for w in words]
     always, never_rested, every_score = run(WakeDetector(settings), day)
     resting, rested, scored = run(WakeDetector(settings, rest_below_dbfs=-60), day)
     assert never_rested == 0 and len(always) >= 3, "the day must hold wakes"
@@ -76,3 +77,19 @@ def test_the_frames_kept_for_a_replay_are_wiped():
 def test_a_long_patience_keeps_enough_frames_to_replay_it():
     detector = WakeDetector([WakeModelSettings("alexa", engine="micro", patience_frames=200)], rest_below_dbfs=-60)
     assert len(detector._recent) >= 200 + detector.words[0].classifier.memory_frames - 1
+
+
+def test_a_replay_recounts_the_frames_over_threshold_that_patience_needs():
+    """A word always over its threshold (0) with patience 3: the first loud frame after a rest wakes it, as it
+    does always-on, because the replay scored the two frames before it again."""
+    settings = [WakeModelSettings("alexa", threshold=0.0, patience_frames=3, refractory_seconds=0)]
+    quiet = np.random.default_rng(0).normal(0, speech.QUIET_ROOM, 16000 * 5)
+    audio = np.concatenate([quiet, speech.say("Alexa")]).astype(np.int16)
+    always, resting = WakeDetector(settings), WakeDetector(settings, rest_below_dbfs=-60)
+    wakes_on_waking = []
+    for frame in speech.frames(audio):
+        was_resting = resting.resting
+        wakes = len(always.process(frame)), len(resting.process(frame))
+        if was_resting and not resting.resting:
+            wakes_on_waking.append(wakes)
+    assert wakes_on_waking and all(wakes == (1, 1) for wakes in wakes_on_waking)
