@@ -18,14 +18,12 @@ import numpy as np
 
 from guard import models
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, level_dbfs
-from guard.embedding import HOP_MEL_FRAMES, StreamingEmbedding
+from guard.embedding import HOP_MEL_FRAMES, MEL_BINS, MEL_WINDOW, StreamingEmbedding
 from guard.errors import ModelError
 from guard.micro import ROWS_PER_FRAME, MicroClassifier, MicroFeatures
 
 log = logging.getLogger(__name__)
 
-MEL_BINS = 32
-MEL_WINDOW = 76  # melspectrogram frames the embedding model sees (775 ms)
 MEL_CONTEXT_SAMPLES = 480  # 3 hops of 160 samples the melspectrogram needs before each frame
 EMBEDDING_DIM = 96
 WARMUP_FRAMES = 5  # openWakeWord reports 0 for its first 5 frames while buffers fill

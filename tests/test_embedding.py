@@ -1,13 +1,13 @@
-"""The incremental numpy embedding equals onnxruntime's full pass of the same ONNX model."""
+"""The incremental embedding (the first window in numpy, every later one by the streaming graph built at load)
+equals onnxruntime's full pass of the same ONNX model."""
 
 import numpy as np
 import pytest
 import speech
 
 from guard import models
-from guard.embedding import Node, StreamingEmbedding, _layers, read_onnx
+from guard.embedding import MEL_BINS, MEL_WINDOW, Node, StreamingEmbedding, _layers, read_onnx
 from guard.errors import ModelError
-from guard.wake import MEL_BINS, MEL_WINDOW
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,8 @@ def test_wipe_forgets_the_cached_activations(mel):
     expected = embed(first, 8).copy()
     embed(np.ascontiguousarray(mel[8:8 + MEL_WINDOW]), 8)
     embed.wipe()
-    assert embed._tails == []
+    assert embed._tails == [] and not embed._mel.any()
+    assert not any(buffer.any() for buffers in embed._buffers for buffer in buffers)
     assert np.array_equal(embed(first, 8), expected)
 
 
