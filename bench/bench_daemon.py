@@ -20,21 +20,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 GUARD = ROOT / ".venv" / "bin" / "guard"
-TICKS = 100  # os.sysconf("SC_CLK_TCK") on Linux
 SETTLE_SECONDS = 10  # start-up (imports, model loading) is left out: the figure is what a day of running costs
 
 import speech  # noqa: E402
-from procstat import peak_rss_mb  # noqa: E402
+from procstat import cpu_seconds, peak_rss_mb  # noqa: E402
 
 VARIANTS = {
     "default": "",
     "never resting": "[wake]\nrest_below_dbfs = -120\n",
 }
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def run_once(wav: Path, folder: Path, extra: str) -> tuple[float, float]:
@@ -48,7 +42,7 @@ def run_once(wav: Path, folder: Path, extra: str) -> tuple[float, float]:
     rss = 0.0
     while process.poll() is None:
         try:
-            sample, rss = (time.monotonic(), _cpu_seconds(process.pid)), peak_rss_mb(process.pid)
+            sample, rss = (time.monotonic(), cpu_seconds(process.pid)), peak_rss_mb(process.pid)
         except (OSError, IndexError):
             break
         if sample[0] - started >= SETTLE_SECONDS:

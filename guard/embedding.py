@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from guard import models
 from guard.errors import ModelError
 
 HOP_MEL_FRAMES = 8  # mel frames per 80 ms audio frame
@@ -249,10 +250,11 @@ class _StreamGraph:
 
     def __init__(self, layers: list, tail_shapes: list[tuple[int, ...]]) -> None:
         self.nodes, self.tensors, self.inputs, self.outputs = [], [], [], []
+        self._to_end = self._const("to_end", np.array([1 << 62], np.int64))
+        self._time_axis = self._const("time_axis", np.array([2], np.int64))
         shift = HOP_MEL_FRAMES
-        first = layers[0].needs(layers[0].shift(shift))
-        self.mel_columns = first
-        self.inputs.append(_put_value(11, "mel", (1, 1, first, MEL_BINS)))
+        self.mel_columns = layers[0].needs(layers[0].shift(shift))
+        self.inputs.append(_put_value(11, "mel", (1, 1, self.mel_columns, MEL_BINS)))
         previous = "mel"
         for i, (layer, shape) in enumerate(zip(layers, tail_shapes, strict=True)):
             shift = layer.shift(shift)
@@ -270,10 +272,8 @@ class _StreamGraph:
 
     def _slice(self, source: str, start: int, output: str) -> str:
         """Columns (time, axis 2) from `start` on; a negative start counts from the end."""
-        ends = self._const(output + "_end", np.array([1 << 62], np.int64))
-        axes = self._const(output + "_axis", np.array([2], np.int64))
-        self.nodes.append(_put_node("Slice", [source, self._const(output + "_start", np.array([start], np.int64)),
-                                             ends, axes], output))
+        start_at = self._const(output + "_start", np.array([start], np.int64))
+        self.nodes.append(_put_node("Slice", [source, start_at, self._to_end, self._time_axis], output))
         return output
 
     def _layer(self, i: int, layer, x: str) -> str:
@@ -326,21 +326,18 @@ class StreamingEmbedding:
             raise ModelError(f"{path}: cannot read the embedding model ({e})") from None
         self._full(np.zeros((1, MEL_WINDOW, MEL_BINS), np.float32))  # learns each layer's tail shape
         graph = _StreamGraph(self.layers, [t.shape for t in self._tails])
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(graph.model_bytes(), options, providers=["CPUExecutionProvider"])
+        self._session = models.session(graph.model_bytes(), f"{path} (its streaming graph)")
         self._mel = np.zeros((1, 1, graph.mel_columns, MEL_BINS), np.float32)
         self._buffers = [[np.zeros((1, *t.shape), np.float32) for t in self._tails] for _ in range(2)]
         values = [[ort.OrtValue.ortvalue_from_numpy(b) for b in buffers] for buffers in self._buffers]
-        self._steps = [self._binding(session, values[0], values[1]), self._binding(session, values[1], values[0])]
-        self._session = session
+        mel = ort.OrtValue.ortvalue_from_numpy(self._mel)
+        self._steps = [self._binding(mel, values[0], values[1]), self._binding(mel, values[1], values[0])]
         self.wipe()
 
-    def _binding(self, session: ort.InferenceSession, tails_in: list, tails_out: list) -> ort.IOBinding:
+    def _binding(self, mel: ort.OrtValue, tails_in: list, tails_out: list) -> ort.IOBinding:
         """One hop from one set of tail buffers into the other, bound once: no per-frame arrays."""
-        binding = session.io_binding()
-        binding.bind_ortvalue_input("mel", ort.OrtValue.ortvalue_from_numpy(self._mel))
+        binding = self._session.io_binding()
+        binding.bind_ortvalue_input("mel", mel)
         for i, (source, target) in enumerate(zip(tails_in, tails_out, strict=True)):
             binding.bind_ortvalue_input(f"tail{i}", source)
             binding.bind_ortvalue_output(f"tail{i}_out", target)

@@ -107,8 +107,13 @@ def verified_bytes(model: ModelFile) -> bytes:
 
 
 def open_session(model: ModelFile) -> ort.InferenceSession:
-    """Open a verified model on one CPU thread (the Pi has four cores and other work)."""
-    data = verified_bytes(model)
+    """Open a verified model (see `session`)."""
+    return session(verified_bytes(model), model.path)
+
+
+def session(data: bytes, source: Path | str) -> ort.InferenceSession:
+    """An onnxruntime session on one CPU thread (the Pi has four cores and other work); `source` names it
+    in the error if onnxruntime refuses it."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
@@ -117,4 +122,4 @@ def open_session(model: ModelFile) -> ort.InferenceSession:
         return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own untyped errors for bad files
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ModelError(f"{model.path}: not a usable ONNX model ({reason})") from None
+        raise ModelError(f"{source}: not a usable ONNX model ({reason})") from None

@@ -308,11 +308,11 @@ class WakeDetector:
         self._skipped = 0
         return detections
 
-    def _push(self, frame: np.ndarray, replay: bool = False, micro_rows: bool = True) -> None:
+    def _push(self, frame: np.ndarray, replay: bool = False, keep_micro_rows: bool = True) -> None:
         if self.features is not None:
             self.features.push(frame)
         if self.micro_features is not None:
-            self.micro_features.push(frame, replay, micro_rows)
+            self.micro_features.push(frame, replay, keep_micro_rows)
         if self.vad is not None:
             self.vad.push(frame)
 
@@ -338,7 +338,8 @@ class WakeDetector:
                 word.classifier.resume(self.micro_features.rows_seen - ROWS_PER_FRAME * frames)
                 micro_frames = max(micro_frames, frames)
         for back in range(count, 0, -1):
-            self._push(self._recent[(self.frames_seen - back) % len(self._recent)], True, back <= micro_frames)
+            frame = self._recent[(self.frames_seen - back) % len(self._recent)]
+            self._push(frame, replay=True, keep_micro_rows=back <= micro_frames)
             for word, frames in scored:
                 if back <= frames:
                     word.score_frame(replay=True)
