@@ -59,7 +59,9 @@ def _press_on_first_pending(cfg):
     """A publish hook that presses the mock button once, as soon as the LED shows the first pending utterance.
 
     The "pending" event is published before the LED changes (the record comes first), and a
-    press before the LED shows pending never counts, so the press waits for the LED.
+    press before the LED shows pending never counts, so the press waits for the LED. Use it at
+    real-time pace (fast=False): a person's press takes wall-clock time, and a --fast file runs 3 s
+    of audio in a few milliseconds, so a press there may land after the next wake word was passed by.
     """
     pressed, daemons = [], []
 
@@ -91,10 +93,11 @@ def _events(sub: Subscriber) -> list[str]:
 def test_released_and_discarded_utterances_reach_the_hub_in_order(tmp_path, broker, two_requests_wav):
     sub = Subscriber(broker.port, [f"{ROOT}/#"])
     cfg = _config(tmp_path, broker.port)
+    cfg = dataclasses.replace(cfg, gate=dataclasses.replace(cfg.gate, pending_timeout_seconds=4.0))
     press_first, pressed, daemons = _press_on_first_pending(cfg)
-    daemon = _daemon(cfg, two_requests_wav, publish=press_first)
+    daemon = _daemon(cfg, two_requests_wav, fast=False, publish=press_first)
     daemons.append(daemon)
-    _start(daemon).join(30)
+    _start(daemon).join(40)
     expected = ["wake", "pending", "releasing", "released", "wake", "pending", "discarded"]
     assert sub.wait_for(lambda: _events(sub) == expected), _events(sub)
     events = [json.loads(m[1]) for m in sub.messages if m[0].startswith(f"{ROOT}/event/")]
