@@ -16,8 +16,9 @@ class CommandError(ValueError):
     """An inbound message that is not a command guard accepts."""
 
 
-def parse_command(topic: str, payload: bytes, device_id: str) -> str | None:
-    """The verb an inbound message asks for, None if it is not addressed to commands at all.
+def parse_command(topic: str, payload: bytes, device_id: str) -> tuple[str, str] | None:
+    """Who asks ("remote" for the hub's commands, "rhasspy" for Hermes toggles) and the verb, or None if
+    the message is not addressed to commands at all. Rhasspy's unmute lifts only Rhasspy's mute.
 
     Raises CommandError for anything under our `cmd/` tree (or Hermes toggles for
     this site) that is not one of the documented verbs with a valid payload.
@@ -31,10 +32,10 @@ def parse_command(topic: str, payload: bytes, device_id: str) -> str | None:
             text = payload.decode("utf-8", "replace").strip().upper()
             if text not in ("ON", "OFF"):
                 raise CommandError(f"remote_mute takes ON or OFF, not {text[:20]!r}")
-            return "mute" if text == "ON" else "unmute"
+            return "remote", "mute" if text == "ON" else "unmute"
         if verb not in VERBS:
             raise CommandError(f"unknown command {verb[:40]!r}; known: {', '.join(VERBS)}, remote_mute")
-        return verb
+        return "remote", verb
     if topic in ("hermes/hotword/toggleOff", "hermes/hotword/toggleOn"):
         try:
             body = json.loads(payload)
@@ -43,5 +44,5 @@ def parse_command(topic: str, payload: bytes, device_id: str) -> str | None:
             raise CommandError(f"{topic}: payload is not a JSON object") from None
         if site != device_id or reason in HERMES_SESSION_REASONS:
             return None  # Rhasspy pauses wake words during its own dialogue or playback: not a privacy mute
-        return "mute" if topic.endswith("Off") else "unmute"
+        return "rhasspy", "mute" if topic.endswith("Off") else "unmute"
     return None

@@ -25,6 +25,7 @@ from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
 from guard.errors import DeviceError, UsageError
 from guard.gate import Delivery, Event, Gate, State
 from guard.hardware import ConsentButton, StatusLed, pin_factory
+from guard.inbox import Inbox, Lane
 from guard.mqtt import MqttLink
 from guard.satellite import AssistSatellite
 from guard.sound import Chimes, Speaker
@@ -39,6 +40,7 @@ DELIVERY_GRACE_SECONDS = 4.0  # at exit, a release still running gets this long;
 MIC_HUNG_SECONDS = 10.0  # a read blocked this long cannot be interrupted: exit 1 so that systemd restarts
 MIC_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff between attempts to open a failed microphone afresh
 QUEUE_FRAMES = 50  # 4 s of audio: a slow loop holds the reader back instead of dropping frames
+REMOTE_WORDS = {"mute": Lane.URGENT}  # a mute from anywhere is served with the button; the rest waits its turn
 
 
 class AudioClock:
@@ -66,21 +68,20 @@ class Daemon:
 
     def __init__(self, config: Config, options: RunOptions, detector: WakeDetector) -> None:
         self.config, self.options = config, options
-        self.frames: queue.Queue = queue.Queue()  # (frame copy, microphone generation) from the audio thread
-        self.words: queue.Queue = queue.Queue()  # (word, clock) from gpiozero and the audio thread; served first
+        self.inbox = Inbox()  # every thread posts here; the loop serves the button's lane first
         self.listening = threading.Event()
         self.listening.set()
         self.stopping = threading.Event()
         self.clock = AudioClock() if options.fast else time.monotonic
         device_id = config.device.resolved_id()
         self.audit = AuditLog(config.audit.resolved_path(), device_id)
-        self.mqtt = MqttLink(config.mqtt, device_id, lambda verb: self.words.put(("remote", verb)), self.audit,
+        self.mqtt = MqttLink(config.mqtt, device_id, self._post_command, self.audit,
                              config.audit.resolved_path().parent / "mqtt-discovered") \
             if config.mqtt.host else None
         self.speaker = Speaker(config.audio.output_device) if config.audio.output_device else None
         self.chimes = Chimes(self.speaker, config.audio.chime_volume) if config.audio.chimes else None
-        self.satellite = AssistSatellite(config.wyoming, device_id, lambda verb: self.words.put(("assist", verb)),
-                                         list(config.wake.models), self.speaker) if config.wyoming.uri else None
+        self.satellite = AssistSatellite(config.wyoming, device_id, self._post_assist, list(config.wake.models),
+                                         self.speaker) if config.wyoming.uri else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None,
                                  self.mqtt.send_hermes_audio if self.mqtt else None,
                                  self.satellite.send if self.satellite else None)
@@ -91,7 +92,7 @@ class Daemon:
         self._delivery_thread = threading.Thread(target=self._deliveries, name="delivery", daemon=True)
         self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
                          accepts=accepts, confirmation=self._spoken_confirmation(accepts), publish=self._publish,
-                         show=self.led.show if self.led else lambda s: None, set_listening=self._set_listening,
+                         show=self._show, set_listening=self._set_listening,
                          clock=self.clock, deliver=self._deliver_in_background)
         self._mic_down: str | None = None  # why the microphone is failing, until it delivers sound again
         self._generation = 0  # counts microphones opened afresh: frames of a failed one never prove it is back
@@ -215,7 +216,7 @@ class Daemon:
             if delivery is None:
                 return
             delivery.run()
-            self.words.put(("delivered", delivery))
+            self.inbox.put(Lane.LOCAL, "delivered", delivery)
 
     def _finish_deliveries(self) -> None:
         """At exit: give releases still on their way a moment, then stop them and record what really happened."""
@@ -229,7 +230,26 @@ class Daemon:
         self._unfinished = []
 
     def _post_word(self, word: str) -> None:
-        self.words.put((word, self.clock()))
+        """The button moved (gpiozero's thread): its own lane, stamped with the time it happened."""
+        self.inbox.put(Lane.URGENT, word, self.clock())
+
+    def _post_command(self, by: str, verb: str) -> None:
+        """A remote command (paho's thread): a mute goes with the button, the rest behind the guard's own news."""
+        self.inbox.put(REMOTE_WORDS.get(verb, Lane.REMOTE), "command", (by, verb))
+
+    def _post_assist(self, word: str, payload) -> None:
+        """Home Assistant's pause and run-satellite, and the satellite's counted refusals (its own thread)."""
+        if word == "refused":
+            self.inbox.put(Lane.REMOTE, "refused", ("assist", *payload))
+        else:
+            self.inbox.put(REMOTE_WORDS.get(word, Lane.REMOTE), "command", ("assist", word))
+
+    def _show(self, state: str) -> None:
+        """The LED shows the state; while a spoken confirmation is awaited nothing from the hub plays."""
+        if self.satellite is not None:
+            (self.satellite.playback_held.set if state == "pending_voice" else self.satellite.playback_held.clear)()
+        if self.led is not None:
+            self.led.show(state)
 
     def _set_listening(self, on: bool) -> None:
         if on:
@@ -242,11 +262,8 @@ class Daemon:
 
     def _drain(self) -> None:
         """Zero and drop queued frames (mute, exit)."""
-        while True:
-            try:
-                self.frames.get_nowait()[0].fill(0)
-            except queue.Empty:
-                return
+        for frame, _ in self.inbox.take_all(Lane.FRAMES):
+            frame.fill(0)
 
     # -- the audio thread -----------------------------------------------------------
 
@@ -275,7 +292,7 @@ class Daemon:
                     if not self.listening.is_set() or self.stopping.is_set() or self._reopen.is_set():
                         break
             except Exception as e:  # PortAudio's OSError, a vanished device, anything: drop it and try afresh
-                self.words.put(("source-failed", str(e) or type(e).__name__))
+                self.inbox.put(Lane.LOCAL, "source-failed", str(e) or type(e).__name__)
                 self._reopen.set()
             if self._reopen.is_set():
                 self._drop_mic()
@@ -309,12 +326,12 @@ class Daemon:
                     time.sleep(max(0.0, next_due - time.monotonic()))
                 if self.stopping.is_set():
                     break
-                while self.frames.qsize() >= QUEUE_FRAMES and not self.stopping.is_set():
+                while self.inbox.size(Lane.FRAMES) >= QUEUE_FRAMES and not self.stopping.is_set():
                     time.sleep(TICK_SECONDS / 10)  # back-pressure: the loop is behind
                 self.post_frame(frame)
         except Exception as e:  # a dying audio thread must not take the guard's state with it
             log.error("audio source failed: %s", e)
-            self.words.put(("source-failed", str(e)))
+            self.inbox.put(Lane.LOCAL, "source-failed", str(e))
         finally:
             if self.source is not None:
                 self.source.wipe()
@@ -322,7 +339,7 @@ class Daemon:
 
     def post_frame(self, frame: np.ndarray) -> None:
         """Hand a copy of one frame to the loop (the copy is zeroed once the gate has seen it)."""
-        self.frames.put((frame.copy(), self._generation))
+        self.inbox.put(Lane.FRAMES, frame.copy(), self._generation)
 
     # -- the loop -----------------------------------------------------------------
 
@@ -330,7 +347,7 @@ class Daemon:
         """Ask the loop to finish (signal handlers call this)."""
         self.stopping.set()
         self.listening.set()
-        self.words.put(("stop", None))
+        self.inbox.put(Lane.URGENT, "stop")
 
     def run(self) -> None:
         """Serve until stopped, or until a file source ends and nothing is pending.
@@ -355,7 +372,7 @@ class Daemon:
         try:
             while not self.stopping.is_set():
                 self._step()
-                if self._eof.is_set() and self.frames.empty() and self.words.empty() and self._file_done():
+                if self._eof.is_set() and self.inbox.empty() and self._file_done():
                     break
         finally:
             self.notifier.stopping()
@@ -372,13 +389,7 @@ class Daemon:
             self._close()
 
     def _step(self) -> None:
-        try:
-            item, payload = self.words.get_nowait()
-        except queue.Empty:
-            try:
-                item, payload = self.frames.get(timeout=TICK_SECONDS)
-            except queue.Empty:
-                item = payload = None
+        _, item, payload = self.inbox.get(TICK_SECONDS) or (None, None, None)
         try:
             self._handle(item, payload)
             self.gate.tick()
@@ -459,14 +470,13 @@ class Daemon:
             self.gate.button_up(payload)
         elif item == "button_held":
             self.gate.button_held(payload)
-        elif item == "remote":
+        elif item == "command":
+            by, verb = payload
             {"mute": self.gate.mute, "unmute": self.gate.unmute, "cancel": self.gate.cancel,
-             "wipe": self.gate.wipe}[payload]("remote")
-        elif item == "assist":
-            if payload.startswith("refuse:"):
-                self.gate.refuse("assist", f"{payload[7:]}: audio leaves only after a local act of consent")
-            else:
-                {"mute": self.gate.mute, "unmute": self.gate.unmute}[payload]("assist")
+             "wipe": self.gate.wipe}[verb](by)
+        elif item == "refused":
+            by, peer, kind, reason, count = payload
+            self.gate.refuse(by, f"{kind}: {reason}", peer=peer, count=count)
         elif item == "source-failed":
             self._source_failed(payload)
         elif item == "delivered":

@@ -62,6 +62,8 @@ class Event:
     by: str | None = None
     match_score: float | None = None
     speaker_score: float | None = None
+    peer: str | None = None
+    count: int | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -350,9 +352,10 @@ class Gate:
         self._decide("unmuted", State.IDLE, by=by)
         self._set_listening(True)
 
-    def refuse(self, by: str, reason: str) -> None:
-        """Put a request that was not acted on (it would have made the device less private) on the record."""
-        self._record("refused", self.state, by=by, reason=reason)
+    def refuse(self, by: str, reason: str, **fields) -> None:
+        """Put a request that was not acted on (it would have made the device less private) on the record;
+        `fields` say who asked (peer) and how often (count), for refusals counted by their source."""
+        self._record("refused", self.state, by=by, reason=reason[:200], **fields)
 
     def cancel(self, by: str) -> None:
         """Discard the utterance being captured or waiting for consent, now."""

@@ -24,10 +24,11 @@ import paho.mqtt.client as paho
 
 from guard import __version__
 from guard.audit import AuditLog
-from guard.commands import CommandError, parse_command
+from guard.commands import MAX_COMMAND_BYTES, CommandError, parse_command
 from guard.config import MqttConfig
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
 from guard.gate import Event
+from guard.refusals import RefusalTally
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +88,13 @@ class MqttLink:
     Args:
         settings: the [mqtt] table.
         device_id: topic root `guard/<device_id>/`.
-        on_command: receives "mute", "unmute", "cancel" or "wipe" (from paho's thread: queue it).
+        on_command: receives (by, verb): by "remote" (the hub) or "rhasspy" (Hermes toggles), verb "mute",
+            "unmute", "cancel" or "wipe" (from paho's thread: queue it).
         audit: where dropped events are counted.
         discovered: a file in the state folder noting the discovery topics last announced.
     """
 
-    def __init__(self, settings: MqttConfig, device_id: str, on_command: Callable[[str], None],
+    def __init__(self, settings: MqttConfig, device_id: str, on_command: Callable[[str, str], None],
                  audit: AuditLog, discovered: Path | None = None) -> None:
         self.settings, self.device_id, self.on_command, self.audit = settings, device_id, on_command, audit
         self.discovered = discovered  # the config topics last announced, so an id change can withdraw them
@@ -107,6 +109,8 @@ class MqttLink:
         self._commands: deque[float] = deque()  # when recent remote commands came, for the rate limit
         self._refused_commands = 0
         self._asr_session: str | None = None  # the session Rhasspy's ASR opened for this site's latest wake
+        self.refusals = RefusalTally(lambda peer, kind, reason, count: self.error(
+            reason if count == 1 else f"{count} more like this in {self.refusals.interval_seconds:g} s: {reason}"))
         self._lock = threading.Lock()  # the outbox and state; never held while calling paho
         self._order = threading.Lock()  # one publisher at a time, so events leave in the order they came
         self.connected = threading.Event()
@@ -137,6 +141,7 @@ class MqttLink:
 
     def stop(self, flush_seconds: float = 3.0) -> None:
         """Give queued events a moment to leave, say offline, disconnect."""
+        self.refusals.close()
         deadline = time.monotonic() + flush_seconds
         while self.undelivered() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -316,16 +321,20 @@ class MqttLink:
             if message.payload == b"online" and self.settings.discovery and self._discovery_due():
                 self.publish_discovery()
             return
+        if len(message.payload) > MAX_COMMAND_BYTES:  # before anything parses it
+            self.refusals.refused("mqtt", "oversized", f"payload of {len(message.payload)} bytes on "
+                                                       f"{topic[:80]!r} is over {MAX_COMMAND_BYTES}")
+            return
         if topic == "hermes/asr/startListening":
             self._asr_session = asr_session(message.payload, self.device_id) or self._asr_session
             return
         try:
-            verb = parse_command(topic, message.payload, self.device_id)
+            command = parse_command(topic, message.payload, self.device_id)
         except CommandError as e:
-            self.error(str(e))
+            self.refusals.refused("mqtt", "malformed", str(e))
             return
-        if verb is not None and (verb == "mute" or self._command_allowed()):  # a mute is never held back
-            self.on_command(verb)
+        if command is not None and (command[1] == "mute" or self._command_allowed()):  # a mute is never held back
+            self.on_command(*command)
 
     def _command_allowed(self) -> bool:
         """At most COMMANDS_PER_MINUTE remote commands act; the excess is counted in one error, not one by one."""
@@ -466,7 +475,7 @@ def forget(settings: MqttConfig, device_id: str, discovered: Path | None, wait_s
     """Remove what this guard left retained on the broker: its Home Assistant entities (both discovery styles,
     and those noted in `discovered`), its state and availability. Returns the topics cleared."""
     topics = {f"guard/{device_id}/state", f"guard/{device_id}/availability"}
-    topics |= MqttLink(settings, device_id, lambda verb: None, None).discovery_topics_of_both_styles()
+    topics |= MqttLink(settings, device_id, lambda by, verb: None, None).discovery_topics_of_both_styles()
     if discovered is not None:
         with contextlib.suppress(OSError):
             topics |= set(discovered.read_text().split())

@@ -1,26 +1,30 @@
-"""Home Assistant's voice satellite (Wyoming protocol): Assist hears a request only once it is released.
+"""Home Assistant's voice satellite (Wyoming protocol): Assist hears a request only once it is released,
+and only the hub the owner named hears it.
 
 Home Assistant connects here and waits. A release to a `type = "wyoming"` sink, and nothing else, runs
 a pipeline from speech-to-text with exactly the released utterance (audio-start, audio-chunk...,
-audio-stop); the spoken answer that comes back plays on [audio] output_device. Home Assistant's pause
-is a remote mute (its run-satellite lifts only that mute); its requests to stream the microphone
-(run-pipeline, detect) are refused and put on the record. Nothing here reads the microphone.
+audio-stop) on the one hub connection; the spoken answer that comes back from that connection plays on
+[audio] output_device, never while a spoken confirmation is awaited. A connection from a host not in
+[wyoming] allowed_hosts is closed before a byte is read; every event is size-checked before it is read;
+connections are limited in number and closed when idle. Home Assistant's pause is a remote mute that
+only the pausing hub lifts; its requests to stream the microphone (run-pipeline, detect) are refused
+and counted. Nothing here reads the microphone.
 """
 
 import asyncio
 import concurrent.futures
+import json
 import logging
 import threading
 from collections.abc import Callable
 
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
-from wyoming.event import Event
+from wyoming.event import Event, async_write_event
 from wyoming.info import Attribution, Describe, Info, Satellite
 from wyoming.ping import Ping, Pong
 from wyoming.pipeline import PipelineStage, RunPipeline
 from wyoming.satellite import PauseSatellite, RunSatellite
-from wyoming.server import AsyncEventHandler, AsyncServer
 from wyoming.snd import Played
 from wyoming.wake import Detect
 
@@ -28,12 +32,60 @@ from guard import __version__
 from guard.audio import RATE_HZ
 from guard.config import WyomingConfig
 from guard.errors import DeliveryUncertain, GuardError
+from guard.refusals import RefusalTally
 from guard.sound import Speaker
 
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_CHUNK = 1024  # what Home Assistant's own satellites send
 ATTRIBUTION = Attribution(name="pi-guard", url="")
+MAX_HEADER_BYTES = 8192  # an event's JSON line and its data part; Home Assistant's are a few hundred bytes
+MAX_PAYLOAD_BYTES = 65536  # an event's binary part: an audio chunk (Home Assistant's are 2-4 KiB)
+MAX_CONNECTIONS = 4  # Home Assistant holds one; a reconnect may briefly hold a second
+IDLE_SECONDS = 60.0  # Home Assistant pings a satellite every few seconds; a silent connection is gone
+
+
+class EventTooLarge(ValueError):
+    """An event header that announces more than the satellite reads."""
+
+
+async def read_event(reader: asyncio.StreamReader) -> Event | None:
+    """One Wyoming event, its lengths checked before anything they announce is read; None at the end.
+
+    Raises:
+        EventTooLarge: a header line, data part or payload over the limits.
+        ValueError: a header that is not a Wyoming event.
+    """
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as e:
+        if e.partial:
+            raise ValueError("connection closed inside an event header") from None
+        return None
+    except asyncio.LimitOverrunError:
+        raise EventTooLarge(f"event header over {MAX_HEADER_BYTES} bytes") from None
+    header = json.loads(line)
+    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+        raise ValueError("not a Wyoming event header")
+    data_length, payload_length = _length(header, "data_length"), _length(header, "payload_length")
+    if len(line) + data_length > MAX_HEADER_BYTES:
+        raise EventTooLarge(f"{header['type'][:40]}: data of {data_length} bytes is over {MAX_HEADER_BYTES}")
+    if payload_length > MAX_PAYLOAD_BYTES:
+        raise EventTooLarge(f"{header['type'][:40]}: payload of {payload_length} bytes is over {MAX_PAYLOAD_BYTES}")
+    data = header.get("data") or {}
+    if data_length:
+        data = {**(data if isinstance(data, dict) else {}), **json.loads(await reader.readexactly(data_length))}
+    if not isinstance(data, dict):
+        raise ValueError("event data is not a JSON object")
+    payload = await reader.readexactly(payload_length) if payload_length else None
+    return Event(type=header["type"], data=data, payload=payload)
+
+
+def _length(header: dict, key: str) -> int:
+    value = header.get(key) or 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{key} is not a byte count")
+    return value
 
 
 class AssistSatellite:
@@ -42,26 +94,33 @@ class AssistSatellite:
     Args:
         settings: the [wyoming] table.
         device_id: names the satellite when [wyoming] name is empty.
-        on_command: receives "mute", "unmute" or "refuse:<what was asked>" (from the satellite's thread).
+        post: receives ("mute"|"unmute", peer) and ("refused", (peer, kind, reason, count)), from the
+            satellite's thread (queue it).
         wake_words: the configured models, shown to Home Assistant.
         speaker: where spoken answers play; None: they are acknowledged unplayed.
     """
 
-    def __init__(self, settings: WyomingConfig, device_id: str, on_command: Callable[[str], None],
+    def __init__(self, settings: WyomingConfig, device_id: str, post: Callable[[str, object], None],
                  wake_words: list[str], speaker: Speaker | None = None) -> None:
-        self.settings, self.on_command, self.speaker = settings, on_command, speaker
+        self.settings, self.post, self.speaker = settings, post, speaker
         self.name = settings.name or f"pi-guard {device_id}"
         self.wake_words = wake_words
+        self.host, port = settings.uri.removeprefix("tcp://").rsplit(":", 1)
+        self.port = int(port)
         self._loop = asyncio.new_event_loop()
-        self._server = AsyncServer.from_uri(settings.uri)
-        self._home_assistant: _Connection | None = None  # the connection that said run-satellite
-        self._paused = False
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[_Connection] = set()
+        self._hub: _Connection | None = None  # the one connection that said run-satellite: released audio goes here
+        self._paused_by: tuple[_Connection, str] | None = None  # the connection (and its host) whose pause holds
+        self.playback_held = threading.Event()  # set while a spoken confirmation is awaited: nothing plays
+        self.refusals = RefusalTally(self._report)
         self._thread = threading.Thread(target=self._loop.run_forever, name="wyoming", daemon=True)
 
     def start(self) -> None:
         """Listen now (a taken port fails here, at start), then serve in a thread of its own."""
         try:
-            self._loop.run_until_complete(self._server.start(lambda r, w: _Connection(self, r, w)))
+            self._server = self._loop.run_until_complete(asyncio.start_server(
+                self._accept, self.host, self.port, limit=MAX_HEADER_BYTES))
         except OSError as e:
             raise GuardError(f"[wyoming] uri {self.settings.uri}: cannot listen there ({e.strerror or e})") from None
         self._thread.start()
@@ -73,8 +132,7 @@ class AssistSatellite:
         try:
             from wyoming.zeroconf import HomeAssistantZeroconf
 
-            port = int(self.settings.uri.rsplit(":", 1)[1])
-            await HomeAssistantZeroconf(port=port, name=self.name.replace(" ", "-")).register_server()
+            await HomeAssistantZeroconf(port=self.port, name=self.name.replace(" ", "-")).register_server()
             log.info("satellite announced on the local network as %s", self.name)
         except Exception as e:  # no multicast route, no network yet: Home Assistant can still add it by host
             log.warning("satellite not announced on the local network (%s); add it in Home Assistant by host "
@@ -82,30 +140,75 @@ class AssistSatellite:
 
     def stop(self) -> None:
         if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._server.stop(), self._loop).result(5)
+            asyncio.run_coroutine_threadsafe(self._close_all(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+        self.refusals.close()
+
+    async def _close_all(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.close()
 
     @property
     def connected(self) -> bool:
-        return self._home_assistant is not None
+        return self._hub is not None
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def _report(self, peer: str, kind: str, reason: str, count: int) -> None:
+        """One log line and one audit record per peer and kind per interval (see refusals.py)."""
+        times = "" if count == 1 else f" ({count} times in the last {self.refusals.interval_seconds:g} s)"
+        log.warning("satellite: %s from %s refused%s: %s", kind, peer, times, reason)
+        self.post("refused", (peer, kind, reason, count))
+
+    # -- connections ------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A new connection: a stranger or one too many is closed before anything it sent is read."""
+        host = str(writer.get_extra_info("peername")[0])
+        allowed = self.settings.allowed_hosts
+        if allowed and host not in allowed:
+            self.refusals.refused(host, "connection", "not in [wyoming] allowed_hosts; closed unread")
+            writer.transport.abort()
+            return
+        if len(self._connections) >= MAX_CONNECTIONS:
+            self.refusals.refused(host, "connection", f"{MAX_CONNECTIONS} connections already open; closed unread")
+            writer.transport.abort()
+            return
+        connection = _Connection(self, reader, writer)
+        self._connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self._connections.discard(connection)
+            self.gone(connection)
 
     def send(self, audio: bytes | bytearray | memoryview, timeout_seconds: float) -> str:
-        """Run an Assist pipeline from speech-to-text on this released audio (16 kHz mono 16-bit PCM)."""
+        """Run an Assist pipeline from speech-to-text on this released audio (16 kHz mono 16-bit PCM).
+
+        Returns:
+            who received it: "Home Assistant (host:port)".
+        """
+        hub = self._hub
         future = asyncio.run_coroutine_threadsafe(self._stream(audio), self._loop)
         try:
             return future.result(timeout_seconds)
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise DeliveryUncertain(f"Home Assistant did not take the audio within {timeout_seconds:g} s; "
-                                    "part of it may have arrived") from None
+            raise DeliveryUncertain(f"Home Assistant ({hub.peer if hub else 'not connected'}) did not take the "
+                                    f"audio within {timeout_seconds:g} s; part of it may have arrived") from None
 
     async def _stream(self, audio: bytes | bytearray | memoryview) -> str:
-        connection = self._home_assistant
+        connection = self._hub
         if connection is None:
             raise GuardError("Home Assistant is not connected to the satellite; nothing was sent")
         end = PipelineStage.TTS if self.speaker is not None else PipelineStage.HANDLE
         view, sent, step = memoryview(audio).cast("B"), 0, 2 * SAMPLES_PER_CHUNK
+        to = f"Home Assistant ({connection.peer})"
         try:
             await connection.write_event(RunPipeline(start_stage=PipelineStage.ASR, end_stage=end).event())
             await connection.write_event(AudioStart(rate=RATE_HZ, width=2, channels=1, timestamp=0).event())
@@ -116,10 +219,10 @@ class AssistSatellite:
             await connection.write_event(AudioStop(timestamp=len(view) * 1000 // (2 * RATE_HZ)).event())
         except (OSError, ConnectionError, RuntimeError) as e:
             if not sent:
-                raise GuardError(f"Home Assistant's connection failed ({e}); no audio was sent") from None
-            raise DeliveryUncertain(f"Home Assistant's connection failed after {sent} chunk(s) ({e}); part of "
+                raise GuardError(f"{to}: the connection failed ({e}); no audio was sent") from None
+            raise DeliveryUncertain(f"{to}: the connection failed after {sent} chunk(s) ({e}); part of "
                                     "the audio may have arrived") from None
-        return f"Home Assistant ({connection.peer})"
+        return to
 
     # -- what Home Assistant says ---------------------------------------------------
 
@@ -129,32 +232,59 @@ class AssistSatellite:
         elif Ping.is_type(event.type):
             await connection.write_event(Pong(text=Ping.from_event(event).text).event())
         elif RunSatellite.is_type(event.type):
-            self._home_assistant = connection
-            log.info("Home Assistant (%s) is ready for the satellite's requests", connection.peer)
-            if self._paused:
-                self._paused = False
-                self.on_command("unmute")
+            self._run_satellite(connection)
         elif PauseSatellite.is_type(event.type):
-            if not self._paused:
-                self._paused = True
-                self.on_command("mute")
+            if self._paused_by is None:
+                self._paused_by = (connection, connection.host)
+                self.post("mute", connection.peer)
         elif RunPipeline.is_type(event.type) or Detect.is_type(event.type):
-            log.warning("Home Assistant asked the satellite to listen (%s); refused: audio leaves only after a "
-                        "local act of consent", event.type)
-            self.on_command(f"refuse:{event.type}")
-        elif AudioStart.is_type(event.type) and self.speaker is not None:
-            start = AudioStart.from_event(event)
-            await self._play(self.speaker.start, start.rate, start.width, start.channels)
-        elif AudioChunk.is_type(event.type) and self.speaker is not None:
-            await self._play(self.speaker.write, AudioChunk.from_event(event).audio)
-        elif AudioStop.is_type(event.type):
+            self.refusals.refused(connection.host, event.type, "asked the satellite to listen; audio leaves only "
+                                                               "after a local act of consent")
+        elif AudioStart.is_type(event.type) or AudioChunk.is_type(event.type) or AudioStop.is_type(event.type):
+            await self._answer(connection, event)
+        elif Error.is_type(event.type):
+            log.warning("Home Assistant: %s", Error.from_event(event).text[:200])
+        else:
+            log.debug("Home Assistant: %s", event.type[:40])  # transcript, synthesize, ...: their text stays out
+
+    def _run_satellite(self, connection: "_Connection") -> None:
+        """The connection becomes the hub, unless another one is; it lifts a pause only if it is the pauser's."""
+        if self._hub is not None and self._hub is not connection:
+            self.refusals.refused(connection.host, "run-satellite", f"Home Assistant ({self._hub.peer}) is the "
+                                  "satellite's hub; a second connection never takes its place")
+            return
+        if self._hub is None:
+            self._hub = connection
+            log.info("Home Assistant (%s) is ready for the satellite's requests", connection.peer)
+        if self._paused_by is None:
+            return
+        pauser, pauser_host = self._paused_by
+        if pauser is connection or (pauser not in self._connections and pauser_host == connection.host):
+            self._paused_by = None
+            self.post("unmute", connection.peer)
+        else:
+            self.refusals.refused(connection.host, "unpause", f"the pause of {pauser.peer} holds; only it (or the "
+                                  "button) lifts it")
+
+    async def _answer(self, connection: "_Connection", event: Event) -> None:
+        """A spoken answer plays only from the hub, and never while a spoken confirmation is awaited:
+        nothing the guard plays can confirm a release."""
+        if connection is not self._hub:
+            self.refusals.refused(connection.host, "audio", "audio from a connection that is not the hub; not played")
+        elif self.playback_held.is_set():
+            self.refusals.refused(connection.host, "audio", "a spoken confirmation is awaited; not played")
             if self.speaker is not None:
                 await self._play(self.speaker.stop)
+        elif self.speaker is not None:
+            if AudioStart.is_type(event.type):
+                start = AudioStart.from_event(event)
+                await self._play(self.speaker.start, start.rate, start.width, start.channels)
+            elif AudioChunk.is_type(event.type):
+                await self._play(self.speaker.write, AudioChunk.from_event(event).audio)
+            else:
+                await self._play(self.speaker.stop)
+        if AudioStop.is_type(event.type):
             await connection.write_event(Played().event())
-        elif Error.is_type(event.type):
-            log.warning("Home Assistant: %s", Error.from_event(event).text)
-        else:
-            log.debug("Home Assistant: %s", event.type)  # transcript, synthesize, ...: their text stays out of logs
 
     async def _play(self, step: Callable, *args) -> None:
         """A speaker call, off the event loop: pings are answered while an answer plays."""
@@ -164,8 +294,8 @@ class AssistSatellite:
             log.warning("spoken answer not played: %s", e)
 
     def gone(self, connection: "_Connection") -> None:
-        if self._home_assistant is connection:
-            self._home_assistant = None
+        if self._hub is connection:
+            self._hub = None
             log.info("Home Assistant (%s) disconnected from the satellite", connection.peer)
 
     def _info(self) -> Info:
@@ -176,27 +306,38 @@ class AssistSatellite:
             supports_trigger=False))
 
 
-class _Connection(AsyncEventHandler):
-    """One Home Assistant connection; events go to the satellite, a failure there never drops the link."""
+class _Connection:
+    """One connection from an allowed host; a bad or oversized event, or silence, closes only it."""
 
     def __init__(self, satellite: AssistSatellite, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
-        super().__init__(reader, writer)
-        self.satellite = satellite
-        host, port = writer.get_extra_info("peername")[:2]
-        self.peer = f"{host}:{port}"
-        allowed = satellite.settings.allowed_hosts
-        self.allowed = not allowed or host in allowed  # decided once, at connect
+        self.satellite, self.reader, self.writer = satellite, reader, writer
+        self.host, port = (str(part) for part in writer.get_extra_info("peername")[:2])
+        self.peer = f"{self.host}:{port}"
 
-    async def handle_event(self, event: Event) -> bool:
-        if not self.allowed:
-            log.warning("satellite connection from %s refused: not in [wyoming] allowed_hosts", self.peer)
-            return False
+    async def serve(self) -> None:
         try:
-            await self.satellite.on_event(self, event)
-        except Exception:
-            log.exception("Wyoming event %s failed; the satellite keeps running", event.type)
-        return True
+            while True:
+                event = await asyncio.wait_for(read_event(self.reader), IDLE_SECONDS)
+                if event is None:
+                    return
+                try:
+                    await self.satellite.on_event(self, event)
+                except (OSError, ConnectionError):
+                    raise
+                except Exception:
+                    log.exception("Wyoming event %s failed; the satellite keeps running", event.type[:40])
+        except TimeoutError:
+            log.info("satellite connection %s idle for %g s; closed", self.peer, IDLE_SECONDS)
+        except (ValueError, UnicodeDecodeError, asyncio.IncompleteReadError) as e:
+            self.satellite.refusals.refused(self.host, "malformed", f"{e}; connection closed")
+        except (OSError, ConnectionError):
+            pass
+        finally:
+            self.close()
 
-    async def disconnect(self) -> None:
-        self.satellite.gone(self)
+    async def write_event(self, event: Event) -> None:
+        await async_write_event(event, self.writer)
+
+    def close(self) -> None:
+        self.writer.transport.abort()

@@ -27,17 +27,19 @@ class Notifier:
         for_us = environ.get("WATCHDOG_PID", str(os.getpid())) == str(os.getpid())
         self.watchdog_seconds = int(usec) / 1e6 if usec.isdigit() and for_us else 0.0
         self._last_ping = 0.0
+        # opened once, at start: a peer that uses up the descriptors later cannot stop the watchdog's pings
+        self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) \
+            if self._address else None
 
     @property
     def active(self) -> bool:
         return bool(self._address)
 
     def send(self, *fields: str) -> None:
-        if not self._address:
+        if self._socket is None:
             return
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-                s.sendto("\n".join(fields).encode(), self._address)
+            self._socket.sendto("\n".join(fields).encode(), self._address)
         except OSError as e:
             log.warning("cannot notify systemd at %s: %s", self._address.lstrip("\0"), e)
 

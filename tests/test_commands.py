@@ -17,8 +17,8 @@ DOCUMENTED = {"mute", "unmute", "cancel", "wipe"}
 
 @pytest.mark.parametrize("verb", sorted(DOCUMENTED))
 def test_each_documented_verb(verb):
-    assert parse_command(CMD + verb, b"", DEVICE) == verb
-    assert parse_command(CMD + verb, b"PRESS", DEVICE) == verb  # Home Assistant's buttons send PRESS
+    assert parse_command(CMD + verb, b"", DEVICE) == ("remote", verb)
+    assert parse_command(CMD + verb, b"PRESS", DEVICE) == ("remote", verb)  # Home Assistant's buttons send PRESS
 
 
 @pytest.mark.parametrize("verb", ["release", "send", "confirm", "sink", "unmute_button", "Mute", "mute/", "",
@@ -31,7 +31,7 @@ def test_anything_else_under_cmd_is_refused(verb):
 @pytest.mark.parametrize(("payload", "verb"), [(b"ON", "mute"), (b"OFF", "unmute"), (b" on \n", "mute"),
                                                (b"off", "unmute")])
 def test_home_assistants_switch(payload, verb):
-    assert parse_command(CMD + "remote_mute", payload, DEVICE) == verb
+    assert parse_command(CMD + "remote_mute", payload, DEVICE) == ("remote", verb)
 
 
 @pytest.mark.parametrize("payload", [b"", b"TRUE", b"1", b"ONN", b"\xff\xfe", b"release"])
@@ -41,7 +41,7 @@ def test_the_switch_takes_only_on_or_off(payload):
 
 
 def test_oversized_payloads_are_refused_at_the_limit():
-    assert parse_command(CMD + "mute", b"x" * MAX_COMMAND_BYTES, DEVICE) == "mute"
+    assert parse_command(CMD + "mute", b"x" * MAX_COMMAND_BYTES, DEVICE) == ("remote", "mute")
     with pytest.raises(CommandError, match=f"payload of {MAX_COMMAND_BYTES + 1} bytes"):
         parse_command(CMD + "mute", b"x" * (MAX_COMMAND_BYTES + 1), DEVICE)
     assert MAX_COMMAND_BYTES == 1024
@@ -59,10 +59,11 @@ def _hermes(**body) -> bytes:
 
 @pytest.mark.parametrize(("topic", "verb"), [("hermes/hotword/toggleOff", "mute"),
                                              ("hermes/hotword/toggleOn", "unmute")])
-def test_hermes_toggles_for_this_site(topic, verb):
-    assert parse_command(topic, _hermes(siteId=DEVICE), DEVICE) == verb
-    assert parse_command(topic, _hermes(siteId=DEVICE, reason=""), DEVICE) == verb
-    assert parse_command(topic, _hermes(siteId=DEVICE, reason="someOtherReason"), DEVICE) == verb
+def test_hermes_toggles_for_this_site_are_rhasspys_own(topic, verb):
+    """Rhasspy's toggles come as "rhasspy", not "remote": its unmute lifts only a mute that Rhasspy set."""
+    assert parse_command(topic, _hermes(siteId=DEVICE), DEVICE) == ("rhasspy", verb)
+    assert parse_command(topic, _hermes(siteId=DEVICE, reason=""), DEVICE) == ("rhasspy", verb)
+    assert parse_command(topic, _hermes(siteId=DEVICE, reason="someOtherReason"), DEVICE) == ("rhasspy", verb)
 
 
 @pytest.mark.parametrize("reason", ["dialogueSession", "playAudio", "ttsSay"])

@@ -11,6 +11,7 @@ import speech
 from guard import config, mqtt
 from guard.daemon import Daemon, RunOptions
 from guard.gate import State
+from guard.inbox import Lane
 from guard.wake import WakeDetector, WakeModelSettings
 
 DEVICE = "kitchen"
@@ -26,7 +27,8 @@ def _message(topic: bytes | str, payload: bytes = b"") -> paho.MQTTMessage:
 def link():
     heard: list[str] = []
     errors: list[str] = []
-    link = mqtt.MqttLink(config.MqttConfig(host="127.0.0.1", discovery=True), DEVICE, heard.append, None)
+    link = mqtt.MqttLink(config.MqttConfig(host="127.0.0.1", discovery=True), DEVICE,
+                         lambda by, verb: heard.append(verb if by == "remote" else f"{by} {verb}"), None)
     link.error = errors.append  # what would go out on event/error
     link.heard, link.errors = heard, errors
     return link
@@ -63,7 +65,7 @@ def test_home_assistant_coming_online_gets_discovery_at_most_every_10_s(link):
         link._on_message(None, None, _message("homeassistant/status", b"online"))
     link._on_message(None, None, _message("homeassistant/status", b"offline"))
     assert len(sent) == 1
-    off = mqtt.MqttLink(config.MqttConfig(host="127.0.0.1", discovery=False), DEVICE, print, None)
+    off = mqtt.MqttLink(config.MqttConfig(host="127.0.0.1", discovery=False), DEVICE, lambda by, verb: None, None)
     off.publish_discovery = lambda: sent.append(0)
     off._on_message(None, None, _message("homeassistant/status", b"online"))
     assert len(sent) == 1, "discovery = false publishes nothing"
@@ -107,7 +109,7 @@ def test_a_rate_window_is_the_last_minute(link, monkeypatch):
 
 
 def test_a_callback_that_raises_never_stops_the_link(link, caplog):
-    def explode(verb):
+    def explode(by, verb):
         raise RuntimeError("the gate's queue broke")
     link.on_command = explode
     link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/mute"))  # returns: paho's thread lives
@@ -139,7 +141,7 @@ def _loud(seed: int) -> np.ndarray:
 def test_each_frame_copy_is_zeroed_once_the_gate_has_seen_it(daemon):
     frame = _loud(1)
     daemon.post_frame(frame)
-    copy = daemon.frames.queue[0][0]
+    copy = daemon.inbox.peek(Lane.FRAMES)[0][0]
     assert np.array_equal(copy, frame) and copy is not frame and copy.base is not frame
     daemon._step()
     assert not copy.any() and frame.any(), "the loop zeroes its copy, never the reader's frame"
@@ -150,7 +152,7 @@ def test_a_frame_is_zeroed_even_when_handling_it_fails(daemon):
         raise RuntimeError("the detector broke")
     daemon.gate.feed = broken
     daemon.post_frame(_loud(2))
-    copy = daemon.frames.queue[0][0]
+    copy = daemon.inbox.peek(Lane.FRAMES)[0][0]
     daemon._step()
     assert not copy.any() and daemon.gate.state is State.FAULT
 
@@ -158,9 +160,9 @@ def test_a_frame_is_zeroed_even_when_handling_it_fails(daemon):
 def test_muting_zeroes_and_drops_every_queued_frame(daemon):
     for seed in range(5):
         daemon.post_frame(_loud(seed))
-    queued = [item[0] for item in daemon.frames.queue]
+    queued = [item[0] for item in daemon.inbox.peek(Lane.FRAMES)]
     daemon._set_listening(False)
-    assert daemon.frames.empty() and not daemon.listening.is_set()
+    assert daemon.inbox.empty() and not daemon.listening.is_set()
     assert all(not q.any() for q in queued)
     daemon._set_listening(True)
     assert daemon.listening.is_set()
@@ -168,31 +170,31 @@ def test_muting_zeroes_and_drops_every_queued_frame(daemon):
 
 def test_stop_drains_too(daemon):
     daemon.post_frame(_loud(7))
-    queued = daemon.frames.queue[0][0]
+    queued = daemon.inbox.peek(Lane.FRAMES)[0][0]
     daemon._drain()
-    assert daemon.frames.empty() and not queued.any()
+    assert daemon.inbox.empty() and not queued.any()
 
 
 def test_each_remote_verb_reaches_its_gate_action(daemon):
-    daemon._handle("remote", "mute")
+    daemon._handle("command", ("remote", "mute"))
     assert daemon.gate.state is State.MUTED and daemon.gate.muted_by == "remote"
-    daemon._handle("remote", "unmute")
+    daemon._handle("command", ("remote", "unmute"))
     assert daemon.gate.state is State.IDLE
     calls = []
     daemon.gate.cancel, daemon.gate.wipe = (lambda by: calls.append(("cancel", by))), \
         (lambda by: calls.append(("wipe", by)))
-    daemon._handle("remote", "cancel")
-    daemon._handle("remote", "wipe")
-    assert calls == [("cancel", "remote"), ("wipe", "remote")]
+    daemon._handle("command", ("remote", "cancel"))
+    daemon._handle("command", ("rhasspy", "wipe"))
+    assert calls == [("cancel", "remote"), ("wipe", "rhasspy")]
     with pytest.raises(KeyError):
-        daemon._handle("remote", "release")
+        daemon._handle("command", ("remote", "release"))
 
 
 def test_stop_wakes_a_muted_loop_and_asks_it_to_finish(daemon):
     daemon.listening.clear()
     daemon.stop()
     assert daemon.stopping.is_set() and daemon.listening.is_set()
-    assert daemon.words.get_nowait() == ("stop", None)
+    assert daemon.inbox.get(0) == (Lane.URGENT, "stop", None)
 
 
 def test_only_sound_from_a_reopened_microphone_counts_as_its_recovery(daemon):

@@ -297,10 +297,11 @@ def test_outbox_overflow_is_counted_in_the_audit_log(tmp_path):
 @settings(max_examples=400, deadline=None)
 def test_any_inbound_message_is_a_documented_verb_or_refused(topic, payload):
     try:
-        verb = parse_command(topic, payload, DEVICE)
+        command = parse_command(topic, payload, DEVICE)
     except CommandError:
         return
-    assert verb is None or verb in ("mute", "unmute", "cancel", "wipe")  # the README's list, not the module's
+    assert command is None or (command[0] in ("remote", "rhasspy")
+                               and command[1] in ("mute", "unmute", "cancel", "wipe"))  # the README's list
 
 
 # what mosquitto accepts in a topic: no wildcards, no control characters, valid UTF-8 (else it drops the client)
@@ -571,7 +572,30 @@ def test_a_rhasspy_dialogue_session_is_not_a_privacy_mute(tmp_path, broker, quie
         assert sub.wait_for(lambda: "wiped" in _events(sub))
         assert daemon.gate.state is State.IDLE
         sub.publish("hermes/hotword/toggleOff", json.dumps({"siteId": DEVICE, "reason": ""}))
+        assert sub.wait_for(lambda: daemon.gate.state is State.MUTED and daemon.gate.muted_by == "rhasspy")
+
+
+def test_rhasspy_lifts_only_its_own_mute(tmp_path, broker, quiet_wav):
+    """Home Assistant's remote_mute switch holds against Rhasspy's toggleOn (with or without a reason); Rhasspy's
+    own toggleOff is lifted by its toggleOn; the hub's unmute cannot lift Rhasspy's mute either."""
+    with _running(_config(tmp_path, broker.port, hermes=True), quiet_wav) as (daemon, sub):
+        sub.publish(f"{ROOT}/cmd/remote_mute", "ON")
         assert sub.wait_for(lambda: daemon.gate.state is State.MUTED and daemon.gate.muted_by == "remote")
+        for body in ({"siteId": DEVICE}, {"siteId": DEVICE, "reason": ""}):
+            sub.publish("hermes/hotword/toggleOn", json.dumps(body))
+        assert sub.wait_for(lambda: _events(sub).count("refused") == 2)
+        assert daemon.gate.state is State.MUTED and daemon.gate.muted_by == "remote"
+        sub.publish(f"{ROOT}/cmd/remote_mute", "OFF")
+        assert sub.wait_for(lambda: daemon.gate.state is State.IDLE)
+        sub.publish("hermes/hotword/toggleOff", json.dumps({"siteId": DEVICE}))
+        assert sub.wait_for(lambda: daemon.gate.state is State.MUTED and daemon.gate.muted_by == "rhasspy")
+        sub.publish(f"{ROOT}/cmd/remote_mute", "OFF")
+        assert sub.wait_for(lambda: _events(sub).count("refused") == 3)
+        assert daemon.gate.state is State.MUTED
+        sub.publish("hermes/hotword/toggleOn", json.dumps({"siteId": DEVICE}))
+        assert sub.wait_for(lambda: daemon.gate.state is State.IDLE)
+    refused = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "refused"]
+    assert [r["by"] for r in refused] == ["rhasspy", "rhasspy", "remote"]
 
 
 def test_a_hermes_wake_carries_the_configured_sensitivity_not_the_score(tmp_path, broker, two_requests_wav):
@@ -651,7 +675,8 @@ def test_invariant2_no_remote_message_releases_a_pending_utterance(tmp_path, bro
     assert [r for r in records if r.get("utterance") == sent[0]][-1]["reason"] == "cancelled by remote"
     assert not any(r["event"].startswith("releas") for r in records)
     assert list((tmp_path / "sink").iterdir()) == []
-    assert sub.wait_for(lambda: _events(sub).count("error") >= 5)
+    errors = [json.loads(p)["reason"] for t, p, _ in sub.messages if t == f"{ROOT}/event/error"]
+    assert len(errors) >= 4 and any("more like this" in e for e in errors), "refusals counted per kind, not one each"
     sub.client.publish(f"{ROOT}/cmd/release", b"", qos=1, retain=True).wait_for_publish(5)  # clear the retained one
     sub.close()
 
