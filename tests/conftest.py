@@ -1,6 +1,7 @@
 """Fixtures: real synthesized speech, real WAV files, and an ALSA capture device made of a file."""
 
 import dataclasses
+import fcntl
 import os
 import pty
 import subprocess
@@ -153,9 +154,11 @@ def home_assistant_python() -> str:
     """Home Assistant's own Python, in a venv of its own (.venv-ha, made once: a few minutes)."""
     venv = Path(__file__).resolve().parent.parent / ".venv-ha"
     stamp = venv / "guard-stamp"
-    if not (stamp.exists() and stamp.read_text() == " ".join(HOME_ASSISTANT)):
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-        subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", *HOME_ASSISTANT],
-                       check=True, timeout=1800)
-        stamp.write_text(" ".join(HOME_ASSISTANT))
+    with open(venv.with_name(".venv-ha.lock"), "w") as lock:  # two test runs at once must not clear each other's
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (stamp.exists() and stamp.read_text() == " ".join(HOME_ASSISTANT)):
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
+            subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", *HOME_ASSISTANT],
+                           check=True, timeout=1800)
+            stamp.write_text(" ".join(HOME_ASSISTANT))
     return str(venv / "bin/python")
