@@ -7,6 +7,7 @@ a remote command.
 
 import difflib
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -274,6 +275,27 @@ def _parse_uri(value: Any) -> str:
     raise ValueError('must be "tcp://HOST:PORT", e.g. "tcp://0.0.0.0:10700", or empty (off)')
 
 
+def _parse_hosts(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError('must be a list of IP addresses, e.g. ["192.168.1.10"]')
+    for host in value:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address (a connection shows its address, never its "
+                             "name); give your Home Assistant's address, e.g. \"192.168.1.10\"") from None
+    return tuple(value)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class WyomingConfig:
     """[wyoming]: be a Home Assistant voice satellite; audio reaches it only through a wyoming sink."""
@@ -284,8 +306,9 @@ class WyomingConfig:
     zeroconf: bool = field(default=True, metadata=_doc(
         "announce the satellite on the local network (_wyoming._tcp), so Home Assistant discovers it"))
     allowed_hosts: tuple[str, ...] = field(default=(), metadata=_doc(
-        'the only addresses that may connect, e.g. ["192.168.1.10"] (your Home Assistant): whoever connects '
-        "receives released requests; empty: any"))
+        'the only addresses that may connect, e.g. ["192.168.1.10"] (your Home Assistant), since the hub '
+        "receives released requests; others are closed unread. Needed unless uri listens on loopback only",
+        parse=_parse_hosts))
 
 
 @dataclass(frozen=True)
@@ -441,6 +464,7 @@ def parse(raw: dict, source: str) -> Config:
         if sink.type == "hermes" and not config.mqtt.hermes:
             raise ConfigError(f"{source}: [sinks.{name}] is a hermes sink; it needs [mqtt] hermes = true, "
                               "so that Rhasspy hears of the wake and starts listening")
+    _check_wyoming(source, config.wyoming)
     if config.audio.chimes and not config.audio.output_device:
         raise ConfigError(f"{source}: [audio] chimes = true needs [audio] output_device, a speaker to play them on")
     wanted = 3 if config.gpio.led_type == "rgb" else 1
@@ -448,6 +472,18 @@ def parse(raw: dict, source: str) -> Config:
         raise ConfigError(f"{source}: [gpio] led_pins = {list(config.gpio.led_pins)}: "
                           f"a {config.gpio.led_type} LED takes {wanted} pin(s)")
     return config
+
+
+def _check_wyoming(source: str, wyoming: WyomingConfig) -> None:
+    """A satellite reachable from the network names its hub: whoever is the hub receives released requests."""
+    if not wyoming.uri or wyoming.allowed_hosts:
+        return
+    host = wyoming.uri.removeprefix("tcp://").rsplit(":", 1)[0]
+    if not _loopback(host):
+        raise ConfigError(f'{source}: [wyoming] uri = "{wyoming.uri}" listens on the network, so whoever '
+                          "connects could become the hub that receives released requests; add allowed_hosts = "
+                          '["<your Home Assistant\'s IP address>"] under [wyoming] (and the same address to the '
+                          'service\'s IPAddressAllow), or listen on "tcp://127.0.0.1:10700" only')
 
 
 def find_path(explicit: str | None) -> Path | None:
@@ -479,17 +515,23 @@ def load(explicit: str | None = None) -> tuple[Config, Path | None]:
 
 
 def _check_trust(path: Path, config: Config) -> None:
-    """The config and every file a sink names may be written only by root or this user (see trust.py)."""
-    named = [(path, "config")]
+    """The config, every file and folder a sink depends on, and the broker's TLS files may be changed only by
+    root or this user, all the way up (see trust.py)."""
+    problem = trust.untrusted(path)
+    if problem:
+        raise ConfigError(problem)
+    named: list[tuple[str, str | None]] = []
     for name, sink in config.sinks.items():
         if sink.type == "directory":
-            named.append((Path(sink.path).expanduser(), f"[sinks.{name}] path"))
-        elif sink.type == "command" and Path(sink.command[0]).is_absolute():
-            named.append((Path(sink.command[0]), f"[sinks.{name}] command"))
-    for file, key in named:
-        problem = trust.untrusted(file)
+            named.append((f"[sinks.{name}] path", trust.untrusted(Path(sink.path).expanduser())))
+        elif sink.type == "command":
+            named.append((f"[sinks.{name}] command", trust.untrusted_command(sink.command)))
+    if config.mqtt.host and config.mqtt.tls:  # the CA decides which broker is believed to be the broker
+        named += [(f"[mqtt] {key}", trust.untrusted(Path(getattr(config.mqtt, key)).expanduser()))
+                  for key in ("ca_file", "cert_file", "key_file") if getattr(config.mqtt, key)]
+    for key, problem in named:
         if problem:
-            raise ConfigError(f"{path}: {key}: {problem}" if key != "config" else problem)
+            raise ConfigError(f"{path}: {key}: {problem}")
 
 
 def _table_toml(name: str, section: Any) -> list[str]:

@@ -82,9 +82,7 @@ class Daemon:
         self.chimes = Chimes(self.speaker, config.audio.chime_volume) if config.audio.chimes else None
         self.satellite = AssistSatellite(config.wyoming, device_id, self._post_assist, list(config.wake.models),
                                          self.speaker) if config.wyoming.uri else None
-        self.sinks = sinks.build(config.sinks, device_id, self.mqtt.send_audio if self.mqtt else None,
-                                 self.mqtt.send_hermes_audio if self.mqtt else None,
-                                 self.satellite.send if self.satellite else None)
+        self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite)
         self.button, self.led = self._gpio()
         accepts = {name: sink.confirm for name, sink in config.sinks.items()}
         self._outgoing: queue.Queue[Delivery | None] = queue.Queue()  # consented releases for the delivery thread

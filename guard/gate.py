@@ -64,6 +64,7 @@ class Event:
     speaker_score: float | None = None
     peer: str | None = None
     count: int | None = None
+    to: str | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -84,7 +85,7 @@ class Delivery:
     confirmed_by: str
     duration_seconds: float
     extra: dict
-    outcomes: list[tuple[str, str, str]] = field(default_factory=list)  # (sink, outcome, where or why)
+    outcomes: list[tuple[str, str, str, str]] = field(default_factory=list)  # (sink, outcome, where or why, to)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _abandoned: bool = False
     started: bool = False  # a sink has been handed the WAV
@@ -98,30 +99,31 @@ class Delivery:
         try:
             for sink in self.sinks:
                 try:
-                    self._note(sink.name, "released", sink.deliver(self.wav, self.utterance))
+                    to = sink.deliver(self.wav, self.utterance)
+                    self._note(sink.name, "released", to, to)
                 except SinkUncertain as e:
-                    self._note(sink.name, "release-unknown", str(e))
+                    self._note(sink.name, "release-unknown", str(e), sink.destination())
                 except SinkError as e:
-                    self._note(sink.name, "release-failed", str(e))
+                    self._note(sink.name, "release-failed", str(e), "")
         finally:
             self.wav[:] = bytes(len(self.wav))
 
-    def _note(self, sink: str, outcome: str, detail: str) -> None:
+    def _note(self, sink: str, outcome: str, detail: str, to: str) -> None:
         with self._lock:
             if not self._abandoned:  # after abandon, the record already says what may have happened
-                self.outcomes.append((sink, outcome, detail))
+                self.outcomes.append((sink, outcome, detail, to))
 
     def abandon(self, why: str) -> None:
         """Shutdown while sinks still run: whatever they did not finish may still arrive; then stop them."""
         with self._lock:
             self._abandoned = True
-            done = {name for name, _, _ in self.outcomes}
+            done = {outcome[0] for outcome in self.outcomes}
             if self.started:
-                self.outcomes += [(s.name, "release-unknown", f"sink {s.name}: {why}; it may still arrive")
-                                  for s in self.sinks if s.name not in done]
+                self.outcomes += [(s.name, "release-unknown", f"sink {s.name}: {why}; it may still arrive",
+                                   s.destination()) for s in self.sinks if s.name not in done]
             else:
-                self.outcomes += [(s.name, "release-failed", f"sink {s.name}: the guard stopped before it was sent")
-                                  for s in self.sinks]
+                self.outcomes += [(s.name, "release-failed", f"sink {s.name}: the guard stopped before it was sent",
+                                   "") for s in self.sinks]
                 self.wav[:] = bytes(len(self.wav))
         for sink in self.sinks:
             sink.cancel()
@@ -283,17 +285,19 @@ class Gate:
         self._deliver(delivery)
 
     def delivered(self, delivery: Delivery) -> None:
-        """Record each sink's outcome: released, release-failed, or release-unknown (may still arrive)."""
+        """Record each sink's outcome: released, release-failed, or release-unknown (may still arrive); a
+        released or release-unknown record names who received the audio (`to`)."""
         u = delivery.utterance.id
-        for sink, outcome, detail in delivery.outcomes:
+        for sink, outcome, detail, to in delivery.outcomes:
             if outcome == "released":
                 log.info("released %s to %s (%s)", u, sink, detail)
-                self._record("released", self.state, utterance=u, sink=sink, confirmed_by=delivery.confirmed_by,
-                             duration_seconds=delivery.duration_seconds, **delivery.extra)
+                self._record("released", self.state, utterance=u, sink=sink, to=to[:200],
+                             confirmed_by=delivery.confirmed_by, duration_seconds=delivery.duration_seconds,
+                             **delivery.extra)
             else:
                 log.error("%s", detail)
-                self._record(outcome, self.state, utterance=u, sink=sink, reason=detail[:200])
-        kinds = {outcome for _, outcome, _ in delivery.outcomes}
+                self._record(outcome, self.state, utterance=u, sink=sink, reason=detail[:200], to=to[:200] or None)
+        kinds = {outcome[1] for outcome in delivery.outcomes}
         if "released" in kinds:
             if self.state is State.IDLE:
                 self._show("released")

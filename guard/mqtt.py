@@ -99,6 +99,7 @@ class MqttLink:
         self.settings, self.device_id, self.on_command, self.audit = settings, device_id, on_command, audit
         self.discovered = discovered  # the config topics last announced, so an id change can withdraw them
         self.root = f"guard/{device_id}"
+        self.url = f"mqtt://{settings.host}:{settings.port}"  # names the broker in the record of a release
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
         self._state = {"state": "idle", "since": self.started, "muted_by": None, "started": self.started}
         self.health: dict[str, str] = {}
@@ -276,7 +277,7 @@ class MqttLink:
         """Publish a released WAV (QoS 1, not retained) and wait for the broker's ack. Never queued."""
         topic = f"{self.root}/audio/{utterance_id}"
         self._publish_and_wait([(topic, wav)], timeout_seconds)
-        return topic
+        return f"{self.url}/{topic}"
 
     def send_hermes_audio(self, chunks: list[bytearray], timeout_seconds: float) -> str:
         """Publish a released utterance as Hermes audio frames, then stop the ASR session Rhasspy started
@@ -287,7 +288,7 @@ class MqttLink:
             messages.append(("hermes/asr/stopListening",
                              json.dumps({"siteId": self.device_id, "sessionId": self._asr_session}).encode()))
         self._publish_and_wait(messages, timeout_seconds)
-        return topic
+        return f"{self.url}/{topic}"
 
     def _publish_and_wait(self, messages: list[tuple[str, bytes | bytearray]], timeout_seconds: float) -> None:
         if not self.connected.is_set():

@@ -155,6 +155,11 @@ class AssistSatellite:
     def connected(self) -> bool:
         return self._hub is not None
 
+    def hub(self) -> str:
+        """Who receives released requests now: "Home Assistant (host:port)", or "" when none is connected."""
+        hub = self._hub
+        return f"Home Assistant ({hub.peer})" if hub is not None else ""
+
     @property
     def connections(self) -> int:
         return len(self._connections)

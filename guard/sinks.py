@@ -13,12 +13,14 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from guard.audio import RATE_HZ
 from guard.config import SinkConfig
 from guard.errors import DeliveryUncertain, GuardError
+from guard.trust import COMMAND_PATH, untrusted, untrusted_command
 
 
 class SinkError(GuardError):
@@ -65,18 +67,26 @@ class DirectorySink:
         self.name, self.folder, self.device_id = name, folder, device_id
 
     def problem(self) -> str | None:
-        """Why a release would fail now, checked at start so the user hears of it early."""
+        """Why a release would fail now: checked at start so the user hears of it early, and again at each
+        release, so a folder someone else has come to control never receives audio."""
         if not self.folder.is_dir():
             return f"sink {self.name}: {self.folder}: no such directory; create it or fix [sinks.{self.name}] path"
         if not os.access(self.folder, os.W_OK | os.X_OK):
             return f"sink {self.name}: {self.folder}: not writable by this user"
-        return None
+        untrusted_by = untrusted(self.folder)
+        return f"sink {self.name}: {untrusted_by}" if untrusted_by else None
 
     def cancel(self) -> None:
         """Nothing to stop: a write either finished or left no file."""
 
+    def destination(self) -> str:
+        return str(self.folder)
+
     def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
         """Write the file under a hidden name, fsync, then rename, so readers never see half a file."""
+        problem = self.problem()
+        if problem:
+            raise SinkError(f"{problem}; nothing was written")
         final = self.folder / f"{self.device_id}-{utterance.heard_at}-{utterance.id}.wav"
         partial = self.folder / f".{final.name}.partial"
         try:
@@ -114,17 +124,26 @@ class CommandSink:
         if self._running is not None:
             _kill_group(self._running)
 
+    def destination(self) -> str:
+        return " ".join(self.argv)
+
     def problem(self) -> str | None:
+        """Why a release would fail now: at start, and again at each release (the program and every file it
+        names must still be changeable only by root or this user)."""
         program = Path(self.argv[0])
         if not (program.is_file() and os.access(program, os.X_OK)):
             return f"sink {self.name}: {self.argv[0]}: not an executable file; give its full path"
-        return None
+        untrusted_by = untrusted_command(self.argv)
+        return f"sink {self.name}: {untrusted_by}" if untrusted_by else None
 
     def deliver(self, wav: bytes | bytearray, utterance: Utterance) -> str:
         """Run the command in its own process group with a minimal environment; on timeout kill the group.
 
         Its stderr goes to a memory file, not a pipe, so a helper it leaves running cannot hold the release open.
         """
+        problem = self.problem()
+        if problem:
+            raise SinkError(f"{problem}; not run")
         env = {"PATH": COMMAND_PATH, "LANG": os.environ.get("LANG", "C.UTF-8"),
                "GUARD_DEVICE": self.device_id, "GUARD_UTTERANCE": utterance.id}
         stderr = os.memfd_create(f"guard-sink-{self.name}")
@@ -161,7 +180,6 @@ def _last_line(fd: int) -> str:
     return lines[-1] if lines else ""
 
 
-COMMAND_PATH = "/usr/local/bin:/usr/bin:/bin"  # a command sink sees only this, its LANG and GUARD_* variables
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -176,12 +194,17 @@ class MqttSink:
 
     Args:
         name: the sink's name in the config.
-        send: the MQTT link's `send_audio(utterance_id, wav, timeout_seconds) -> topic`.
+        send: the MQTT link's `send_audio(utterance_id, wav, timeout_seconds) -> mqtt://broker/topic`.
         timeout_seconds: how long to wait for the broker's acknowledgement.
+        where: the broker and topic it publishes to, for the record of a release that may have arrived.
     """
 
-    def __init__(self, name: str, send: Callable[[str, bytes, float], str], timeout_seconds: float) -> None:
-        self.name, self.send, self.timeout_seconds = name, send, timeout_seconds
+    def __init__(self, name: str, send: Callable[[str, bytes, float], str], timeout_seconds: float,
+                 where: str = "") -> None:
+        self.name, self.send, self.timeout_seconds, self.where = name, send, timeout_seconds, where
+
+    def destination(self) -> str:
+        return self.where
 
     def problem(self) -> str | None:
         return None
@@ -199,12 +222,17 @@ class HermesSink:
 
     Args:
         name: the sink's name in the config.
-        send: the MQTT link's `send_hermes_audio(chunks, timeout_seconds) -> topic`.
+        send: the MQTT link's `send_hermes_audio(chunks, timeout_seconds) -> mqtt://broker/topic`.
         timeout_seconds: how long to wait for the broker's acknowledgement of every chunk.
+        where: the broker and topic it publishes to, for the record of a release that may have arrived.
     """
 
-    def __init__(self, name: str, send: Callable[[list[bytearray], float], str], timeout_seconds: float) -> None:
-        self.name, self.send, self.timeout_seconds = name, send, timeout_seconds
+    def __init__(self, name: str, send: Callable[[list[bytearray], float], str], timeout_seconds: float,
+                 where: str = "") -> None:
+        self.name, self.send, self.timeout_seconds, self.where = name, send, timeout_seconds, where
+
+    def destination(self) -> str:
+        return self.where
 
     def problem(self) -> str | None:
         return None
@@ -239,10 +267,15 @@ class WyomingSink:
         name: the sink's name in the config.
         send: the satellite's `send(pcm, timeout_seconds) -> peer`.
         timeout_seconds: how long writing the audio to Home Assistant may take.
+        hub: who the satellite would send to now, for the record of a release that may have arrived.
     """
 
-    def __init__(self, name: str, send: Callable[[memoryview, float], str], timeout_seconds: float) -> None:
-        self.name, self.send, self.timeout_seconds = name, send, timeout_seconds
+    def __init__(self, name: str, send: Callable[[memoryview, float], str], timeout_seconds: float,
+                 hub: Callable[[], str] = lambda: "") -> None:
+        self.name, self.send, self.timeout_seconds, self.hub = name, send, timeout_seconds, hub
+
+    def destination(self) -> str:
+        return self.hub()
 
     def problem(self) -> str | None:
         return None
@@ -257,11 +290,28 @@ class WyomingSink:
 Sink = DirectorySink | CommandSink | MqttSink | HermesSink | WyomingSink
 
 
-def build(sinks: dict[str, SinkConfig], device_id: str,
-          send_mqtt: Callable[[str, bytes, float], str] | None = None,
-          send_hermes: Callable[[list[bytearray], float], str] | None = None,
-          send_assist: Callable[[memoryview, float], str] | None = None) -> list[Sink]:
-    """The configured sinks, in config order."""
+class MqttSender(Protocol):
+    """What the MQTT and Hermes sinks need of the MQTT link (mqtt.MqttLink)."""
+
+    url: str  # mqtt://host:port of the broker
+
+    def send_audio(self, utterance_id: str, wav: bytes, timeout_seconds: float) -> str: ...
+
+    def send_hermes_audio(self, chunks: list[bytearray], timeout_seconds: float) -> str: ...
+
+
+class AssistSender(Protocol):
+    """What the Wyoming sink needs of the satellite (satellite.AssistSatellite)."""
+
+    def send(self, audio: memoryview, timeout_seconds: float) -> str: ...
+
+    def hub(self) -> str: ...
+
+
+def build(sinks: dict[str, SinkConfig], device_id: str, mqtt: MqttSender | None = None,
+          assist: AssistSender | None = None) -> list[Sink]:
+    """The configured sinks, in config order (config refuses mqtt and hermes sinks without [mqtt], and
+    wyoming sinks without [wyoming])."""
     built: list[Sink] = []
     for name, c in sinks.items():
         if c.type == "directory":
@@ -269,9 +319,11 @@ def build(sinks: dict[str, SinkConfig], device_id: str,
         elif c.type == "command":
             built.append(CommandSink(name, c.command, c.timeout_seconds, device_id))
         elif c.type == "hermes":
-            built.append(HermesSink(name, send_hermes, c.timeout_seconds))
+            built.append(HermesSink(name, mqtt and mqtt.send_hermes_audio, c.timeout_seconds,
+                                    f"{mqtt and mqtt.url}/hermes/audioServer/{device_id}/audioFrame"))
         elif c.type == "wyoming":
-            built.append(WyomingSink(name, send_assist, c.timeout_seconds))
+            built.append(WyomingSink(name, assist and assist.send, c.timeout_seconds, assist and assist.hub))
         else:
-            built.append(MqttSink(name, send_mqtt, c.timeout_seconds))
+            built.append(MqttSink(name, mqtt and mqtt.send_audio, c.timeout_seconds,
+                                  f"{mqtt and mqtt.url}/guard/{device_id}/audio/"))
     return built

@@ -538,7 +538,7 @@ def test_a_release_the_guard_stopped_before_sending_is_failed_and_zeroed(tmp_pat
                         [DirectorySink("box", folder, "test")], "button", 0.1, {})
     delivery.abandon("still delivering when the guard stopped; stopped")
     delivery.run()  # the delivery thread reaches it only after the stop
-    assert [(s, o) for s, o, _ in delivery.outcomes] == [("box", "release-failed")]
+    assert [(s, o) for s, o, _, _ in delivery.outcomes] == [("box", "release-failed")]
     assert "stopped before it was sent" in delivery.outcomes[0][2]
     assert not any(delivery.wav) and list(folder.iterdir()) == []
 
@@ -869,7 +869,7 @@ def test_a_delivery_abandoned_after_it_started_may_still_arrive(rig, request_aud
     delivery.abandon("stopped")
     runner.join(10)
     assert time.monotonic() - stopping < 3, "abandon stops the sink (its 5 s sleep is cut short)"
-    assert [o for _, o, _ in delivery.outcomes] == ["release-unknown"]
+    assert [o for _, o, _, _ in delivery.outcomes] == ["release-unknown"]
 
 
 def test_nothing_is_pending_without_its_pending_record(rig, request_audio, full_disk):
@@ -888,7 +888,7 @@ def test_nothing_is_pending_without_its_pending_record(rig, request_audio, full_
 def test_a_long_failure_detail_is_cut_to_200_characters_on_the_record(rig, request_audio):
     r = rig()
     delivery = r.release_held(request_audio)
-    delivery.outcomes.append(("box", "release-failed", "z" * 500))
+    delivery.outcomes.append(("box", "release-failed", "z" * 500, ""))
     r.gate.delivered(delivery)
     failed = [x for x in audit.read(r.audit_path) if x["event"] == "release-failed"]
     assert failed[0]["reason"] == "z" * 200
@@ -934,3 +934,34 @@ def test_while_pending_for_a_spoken_confirmation_the_models_never_rest(tmp_path,
     assert resting.resting is not voice  # 4 s of quiet: rest, unless a spoken confirmation listens
     if voice:  # and it heard a fresh embedding of every quiet frame, not the last one before a rest
         assert len(listener.embeddings) >= 50 and not np.array_equal(listener.embeddings[-1], listener.embeddings[-30])
+
+
+def test_invariant6_every_released_record_names_who_received_the_audio(rig, request_audio):
+    r = rig()
+    r.feed(request_audio)
+    r.press()
+    released = next(rec for rec in audit.read(r.audit_path) if rec["event"] == "released")
+    assert released["to"] == str(r.released_files()[0]), "the record names the file the audio went to"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another owner needs root (CI runs as root)")
+def test_invariant6_a_sink_folder_that_changed_hands_after_start_refuses_the_release_and_the_guard_keeps_guarding(
+        rig, request_audio, tmp_path):
+    """Trust is judged at the moment of release: the folder above the sink became another account's after
+    start. That release is refused with the folder named in the record; the next request is heard as usual."""
+    parent = tmp_path / "var"
+    folder = parent / "released"
+    folder.mkdir(parents=True, mode=0o700)
+    r = rig(sinks=[DirectorySink("box", folder, "test")])
+    os.chown(parent, 65534, 65534)
+    r.feed(request_audio)
+    r.press()
+    failed = [rec for rec in audit.read(r.audit_path) if rec["event"] == "release-failed"]
+    assert len(failed) == 1 and f"{parent} (on the way to {folder}): owned by nobody" in failed[0]["reason"]
+    assert list(folder.iterdir()) == [] and r.gate.state is State.IDLE
+    assert not any(rec["event"] == "released" for rec in audit.read(r.audit_path))
+    os.chown(parent, 0, 0)
+    r.feed(request_audio)
+    assert r.gate.state is State.PENDING, "the guard keeps guarding"
+    r.press()
+    assert len(list(folder.iterdir())) == 1

@@ -7,6 +7,7 @@ import stat
 import struct
 import sys
 import threading
+import types
 import wave
 from pathlib import Path
 
@@ -233,16 +234,20 @@ def test_a_wyoming_release_hands_the_satellite_exactly_the_samples():
     assert peer == "Home Assistant (h:1)" and got == [(SAMPLES.astype("<i2").tobytes(), 5.0)]
 
 
+MQTT = types.SimpleNamespace(url="mqtt://broker:1883", send_audio=print, send_hermes_audio=len)
+ASSIST = types.SimpleNamespace(send=repr, hub=lambda: "Home Assistant (192.0.2.5:41000)")
+
+
 def test_sinks_from_a_config_file_are_built_by_their_type(tmp_path):
     """Types read from TOML are new strings, not the literals in the code: compared by value."""
     (tmp_path / "box").mkdir()
     (tmp_path / "guard.toml").write_text(f'[sinks.box]\ntype = "directory"\npath = "{tmp_path / "box"}"\n'
                                          '[sinks.cmd]\ntype = "command"\ncommand = ["/bin/cat"]\n'
                                          '[sinks.hub]\ntype = "mqtt"\n[sinks.asr]\ntype = "hermes"\n'
-                                         '[sinks.ha]\ntype = "wyoming"\n[wyoming]\nuri = "tcp://0.0.0.0:10700"\n'
+                                         '[sinks.ha]\ntype = "wyoming"\n[wyoming]\nuri = "tcp://127.0.0.1:10700"\n'
                                          '[mqtt]\nhost = "localhost"\nhermes = true\n')
     cfg, _ = config.load(str(tmp_path / "guard.toml"))
-    assert [type(s).__name__ for s in build(cfg.sinks, "k", send_mqtt=print, send_hermes=len, send_assist=repr)] == [
+    assert [type(s).__name__ for s in build(cfg.sinks, "k", MQTT, ASSIST)] == [
         "DirectorySink", "CommandSink", "MqttSink", "HermesSink", "WyomingSink"]
 
 
@@ -252,12 +257,15 @@ def test_sinks_are_built_in_config_order_with_their_settings(tmp_path, monkeypat
                    "a": config.SinkConfig(type="directory", path="~/box"),
                    "m": config.SinkConfig(type="mqtt", timeout_seconds=3.0),
                    "h": config.SinkConfig(type="hermes", timeout_seconds=4.0),
-                   "w": config.SinkConfig(type="wyoming", timeout_seconds=5.0)}, "kitchen", send_mqtt=print,
-                  send_hermes=len, send_assist=repr)
+                   "w": config.SinkConfig(type="wyoming", timeout_seconds=5.0)}, "kitchen", MQTT, ASSIST)
     assert [type(s).__name__ for s in sinks] == [
         "CommandSink", "DirectorySink", "MqttSink", "HermesSink", "WyomingSink"]
     assert [s.name for s in sinks] == ["z", "a", "m", "h", "w"]
     assert (sinks[3].send, sinks[3].timeout_seconds, sinks[4].send, sinks[4].timeout_seconds) == (len, 4.0, repr, 5.0)
+    assert sinks[2].destination() == "mqtt://broker:1883/guard/kitchen/audio/"
+    assert sinks[3].destination() == "mqtt://broker:1883/hermes/audioServer/kitchen/audioFrame"
+    assert sinks[4].destination() == "Home Assistant (192.0.2.5:41000)", "the hub connected at the moment of asking"
+    assert (sinks[0].destination(), sinks[1].destination()) == ("/bin/cat", str(tmp_path / "box"))
     assert sinks[0].argv == ("/bin/cat",) and sinks[0].timeout_seconds == 7.0 and sinks[0].device_id == "kitchen"
     assert sinks[1].folder == tmp_path / "box" and sinks[1].device_id == "kitchen"
     assert sinks[2].send is print and sinks[2].timeout_seconds == 3.0

@@ -1,9 +1,19 @@
-"""Only root or the guard's own user may write what decides where audio goes: the config, sink targets, templates."""
+"""Only root or the guard's own user may write what decides where audio goes: the config, sink targets, templates,
+every folder on the way to them and every file a command names; at start and again at each release."""
 
 import os
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import run_guard
+
+from guard import trust
+from guard.sinks import CommandSink, DirectorySink, SinkError, Utterance, encode_wav
+
+NOBODY = 65534
+UTTERANCE = Utterance("u1", "20261206T000000Z")
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another owner needs root (CI runs as root)")
 
@@ -43,7 +53,7 @@ def test_a_config_owned_by_someone_else_is_refused(tmp_path):
 def test_a_config_in_a_folder_others_can_write_is_refused(tmp_path):
     path = _config(tmp_path / "open")
     path.parent.chmod(0o777)
-    _refused(run_guard("--config", str(path), "config", "check"), f"(folder of {path})", "mode 0777")
+    _refused(run_guard("--config", str(path), "config", "check"), f"(on the way to {path})", "mode 0777")
 
 
 def test_a_config_in_a_sticky_shared_folder_is_fine(tmp_path):
@@ -97,3 +107,127 @@ def test_a_config_reached_through_a_link_in_a_folder_others_can_write_is_refused
     shared.chmod(0o777)
     (shared / "guard.toml").symlink_to(real)  # anyone could point this link elsewhere
     _refused(run_guard("--config", str(shared / "guard.toml"), "config", "check"), f"{shared}", "mode 0777")
+
+
+def _script(folder: Path, text: str = "import sys\nsys.stdin.buffer.read()\n") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "send.py"
+    script.write_text(text)
+    script.chmod(0o644)
+    return script
+
+
+@needs_root
+def test_an_interpreters_script_someone_else_owns_is_refused(tmp_path):
+    """Only argv[0] was checked: python3 is root's, but the script it runs belonged to another account."""
+    script = _script(tmp_path / "bin")
+    os.chown(script, NOBODY, NOBODY)
+    path = _config(tmp_path / "etc", f'[sinks.up]\ntype = "command"\ncommand = ["{sys.executable}", "{script}"]\n')
+    _refused(run_guard("--config", str(path), "config", "check"), "[sinks.up] command", str(script),
+             "owned by nobody", f"fix: sudo chown root {script}")
+
+
+@needs_root
+def test_a_program_whose_grandparent_folder_someone_else_owns_is_refused(tmp_path):
+    """The other account cannot touch the program, but can rename the folder above it away and put its own."""
+    grandparent = tmp_path / "opt"
+    program = grandparent / "tools" / "bin" / "upload"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\ncat > /dev/null\n")
+    program.chmod(0o755)
+    os.chown(grandparent, NOBODY, NOBODY)
+    path = _config(tmp_path / "etc", f'[sinks.up]\ntype = "command"\ncommand = ["{program}"]\n')
+    _refused(run_guard("--config", str(path), "config", "check"), "[sinks.up] command",
+             f"{grandparent} (on the way to {program})", "owned by nobody")
+
+
+@needs_root
+def test_a_sink_folder_inside_a_folder_someone_else_owns_is_refused(tmp_path):
+    theirs = tmp_path / "theirs"
+    sink = theirs / "released"
+    sink.mkdir(parents=True, mode=0o700)
+    os.chown(theirs, NOBODY, NOBODY)
+    path = _config(tmp_path / "etc", f'[sinks.box]\npath = "{sink}"\n')
+    _refused(run_guard("--config", str(path), "config", "check"), "[sinks.box] path",
+             f"{theirs} (on the way to {sink})", "owned by nobody")
+
+
+@needs_root
+def test_a_sink_reached_through_a_symlink_into_a_folder_someone_else_owns_is_refused(tmp_path):
+    theirs = tmp_path / "theirs"
+    (theirs / "released").mkdir(parents=True, mode=0o700)
+    os.chown(theirs, NOBODY, NOBODY)
+    (tmp_path / "mine").mkdir(mode=0o700)
+    link = tmp_path / "mine" / "released"
+    link.symlink_to(theirs / "released")
+    path = _config(tmp_path / "etc", f'[sinks.box]\npath = "{link}"\n')
+    _refused(run_guard("--config", str(path), "config", "check"), "[sinks.box] path", f"{theirs} (on the way to",
+             "owned by nobody")
+
+
+@needs_root
+def test_a_link_met_inside_a_chain_of_links_is_judged_by_its_own_folder(tmp_path):
+    """a -> b -> real: the end and the first link live in trusted folders, the middle link in theirs."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "middle").symlink_to(real)
+    os.chown(theirs, NOBODY, NOBODY)
+    (tmp_path / "mine").mkdir(mode=0o700)
+    (tmp_path / "mine" / "first").symlink_to(theirs / "middle")
+    problem = trust.untrusted(tmp_path / "mine" / "first")
+    assert problem is not None and problem.startswith(f"{theirs} (on the way to") and "owned by nobody" in problem
+    assert trust.untrusted(real) is None
+
+
+def test_a_folder_any_account_may_write_on_the_way_is_refused_even_above_the_parent(tmp_path):
+    top = tmp_path / "open"
+    program = top / "a" / "b" / "upload"
+    program.parent.mkdir(parents=True)
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o755)
+    top.chmod(0o777)
+    assert trust.untrusted(program).startswith(f"{top} (on the way to {program}): owned by")
+
+
+def test_a_bare_program_name_is_judged_where_the_command_finds_it(tmp_path):
+    assert trust.command_files(("cat", "--quiet", "https://example.invalid/up")) == [Path("/usr/bin/cat")]
+    assert trust.untrusted_command(("cat",)) is None
+
+
+@needs_root
+def test_a_command_whose_script_changes_hands_after_start_is_refused_at_the_release(tmp_path):
+    """The attack: the guard started with a trusted script; another account then got hold of it. The next
+    release is refused, naming the script, and nothing runs; once trust is back, releases go again."""
+    out = tmp_path / "out"
+    out.mkdir(mode=0o700)
+    got = out / "got.wav"
+    script = _script(tmp_path / "bin", f"import sys\nopen({str(got)!r}, 'wb').write(sys.stdin.buffer.read())\n")
+    sink = CommandSink("up", (sys.executable, str(script)), 10.0, "kitchen")
+    assert sink.problem() is None
+    wav = encode_wav(np.full(1600, 99, np.int16))
+    os.chown(script, NOBODY, NOBODY)
+    with pytest.raises(SinkError) as refused:
+        sink.deliver(bytes(wav), UTTERANCE)
+    assert str(script) in str(refused.value) and "owned by nobody" in str(refused.value)
+    assert "not run" in str(refused.value) and not (out / "got.wav").exists()
+    os.chown(script, 0, 0)
+    sink.deliver(bytes(wav), UTTERANCE)
+    assert (out / "got.wav").read_bytes() == bytes(wav)
+
+
+@needs_root
+def test_a_sink_folder_swapped_after_start_is_refused_at_the_release(tmp_path):
+    """The other account owned nothing at start; then the folder above the sink became theirs (say, a
+    careless chown): they could rename the sink away and put their own folder there."""
+    parent = tmp_path / "var"
+    folder = parent / "released"
+    folder.mkdir(parents=True, mode=0o700)
+    sink = DirectorySink("box", folder, "kitchen")
+    wav = encode_wav(np.full(1600, 7, np.int16))
+    assert sink.problem() is None
+    os.chown(parent, NOBODY, NOBODY)
+    with pytest.raises(SinkError, match=rf"{parent} \(on the way to {folder}\): owned by nobody.*nothing was written"):
+        sink.deliver(wav, UTTERANCE)
+    assert list(folder.iterdir()) == []
