@@ -380,10 +380,13 @@ class Daemon:
             self.gate.shutdown()
             self._finish_deliveries()
             reader.join(timeout=2)
+            if self.satellite is not None:
+                self.satellite.stop()  # its last counts of refusals come to the inbox: record them
+            for word, payload in self.inbox.take_all(Lane.REMOTE):
+                if word == "refused":
+                    self._handle(word, payload)
             if self.mqtt is not None:
                 self.mqtt.stop()
-            if self.satellite is not None:
-                self.satellite.stop()
             self._close()
 
     def _step(self) -> None:

@@ -165,9 +165,7 @@ class AssistSatellite:
         return len(self._connections)
 
     def _report(self, peer: str, kind: str, reason: str, count: int) -> None:
-        """One log line and one audit record per peer and kind per interval (see refusals.py)."""
-        times = "" if count == 1 else f" ({count} times in the last {self.refusals.interval_seconds:g} s)"
-        log.warning("satellite: %s from %s refused%s: %s", kind, peer, times, reason)
+        """One audit record (and with it one log line) per peer and kind per interval (see refusals.py)."""
         self.post("refused", (peer, kind, reason, count))
 
     # -- connections ------------------------------------------------------------------

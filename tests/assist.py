@@ -16,8 +16,9 @@ class HomeAssistant:
     """Home Assistant's side of a satellite connection, in a thread of its own: it connects, says
     run-satellite, asks for the satellite's info, answers pings, and keeps every event with its arrival time."""
 
-    def __init__(self, port: int) -> None:
-        self.port = port
+    def __init__(self, port: int, source: str = "127.0.0.1", run_satellite: bool = True) -> None:
+        self.port, self.source, self.run_satellite = port, source, run_satellite
+        self.peer = ""
         self.events: list[tuple[float, Event]] = []
         self._loop = asyncio.new_event_loop()
         self._client: AsyncTcpClient | None = None
@@ -31,14 +32,19 @@ class HomeAssistant:
         while True:
             try:
                 self._client = AsyncTcpClient("127.0.0.1", self.port)
-                await self._client.connect()
+                self._client._reader, self._client._writer = await asyncio.open_connection(
+                    "127.0.0.1", self.port, local_addr=(self.source, 0))
+                host, port = self._client._writer.get_extra_info("sockname")[:2]
+                self.peer = f"{host}:{port}"  # this connection as the guard sees it
                 break
             except OSError:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.05)
-        await self._client.write_event(RunSatellite().event())
+        if self.run_satellite:
+            await self._client.write_event(RunSatellite().event())
         await self._client.write_event(Describe().event())
+
 
     async def _read(self) -> None:
         while (event := await self._client.read_event()) is not None:

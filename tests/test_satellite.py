@@ -2,6 +2,7 @@
 as Home Assistant's Wyoming integration uses it, connects to a real guard. Only a released request reaches it,
 after its record; its pause mutes; its requests to listen are refused; its spoken answer plays through PortAudio."""
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -74,12 +75,21 @@ def test_assist_hears_exactly_the_released_request_and_nothing_before_or_else(tm
     """The first request is released by a press, the second times out: Home Assistant gets one pipeline run
     from speech-to-text with the first request's samples, after its `releasing` record; nothing of the second."""
     cfg = _config(tmp_path, free_port())
+    cfg = dataclasses.replace(cfg, wyoming=dataclasses.replace(cfg.wyoming, allowed_hosts=("127.0.0.1", "127.0.0.2")))
     daemon, records = _daemon_pressing_on_first_pending(cfg, two_requests_wav)
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     home_assistant = HomeAssistant(int(cfg.wyoming.uri.rsplit(":", 1)[1]))
-    thread.join(60)
+    assert until(lambda: daemon.satellite.connected)
+    second = HomeAssistant(int(cfg.wyoming.uri.rsplit(":", 1)[1]), source="127.0.0.2")  # connects after, says
+    thread.join(60)                                                                     # run-satellite too
     home_assistant.close()
+    second.close()
+    assert "audio-chunk" not in second.types() and "run-pipeline" not in second.types(), "the second gets nothing"
+    released = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "released" and r["sink"] == "assist"]
+    assert [r["to"] for r in released] == [f"Home Assistant ({home_assistant.peer})"], "the record names who got it"
+    refused = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "refused"]
+    assert [(r["peer"], r["reason"].split(":")[0]) for r in refused] == [("127.0.0.2", "run-satellite")]
     assert [e.kind for _, e in records["discarded"]] == ["discarded"], "the second request timed out"
     kinds = home_assistant.types()
     assert kinds[0] == "info" and Info.from_event(home_assistant.events[0][1]).satellite.supports_trigger is False
@@ -151,7 +161,8 @@ def test_a_stranger_or_garbage_never_takes_the_satellite(tmp_path, quiet_wav):
         until(lambda: daemon.satellite is not None and daemon.satellite._thread.is_alive())
         for source, line in (("127.0.0.2", b'{"type": "run-satellite"}\n'),
                              ("127.0.0.1", b'{"type": "run-satellite", "data_length": "x"}\n[[[\n')):
-            with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as peer:
+            with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as peer, \
+                    contextlib.suppress(ConnectionResetError):  # a stranger is cut off before it is read
                 peer.sendall(line)
                 assert peer.recv(100) == b"", f"the connection from {source} is closed at its first event"
             assert not daemon.satellite.connected

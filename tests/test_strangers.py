@@ -1,0 +1,365 @@
+"""A stranger on the network and a second Home Assistant against the Wyoming satellite: the `wyoming` library's own
+client from a second loopback address (127.0.0.2), real sockets, a real `guard run` where memory, descriptors and
+the watchdog are measured. Each test is one finding of issue 26, made to fail on the old code."""
+
+import asyncio
+import json
+import os
+import resource
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from assist import HomeAssistant
+from conftest import DEVICE, GUARD, alsa_home, run_guard, until
+from mqtt_broker import free_port
+from test_service import NotifyListener
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.pipeline import PipelineStage, RunPipeline
+from wyoming.satellite import PauseSatellite, RunSatellite
+from wyoming.snd import Played
+from wyoming.wake import Detect
+
+from guard import audit, satellite
+from guard.config import WyomingConfig
+from guard.satellite import AssistSatellite
+
+STRANGER = "127.0.0.2"
+
+
+class Satellite:
+    """An AssistSatellite on its own, its posts to the loop collected."""
+
+    def __init__(self, allowed: tuple[str, ...] = ("127.0.0.1", STRANGER)) -> None:
+        self.port = free_port()
+        self.posts: list[tuple[str, object]] = []
+        self.satellite = AssistSatellite(WyomingConfig(uri=f"tcp://127.0.0.1:{self.port}", zeroconf=False,
+                                                       allowed_hosts=allowed), DEVICE,
+                                         lambda word, payload: self.posts.append((word, payload)), ["alexa"])
+        self.satellite.start()
+
+    def words(self) -> list[str]:
+        return [w for w, _ in self.posts]
+
+    def refused(self) -> list[tuple]:
+        return [p for w, p in self.posts if w == "refused"]
+
+    def close(self) -> None:
+        self.satellite.stop()
+
+
+@pytest.fixture
+def sat():
+    s = Satellite()
+    yield s
+    s.close()
+
+
+def test_invariant6_a_second_connection_never_becomes_the_hub(sat):
+    home_assistant = HomeAssistant(sat.port)
+    assert until(lambda: sat.satellite.hub() == f"Home Assistant ({home_assistant.peer})")
+    stranger = HomeAssistant(sat.port, source=STRANGER)
+    assert until(lambda: sat.refused())
+    assert sat.satellite.hub() == f"Home Assistant ({home_assistant.peer})", "Home Assistant stays the hub"
+    peer, kind, reason, count = sat.refused()[0]
+    assert (peer, kind, count) == (STRANGER, "run-satellite", 1) and home_assistant.peer in reason
+    stranger.close()
+    home_assistant.close()
+    assert until(lambda: not sat.satellite.connected)
+
+
+def test_invariant2_only_the_pausing_connection_lifts_its_pause(sat):
+    home_assistant = HomeAssistant(sat.port)
+    assert until(lambda: sat.satellite.connected)
+    home_assistant.send(PauseSatellite().event())
+    assert until(lambda: sat.words() == ["mute"])
+    stranger = HomeAssistant(sat.port, source=STRANGER)  # says run-satellite
+    assert until(lambda: sat.refused())
+    assert sat.refused()[0][:2] == (STRANGER, "run-satellite")
+    assert "unmute" not in sat.words(), "a stranger's run-satellite never lifts Home Assistant's pause"
+    stranger.close()
+    home_assistant.send(RunSatellite().event())
+    assert until(lambda: "unmute" in sat.words())
+    assert sat.posts[-1] == ("unmute", home_assistant.peer)
+    home_assistant.close()
+
+
+def test_a_pause_outlives_its_connection_and_only_the_same_host_lifts_it(sat):
+    """Home Assistant restarts while paused: its new connection (same host) lifts the pause; another host not."""
+    first = HomeAssistant(sat.port)
+    first.send(PauseSatellite().event())
+    assert until(lambda: sat.words() == ["mute"])
+    first.close()
+    assert until(lambda: not sat.satellite.connected)
+    stranger = HomeAssistant(sat.port, source=STRANGER)
+    assert until(lambda: sat.refused())
+    assert sat.refused()[0][1] == "unpause" and "unmute" not in sat.words()
+    stranger.close()
+    assert until(lambda: not sat.satellite.connected)
+    again = HomeAssistant(sat.port)
+    assert until(lambda: "unmute" in sat.words())
+    again.close()
+
+
+def test_requests_to_listen_are_counted_not_recorded_one_by_one(sat):
+    """A flood of detect from the hub: one refusal at once, the rest as one count when the interval ends."""
+    home_assistant = HomeAssistant(sat.port)
+    assert until(lambda: sat.satellite.connected)
+    flood = [Detect(names=["alexa"]).event()] * 2000 + [RunPipeline(start_stage=PipelineStage.WAKE,
+                                                                     end_stage=PipelineStage.TTS).event()]
+    home_assistant.send(*flood)
+    assert until(lambda: len(sat.refused()) == 2)
+    time.sleep(0.2)
+    assert [(k, c) for _, k, _, c in sat.refused()] == [("detect", 1), ("run-pipeline", 1)]
+    sat.satellite.refusals.flush(everything=True)
+    assert [(k, c) for _, k, _, c in sat.refused()][2:] == [("detect", 1999)]
+    home_assistant.close()
+
+
+def _connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def _closed(peer: socket.socket) -> bool:
+    try:
+        return peer.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_stranger_is_closed_before_anything_it_sends_is_read():
+    only_home = Satellite(allowed=("127.0.0.1",))
+    try:
+        with _connect(only_home.port, STRANGER) as peer:
+            assert _closed(peer), "closed at once, without waiting for an event"
+        assert until(lambda: only_home.refused())
+        assert only_home.refused()[0][:2] == (STRANGER, "connection")
+        assert not only_home.satellite.connected and only_home.satellite.connections == 0
+    finally:
+        only_home.close()
+
+
+@pytest.mark.parametrize("header", [
+    {"type": "audio-chunk", "payload_length": 4_000_000_000},
+    {"type": "audio-chunk", "data_length": 1_000_000},
+    {"type": "x" * 9000},
+    {"type": "audio-chunk", "payload_length": -1},
+    {"type": "audio-chunk", "payload_length": "4000"},
+])
+def test_a_header_announcing_too_much_closes_the_connection_before_reading_it(sat, header):
+    with _connect(sat.port) as peer:
+        peer.sendall(json.dumps(header).encode() + b"\n")
+        assert _closed(peer)
+    assert until(lambda: sat.refused())
+    assert sat.refused()[0][1] == "malformed" and sat.satellite.connections == 0
+
+
+def test_connections_are_limited_and_idle_ones_closed(sat, monkeypatch):
+    monkeypatch.setattr(satellite, "IDLE_SECONDS", 1.0)
+    held = [_connect(sat.port) for _ in range(satellite.MAX_CONNECTIONS)]
+    assert until(lambda: sat.satellite.connections == satellite.MAX_CONNECTIONS)
+    with _connect(sat.port) as extra:
+        assert _closed(extra), "one too many is closed at once"
+    assert sat.refused()[0][1] == "connection" and "already open" in sat.refused()[0][2]
+    assert until(lambda: all(_closed(s) for s in held), 10), "idle connections are closed"
+    assert sat.satellite.connections == 0
+    for s in held:
+        s.close()
+
+
+def test_a_listener_on_the_network_needs_allowed_hosts(tmp_path):
+    toml = tmp_path / "guard.toml"
+    toml.write_text('[wyoming]\nuri = "tcp://0.0.0.0:10700"\n')
+    for verb in (["config", "check"], ["run", "--source", "/nonexistent.wav", "--gpio", "none"]):
+        result = run_guard("--config", str(toml), *verb)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        assert 'listens on the network' in line and "add allowed_hosts" in line and "IPAddressAllow" in line, line
+    toml.write_text('[wyoming]\nuri = "tcp://0.0.0.0:10700"\nallowed_hosts = ["homeassistant.local"]\n')
+    line = run_guard("--config", str(toml), "config", "check").stderr.strip().splitlines()[-1]
+    assert "is not an IP address" in line
+    for good in ('uri = "tcp://0.0.0.0:10700"\nallowed_hosts = ["192.168.1.10"]\n', 'uri = "tcp://127.0.0.1:10700"\n'):
+        toml.write_text(f"[wyoming]\n{good}")
+        assert run_guard("--config", str(toml), "config", "check").returncode == 0
+
+
+# -- against a real `guard run` ----------------------------------------------------------------------------------
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Guard:
+    """`guard run` on a long quiet file with a satellite on loopback, a file speaker, and a notify socket."""
+
+    def __init__(self, tmp_path: Path, quiet_wav: Path, allowed: str = '["127.0.0.1"]', nofile: int = 1024) -> None:
+        self.played = tmp_path / "played.raw"
+        env = alsa_home(tmp_path / "home", tmp_path / "none.raw")
+        (tmp_path / "home" / ".asoundrc").write_text(
+            f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "{self.played}"\n  format "raw"\n}}\n')
+        self.notify = NotifyListener(tmp_path / "notify.sock")
+        env |= {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"}
+        self.port = free_port()
+        self.audit = tmp_path / "audit.jsonl"
+        toml = tmp_path / "guard.toml"
+        toml.write_text(f'[device]\nid = "{DEVICE}"\n[audio]\noutput_device = "speaker"\n'
+                        f'[audit]\npath = "{self.audit}"\n[wyoming]\nuri = "tcp://127.0.0.1:{self.port}"\n'
+                        f'zeroconf = false\nallowed_hosts = {allowed}\n')
+        self.process = subprocess.Popen(
+            [str(GUARD), "--config", str(toml), "run", "--source", str(quiet_wav), "--gpio", "none"], env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+        assert until(lambda: self.process.poll() is not None or _listening(self.port), 60)
+        assert self.process.poll() is None, self.process.communicate()[1]
+        assert until(lambda: self.notify.pings(0) >= 1, 10), "the watchdog pings once it runs"
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        _, stderr = self.process.communicate(timeout=30)
+        self.notify.close()
+        return stderr
+
+
+def test_invariant7_a_4_gb_header_and_a_gigabyte_after_it_cost_no_memory(tmp_path, quiet_wav):
+    guard = Guard(tmp_path, quiet_wav)
+    try:
+        before = _rss_mb(guard.process.pid)
+        with _connect(guard.port) as peer:
+            peer.sendall(json.dumps({"type": "audio-chunk", "payload_length": 4 * 1024 ** 3}).encode() + b"\n")
+            sent, block = 0, bytes(1 << 20)
+            with pytest.raises(OSError):  # reset once the guard has closed it: the gigabyte never gets in
+                while sent < 1024 ** 3:
+                    peer.sendall(block)
+                    sent += len(block)
+        assert sent < 64 * 1024 ** 2, f"{sent / 1024 ** 2:.0f} MB went in before the connection was closed"
+        assert _rss_mb(guard.process.pid) - before < 16, "no memory taken for what the header announced"
+    finally:
+        stderr = guard.stop()
+    assert guard.process.returncode == 0, stderr
+
+
+def test_invariant7_a_thousand_connections_neither_use_up_descriptors_nor_stop_the_watchdog(tmp_path, quiet_wav):
+    """1,100 connections, half from a stranger, half from the allowed host, held open while the watchdog should
+    keep pinging; the guard holds at most MAX_CONNECTIONS of them; the journal gets a line per peer and kind."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), max(hard, 4096)))
+    guard = Guard(tmp_path, quiet_wav)
+    peers = []
+    try:
+        baseline = _fds(guard.process.pid)
+        start = time.monotonic()
+        for i in range(1100):
+            peers.append(_connect(guard.port, STRANGER if i % 2 else "127.0.0.1"))
+        time.sleep(3)  # the connections stay open: a watchdog period and a half
+        assert _fds(guard.process.pid) <= baseline + satellite.MAX_CONNECTIONS + 2
+        assert guard.notify.pings(start + 1) >= 2, "the watchdog kept its period"
+    finally:
+        for p in peers:
+            p.close()
+        stderr = guard.stop()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert guard.process.returncode == 0, stderr
+    refused = [line for line in stderr.splitlines() if "refused" in line]
+    assert 2 <= len(refused) <= 6, refused  # one per peer and kind, then a count at exit
+    assert "Too many open files" not in stderr
+    records = [r for r in audit.read(guard.audit) if r["event"] == "refused"]
+    assert sum(r.get("count", 1) for r in records) >= 1100 - satellite.MAX_CONNECTIONS and len(records) <= 6
+
+
+def _say_phrase_through(home_assistant: HomeAssistant, samples: np.ndarray) -> None:
+    pieces = [samples[i:i + 1024] for i in range(0, len(samples), 1024)]
+    home_assistant.send(AudioStart(rate=16000, width=2, channels=1).event(),
+                        *[AudioChunk(rate=16000, width=2, channels=1, audio=p.tobytes()).event() for p in pieces],
+                        AudioStop().event())
+
+
+def test_invariant6_sound_plays_only_from_the_hubs_own_connection(tmp_path, quiet_wav):
+    guard = Guard(tmp_path, quiet_wav, allowed=f'["127.0.0.1", "{STRANGER}"]')
+    tone = (8000 * np.sin(np.arange(8000) / 5)).astype(np.int16)
+    try:
+        home_assistant = HomeAssistant(guard.port)
+        stranger = HomeAssistant(guard.port, source=STRANGER, run_satellite=False)
+        _say_phrase_through(stranger, tone)
+        assert until(lambda: Played().event().type in stranger.types(), 10), "answered, so it does not hang"
+        assert not guard.played.exists() or not np.frombuffer(guard.played.read_bytes(), "<i2").any()
+        _say_phrase_through(home_assistant, tone)
+        assert until(lambda: Played().event().type in home_assistant.types(), 10)
+        stranger.close()
+        home_assistant.close()
+    finally:
+        stderr = guard.stop()
+    assert np.array_equal(np.trim_zeros(np.frombuffer(guard.played.read_bytes(), "<i2")), np.trim_zeros(tone))
+    refused = [r for r in audit.read(guard.audit) if r["event"] == "refused"]
+    assert {(r["peer"], r["reason"].split(":")[0]) for r in refused} == {(STRANGER, "audio")}, stderr
+    assert sum(r["count"] for r in refused) == 10, "audio-start, 8 chunks, audio-stop: each refused, counted"
+
+
+def test_a_stranger_cannot_hog_the_satellite_with_a_slow_header(sat, monkeypatch):
+    """Half a header, then nothing: the idle timeout closes it like any silent connection."""
+    monkeypatch.setattr(satellite, "IDLE_SECONDS", 0.5)
+    with _connect(sat.port, STRANGER) as peer:
+        peer.sendall(b'{"type": "run-sat')
+        assert until(lambda: _closed(peer), 5)
+    assert sat.satellite.connections == 0 and not sat.satellite.connected
+
+
+def test_read_event_takes_what_the_wyoming_library_writes():
+    """The bounded reader against the library's own writer: events with data and payload come back whole."""
+    from wyoming.event import async_write_event
+
+    async def roundtrip() -> list:
+        server_got = []
+
+        async def handle(reader, writer):
+            while (event := await satellite.read_event(reader)) is not None:
+                server_got.append(event)
+            writer.close()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, limit=satellite.MAX_HEADER_BYTES)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for event in (RunSatellite().event(), AudioChunk(rate=22050, width=2, channels=1, audio=b"\x01\x02" * 2048,
+                                                         timestamp=5).event(), AudioStop().event()):
+            await async_write_event(event, writer)
+        writer.close()
+        await asyncio.sleep(0.2)
+        server.close()
+        return server_got
+    got = asyncio.run(roundtrip())
+    assert [e.type for e in got] == ["run-satellite", "audio-chunk", "audio-stop"]
+    chunk = AudioChunk.from_event(got[1])
+    assert (chunk.rate, chunk.timestamp, chunk.audio) == (22050, 5, b"\x01\x02" * 2048)
+
+
+def test_nothing_said_by_the_threads_is_lost_when_the_satellite_stops(sat):
+    """Counts still open at stop are reported, not dropped."""
+    home_assistant = HomeAssistant(sat.port)
+    assert until(lambda: sat.satellite.connected)
+    home_assistant.send(*[Detect().event()] * 5)
+    assert until(lambda: len(sat.refused()) == 1)
+    home_assistant.close()
+    sat.satellite.stop()
+    assert [(k, c) for _, k, _, c in sat.refused()] == [("detect", 1), ("detect", 4)]
+
+
+def test_stop_is_quick_with_connections_open(sat):
+    held = [_connect(sat.port) for _ in range(3)]
+    assert until(lambda: sat.satellite.connections == 3)
+    sat.satellite.stop()
+    assert all(_closed(s) for s in held)
