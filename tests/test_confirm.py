@@ -2,13 +2,19 @@
 
 import os
 import re
+import signal
 import stat
+import subprocess
+import wave
 
 import numpy as np
 import pytest
 import speech
-from conftest import run_guard, run_guard_on_a_terminal
+from assist import HomeAssistant
+from conftest import GUARD, alsa_home, run_guard, run_guard_on_a_terminal, until
+from mqtt_broker import free_port
 from test_gate import PRE_ROLL_SECONDS, Clock
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
 
 from guard import audit, confirm, confusables, voiceprint
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS
@@ -469,3 +475,55 @@ def test_enrolling_as_root_for_the_service_leaves_the_templates_to_the_service_u
     confirm.Enrolment.load(enrolled).save(state / "confirm.npz")
     info = (state / "confirm.npz").stat()
     assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (65534, 65534, 0o600)
+
+
+def test_invariant1_the_enrolled_phrase_sent_to_the_speaker_while_pending_is_never_played(tmp_path, enrolled,
+                                                                                        request_wav_for_run):
+    """Nothing the guard plays can confirm a release: while a spoken confirmation is awaited, Home Assistant's
+    audio (here the owner's own phrase, in the enrolled voice) is not played; once pending has ended it is."""
+    played = tmp_path / "played.raw"
+    env = alsa_home(tmp_path / "home", tmp_path / "none.raw")
+    (tmp_path / "home" / ".asoundrc").write_text(
+        f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
+    port, log = free_port(), tmp_path / "audit.jsonl"
+    (tmp_path / "box").mkdir()
+    (tmp_path / "guard.toml").write_text(
+        f'[wake]\nmodels = ["alexa"]\n[gate]\npending_timeout_seconds = 4\n[audio]\noutput_device = "speaker"\n'
+        f'[sinks.box]\npath = "{tmp_path / "box"}"\nconfirm = ["button", "voice"]\n'
+        f'[confirm]\ntemplates_path = "{enrolled}"\n[audit]\npath = "{log}"\n'
+        f'[wyoming]\nuri = "tcp://127.0.0.1:{port}"\nzeroconf = false\n')
+    with wave.open(str(request_wav_for_run)) as w:  # the request, then quiet that outlasts the test
+        request = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    source = speech.write_wav(tmp_path / "request.wav", np.concatenate([request, speech.silence(60)]))
+    guard = subprocess.Popen([str(GUARD), "--config", str(tmp_path / "guard.toml"), "run", "--source",
+                              str(source), "--gpio", "mock"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    phrase = speech.say(PHRASE, VOICE)
+
+    def said(kind: str) -> bool:
+        return log.exists() and any(r["event"] == kind for r in audit.read(log))
+
+    def play_through(home_assistant: HomeAssistant) -> None:
+        before = home_assistant.types().count("played")
+        pieces = [phrase[i:i + 1024] for i in range(0, len(phrase), 1024)]
+        home_assistant.send(AudioStart(rate=16000, width=2, channels=1).event(),
+                            *[AudioChunk(rate=16000, width=2, channels=1, audio=p.tobytes()).event() for p in pieces],
+                            AudioStop().event())
+        assert until(lambda: home_assistant.types().count("played") > before, 20)
+    try:
+        home_assistant = HomeAssistant(port)
+        assert until(lambda: said("pending"), 60), guard.stderr
+        play_through(home_assistant)
+        assert not played.exists() or not np.frombuffer(played.read_bytes(), "<i2").any(), "nothing played"
+        assert until(lambda: said("discarded"), 20)
+        play_through(home_assistant)
+        home_assistant.close()
+    finally:
+        guard.send_signal(signal.SIGTERM)
+        _, stderr = guard.communicate(timeout=30)
+    assert guard.returncode == 0, stderr
+    assert not said("releasing") and list((tmp_path / "box").iterdir()) == []
+    assert np.array_equal(np.trim_zeros(np.frombuffer(played.read_bytes(), "<i2")), np.trim_zeros(phrase)), \
+        "after pending the same audio plays: the hold, not a broken speaker, kept it silent"
+    refused = [r for r in audit.read(log) if r["event"] == "refused"]
+    assert refused and all("a spoken confirmation is awaited" in r["reason"] for r in refused)
