@@ -1,5 +1,6 @@
 """The guard as a service: systemd unit, notify protocol, install.sh --system, firmware_config."""
 
+import os
 import re
 import shutil
 import socket
@@ -383,7 +384,9 @@ def test_the_service_starts_the_way_its_unit_runs_it(staged, tmp_path):
               "/etc/asound.conf", "--ro-bind", str(mic), "/srv/mic.raw",
               *[a for dest, src in user_dirs.items() for a in ("--bind", str(src), dest)],
               "--bind", str(tmp_path / "notify.sock"), "/run/notify.sock"]
-    unprivileged = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--no-new-privs",
+    nofile = unit["LimitNOFILE"][0]
+    unprivileged = ["prlimit", f"--nofile={nofile}:{nofile}", "--",  # the unit's descriptor limit
+                    "setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", "--no-new-privs",
                     "--bounding-set", "-all", "--inh-caps", "-all", "--"]
     command = ["bwrap", "--dev", "/dev", "--unshare-pid", "--proc", "/proc", "--perms", "0755", "--tmpfs", "/run",
                "--tmpfs", "/tmp", *_with_parents(mounts), "--remount-ro", "/", "--die-with-parent",
@@ -404,6 +407,9 @@ def test_the_service_starts_the_way_its_unit_runs_it(staged, tmp_path):
         cwd, wanted = str(Path(f"/proc/{guard}/cwd").readlink()), unit["WorkingDirectory"][0]
         assert guard and (cwd == wanted or cwd.endswith(wanted)), cwd
         assert Path(f"/proc/{guard}/status").read_text().count("\t0000000000000000") >= 3, "capabilities left"
+        limits = Path(f"/proc/{guard}/limits").read_text()
+        assert f"Max open files            {nofile}" in limits, limits
+        assert len(os.listdir(f"/proc/{guard}/fd")) < int(nofile) // 4, "room to spare under LimitNOFILE"
         subprocess.run(["kill", "-TERM", str(guard)], check=True)
         _, err = process.communicate(timeout=30)
     finally:
