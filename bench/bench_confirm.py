@@ -36,16 +36,19 @@ PHRASES = {  # phrase: (enrolled voice, hand-written near-phrases)
         "please spend it now, god", "police end it now, guard", "please send it now, guys",
         "please sent it now, card", "please lend it now, guard", "please send it out, guard",
         "these send it now, guard", "please mend it now, guard",
+        "please send it now, garden", "please send it now, guarded", "please send it now, guard it",
     ]),
     "okay then, send my request": ("en-gb-x-rp+m5", [
         "okay then, spend my request", "okay then, send my regrets", "okay Ben, send my request",
         "okay then, end my request", "okay then, send your request", "hey then, send my request",
         "okay then, lend my request", "okay then, send my quest",
+        "okay then, send my requester", "okay then, send my requests", "okay then, send my request in",
     ]),
     "guard, release the recording": ("en+f3", [
         "guard, release the recorder", "god, release the recording", "guard, replace the recording",
         "card, release the recording", "guard, relieve the recording", "guard, please the recording",
         "guard, release a recording", "guard, receive the recording",
+        "guard, release the recordings", "guard, release the recording it", "guard, release the recording now",
     ]),
 }
 OTHER_VOICES = ("en-us+Alex", "en-us+Mike", "en-us+max", "en+m3", "en-gb-x-rp", "en-us+Andy", "en-gb-x-gbcwmd+m1",

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from guard import confusables, trust, voiceprint
-from guard.audio import FRAME_SAMPLES, RATE_HZ
+from guard.audio import FRAME_SAMPLES, RATE_HZ, level_dbfs
 from guard.errors import UsageError
 from guard.ringbuffer import RingBuffer
 
@@ -141,6 +141,16 @@ MAX_UNEVENNESS = 2.5  # worst part over mean distance: a swapped word or a missi
 UNEVENNESS_SLACK = 1.1  # room above the takes' own unevenness for a new take in another room
 RECHECK_FRAMES = 4  # the voice checks cost ~70 ms on a PC: after a refusal, wait 320 ms before the next
 LISTEN_SECONDS = 6.0  # audio since pending began kept (RAM, wiped) for the speaker check
+# The phrase must have ended where the match ends ("guard" must not be the start of "garden" or "guarded"):
+# a take's template ends 240 ms after its speech, so the true phrase matches ever better into the quiet after
+# it, while a word that goes on ("guard-en") matched best before its quiet and worse with each quiet frame.
+# A match counts when its score is still falling and the last END_QUIET_FRAMES are quiet: END_DROP_DB below
+# the phrase's loudest frame, or within FLOOR_MARGIN_DB of the room's quietest (in a noisy room).
+END_QUIET_FRAMES = 2  # 160 ms
+END_DROP_DB = 20.0
+FLOOR_MARGIN_DB = 6.0
+FLOOR_DBFS = -90.0  # digital silence counts as this quiet
+PHRASE_LEVEL_FRAMES = 64  # frame levels kept (numbers, not audio) to find the phrase's loudest frame
 
 
 @dataclass(frozen=True)
@@ -361,6 +371,7 @@ class SpokenConfirmation:
         self.wipe()
         self._skip = EMBEDDING_WINDOW_FRAMES
         self._recheck_in = 0
+        self._levels: list[float] = []
         self.score = math.inf
         self.speaker_score = self.unevenness = math.inf
 
@@ -369,13 +380,15 @@ class SpokenConfirmation:
         self._scratch.fill(0)
 
     def push(self, embedding: np.ndarray, frame: np.ndarray) -> bool:
-        """One frame and its embedding; True when the phrase has just been heard in the enrolled voice."""
+        """One frame and its embedding; True when the phrase has just been heard, whole and ended, in the
+        enrolled voice."""
         self.heard.write(frame)
+        self._levels = self._levels[-(PHRASE_LEVEL_FRAMES - 1):] + [level_dbfs(frame)]
         if self._skip > 0:  # this embedding's window still reaches back before pending began
             self._skip -= 1
             return False
-        self.score = min(m.push(embedding) for m in self.matchers)
-        if self.score > self.enrolment.threshold:
+        previous, self.score = self.score, min(m.push(embedding) for m in self.matchers)
+        if self.score > self.enrolment.threshold or self.score > previous or not self._ended():
             return False
         if self._recheck_in > 0:
             self._recheck_in -= 1
@@ -387,6 +400,13 @@ class SpokenConfirmation:
             return True
         self._recheck_in = RECHECK_FRAMES - 1
         return False
+
+    def _ended(self) -> bool:
+        """The talker has stopped: the newest frames are far below the phrase's loudest, or at the room's floor."""
+        span = max(len(t) for t in self.enrolment.templates)
+        peak, floor = max(self._levels[-span:]), max(min(self._levels), FLOOR_DBFS)
+        quiet = max(peak - END_DROP_DB, floor + FLOOR_MARGIN_DB)
+        return all(level <= quiet for level in self._levels[-END_QUIET_FRAMES:])
 
     def _compare(self) -> voiceprint.Verdict:
         heard = self.heard.snapshot(self._scratch)
