@@ -147,7 +147,7 @@ LISTEN_SECONDS = 6.0  # audio since pending began kept (RAM, wiped) for the spea
 # A match counts when its score is still falling and the last END_QUIET_FRAMES are quiet: END_DROP_DB below
 # the phrase's loudest frame, or within FLOOR_MARGIN_DB of the room's quietest (in a noisy room).
 END_QUIET_FRAMES = 2  # 160 ms
-END_DROP_DB = 20.0
+END_DROP_DB = 25.0
 FLOOR_MARGIN_DB = 6.0
 FLOOR_DBFS = -90.0  # digital silence counts as this quiet
 PHRASE_LEVEL_FRAMES = 64  # frame levels kept (numbers, not audio) to find the phrase's loudest frame

@@ -115,12 +115,21 @@ class MqttLink:
         self._lock = threading.Lock()  # the outbox and state; never held while calling paho
         self._order = threading.Lock()  # one publisher at a time, so events leave in the order they came
         self.connected = threading.Event()
-        self.client = self._client()
+        self._rate = threading.Lock()  # the rate limit is shared by the two connections' threads
+        self.client = self._client(f"guard-{self.device_id}")
+        # Mutes come on a connection of their own: a flood of other commands, queued by the broker ahead
+        # of them in one ordered stream, cannot hold a mute back.
+        self.mute_client = self._client(f"guard-{self.device_id}-mute", main=False)
 
-    def _client(self) -> paho.Client:
+    def _mute_topics(self) -> list[tuple[str, int]]:
+        return [(f"{self.root}/cmd/mute", 1), (f"{self.root}/cmd/remote_mute", 1)] \
+            + ([("hermes/hotword/toggleOff", 1)] if self.settings.hermes else [])
+
+    def _client(self, client_id: str, main: bool = True) -> paho.Client:
         s = self.settings
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"guard-{self.device_id}")
-        client.will_set(f"{self.root}/availability", "offline", qos=1, retain=True)
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
+        if main:
+            client.will_set(f"{self.root}/availability", "offline", qos=1, retain=True)
         if s.username:
             client.username_pw_set(s.username, read_password(s.password_file) if s.password_file else None)
         if s.tls:
@@ -129,16 +138,18 @@ class MqttLink:
             except (OSError, ValueError) as e:
                 raise ConfigError(f"[mqtt] TLS files: {e}; fix ca_file, cert_file, key_file") from None
         client.reconnect_delay_set(min_delay=1, max_delay=s.reconnect_max_seconds)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
+        client.on_connect = self._on_connect if main else self._on_mute_connect
+        if main:
+            client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
 
     # -- lifecycle ----------------------------------------------------------------
 
     def start(self) -> None:
-        self.client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_seconds)
-        self.client.loop_start()
+        for client in (self.client, self.mute_client):
+            client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive_seconds)
+            client.loop_start()
 
     def stop(self, flush_seconds: float = 3.0) -> None:
         """Give queued events a moment to leave, say offline, disconnect."""
@@ -152,8 +163,9 @@ class MqttLink:
         if self.undelivered():
             log.warning("%d MQTT message(s) not delivered before exit", self.undelivered())
         self.connected.clear()
-        self.client.disconnect()
-        self.client.loop_stop()
+        for client in (self.client, self.mute_client):
+            client.disconnect()
+            client.loop_stop()
 
     @_never_raises
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -178,6 +190,11 @@ class MqttLink:
                 item.sent = client.publish(item.topic, item.payload, qos=1)
         if dropped:
             self._audit_drops(dropped)
+
+    @_never_raises
+    def _on_mute_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not reason_code.is_failure:
+            client.subscribe(self._mute_topics())
 
     @_never_raises
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -322,6 +339,8 @@ class MqttLink:
             if message.payload == b"online" and self.settings.discovery and self._discovery_due():
                 self.publish_discovery()
             return
+        if (client is self.client) and any(topic == t for t, _ in self._mute_topics()):
+            return  # the mute connection hears these
         if len(message.payload) > MAX_COMMAND_BYTES:  # before anything parses it
             self.refusals.refused("mqtt", "oversized", f"payload of {len(message.payload)} bytes on "
                                                        f"{topic[:80]!r} is over {MAX_COMMAND_BYTES}")
@@ -339,6 +358,10 @@ class MqttLink:
 
     def _command_allowed(self) -> bool:
         """At most COMMANDS_PER_MINUTE remote commands act; the excess is counted in one error, not one by one."""
+        with self._rate:
+            return self._command_allowed_locked()
+
+    def _command_allowed_locked(self) -> bool:
         now = time.monotonic()
         while self._commands and now - self._commands[0] > 60:
             self._commands.popleft()

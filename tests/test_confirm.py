@@ -259,7 +259,8 @@ def test_invariant1_a_partial_phrase_does_not_confirm(listener, text):
 
 @pytest.mark.parametrize("text", ["please spend it now, god", "police end it now, guard", "please send it now, guys",
                                   "please lend it now, guard", "please send it out, guard", "please send it now, card",
-                                  "please send it now, garden", "please send it now, guarded", "please send it now, cards"])
+                                  "please send it now, garden", "please send it now, guarded",
+                                  "please send it now, guards"])
 def test_invariant1_a_near_phrase_does_not_confirm_even_in_the_enrolled_voice(listener, text):
     assert not listener.confirms(pending_window(speech.say(text, VOICE)))
 
