@@ -34,12 +34,13 @@ STRANGER = "127.0.0.2"
 class Satellite:
     """An AssistSatellite on its own, its posts to the loop collected."""
 
-    def __init__(self, allowed: tuple[str, ...] = ("127.0.0.1", STRANGER)) -> None:
+    def __init__(self, allowed: tuple[str, ...] = ("127.0.0.1", STRANGER), speaker=None) -> None:
         self.port = free_port()
         self.posts: list[tuple[str, object]] = []
         self.satellite = AssistSatellite(WyomingConfig(uri=f"tcp://127.0.0.1:{self.port}", zeroconf=False,
                                                        allowed_hosts=allowed), DEVICE,
-                                         lambda word, payload: self.posts.append((word, payload)), ["alexa"])
+                                         lambda word, payload: self.posts.append((word, payload)), ["alexa"],
+                                         speaker)
         self.satellite.start()
 
     def words(self) -> list[str]:
@@ -363,3 +364,48 @@ def test_stop_is_quick_with_connections_open(sat):
     assert until(lambda: sat.satellite.connections == 3)
     sat.satellite.stop()
     assert all(_closed(s) for s in held)
+
+
+class Recorder:
+    """What the satellite asks of a speaker, in-process and fast; the real PortAudio output is proved above and
+    in tests/test_confirm.py."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def start(self, rate_hz: int, width: int, channels: int) -> None:
+        self.calls.append(("start", rate_hz))
+
+    def write(self, audio: bytes) -> None:
+        self.calls.append(("write", len(audio)))
+
+    def stop(self) -> None:
+        self.calls.append(("stop",))
+
+
+def test_only_the_hub_is_played_and_nothing_while_a_spoken_confirmation_is_awaited():
+    recorder = Recorder()
+    sat = Satellite(speaker=recorder)
+    tone = np.ones(2048, np.int16)
+    try:
+        stranger = HomeAssistant(sat.port, source=STRANGER, run_satellite=False)
+        _say_phrase_through(stranger, tone)
+        assert until(lambda: "played" in stranger.types()), "answered, so it does not hang"
+        assert recorder.calls == [] and sat.refused()[0][:2] == (STRANGER, "audio")
+        home_assistant = HomeAssistant(sat.port)
+        assert until(lambda: sat.satellite.connected)
+        sat.satellite.playback_held.set()
+        _say_phrase_through(home_assistant, tone)
+        assert until(lambda: "played" in home_assistant.types())
+        assert {c[0] for c in recorder.calls} <= {"stop"}, "held: nothing started, nothing written"
+        sat.satellite.playback_held.clear()
+        _say_phrase_through(home_assistant, tone)
+        assert until(lambda: home_assistant.types().count("played") == 2)
+        assert [c for c in recorder.calls if c[0] != "stop"] == [("start", 16000), ("write", 2048), ("write", 2048)]
+        assert recorder.calls[-1] == ("stop",)
+        stranger.close()
+        home_assistant.close()
+    finally:
+        sat.close()
