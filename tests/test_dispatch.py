@@ -221,3 +221,37 @@ def test_a_finished_release_leaves_the_list_of_unfinished_ones_and_only_it(daemo
     daemon._deliver_in_background(second)
     daemon._handle("delivered", first)
     assert daemon._unfinished == [second], "at exit only the second is abandoned and recorded"
+
+
+def test_invariant7_a_hermes_payload_over_the_limit_is_refused_before_any_json_is_parsed(link, monkeypatch):
+    """100 MB of JSON on startListening was parsed in paho's thread (RSS 65 -> 781 MB): now its size refuses it."""
+    parsed = []
+    monkeypatch.setattr(mqtt, "asr_session", lambda payload, device: parsed.append(len(payload)))
+    link.settings = config.MqttConfig(host="127.0.0.1", hermes=True)
+    big = b'{"siteId": "kitchen", "sessionId": "' + b"x" * (100 * 1024 * 1024) + b'"}'
+    link._on_message(None, None, _message("hermes/asr/startListening", big))
+    link._on_message(None, None, _message("hermes/hotword/toggleOff", big))
+    assert parsed == [] and link.heard == []
+    assert link.errors == [f"payload of {len(big)} bytes on 'hermes/asr/startListening' is over 1024"], \
+        "refused once per kind; the second is counted, reported with the count when the minute ends"
+    link.refusals.close()
+    assert link.errors[1] == f"1 more like this in 60 s: payload of {len(big)} bytes on " \
+                             "'hermes/hotword/toggleOff' is over 1024"
+    link._on_message(None, None, _message("hermes/asr/startListening", b'{"siteId": "kitchen", "sessionId": "s"}'))
+    assert parsed == [len(b'{"siteId": "kitchen", "sessionId": "s"}')], "a small one is still read"
+
+
+def test_invariant7_the_button_is_served_before_any_waiting_network_message(daemon):
+    """However many remote requests and frames wait, the button's move and a mute are taken first; the remote
+    lane is bounded and counts what it drops."""
+    from guard.inbox import REMOTE_MESSAGES
+    for _ in range(REMOTE_MESSAGES + 10):
+        daemon._post_command("remote", "cancel")
+    daemon.post_frame(_loud(1))
+    daemon._post_word("button_held")
+    daemon._post_command("remote", "mute")
+    assert daemon.inbox.dropped == 10 and daemon.inbox.size(Lane.REMOTE) == REMOTE_MESSAGES
+    first, second = daemon.inbox.get(0), daemon.inbox.get(0)
+    assert (first[0], first[1]) == (Lane.URGENT, "button_held")
+    assert second == (Lane.URGENT, "command", ("remote", "mute"))
+    assert daemon.inbox.get(0)[0] is Lane.REMOTE
