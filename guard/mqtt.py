@@ -110,8 +110,8 @@ class MqttLink:
         self._commands: deque[float] = deque()  # when recent remote commands came, for the rate limit
         self._refused_commands = 0
         self._asr_session: str | None = None  # the session Rhasspy's ASR opened for this site's latest wake
-        self.refusals = RefusalTally(lambda peer, kind, reason, count: self.error(
-            reason if count == 1 else f"{count} more like this in {self.refusals.interval_seconds:g} s: {reason}"))
+        self.refusals = RefusalTally(lambda peer, kind, reason, count, first: self.error(
+            reason if first else f"{count} more like this in {self.refusals.interval_seconds:g} s: {reason}"))
         self._lock = threading.Lock()  # the outbox and state; never held while calling paho
         self._order = threading.Lock()  # one publisher at a time, so events leave in the order they came
         self.connected = threading.Event()

@@ -26,13 +26,14 @@ class RefusalTally:
     """Coalesces refusals per (peer, kind).
 
     Args:
-        report: called with (peer, kind, reason, count); count 1 for the first, N for the rest of an interval.
-            Called from the refusing thread, or from a timer thread for the counts; it must not raise.
+        report: called with (peer, kind, reason, count, first): the first of an interval at once (count 1,
+            first True), the rest of it as one count when it ends (first False). Called from the refusing
+            thread, or from a timer thread for the counts; it must not raise.
         interval_seconds: how long one report covers.
         peers: how many peers are told apart.
     """
 
-    def __init__(self, report: Callable[[str, str, str, int], None], interval_seconds: float = INTERVAL_SECONDS,
+    def __init__(self, report: Callable[[str, str, str, int, bool], None], interval_seconds: float = INTERVAL_SECONDS,
                  peers: int = PEERS) -> None:
         self.report, self.interval_seconds, self.peers = report, interval_seconds, peers
         self._tallies: dict[tuple[str, str], _Tally] = {}
@@ -58,9 +59,9 @@ class RefusalTally:
                 first = False
                 self._arm_locked(tally.since + self.interval_seconds - now)
         for args in due:
-            self.report(*args)
+            self.report(*args, False)
         if first:
-            self.report(peer, kind, reason, 1)
+            self.report(peer, kind, reason, 1, True)
 
     def _due_locked(self, now: float) -> list[tuple[str, str, str, int]]:
         """Counts whose interval has ended, taken out of the tally; quiet peers are forgotten."""
@@ -88,7 +89,7 @@ class RefusalTally:
             if pending:
                 self._arm_locked(min(pending) + self.interval_seconds - time.monotonic())
         for args in due:
-            self.report(*args)
+            self.report(*args, False)
 
     def close(self) -> None:
         """Report every count now and stop the timer."""

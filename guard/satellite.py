@@ -164,8 +164,10 @@ class AssistSatellite:
     def connections(self) -> int:
         return len(self._connections)
 
-    def _report(self, peer: str, kind: str, reason: str, count: int) -> None:
+    def _report(self, peer: str, kind: str, reason: str, count: int, first: bool) -> None:
         """One audit record (and with it one log line) per peer and kind per interval (see refusals.py)."""
+        if not first:
+            reason = f"{count} more in {self.refusals.interval_seconds:g} s; the last: {reason}"
         self.post("refused", (peer, kind, reason, count))
 
     # -- connections ------------------------------------------------------------------
