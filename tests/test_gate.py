@@ -347,7 +347,7 @@ def test_missing_sink_folder_is_a_fault_and_nothing_is_kept(rig, request_audio, 
     assert r.kinds() == ["wake", "pending", "releasing", "release-failed", "discarded"]
     assert r.gate.state is State.IDLE and r.gate.is_wiped()
     failed = [x for x in audit.read(r.audit_path) if x["event"] == "release-failed"][0]
-    assert failed["sink"] == "gone" and "No such file or directory" in failed["reason"]
+    assert failed["sink"] == "gone" and "no-such-folder: no such directory; create it" in failed["reason"]
     assert not (tmp_path / "no-such-folder").exists()
     r.feed(request_audio)  # the guard keeps serving
     assert r.gate.state is State.PENDING

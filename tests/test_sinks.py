@@ -119,7 +119,8 @@ def test_a_failing_command_is_named_with_its_exit_code_and_last_line_cut_to_200(
 
 
 def test_a_command_that_cannot_start_is_a_failure_not_a_crash(tmp_path):
-    with pytest.raises(SinkError, match=f"^sink cmd: {tmp_path}/nothing: No such file or directory$"):
+    with pytest.raises(SinkError, match=f"^sink cmd: {tmp_path}/nothing: not an executable file; give its full path; "
+                                        "not run$"):
         CommandSink("cmd", (str(tmp_path / "nothing"), "--quiet"), 5.0, "k").deliver(encode_wav(SAMPLES), UTTERANCE)
     assert CommandSink("cmd", (str(tmp_path / "nothing"),), 5.0, "k").problem() == (
         f"sink cmd: {tmp_path}/nothing: not an executable file; give its full path")
