@@ -231,3 +231,76 @@ def test_a_sink_folder_swapped_after_start_is_refused_at_the_release(tmp_path):
     with pytest.raises(SinkError, match=rf"{parent} \(on the way to {folder}\): owned by nobody.*nothing was written"):
         sink.deliver(wav, UTTERANCE)
     assert list(folder.iterdir()) == []
+
+
+def _file(folder: Path, name: str = "f", mode: int = 0o644) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("x")
+    path.chmod(mode)
+    return path
+
+
+def test_a_relative_link_with_dotdot_is_followed_from_its_own_folder(tmp_path):
+    real = _file(tmp_path / "real", mode=0o666)
+    (tmp_path / "links").mkdir()
+    link = tmp_path / "links" / "f"
+    link.symlink_to(Path("..") / "real" / "f")
+    folders, end = trust.walk(link)
+    assert end == real and tmp_path / "links" in folders and Path("/") == folders[0]
+    assert trust.untrusted(link) == (f"{real} (where {link} leads): owned by root, mode 0666: others can rewrite it; "
+                                     f"fix: sudo chmod go-w {real}")
+    assert trust.untrusted(real).startswith(f"{real}: owned by root, mode 0666")
+
+
+def test_forty_links_are_followed_and_the_forty_first_is_a_loop(tmp_path):
+    target = _file(tmp_path / "real", mode=0o666)
+    chain = tmp_path / "chain"
+    chain.mkdir()
+    previous = target
+    for i in range(trust.MAX_LINKS + 1):
+        link = chain / f"l{i}"
+        link.symlink_to(previous)
+        previous = link
+    assert trust.walk(chain / f"l{trust.MAX_LINKS - 1}")[1] == target, "40 links: followed to the end"
+    assert "mode 0666" in trust.untrusted(chain / f"l{trust.MAX_LINKS - 1}")
+    assert trust.walk(chain / f"l{trust.MAX_LINKS}") is None, "41: the kernel would refuse it too"
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert trust.walk(tmp_path / "a") is None and trust.untrusted(tmp_path / "a") is None
+
+
+def test_a_missing_path_is_not_judged_here(tmp_path):
+    assert trust.walk(tmp_path / "no" / "such") is None and trust.untrusted(tmp_path / "no" / "such") is None
+
+
+def test_a_setgid_folder_others_can_write_is_no_sticky_folder(tmp_path):
+    folder = tmp_path / "shared"
+    _file(folder)
+    folder.chmod(0o2777)
+    assert "mode 2777: others can rewrite it" in trust.untrusted(folder / "f")
+
+
+@needs_root
+def test_an_owner_without_a_name_is_named_by_number(tmp_path):
+    path = _file(tmp_path / "x")
+    os.chown(path, 54321, 54321)
+    assert trust.untrusted(path).startswith(f"{path}: owned by uid 54321, mode 0644: only root may own it; fix: sudo chown root")
+
+
+@needs_root
+def test_another_system_account_is_not_root(tmp_path):
+    path = _file(tmp_path / "x")
+    os.chown(path, 1, 1)  # daemon: a real account, just not root nor the guard's
+    assert "owned by daemon" in trust.untrusted(path)
+
+
+def test_every_file_a_command_names_is_judged_and_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _file(tmp_path, "local.py")
+    script = _file(tmp_path / "bin", "send.py")
+    assert trust.command_files(("cat", str(script), "local.py", "--quiet", "/no/such")) == [
+        Path("/usr/bin/cat"), script, Path("local.py")]
+    assert trust.command_files((str(script), "local.py")) == [script, Path("local.py")]
+    (tmp_path / "local.py").chmod(0o666)
+    assert trust.untrusted_command(("cat", "local.py")).startswith(f"{tmp_path / 'local.py'}: owned by root, mode 0666")
