@@ -29,7 +29,8 @@ def _problem(what: str, path: Path, info: os.stat_result, is_folder: bool) -> st
     mode = stat.S_IMODE(info.st_mode)
     if info.st_uid not in trusted:
         who = "root" if os.geteuid() == 0 else f"root or {_owner(os.geteuid())}"
-        return f"{what}: owned by {_owner(info.st_uid)}, mode {mode:04o}: only {who} may own it; fix: sudo chown root {path}"
+        return (f"{what}: owned by {_owner(info.st_uid)}, mode {mode:04o}: only {who} may own it; "
+                f"fix: sudo chown root {path}")
     sticky = is_folder and mode & stat.S_ISVTX  # others may add names there, but never move ours
     if mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky:
         return (f"{what}: owned by {_owner(info.st_uid)}, mode {mode:04o}: others can rewrite it; "
