@@ -69,6 +69,7 @@ class Daemon:
     def __init__(self, config: Config, options: RunOptions, detector: WakeDetector) -> None:
         self.config, self.options = config, options
         self.inbox = Inbox()  # every thread posts here; the loop serves the button's lane first
+        self._dropped_reported = 0
         self.listening = threading.Event()
         self.listening.set()
         self.stopping = threading.Event()
@@ -395,6 +396,7 @@ class Daemon:
             self._handle(item, payload)
             self.gate.tick()
             self.notifier.watchdog(self._audio_alive())
+            self._report_dropped()
             self._check_microphone()
         except Exception as e:  # the loop's edge: log, wipe, show fault, keep serving
             log.exception("fault in the guard loop")
@@ -402,6 +404,14 @@ class Daemon:
         finally:
             if isinstance(item, np.ndarray):
                 item.fill(0)
+
+    def _report_dropped(self) -> None:
+        """Remote requests the bounded lane had no room for: one warning each time more were dropped."""
+        dropped = self.inbox.dropped
+        if dropped > self._dropped_reported:
+            log.warning("%d remote request(s) dropped: they came faster than the guard serves them",
+                        dropped - self._dropped_reported)
+            self._dropped_reported = dropped
 
     def _audio_alive(self) -> bool:
         """Frames keep coming, the audio thread is waiting to retry a failed mic, or no frames are expected

@@ -241,7 +241,7 @@ def test_invariant7_a_hermes_payload_over_the_limit_is_refused_before_any_json_i
     assert parsed == [len(b'{"siteId": "kitchen", "sessionId": "s"}')], "a small one is still read"
 
 
-def test_invariant7_the_button_is_served_before_any_waiting_network_message(daemon):
+def test_invariant7_the_button_is_served_before_any_waiting_network_message(daemon, caplog):
     """However many remote requests and frames wait, the button's move and a mute are taken first; the remote
     lane is bounded and counts what it drops."""
     from guard.inbox import REMOTE_MESSAGES
@@ -255,3 +255,5 @@ def test_invariant7_the_button_is_served_before_any_waiting_network_message(daem
     assert (first[0], first[1]) == (Lane.URGENT, "button_held")
     assert second == (Lane.URGENT, "command", ("remote", "mute"))
     assert daemon.inbox.get(0)[0] is Lane.REMOTE
+    daemon._step()
+    assert "10 remote request(s) dropped" in caplog.text
