@@ -409,3 +409,46 @@ def test_only_the_hub_is_played_and_nothing_while_a_spoken_confirmation_is_await
         home_assistant.close()
     finally:
         sat.close()
+
+
+def _read(data: bytes):
+    """read_event on exactly these bytes, as the satellite's server reads them (same header limit)."""
+    async def run():
+        reader = asyncio.StreamReader(limit=satellite.MAX_HEADER_BYTES)
+        reader.feed_data(data)
+        reader.feed_eof()
+        return await satellite.read_event(reader)
+    return asyncio.run(run())
+
+
+def _header(**fields) -> bytes:
+    return json.dumps(fields).encode() + b"\n"
+
+
+def test_read_event_limits_hold_at_their_exact_edges():
+    """Header line plus data part up to 8192 bytes, payload up to 65536: one byte more is refused unread."""
+    def describe(total: int) -> bytes:
+        length = total - len(_header(type="describe", data_length=8000))  # a four-digit length either way
+        data = json.dumps({"x": "y" * (length - len('{"x": ""}'))}).encode()
+        return _header(type="describe", data_length=len(data)) + data
+    assert len(describe(8192)) == 8192 and _read(describe(8192)).data["x"].startswith("y")
+    with pytest.raises(satellite.EventTooLarge, match="^describe: data of .* bytes is over 8192$"):
+        _read(describe(8193))
+    assert _read(_header(type="audio-chunk", payload_length=65536) + bytes(65536)).payload == bytes(65536)
+    with pytest.raises(satellite.EventTooLarge, match="payload of 65537 bytes is over 65536"):
+        _read(_header(type="audio-chunk", payload_length=65537) + bytes(65537))
+    with pytest.raises(satellite.EventTooLarge, match=f"^{'t' * 40}: payload of"):
+        _read(_header(type="t" * 50, payload_length=10 ** 9))
+
+
+def test_read_event_merges_inline_data_with_the_data_part_and_refuses_odd_lengths():
+    data = json.dumps({"b": 2}).encode()
+    event = _read(_header(type="x", data={"a": 1}, data_length=len(data)) + data)
+    assert event.data == {"a": 1, "b": 2}
+    assert _read(_header(type="x", data={"a": 1})).data == {"a": 1}
+    for bad in (True, -1, "4", 1.5):
+        with pytest.raises(ValueError, match="^payload_length is not a byte count$"):
+            _read(_header(type="x", payload_length=bad) + b"\x00")
+    assert _read(b"") is None
+    with pytest.raises(ValueError, match="closed inside an event header"):
+        _read(b'{"type": "x"')
