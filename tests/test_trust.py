@@ -262,6 +262,7 @@ def test_forty_links_are_followed_and_the_forty_first_is_a_loop(tmp_path):
         link = chain / f"l{i}"
         link.symlink_to(previous)
         previous = link
+    assert trust.MAX_LINKS == 40, "the kernel's own limit (MAXSYMLINKS)"
     assert trust.walk(chain / f"l{trust.MAX_LINKS - 1}")[1] == target, "40 links: followed to the end"
     assert "mode 0666" in trust.untrusted(chain / f"l{trust.MAX_LINKS - 1}")
     assert trust.walk(chain / f"l{trust.MAX_LINKS}") is None, "41: the kernel would refuse it too"
@@ -305,3 +306,18 @@ def test_every_file_a_command_names_is_judged_and_nothing_else(tmp_path, monkeyp
     assert trust.command_files((str(script), "local.py")) == [script, Path("local.py")]
     (tmp_path / "local.py").chmod(0o666)
     assert trust.untrusted_command(("cat", "local.py")).startswith(f"{tmp_path / 'local.py'}: owned by root, mode 0666")
+
+
+def test_a_name_that_sorts_before_dotdot_is_an_ordinary_folder(tmp_path):
+    """"-data" and "+x" sort before ".." (and "." too): they are folders like any other, not a step up."""
+    path = _file(tmp_path / "-data" / "+x", mode=0o666)
+    folders, end = trust.walk(path)
+    assert end == path and tmp_path / "-data" in folders and tmp_path / "-data" / "+x" in folders
+    assert trust.untrusted(path).startswith(f"{path}: owned by root, mode 0666")
+
+
+def test_a_link_to_a_path_that_sorts_before_it_still_says_where_it_leads(tmp_path):
+    real = _file(tmp_path / "a", mode=0o666)
+    (tmp_path / "z").mkdir()
+    (tmp_path / "z" / "link").symlink_to(real)
+    assert trust.untrusted(tmp_path / "z" / "link").startswith(f"{real} (where {tmp_path / 'z' / 'link'} leads): ")
