@@ -339,8 +339,9 @@ class MqttLink:
             if message.payload == b"online" and self.settings.discovery and self._discovery_due():
                 self.publish_discovery()
             return
-        if (client is self.client) and any(topic == t for t, _ in self._mute_topics()):
-            return  # the mute connection hears these
+        if client is self.client and self.mute_client.is_connected() \
+                and any(topic == t for t, _ in self._mute_topics()):
+            return  # the mute connection hears these; while it is down, this one acts on them
         if len(message.payload) > MAX_COMMAND_BYTES:  # before anything parses it
             self.refusals.refused("mqtt", "oversized", f"payload of {len(message.payload)} bytes on "
                                                        f"{topic[:80]!r} is over {MAX_COMMAND_BYTES}")

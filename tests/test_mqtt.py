@@ -767,3 +767,29 @@ def test_forget_removes_every_retained_trace_so_home_assistant_drops_the_device(
     down = subprocess.run([str(GUARD), "--config", str(tmp_path / "guard.toml"), "forget"], capture_output=True,
                           text=True, timeout=60)
     assert down.returncode == 1 and down.stderr.count("\n") == 1 and "no MQTT broker reachable" in down.stderr
+
+
+def test_invariant7_a_mute_queued_behind_a_flood_of_other_commands_still_acts_at_once(tmp_path, broker, quiet_wav):
+    """The broker delivers one connection's messages in order: 20,000 commands published just before a mute sit
+    ahead of it on the main connection; the mute comes on the guard's own mute connection and acts before they
+    are through. While that connection is down, the main one acts on mutes instead."""
+    with _running(_config(tmp_path, broker.port), quiet_wav) as (daemon, sub):
+        assert sub.wait_for(lambda: daemon.mqtt.mute_client.is_connected())
+        handled = []
+        on_message = daemon.mqtt.client.on_message
+
+        def counting(client, userdata, message) -> None:
+            handled.append(message.topic)
+            on_message(client, userdata, message)
+        daemon.mqtt.client.on_message = counting
+        for _ in range(20000):
+            sub.client.publish(f"{ROOT}/cmd/release", b"", qos=0)
+        sub.client.publish(f"{ROOT}/cmd/mute", b"", qos=0)
+        assert sub.wait_for(lambda: daemon.gate.state is State.MUTED, 20)
+        assert len(handled) < 20000, "muted before the main connection had got through the flood"
+        daemon.mqtt.mute_client.disconnect()
+        daemon.mqtt.mute_client.loop_stop()
+        sub.publish(f"{ROOT}/cmd/remote_mute", "OFF")
+        assert sub.wait_for(lambda: daemon.gate.state is State.IDLE)
+        sub.publish(f"{ROOT}/cmd/remote_mute", "ON")
+        assert sub.wait_for(lambda: daemon.gate.state is State.MUTED), "the main connection acts while it is down"
