@@ -144,11 +144,11 @@ LISTEN_SECONDS = 6.0  # audio since pending began kept (RAM, wiped) for the spea
 # The phrase must have ended where the match ends ("guard" must not be the start of "garden" or "guarded"):
 # a take's template ends 240 ms after its speech, so the true phrase matches ever better into the quiet after
 # it, while a word that goes on ("guard-en") matched best before its quiet and worse with each quiet frame.
-# A match counts when its score is still falling and the last END_QUIET_FRAMES are quiet: END_DROP_DB below
-# the phrase's loudest frame, or within FLOOR_MARGIN_DB of the room's quietest (in a noisy room).
-END_QUIET_FRAMES = 2  # 160 ms
+# A match counts when its score has got no worse over the last END_QUIET_FRAMES frames and those frames are
+# quiet: END_DROP_DB below the phrase's loudest frame, or within FLOOR_MARGIN_DB of the room's quietest.
+END_QUIET_FRAMES = 3  # 240 ms
 END_DROP_DB = 25.0
-FLOOR_MARGIN_DB = 6.0
+FLOOR_MARGIN_DB = 6.0  # the floor is the quietest frame since pending began: the room before the phrase
 FLOOR_DBFS = -90.0  # digital silence counts as this quiet
 PHRASE_LEVEL_FRAMES = 64  # frame levels kept (numbers, not audio) to find the phrase's loudest frame
 
@@ -372,6 +372,7 @@ class SpokenConfirmation:
         self._skip = EMBEDDING_WINDOW_FRAMES
         self._recheck_in = 0
         self._levels: list[float] = []
+        self._scores: list[float] = []  # the match's score over the last END_QUIET_FRAMES frames
         self.score = math.inf
         self.speaker_score = self.unevenness = math.inf
 
@@ -387,8 +388,9 @@ class SpokenConfirmation:
         if self._skip > 0:  # this embedding's window still reaches back before pending began
             self._skip -= 1
             return False
-        previous, self.score = self.score, min(m.push(embedding) for m in self.matchers)
-        if self.score > self.enrolment.threshold or self.score > previous or not self._ended():
+        self.score = min(m.push(embedding) for m in self.matchers)
+        self._scores = self._scores[-(END_QUIET_FRAMES - 1):] + [self.score]
+        if self.score > self.enrolment.threshold or not self._falling() or not self._ended():
             return False
         if self._recheck_in > 0:
             self._recheck_in -= 1
@@ -401,9 +403,13 @@ class SpokenConfirmation:
         self._recheck_in = RECHECK_FRAMES - 1
         return False
 
+    def _falling(self) -> bool:
+        """The match has got no worse over the last END_QUIET_FRAMES frames (see END_QUIET_FRAMES)."""
+        return all(b <= a for a, b in zip(self._scores, self._scores[1:], strict=False))
+
     def _ended(self) -> bool:
         """The talker has stopped: the newest frames are far below the phrase's loudest, or at the room's floor."""
-        span = max(len(t) for t in self.enrolment.templates)
+        span = max(len(t) for t in self.enrolment.templates) + END_QUIET_FRAMES  # the phrase and its quiet
         peak, floor = max(self._levels[-span:]), max(min(self._levels), FLOOR_DBFS)
         quiet = max(peak - END_DROP_DB, floor + FLOOR_MARGIN_DB)
         return all(level <= quiet for level in self._levels[-END_QUIET_FRAMES:])

@@ -399,3 +399,38 @@ def test_invariant1_a_phrase_begun_in_one_pending_window_cannot_be_finished_in_t
     assert results == [False] * (skip + 1), "the matcher kept the first two thirds from the last window"
     fresh, _ = listener(threshold=0.05, template_frames=3)  # the control: the whole phrase in one window confirms
     assert [fresh.push(e, f) for e, f in zip([template[0]] * skip + list(template), frames, strict=True)][-1]
+
+
+def _phrase_then_quiet(before: int, loud: int, quiet: int) -> list[np.ndarray]:
+    """A pending window as it comes: `before` frames of the room (-70 dBFS), `loud` frames of the phrase (a steady
+    -15 dBFS), then `quiet` frames of the room again."""
+    rng = np.random.default_rng(3)
+    room = rng.normal(0, 10, (before + quiet, 1280)).astype(np.int16)
+    phrase = rng.normal(0, 6000, (loud, 1280)).astype(np.int16)
+    return list(room[:before]) + list(phrase) + list(room[before:])
+
+
+def _away(template: np.ndarray, distance: float) -> np.ndarray:
+    """An embedding at about `distance` cosine distance from the template's first row."""
+    other = np.random.default_rng(5).normal(size=96).astype(np.float32)
+    other -= other @ template[0] / (template[0] @ template[0]) * template[0]
+    angle = np.arccos(1 - distance)
+    return (np.cos(angle) * template[0] / np.linalg.norm(template[0])
+            + np.sin(angle) * other / np.linalg.norm(other)).astype(np.float32)
+
+
+def test_invariant1_a_match_counts_only_three_quiet_frames_after_the_phrase_and_only_while_it_still_improves():
+    """The end rule in numbers: while the talker is loud nothing confirms; in the quiet after, a match that has
+    got no worse for END_QUIET_FRAMES frames confirms on the third; one that gets worse (a last word that went
+    on: its best match was before the quiet) never does."""
+    assert (confirm.END_QUIET_FRAMES, confirm.END_DROP_DB) == (3, 25.0)
+    before, loud = confirm.EMBEDDING_WINDOW_FRAMES + 2, 6
+    for scores, confirms_at in (((0.3, 0.2, 0.1, 0.05), 2), ((0.1, 0.1, 0.1, 0.1), 2), ((0.05, 0.1, 0.2, 0.3), None),
+                                ((0.2, 0.1, 0.15, 0.05, 0.04), 4), ((0.2, 0.1, 0.6, 0.7, 0.8), None)):
+        said, template = listener(threshold=0.5)
+        frames = _phrase_then_quiet(before, loud, len(scores))
+        embeddings = [_away(template, 0.9)] * before + [template[0]] * loud + [_away(template, s) for s in scores]
+        results = [said.push(e, f) for e, f in zip(embeddings, frames, strict=True)]
+        assert not any(results[:before + loud]), "never before the phrase, never while the talker is loud"
+        confirmed = [i for i, r in enumerate(results[before + loud:]) if r]
+        assert confirmed[:1] == ([] if confirms_at is None else [confirms_at]), (scores, confirmed)

@@ -304,6 +304,7 @@ def test_every_file_a_command_names_is_judged_and_nothing_else(tmp_path, monkeyp
     assert trust.command_files(("cat", str(script), "local.py", "--quiet", "/no/such")) == [
         Path("/usr/bin/cat"), script, Path("local.py")]
     assert trust.command_files((str(script), "local.py")) == [script, Path("local.py")]
+    assert trust.command_files(("no-such-program", str(script))) == [script], "a program not found is not judged"
     (tmp_path / "local.py").chmod(0o666)
     assert trust.untrusted_command(("cat", "local.py")).startswith(f"{tmp_path / 'local.py'}: owned by root, mode 0666")
 
