@@ -467,3 +467,21 @@ def test_read_event_merges_inline_data_with_the_data_part_and_refuses_odd_length
     assert _read(b"") is None
     with pytest.raises(ValueError, match="closed inside an event header"):
         _read(b'{"type": "x"')
+
+
+def test_a_header_that_is_not_a_wyoming_event_is_refused():
+    for line in (b'{"type": 5}\n', b'[1, 2]\n', b'"text"\n', b'{"data": {}}\n'):
+        with pytest.raises(ValueError, match="not a Wyoming event header"):
+            _read(line)
+
+
+def test_an_event_the_satellite_cannot_handle_drops_neither_the_connection_nor_the_satellite(sat):
+    """An error event whose text is a number makes its handler fail: logged, and the same connection is still
+    answered (a ping after it gets its pong)."""
+    with _connect(sat.port) as peer:
+        peer.sendall(b'{"type": "error", "data": {"text": 5}}\n{"type": "ping", "data": {"text": "still here"}}\n')
+        peer.settimeout(10)
+        answer = b""
+        while b"\n" not in answer:
+            answer += peer.recv(4096)
+        assert json.loads(answer.split(b"\n")[0])["type"] == "pong"
