@@ -78,6 +78,6 @@ class Inbox:
             return items
 
     def peek(self, lane: Lane) -> list[tuple[Any, Any]]:
-        """A copy of what waits in a lane, oldest first (for tests and health)."""
+        """A copy of what waits in a lane, oldest first, leaving it there (tests look at frame copies with it)."""
         with self._ready:
             return list(self._lanes[lane])
