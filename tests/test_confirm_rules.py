@@ -434,3 +434,21 @@ def test_invariant1_a_match_counts_only_three_quiet_frames_after_the_phrase_and_
         assert not any(results[:before + loud]), "never before the phrase, never while the talker is loud"
         confirmed = [i for i, r in enumerate(results[before + loud:]) if r]
         assert confirmed[:1] == ([] if confirms_at is None else [confirms_at]), (scores, confirmed)
+
+
+def test_invariant1_quiet_is_judged_against_the_phrase_itself_not_a_louder_sound_before_it():
+    """A door slams just before the phrase (15 dB louder); after the phrase the talker goes on 15 dB lower (not
+    quiet: quiet is 25 dB under the phrase). Judged against the slam, that would count as quiet and confirm."""
+    rng = np.random.default_rng(11)
+    room = list(rng.normal(0, 3, (confirm.EMBEDDING_WINDOW_FRAMES + 2, 1280)).astype(np.int16))  # -80 dBFS
+    slam = [rng.normal(0, 30000, 1280).clip(-32768, 32767).astype(np.int16)]  # about -1 dBFS
+    phrase = list(rng.normal(0, 6000, (1, 1280)).astype(np.int16))  # about -15 dBFS, right after the slam
+    going_on = list(rng.normal(0, 1000, (3, 1280)).astype(np.int16))  # about -30 dBFS
+    said, template = listener(threshold=0.5)
+    embeddings = [_away(template, 0.9)] * (len(room) + 1) + [template[0]] + [_away(template, d)
+                                                                            for d in (0.3, 0.2, 0.1)]
+    results = [said.push(e, f) for e, f in zip(embeddings, room + slam + phrase + going_on, strict=True)]
+    assert not any(results)
+    quiet = list(rng.normal(0, 10, (3, 1280)).astype(np.int16))  # the room after it: now it has ended
+    results = [said.push(_away(template, d), f) for d, f in zip((0.09, 0.08, 0.07), quiet, strict=True)]
+    assert results[-1] is True
