@@ -770,23 +770,27 @@ def test_forget_removes_every_retained_trace_so_home_assistant_drops_the_device(
 
 
 def test_invariant7_a_mute_queued_behind_a_flood_of_other_commands_still_acts_at_once(tmp_path, broker, quiet_wav):
-    """The broker delivers one connection's messages in order: 20,000 commands published just before a mute sit
-    ahead of it on the main connection; the mute comes on the guard's own mute connection and acts before they
-    are through. While that connection is down, the main one acts on mutes instead."""
+    """The broker delivers one connection's messages in order: with the guard behind on its main connection
+    (held at the flood's first message), 20,000 commands published before a mute sit ahead of it there; the
+    mute comes on the guard's own mute connection and acts while they still wait. While that connection is
+    down, the main one acts on mutes instead."""
     with _running(_config(tmp_path, broker.port), quiet_wav) as (daemon, sub):
         assert sub.wait_for(lambda: daemon.mqtt.mute_client.is_connected())
-        handled = []
+        handled, behind = [], threading.Event()
         on_message = daemon.mqtt.client.on_message
 
-        def counting(client, userdata, message) -> None:
+        def held(client, userdata, message) -> None:
+            behind.wait(30)  # the guard is behind on this connection: everything after this one waits
             handled.append(message.topic)
             on_message(client, userdata, message)
-        daemon.mqtt.client.on_message = counting
+        daemon.mqtt.client.on_message = held
         for _ in range(20000):
             sub.client.publish(f"{ROOT}/cmd/release", b"", qos=0)
         sub.client.publish(f"{ROOT}/cmd/mute", b"", qos=0)
-        assert sub.wait_for(lambda: daemon.gate.state is State.MUTED, 20)
-        assert len(handled) < 20000, "muted before the main connection had got through the flood"
+        assert sub.wait_for(lambda: daemon.gate.state is State.MUTED, 20), "the mute did not wait for the flood"
+        assert handled == [], "muted while every command of the flood still waited on the main connection"
+        behind.set()
+        assert sub.wait_for(lambda: len(handled) == 20001, 60), len(handled)
         daemon.mqtt.mute_client.disconnect()
         daemon.mqtt.mute_client.loop_stop()
         sub.publish(f"{ROOT}/cmd/remote_mute", "OFF")
