@@ -11,6 +11,7 @@ button still works.
 import math
 import os
 import zipfile
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -371,8 +372,9 @@ class SpokenConfirmation:
         self.wipe()
         self._skip = EMBEDDING_WINDOW_FRAMES
         self._recheck_in = 0
-        self._levels: list[float] = []
-        self._scores: list[float] = []  # the match's score over the last END_QUIET_FRAMES frames
+        self._levels: deque[float] = deque(maxlen=PHRASE_LEVEL_FRAMES)
+        self._scores: deque[float] = deque(maxlen=END_QUIET_FRAMES)  # the match's score, frame by frame
+        self._span = max(len(t) for t in self.enrolment.templates) + END_QUIET_FRAMES  # the phrase and its quiet
         self.score = math.inf
         self.speaker_score = self.unevenness = math.inf
 
@@ -384,12 +386,12 @@ class SpokenConfirmation:
         """One frame and its embedding; True when the phrase has just been heard, whole and ended, in the
         enrolled voice."""
         self.heard.write(frame)
-        self._levels = self._levels[-(PHRASE_LEVEL_FRAMES - 1):] + [level_dbfs(frame)]
+        self._levels.append(level_dbfs(frame))
         if self._skip > 0:  # this embedding's window still reaches back before pending began
             self._skip -= 1
             return False
         self.score = min(m.push(embedding) for m in self.matchers)
-        self._scores = self._scores[-(END_QUIET_FRAMES - 1):] + [self.score]
+        self._scores.append(self.score)
         if self.score > self.enrolment.threshold or not self._falling() or not self._ended():
             return False
         if self._recheck_in > 0:
@@ -405,14 +407,15 @@ class SpokenConfirmation:
 
     def _falling(self) -> bool:
         """The match has got no worse over the last END_QUIET_FRAMES frames (see END_QUIET_FRAMES)."""
-        return all(b <= a for a, b in zip(self._scores, self._scores[1:], strict=False))
+        scores = list(self._scores)
+        return all(b <= a for a, b in zip(scores, scores[1:], strict=False))
 
     def _ended(self) -> bool:
         """The talker has stopped: the newest frames are far below the phrase's loudest, or at the room's floor."""
-        span = max(len(t) for t in self.enrolment.templates) + END_QUIET_FRAMES  # the phrase and its quiet
-        peak, floor = max(self._levels[-span:]), max(min(self._levels), FLOOR_DBFS)
+        levels = list(self._levels)  # only when the content already matches: not on every frame
+        peak, floor = max(levels[-self._span:]), max(min(levels), FLOOR_DBFS)
         quiet = max(peak - END_DROP_DB, floor + FLOOR_MARGIN_DB)
-        return all(level <= quiet for level in self._levels[-END_QUIET_FRAMES:])
+        return all(level <= quiet for level in levels[-END_QUIET_FRAMES:])
 
     def _compare(self) -> voiceprint.Verdict:
         heard = self.heard.snapshot(self._scratch)

@@ -40,7 +40,6 @@ DELIVERY_GRACE_SECONDS = 4.0  # at exit, a release still running gets this long;
 MIC_HUNG_SECONDS = 10.0  # a read blocked this long cannot be interrupted: exit 1 so that systemd restarts
 MIC_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff between attempts to open a failed microphone afresh
 QUEUE_FRAMES = 50  # 4 s of audio: a slow loop holds the reader back instead of dropping frames
-REMOTE_WORDS = {"mute": Lane.URGENT}  # a mute from anywhere is served with the button; the rest waits its turn
 
 
 class AudioClock:
@@ -233,15 +232,16 @@ class Daemon:
         self.inbox.put(Lane.URGENT, word, self.clock())
 
     def _post_command(self, by: str, verb: str) -> None:
-        """A remote command (paho's thread): a mute goes with the button, the rest behind the guard's own news."""
-        self.inbox.put(REMOTE_WORDS.get(verb, Lane.REMOTE), "command", (by, verb))
+        """A remote command (paho's or the satellite's thread): a mute from anywhere goes with the button, the
+        rest waits behind the guard's own news."""
+        self.inbox.put(Lane.URGENT if verb == "mute" else Lane.REMOTE, "command", (by, verb))
 
     def _post_assist(self, word: str, payload) -> None:
         """Home Assistant's pause and run-satellite, and the satellite's counted refusals (its own thread)."""
         if word == "refused":
             self.inbox.put(Lane.REMOTE, "refused", ("assist", *payload))
         else:
-            self.inbox.put(REMOTE_WORDS.get(word, Lane.REMOTE), "command", ("assist", word))
+            self._post_command("assist", word)
 
     def _show(self, state: str) -> None:
         """The LED shows the state; while a spoken confirmation is awaited nothing from the hub plays."""

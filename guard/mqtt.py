@@ -119,11 +119,9 @@ class MqttLink:
         self.client = self._client(f"guard-{self.device_id}")
         # Mutes come on a connection of their own: a flood of other commands, queued by the broker ahead
         # of them in one ordered stream, cannot hold a mute back.
+        self.mute_topics = frozenset([f"{self.root}/cmd/mute", f"{self.root}/cmd/remote_mute"]
+                                     + (["hermes/hotword/toggleOff"] if settings.hermes else []))
         self.mute_client = self._client(f"guard-{self.device_id}-mute", main=False)
-
-    def _mute_topics(self) -> list[tuple[str, int]]:
-        return [(f"{self.root}/cmd/mute", 1), (f"{self.root}/cmd/remote_mute", 1)] \
-            + ([("hermes/hotword/toggleOff", 1)] if self.settings.hermes else [])
 
     def _client(self, client_id: str, main: bool = True) -> paho.Client:
         s = self.settings
@@ -194,7 +192,7 @@ class MqttLink:
     @_never_raises
     def _on_mute_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if not reason_code.is_failure:
-            client.subscribe(self._mute_topics())
+            client.subscribe([(topic, 1) for topic in sorted(self.mute_topics)])
 
     @_never_raises
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -339,8 +337,7 @@ class MqttLink:
             if message.payload == b"online" and self.settings.discovery and self._discovery_due():
                 self.publish_discovery()
             return
-        if client is self.client and self.mute_client.is_connected() \
-                and any(topic == t for t, _ in self._mute_topics()):
+        if client is self.client and topic in self.mute_topics and self.mute_client.is_connected():
             return  # the mute connection hears these; while it is down, this one acts on them
         if len(message.payload) > MAX_COMMAND_BYTES:  # before anything parses it
             self.refusals.refused("mqtt", "oversized", f"payload of {len(message.payload)} bytes on "
