@@ -453,11 +453,11 @@ class MicSource:
 
     def close_stream(self) -> None:
         """Stop capturing: the device is closed, not ignored, and held samples are zeroed."""
-        if self._stream is not None:
-            self._stream.stop_stream()
-            self._stream.close()
-            self._stream = None
+        stream, self._stream = self._stream, None  # a stream in error that fails to close is dropped all the same
         self.converter.wipe()
+        if stream is not None:
+            stream.stop_stream()
+            stream.close()
 
     def wipe(self) -> None:
         self.converter.wipe()

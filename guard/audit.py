@@ -11,10 +11,12 @@ crash, not as tampering. One guard at a time may write a log (an exclusive lock)
 """
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -23,8 +25,21 @@ from pathlib import Path
 
 from guard.errors import AuditError
 
+log = logging.getLogger(__name__)
+
 GENESIS = "0" * 64
 FieldValue = str | int | float | bool | None
+RESERVE_BYTES = 16384  # disk kept behind the last record, spent only by what a release turned out to be
+FALLOC_FL_KEEP_SIZE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate64.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def _preallocate(fd: int, offset: int, length: int) -> None:
+    """Claim the disk blocks of [offset, offset + length) for the file without changing its size."""
+    if _libc.fallocate64(fd, FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def _digest(text: str) -> str:
@@ -117,7 +132,9 @@ class AuditLog:
     tries again and raises AuditError while it fails, so the caller can refuse
     what needs a record. What happened anyway (a discard, a mute, a delivery's
     outcome) is kept with `defer` and written, marked late, before the next
-    record that can be written.
+    record that can be written. Every record but an outcome leaves RESERVE_BYTES
+    of disk claimed behind it, so a delivered release always gets its record
+    (`record_outcome`), even when the disk fills while the audio is on its way.
 
     Args:
         path: the log file; created with its folder (0700) if missing.
@@ -134,6 +151,7 @@ class AuditLog:
         self._backlog: list[tuple[str, dict]] = []
         self._lost = 0  # deferred decisions beyond BACKLOG_RECORDS
         self.problem: str | None = None
+        self.reserving = True  # False on a file system that cannot claim blocks ahead (then none is kept)
 
     def open(self) -> None:
         """Open, lock and seal the log now (the daemon does this before it says it is ready).
@@ -236,15 +254,45 @@ class AuditLog:
             self._ready()
             return self._append(event, fields, prev_line=self._last_line)
 
-    def _append(self, event: str, fields: dict, prev_line: str | None) -> dict:
+    def record_outcome(self, event: str, **fields: FieldValue) -> dict:
+        """Record what a release turned out to be (released, failed, unknown): it may spend the reserve that
+        every other record leaves, and does not wait behind deferred records the disk cannot take.
+
+        Raises:
+            AuditError: not even the reserve could take it.
+        """
+        with self._lock:
+            with contextlib.suppress(AuditError):
+                self._ready()
+            if self._fd is None:
+                raise AuditError(self.problem)
+            return self._append(event, fields, prev_line=self._last_line, spend_reserve=True)
+
+    def _append(self, event: str, fields: dict, prev_line: str | None, spend_reserve: bool = False) -> dict:
         record = {"seq": self._seq + 1, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                   "device": self.device_id, "event": event, **fields,
                   "prev": GENESIS if prev_line is None else _digest(prev_line)}
         record["hash"] = _digest(_canonical(record))
         line = json.dumps(record, separators=(",", ":"))
-        self._write((line + "\n").encode())
+        data = (line + "\n").encode()
+        if not spend_reserve:
+            self._claim(len(data) + RESERVE_BYTES)
+        self._write(data)
         self._last_line, self._seq = line, self._seq + 1
         return record
+
+    def _claim(self, length: int) -> None:
+        """Claim the disk for the next `length` bytes of the log, or raise AuditError: the disk is full."""
+        if not self.reserving:
+            return
+        try:
+            _preallocate(self._fd, os.fstat(self._fd).st_size, length)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise AuditError(f"{self.path}: cannot write the audit log (the disk is full)") from None
+            self.reserving = False  # EOPNOTSUPP: records are written as before, without a reserve
+            log.warning("%s: its file system cannot reserve room for release outcomes (%s); on a full disk a "
+                        "release's outcome waits in memory", self.path, e.strerror)
 
     def _write(self, data: bytes) -> None:
         """Write all of `data` and fsync, or take back what got written and raise AuditError."""

@@ -38,7 +38,9 @@ TICK_SECONDS = 0.05
 AUDIO_STALL_SECONDS = 3.0  # no frame for this long while listening: the audio side is hung (watchdog stops)
 DELIVERY_GRACE_SECONDS = 4.0  # at exit, a release still running gets this long; systemd's stop timeout is longer
 MIC_HUNG_SECONDS = 10.0  # a read blocked this long cannot be interrupted: exit 1 so that systemd restarts
-MIC_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff between attempts to open a failed microphone afresh
+MIC_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff while the microphone cannot be opened, or gives only zeros
+READ_RETRY_SECONDS = 0.05  # a read error: the stream is restarted at once, so a glitch costs a fraction of a second
+READ_RETRIES = 10  # restarts in a row that deliver no frame: then the microphone is dropped and backoff begins
 QUEUE_FRAMES = 50  # 4 s of audio: a slow loop holds the reader back instead of dropping frames
 
 
@@ -95,6 +97,7 @@ class Daemon:
         self._mic_down: str | None = None  # why the microphone is failing, until it delivers sound again
         self._generation = 0  # counts microphones opened afresh: frames of a failed one never prove it is back
         self._down_generation = -1
+        self._frame_generation = 0  # the generation of the newest frame the loop has seen
         self._reopen = threading.Event()  # the loop asks the audio thread to drop the microphone and open it afresh
         self._attempt = 0  # reopen attempts since the microphone last delivered sound (the backoff's step)
         self._audio_heartbeat = time.monotonic()  # the audio thread is alive (reading, or waiting to retry)
@@ -274,6 +277,7 @@ class Daemon:
                     self.listening.wait(TICK_SECONDS)  # a file pauses while muted
                 yield frame
             return
+        restarts = 0  # stream restarts in a row whose stream failed before it delivered a frame
         while not self.stopping.is_set():
             self._audio_heartbeat = time.monotonic()
             if not self.listening.is_set():
@@ -281,23 +285,56 @@ class Daemon:
                     self.source.close_stream()
                 self.listening.wait(TICK_SECONDS)
                 continue
+            if self._reopen.is_set() or restarts > READ_RETRIES:  # zeros, or a stream that fails at every read
+                self._back_off()
+                restarts = 0
+                continue
             try:
-                if self.source is None:
-                    self.source = self._new_mic()
-                    self._generation += 1
-                self.source.open()
+                self._open_stream()
+            except Exception as e:  # no such device, PortAudio's OSError: open it afresh, with backoff
+                self._post_failure(e)
+                self._back_off()
+                continue
+            delivered = False
+            try:
                 for frame in self.source.frames():  # the loop's _last_frame shows these are alive
+                    delivered = True
                     yield frame
                     if not self.listening.is_set() or self.stopping.is_set() or self._reopen.is_set():
                         break
-            except Exception as e:  # PortAudio's OSError, a vanished device, anything: drop it and try afresh
-                self.inbox.put(Lane.LOCAL, "source-failed", str(e) or type(e).__name__)
-                self._reopen.set()
-            if self._reopen.is_set():
-                self._drop_mic()
-                self._wait(MIC_RETRY_SECONDS[min(self._attempt, len(MIC_RETRY_SECONDS) - 1)])
-                self._attempt += 1
-                self._reopen.clear()
+            except Exception as e:  # a read error (a USB glitch, an overrun, a vanished device): restart the stream
+                self._post_failure(e)
+                restarts = 1 if delivered else restarts + 1
+                self._restart_stream()
+
+    def _open_stream(self) -> None:
+        """Open the microphone's stream if it is closed; each stream opened is a new generation of frames."""
+        if self.source is None:
+            self.source = self._new_mic()  # opens its stream
+        elif not self.source.is_open:
+            self.source.open()
+        else:
+            return
+        self._generation += 1
+
+    def _post_failure(self, error: Exception) -> None:
+        self.inbox.put(Lane.LOCAL, "source-failed", (str(error) or type(error).__name__, self._generation))
+
+    def _restart_stream(self) -> None:
+        """A read failed: close the stream and let the next turn open it again, without the backoff that
+        only a microphone that cannot be opened earns."""
+        try:
+            self.source.close_stream()
+        except Exception as e:  # a stream in error may fail to close; it is dropped all the same
+            log.debug("closing the failed stream: %s", e)
+        self._wait(READ_RETRY_SECONDS)
+
+    def _back_off(self) -> None:
+        """Drop the microphone and wait longer at each attempt, until it delivers sound again."""
+        self._drop_mic()
+        self._wait(MIC_RETRY_SECONDS[min(self._attempt, len(MIC_RETRY_SECONDS) - 1)])
+        self._attempt += 1
+        self._reopen.clear()
 
     def _drop_mic(self) -> None:
         """Close the microphone and PortAudio itself: a device plugged back in is only seen by a fresh start."""
@@ -330,7 +367,7 @@ class Daemon:
                 self.post_frame(frame)
         except Exception as e:  # a dying audio thread must not take the guard's state with it
             log.error("audio source failed: %s", e)
-            self.inbox.put(Lane.LOCAL, "source-failed", str(e))
+            self._post_failure(e)
         finally:
             if self.source is not None:
                 self.source.wipe()
@@ -437,15 +474,19 @@ class Daemon:
         elif limit and self._zeros_since is not None and now - self._zeros_since >= limit:
             self._source_failed(f"{self._mic_label} delivered only digital zeros for {limit:g} s (unplugged?)")
 
-    def _source_failed(self, why: str) -> None:
-        """A file that cannot be read ends the run (exit 1); a failing microphone is a fault until it is back."""
+    def _source_failed(self, why: str, generation: int | None = None) -> None:
+        """A file that cannot be read ends the run (exit 1); a failing microphone is a fault until a stream
+        opened after `generation` (the failed one's) delivers sound. Without a generation the failure is the
+        loop's own finding (zeros): then the audio thread must drop the microphone and open it afresh."""
         if self.options.source != "mic":
             self.source_failure = why
             self.gate.fault(f"audio source failed: {why}")
             return
-        self._reopen.set()
+        if generation is None:
+            self._reopen.set()
+            generation = self._frame_generation
         self._zeros_since = None
-        self._down_generation = self._generation
+        self._down_generation = max(self._down_generation, generation)
         if self._mic_down == why:
             log.debug("microphone still failing: %s", why)
             return
@@ -466,6 +507,7 @@ class Daemon:
     def _handle(self, item, payload) -> None:
         if isinstance(item, np.ndarray):
             self._last_frame = time.monotonic()
+            self._frame_generation = payload
             if item.any():
                 self._zeros_since = None
                 if self._mic_down is not None and payload > self._down_generation:
@@ -489,7 +531,7 @@ class Daemon:
             by, peer, kind, reason, count = payload
             self.gate.refuse(by, f"{kind}: {reason}", peer=peer, count=count)
         elif item == "source-failed":
-            self._source_failed(payload)
+            self._source_failed(*payload)
         elif item == "delivered":
             self._unfinished = [d for d in self._unfinished if d is not payload]
             self.gate.delivered(payload)

@@ -291,12 +291,13 @@ class Gate:
         for sink, outcome, detail, to in delivery.outcomes:
             if outcome == "released":
                 log.info("released %s to %s (%s)", u, sink, detail)
-                self._record("released", self.state, utterance=u, sink=sink, to=to[:200],
+                self._record("released", self.state, utterance=u, outcome=True, sink=sink, to=to[:200],
                              confirmed_by=delivery.confirmed_by, duration_seconds=delivery.duration_seconds,
                              **delivery.extra)
             else:
                 log.error("%s", detail)
-                self._record(outcome, self.state, utterance=u, sink=sink, reason=detail[:200], to=to[:200] or None)
+                self._record(outcome, self.state, utterance=u, outcome=True, sink=sink, reason=detail[:200],
+                             to=to[:200] or None)
         kinds = {outcome[1] for outcome in delivery.outcomes}
         if "released" in kinds:
             if self.state is State.IDLE:
@@ -304,11 +305,11 @@ class Gate:
         elif "release-unknown" in kinds:
             reason = "no sink confirmed the release; it may still arrive (see the audit log)"
             if self.state is State.IDLE:  # show it, unless a new utterance is already held
-                self._show_fault(reason, utterance=u)
+                self._show_fault(reason, utterance=u, outcome=True)
             else:
-                self._record("fault", self.state, utterance=u, reason=reason)
+                self._record("fault", self.state, utterance=u, outcome=True, reason=reason)
         else:
-            self._record("discarded", self.state, utterance=u, reason="every sink failed",
+            self._record("discarded", self.state, utterance=u, outcome=True, reason="every sink failed",
                          duration_seconds=delivery.duration_seconds)
 
     def _discard(self, reason: str) -> None:
@@ -424,17 +425,18 @@ class Gate:
         self._enter(state)
 
     def _record(self, kind: str, state: State, required: bool = False, utterance: str | None = None,
-                **fields) -> bool:
+                outcome: bool = False, **fields) -> bool:
         """Audit, log and publish a decision; False when the audit log could not take it.
 
         Never raises for the audit log: a mute or a discard must still happen (and is
         published). What must not happen without its record (capture, pending,
         release) passes `required`: then nothing is published and the caller backs out.
+        What a release turned out to be (`outcome`) may spend the room the log keeps for it.
         """
         if utterance is None and self._utterance is not None:
             utterance = self._utterance.id
         try:
-            self.audit.record(kind, utterance=utterance, **fields)
+            (self.audit.record_outcome if outcome else self.audit.record)(kind, utterance=utterance, **fields)
             recorded = True
         except AuditError as e:
             recorded = False

@@ -1,7 +1,9 @@
 """The audit log: a hash chain that names the first edited, deleted or reordered line."""
 
 import contextlib
+import errno
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -381,3 +383,24 @@ def test_a_torn_line_on_a_full_disk_waits_to_be_sealed_and_the_log_opens(full_di
     log.close()
     verdict = audit.verify(path, "kitchen")
     assert verdict.intact and verdict.crashes == (2,)
+
+
+def test_a_file_system_that_cannot_reserve_still_takes_every_record(tmp_path, monkeypatch, caplog):
+    """vfat or a FUSE mount may refuse FALLOC_FL_KEEP_SIZE: the log works as before and says so once."""
+    def refuse(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+    monkeypatch.setattr(audit, "_preallocate", refuse)
+    log = AuditLog(tmp_path / "audit.jsonl", "kitchen")
+    log.record("wake", utterance="u1")
+    log.record("pending", utterance="u1")
+    log.record_outcome("released", utterance="u1")
+    log.close()
+    assert [r["event"] for r in audit.read(tmp_path / "audit.jsonl")] == ["wake", "pending", "released"]
+    assert sum("cannot reserve room for release outcomes" in r.message for r in caplog.records) == 1
+
+
+def test_every_record_leaves_room_for_an_outcome_behind_it(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, "kitchen")
+    log.record("wake", utterance="u1")
+    assert path.stat().st_blocks * 512 >= path.stat().st_size + audit.RESERVE_BYTES

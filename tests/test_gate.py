@@ -872,6 +872,34 @@ def test_a_delivery_abandoned_after_it_started_may_still_arrive(rig, request_aud
     assert [o for _, o, _, _ in delivery.outcomes] == ["release-unknown"]
 
 
+def test_a_delivered_release_gets_its_record_on_a_disk_that_filled_while_it_was_on_its_way(
+        rig, request_audio, full_disk):
+    """Once the released record waited in memory and never reached the log: `releasing` with no outcome."""
+    r = rig()
+    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    delivery = r.release_held(request_audio)
+    fill(full_disk)
+    _exhaust(r.gate.audit)  # every ordinary record the disk takes: only the reserve is left
+    delivery.run()
+    r.gate.delivered(delivery)
+    records = [x for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
+    assert [x["event"] for x in records] == ["wake", "pending", "releasing", "released"]
+    assert "late" not in records[-1] and records[-1]["utterance"] == records[0]["utterance"]
+    assert audit.verify(full_disk / "audit.jsonl", "test").intact
+    with pytest.raises(AuditError, match="the disk is full"):
+        r.gate.audit.record("wake")  # the reserve is for outcomes only
+
+
+def test_a_release_is_refused_when_no_room_for_its_outcome_is_left(rig, request_audio, full_disk):
+    r = rig()
+    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    r.feed(request_audio)
+    fill(full_disk)
+    _exhaust(r.gate.audit)
+    r.press()
+    assert "releasing" not in r.kinds() and r.released_files() == [] and r.gate.is_wiped()
+
+
 def test_nothing_is_pending_without_its_pending_record(rig, request_audio, full_disk):
     r = rig()
     r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")

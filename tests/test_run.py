@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import speech
 from conftest import GUARD, ROOT, alsa_home, consent_window_open, run_guard
 
 from guard import audit
+from guard.daemon import READ_RETRIES
 
 
 @pytest.fixture(scope="module")
@@ -179,9 +181,14 @@ FLAKY_MIC = """
 import sys, time
 from guard import audio, cli
 real_frames, real_open = audio.MicSource.frames, audio.MicSource.open
-failed = []
+failed, reads = [], [0]
 def flaky(self):  # after 2 s, once: PortAudio's error when a USB microphone is pulled out, or a read that never returns
     for i, frame in enumerate(real_frames(self)):
+        reads[0] += 1
+        if sys.argv[1] == "glitches" and 25 <= reads[0] < 30:  # five reads in a row fail (0.4 s), each reopen works
+            raise OSError(-9981, "Input overflowed")
+        if sys.argv[1] == "broken" and reads[0] >= 25:  # it opens, but every read fails from 2 s on
+            raise OSError(-9999, "Unanticipated host error")
         if i == 25 and not failed and sys.argv[1] == "error":
             failed.append(i)
             raise OSError(-9999, "Unanticipated host error")
@@ -241,6 +248,31 @@ def test_a_microphone_error_is_a_fault_until_the_microphone_is_opened_afresh(tmp
     fault, back = audit.read(log)
     assert fault["reason"] == "audio source failed: [Errno -9999] Unanticipated host error; retrying"
     assert back["reason"] == "guardtest delivers sound again"
+
+
+def test_read_errors_that_a_reopen_cures_cost_under_a_second_however_many_come_in_a_row(tmp_path):
+    """Five failed reads in a row (each reopen works): once this was 18 s of deafness, backoff at every error."""
+    process, log = _flaky_guard(tmp_path, "glitches", np.int16(120))
+    events = _events_when(log, ["fault", "recovered"], 30)
+    code, stderr = _stop(process)
+    assert events == ["fault", "recovered"], stderr
+    assert code == 0, stderr
+    assert stderr.count("stream opened") == 6, stderr  # the first, and one after each error
+    fault, back = audit.read(log)
+    deaf = datetime.fromisoformat(back["time"]) - datetime.fromisoformat(fault["time"])
+    assert deaf.total_seconds() < 1.0, deaf
+
+
+def test_a_microphone_that_opens_but_never_reads_is_dropped_and_retried_with_backoff(tmp_path):
+    process, log = _flaky_guard(tmp_path, "broken", np.int16(120))
+    assert _events_when(log, ["fault"], 20) == ["fault"]
+    time.sleep(6)
+    assert process.poll() is None, "a failing microphone does not end the guard"
+    code, stderr = _stop(process)
+    assert code == 0, stderr
+    assert [r["event"] for r in audit.read(log)] == ["fault"]
+    opened = stderr.count("stream opened")  # a quick restart per error, then backoff (1, 2, 5 s): not 20 a second
+    assert READ_RETRIES + 2 <= opened <= 3 * (READ_RETRIES + 2), stderr
 
 
 def test_a_microphone_delivering_zeros_is_reopened_with_backoff_and_recorded_once(tmp_path):
