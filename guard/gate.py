@@ -20,10 +20,11 @@ from enum import StrEnum
 
 import numpy as np
 
-from guard.audio import FRAME_SECONDS, RATE_HZ, level_dbfs
+from guard.audio import RATE_HZ
 from guard.audit import AuditLog
 from guard.config import GateConfig
 from guard.confirm import SpokenConfirmation
+from guard.endpoint import EndOfSpeech
 from guard.errors import AuditError
 from guard.ringbuffer import CaptureBuffer, RingBuffer
 from guard.sinks import Sink, SinkError, SinkUncertain, Utterance, encode_wav
@@ -65,6 +66,8 @@ class Event:
     peer: str | None = None
     count: int | None = None
     to: str | None = None
+    talker_dbfs: float | None = None
+    room_dbfs: float | None = None
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -161,6 +164,7 @@ class Gate:
         self.detector = detector
         self.ring = RingBuffer(pre_roll_seconds)
         self.capture = CaptureBuffer(pre_roll_seconds + settings.max_utterance_seconds)
+        self.end = EndOfSpeech(settings.end_silence_seconds, settings.silence_dbfs)
         self.sinks = sinks
         self.audit = audit
         self.accepts = accepts or {}
@@ -171,7 +175,6 @@ class Gate:
         self.muted_by: str | None = None
         self._utterance: Utterance | None = None
         self._pending_since = math.inf
-        self._quiet_frames = 0
         self._press_counts = False
         self._button_up_since = -math.inf
         self._fault_until = 0.0
@@ -202,8 +205,8 @@ class Gate:
         heard_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.capture.load(self.ring)
         self.ring.wipe()
+        self.end.start(self.capture.view())
         self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
-        self._quiet_frames = 0
         self._pending_since = math.inf  # no consent window until this utterance's pending is shown
         if not self._record("wake", State.CAPTURING, required=True, model=wake.model, score=round(wake.score, 4),
                             threshold=wake.threshold):
@@ -212,19 +215,21 @@ class Gate:
         self._enter(State.CAPTURING)
 
     def _continue_capture(self, frame: np.ndarray) -> None:
-        full = not self.capture.append(frame)
-        self._quiet_frames = self._quiet_frames + 1 if level_dbfs(frame) < self.settings.silence_dbfs else 0
-        if full or self._quiet_frames * FRAME_SECONDS >= self.settings.end_silence_seconds:
+        if not self.capture.append(frame) or self.end.push(frame):
             self.end_capture()
 
     def end_capture(self) -> None:
-        """The utterance is complete: record it, show pending, and only then open the consent window."""
+        """The utterance is complete: cut what came after its talker stopped, record it, show pending, and
+        only then open the consent window."""
         if self.state is not State.CAPTURING:
             return
+        self.capture.cut(self.end.kept_samples())
         self._press_counts = False
         if self.confirmation is not None:
             self.confirmation.reset()  # only what is said from now on can confirm
-        if not self._record("pending", State.PENDING, required=True, duration_seconds=self._duration()):
+        levels = self.end.levels
+        if not self._record("pending", State.PENDING, required=True, duration_seconds=self._duration(),
+                            talker_dbfs=levels.talker_dbfs, room_dbfs=levels.room_dbfs):
             self.fault("the audit log cannot take the pending record; the utterance is wiped")
             return
         self._enter(State.PENDING, show="pending_voice" if self.confirmation is not None else None)
@@ -321,7 +326,7 @@ class Gate:
     def tick(self) -> None:
         """Time passing: the confirmation window closes; a shown fault clears."""
         now = self.clock()
-        if self.state is State.PENDING and now - self._pending_since >= self.settings.pending_timeout_seconds:
+        if self.state is State.PENDING and now >= self.expires_at():  # the same sum expires_at() reports
             self._discard("timeout")
         elif self.state is State.FAULT and now >= self._fault_until:
             self._enter(State.IDLE)

@@ -117,6 +117,12 @@ class CaptureBuffer:
         self._count = end
         return True
 
+    def cut(self, count: int) -> None:
+        """Keep the first `count` samples; zero the rest."""
+        count = min(count, self._count)
+        self._samples[count:self._count] = 0
+        self._count = count
+
     def view(self) -> np.ndarray:
         """The captured samples (a view: valid until the next wipe)."""
         return self._samples[:self._count]

@@ -309,7 +309,8 @@ def test_invariant1_a_phrase_ending_as_the_utterance_is_cut_at_its_maximum_lengt
     feed(np.concatenate([wake, said, speech.silence(12.0)]))
     kinds = [e.kind for e in events]
     assert kinds == ["wake", "pending", "discarded"], kinds
-    assert events[1].duration_seconds == pytest.approx(PRE_ROLL_SECONDS + settings.max_utterance_seconds, abs=0.09)
+    held = PRE_ROLL_SECONDS + settings.max_utterance_seconds  # full; then cut after the phrase's voiced end
+    assert held - 0.5 <= events[1].duration_seconds <= held + 0.01
     assert list(sink.iterdir()) == []
 
 

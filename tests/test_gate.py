@@ -600,7 +600,7 @@ def _feed_until(r, frames: np.ndarray, state: State) -> int:
 
 
 def test_an_utterance_ends_after_exactly_end_silence_seconds_of_quiet(rig):
-    """1.0 s of quiet = 13 frames of 80 ms after the wake; one loud frame starts the count again."""
+    """1.0 s of quiet = 13 frames of 80 ms after the wake; two loud frames start the count again, one does not."""
     r = rig()
     frames = _frames(np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(3.0)]))
     woke = _feed_until(r, frames, State.CAPTURING)
@@ -609,13 +609,19 @@ def test_an_utterance_ends_after_exactly_end_silence_seconds_of_quiet(rig):
     assert pending - woke == 13
 
     r2 = rig()
-    loud = speech.say("Alexa")[:FRAME_SAMPLES * 6].reshape(-1, FRAME_SAMPLES)[3]
+    loud = max(_frames(speech.say("Alexa")), key=level_dbfs)  # as loud as the talker
     woke = _feed_until(r2, frames, State.CAPTURING)
-    for frame in [*frames[woke + 1:woke + 13], loud, *frames[woke + 1:woke + 13]]:
+    for frame in [*frames[woke + 1:woke + 13], loud, loud, *frames[woke + 1:woke + 12]]:
         r2.feed(frame)
-    assert r2.gate.state is State.CAPTURING, "12 quiet frames after a loud one are not yet the end"
+    assert r2.gate.state is State.CAPTURING, "11 quiet frames after two loud ones are not yet the end"
     r2.feed(frames[-1])
     assert r2.gate.state is State.PENDING
+
+    r3 = rig()
+    woke = _feed_until(r3, frames, State.CAPTURING)
+    for frame in [*frames[woke + 1:woke + 7], loud, *frames[woke + 1:woke + 7]]:
+        r3.feed(frame)
+    assert r3.gate.state is State.PENDING, "one loud frame (a door, a television's word) holds nothing open"
 
 
 def test_records_carry_the_utterance_and_its_length(rig, request_audio):

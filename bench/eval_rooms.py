@@ -1,0 +1,205 @@
+"""How much of the room a release carries: the end of a request in kitchens that are never silent.
+
+Requests ("Alexa, ..." by several espeak-ng voices) over a background (a television's
+voices, babble, music, a fan, a fridge) at several levels under the talker, the
+background either playing all along or starting mid-request (someone answering).
+For each end rule: how often the wake word was heard, how many seconds of background
+the release carries after the request ended, and how much of the request it lost.
+Rules: "room quiet" is the first design (a capture ends after 1 s below silence_dbfs,
+and is released whole); "talker N" is guard/endpoint.py with a ceiling of N dB under
+the talker (FURTHEST_FROM_TALKER_DB).
+
+    .venv/bin/python bench/eval_rooms.py [--quick]
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+import eval_corpus  # noqa: E402
+import speech  # noqa: E402  (eval_corpus puts tests/ on the path)
+
+from guard import endpoint  # noqa: E402
+from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs  # noqa: E402
+from guard.config import AudioConfig, GateConfig  # noqa: E402
+from guard.wake import WakeDetector, WakeModelSettings  # noqa: E402
+
+RATE = speech.RATE_HZ
+TALKERS = ("en", "en-us", "en-gb-x-rp", "en+f4")
+TV_VOICES = ("en-gb-scotland", "en-us-nyc", "en-029")  # nobody in the kitchen speaks like the television
+REQUESTS = ("what is the weather like tomorrow", "turn off the kitchen light", "set a timer for ten minutes")
+BELOW_DB = (20, 15, 10)
+LEAD_SECONDS = 2.5  # background before the wake word: the pre-roll hears the room
+FADE_DB = 10.0  # the request ends this much quieter than it began
+CEILINGS = (25.0, 15.0, 12.0, 10.0, 8.0, 6.0)
+
+
+@dataclass
+class Outcome:
+    woke: bool
+    carried: float = 0.0  # seconds of background released after the request ended
+    lost: float = 0.0  # seconds of the request not released
+
+
+def television(seconds: float) -> np.ndarray:
+    """A programme: one voice at a time, prose, with the short pauses of a dialogue."""
+    parts, total = [], 0
+    for i, text in enumerate(speech.paragraphs()[10:]):
+        parts += [speech.say(text[:300], TV_VOICES[i % len(TV_VOICES)], 170), speech.silence(0.3)]
+        total += len(parts[-2]) + len(parts[-1])
+        if total >= seconds * RATE:
+            break
+    return np.concatenate(parts)[:int(seconds * RATE)]
+
+
+def fan(seconds: float, rng) -> np.ndarray:
+    """Steady broadband noise, gently low-passed: a fan or an extractor hood."""
+    white = rng.standard_normal(int(seconds * RATE) + 8)
+    return np.convolve(white, np.ones(8) / 8, "valid")[:int(seconds * RATE)] * 3000
+
+
+def fridge(seconds: float, rng) -> np.ndarray:
+    """A compressor's 50 Hz hum and its harmonics over low rumble."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    hum = sum(np.sin(2 * np.pi * 50 * h * t + rng.uniform(0, 6.3)) / h for h in (1, 2, 3, 4))
+    rumble = speech.with_room_noise(np.zeros(len(t), np.int16) + 1, 0, seed=int(rng.integers(1 << 30)))
+    return hum * 2000 + rumble.astype(np.float64) * 0.3
+
+
+def backgrounds(seconds: float, rng) -> dict[str, tuple[np.ndarray, bool]]:
+    """Each background, and whether it is speech (then its level is that of its voiced samples)."""
+    quiet = rng.normal(0, speech.QUIET_ROOM, int(seconds * RATE))
+    return {"quiet room": (quiet, False), "television": (television(seconds), True),
+            "babble": (eval_corpus._babble(seconds), True),
+            "music": (eval_corpus._tones(seconds, rng).astype(np.float64), False),
+            "fan": (fan(seconds, rng), False), "fridge": (fridge(seconds, rng), False)}
+
+
+def voiced_rms(samples: np.ndarray) -> float:
+    voiced = samples[np.abs(samples) > speech.SPEECH_LEVEL].astype(np.float64)
+    return float(np.sqrt(np.mean(voiced ** 2)))
+
+
+def room_rule(frames: np.ndarray, woke: int, gate: GateConfig) -> int:
+    """The first design: the capture ends after end_silence_seconds below silence_dbfs; all of it released."""
+    quiet, limit = 0, woke + 1 + round(gate.max_utterance_seconds / FRAME_SECONDS)
+    for i in range(woke + 1, min(limit, len(frames))):
+        quiet = quiet + 1 if level_dbfs(frames[i]) < gate.silence_dbfs else 0
+        if quiet * FRAME_SECONDS >= gate.end_silence_seconds:
+            return (i + 1) * FRAME_SAMPLES
+    return min(limit, len(frames)) * FRAME_SAMPLES
+
+
+def talker_rule(frames: np.ndarray, woke: int, gate: GateConfig, pre_roll_frames: int) -> int:
+    """guard/endpoint.py as the gate drives it: start at the wake, stop when the talker stops, keep to them."""
+    end = endpoint.EndOfSpeech(gate.end_silence_seconds, gate.silence_dbfs)
+    first = max(0, woke + 1 - pre_roll_frames)
+    end.start(frames[first:woke + 1].reshape(-1))
+    limit = woke + 1 + round(gate.max_utterance_seconds / FRAME_SECONDS)
+    for i in range(woke + 1, min(limit, len(frames))):
+        if end.push(frames[i]):
+            break
+    return first * FRAME_SAMPLES + end.kept_samples()
+
+
+def clip(talker: np.ndarray, noise: np.ndarray, is_speech: bool, below_db: float | None, onset: float,
+         rng) -> tuple[np.ndarray, float]:
+    """The talker in the room, and where the request's voiced part ends (seconds)."""
+    lead, tail = int(LEAD_SECONDS * RATE), int(12 * RATE)
+    clean = np.concatenate([np.zeros(lead), talker, np.zeros(tail)])
+    start = int(rng.integers(0, len(noise) - len(clean)))
+    room = noise[start:start + len(clean)].astype(np.float64)
+    if below_db is not None:  # None: the room as it is (a quiet one, about -64 dBFS)
+        level = voiced_rms(room) if is_speech else float(np.sqrt(np.mean(room ** 2)))
+        room *= voiced_rms(talker) / level / 10 ** (below_db / 20)
+    if onset:
+        room[:lead + int(onset * len(talker))] = 0
+    mixed = np.clip(np.round(clean + room), -32768, 32767).astype(np.int16)
+    return mixed, LEAD_SECONDS + speech.voiced_end_seconds(talker)
+
+
+def evaluate(quick: bool) -> dict[tuple, dict[str, list[Outcome]]]:
+    rng = np.random.default_rng(27)
+    gate, pre_roll_frames = GateConfig(), round(AudioConfig().pre_roll_seconds / FRAME_SECONDS)
+    talkers = TALKERS[:2] if quick else TALKERS
+    requests = REQUESTS[:2] if quick else REQUESTS
+    rooms = backgrounds(240.0, rng)
+    detector = WakeDetector([WakeModelSettings("alexa")])
+    results: dict[tuple, dict[str, list[Outcome]]] = {}
+    for voice in talkers:
+        for request in requests:
+            said = speech.say(request, voice).astype(np.float64)
+            fade = 10 ** (-FADE_DB * np.arange(len(said)) / len(said) / 20)  # trailing off, as people do
+            talker = np.concatenate([speech.say("Alexa", voice), speech.silence(0.3),
+                                     np.round(said * fade).astype(np.int16)])
+            for name, (noise, is_speech) in rooms.items():
+                for below in BELOW_DB if name != "quiet room" else (None,):
+                    for onset, when in ((0.0, "all along"), (0.5, "mid-request")):
+                        audio, said_end = clip(talker, noise, is_speech, below, onset, rng)
+                        frames = speech.frames(audio)
+                        rules = results.setdefault((name, below, when), {})
+                        woke = _wake(detector, frames)
+                        ends = {} if woke is None else {
+                            "room quiet": room_rule(frames, woke, gate),
+                            **{f"talker {c:g}": _with_ceiling(c, talker_rule, frames, woke, gate, pre_roll_frames)
+                               for c in CEILINGS}}
+                        for rule in ["room quiet", *(f"talker {c:g}" for c in CEILINGS)]:
+                            if rule not in ends:
+                                rules.setdefault(rule, []).append(Outcome(False))
+                                continue
+                            kept_end = ends[rule] / RATE
+                            rules.setdefault(rule, []).append(Outcome(True, max(0.0, kept_end - said_end),
+                                                                      max(0.0, said_end - kept_end)))
+    return results
+
+
+def _wake(detector: WakeDetector, frames: np.ndarray) -> int | None:
+    detector.wipe()
+    for i, frame in enumerate(frames):
+        if detector.process(frame):
+            return i
+    return None
+
+
+def _with_ceiling(ceiling: float, rule, *args) -> int:
+    saved, endpoint.FURTHEST_FROM_TALKER_DB = endpoint.FURTHEST_FROM_TALKER_DB, ceiling
+    try:
+        return rule(*args)
+    finally:
+        endpoint.FURTHEST_FROM_TALKER_DB = saved
+
+
+def report(results: dict[tuple, dict[str, list[Outcome]]]) -> None:
+    rules = list(next(iter(results.values())))
+    print("| background | under the talker | started | heard | " + " | ".join(
+        f"{r}: carried median (max) s, lost max s" for r in rules) + " |")
+    print("|---|---|---|---|" + "---|" * len(rules))
+    for (name, below, when), by_rule in results.items():
+        first = by_rule[rules[0]]
+        heard = [o.woke for o in first]
+        cells = []
+        for rule in rules:
+            woke = [o for o in by_rule[rule] if o.woke]
+            if not woke:
+                cells.append("-")
+                continue
+            carried = [o.carried for o in woke]
+            cells.append(f"{np.median(carried):.1f} ({max(carried):.1f}), {max(o.lost for o in woke):.2f}")
+        level = "-" if below is None else f"{below} dB"
+        print(f"| {name} | {level} | {when} | {sum(heard)}/{len(heard)} | " + " | ".join(cells) + " |")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 voices and 2 requests instead of 4 and 3")
+    report(evaluate(parser.parse_args().quick))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Where a request ends: when the person who said the wake word stops, not when the room goes quiet.
+
+The talker's level is learned from the wake word (the end of the pre-roll), the
+room's from the pre-roll before it: a television's voices, a fan. A frame is the
+talker's when it is louder than halfway between the two (in dB). The request ends
+on a quiet frame when the last `end_silence_seconds` hold at most one of the
+talker's (one background peak does not hold a request open), and what came after
+the talker's last frame (but a short fade) is not part of the release.
+"""
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
+
+WAKE_SECONDS = 1.2  # the end of the pre-roll that holds the wake word: the talker's level
+LOUD_PERCENTILE = 90  # the talker's voiced frames, and the room's loud moments (a television's words), not averages
+NEAREST_TO_TALKER_DB = 3.0  # a room as loud as the talker: frames must still come this close to the talker
+FURTHEST_FROM_TALKER_DB = 10.0  # even in a silent room, frames this far under the talker are not theirs
+#   (bench/eval_rooms.py: it cuts one who starts talking mid-request 15 dB under; at 6 dB a fading talker loses words)
+STRAY_FRAMES = 1  # background peaks a quiet second may hold and still end the request
+NEIGHBOUR_FRAMES = 5  # a frame is the talker's when another was this close before it (400 ms): syllables come in runs
+TAIL_FRAMES = 3  # kept after the talker's last frame: the fading end of a word (240 ms)
+
+
+@dataclass(frozen=True)
+class Levels:
+    """What the wake word taught: the talker's level, the room's, and the line between them (dBFS)."""
+
+    talker_dbfs: float
+    room_dbfs: float
+    threshold_dbfs: float
+
+
+def learn(pre_roll: np.ndarray, floor_dbfs: float) -> Levels:
+    """The talker's and the room's levels from the pre-roll, which ends with the wake word.
+
+    `floor_dbfs` is the level below which a frame is never speech, however quiet the room.
+    """
+    whole = len(pre_roll) // FRAME_SAMPLES * FRAME_SAMPLES
+    levels = [level_dbfs(f) for f in pre_roll[len(pre_roll) - whole:].reshape(-1, FRAME_SAMPLES)] or [-180.0]
+    wake_frames = max(1, round(WAKE_SECONDS / FRAME_SECONDS))
+    wake, before = levels[-wake_frames:], levels[:-wake_frames]
+    talker = float(np.percentile(wake, LOUD_PERCENTILE))
+    room = float(np.percentile(before, LOUD_PERCENTILE)) if before else min(wake)
+    middle = (talker + room) / 2
+    threshold = min(max(middle, talker - FURTHEST_FROM_TALKER_DB), talker - NEAREST_TO_TALKER_DB)
+    return Levels(round(talker, 1), round(room, 1), round(max(threshold, floor_dbfs), 1))
+
+
+class EndOfSpeech:
+    """Follows one request frame by frame: has its talker stopped, and how much of it to keep.
+
+    Holds levels and yes/no marks only, never audio.
+
+    Args:
+        end_silence_seconds: how long the talker must have been quiet.
+        floor_dbfs: frames quieter than this are never the talker's.
+    """
+
+    def __init__(self, end_silence_seconds: float, floor_dbfs: float) -> None:
+        self.floor_dbfs = floor_dbfs
+        self.window = max(1, math.ceil(end_silence_seconds / FRAME_SECONDS - 1e-9))
+        self.levels = Levels(0.0, 0.0, floor_dbfs)
+        self._recent: deque[bool] = deque(maxlen=self.window)
+        self._length = 0  # samples of the request so far, pre-roll included
+        self._talker_end = 0  # samples up to the end of the talker's last frame
+
+    def start(self, pre_roll: np.ndarray) -> None:
+        """A wake word ends `pre_roll`: learn the levels and start counting from its end."""
+        self.levels = learn(pre_roll, self.floor_dbfs)
+        self._recent.clear()
+        self._length = self._talker_end = len(pre_roll)
+
+    def push(self, frame: np.ndarray) -> bool:
+        """One more frame of the request; True once the talker has stopped."""
+        talker = level_dbfs(frame) >= self.levels.threshold_dbfs
+        self._recent.append(talker)
+        self._length += len(frame)
+        if talker and any(list(self._recent)[-1 - NEIGHBOUR_FRAMES:-1]):  # a lone peak does not stretch the release
+            self._talker_end = self._length
+        return not talker and len(self._recent) == self.window and sum(self._recent) <= STRAY_FRAMES
+
+    def kept_samples(self) -> int:
+        """How much of the request to release: up to the talker's last frame and a short fade."""
+        return min(self._length, self._talker_end + TAIL_FRAMES * FRAME_SAMPLES)

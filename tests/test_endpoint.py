@@ -1,0 +1,137 @@
+"""A release carries only the request: it ends when the talker stops, not when the room goes quiet."""
+
+import dataclasses
+import sys
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import speech
+from conftest import consent_window_open, until
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import eval_rooms  # noqa: E402
+
+from guard import audit, config  # noqa: E402
+from guard.audio import FRAME_SAMPLES  # noqa: E402
+from guard.daemon import Daemon, RunOptions  # noqa: E402
+from guard.endpoint import EndOfSpeech, learn  # noqa: E402
+from guard.wake import WakeDetector, WakeModelSettings  # noqa: E402
+
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def talker() -> np.ndarray:
+    return np.concatenate([speech.say("Alexa"), speech.silence(0.3), speech.say("what is the weather like tomorrow")])
+
+
+@pytest.fixture(scope="module")
+def tv() -> np.ndarray:
+    return eval_rooms.television(60.0)
+
+
+def in_the_room(talker, tv, below_db: float, onset: float) -> tuple[np.ndarray, float]:
+    """The request with a television `below_db` under it, from the start or from `onset` of the request on; the
+    first mix of a few whose wake word the default detector hears (a television 10 dB under hides some)."""
+    detector = WakeDetector([WakeModelSettings("alexa")])
+    for seed in range(12):
+        audio, said_end = eval_rooms.clip(talker, tv, True, below_db, onset, np.random.default_rng(seed))
+        detector.wipe()
+        if any(detector.process(frame) for frame in speech.frames(audio)):
+            return audio, said_end
+    raise AssertionError("no mix whose wake word is heard")
+
+
+def released_span(audio: np.ndarray, released: np.ndarray) -> tuple[float, float]:
+    """Where the released samples lie in what the microphone heard (seconds)."""
+    starts = [s for s in range(0, len(audio) - len(released) + 1, FRAME_SAMPLES)
+              if np.array_equal(audio[s:s + len(released)], released)]
+    assert len(starts) == 1, "a release is one contiguous stretch of what the mic heard"
+    return starts[0] / RATE, (starts[0] + len(released)) / RATE
+
+
+def guard_run(tmp_path, audio: np.ndarray) -> tuple[np.ndarray, list[dict]]:
+    """`guard run` on a WAV at real-time pace, the button pressed once pending shows: what was released."""
+    wav = speech.write_wav(tmp_path / "kitchen.wav", audio)
+    (tmp_path / "box").mkdir(mode=0o700)
+    base = config.Config()
+    cfg = dataclasses.replace(
+        base, device=config.DeviceConfig("kitchen"), wake=dataclasses.replace(base.wake, models=("alexa",)),
+        gpio=dataclasses.replace(base.gpio, bounce_seconds=0.0),
+        audit=config.AuditConfig(str(tmp_path / "audit.jsonl")),
+        sinks={"box": config.SinkConfig(type="directory", path=str(tmp_path / "box"))})
+    daemon = Daemon(cfg, RunOptions(str(wav), "mock"), WakeDetector([WakeModelSettings("alexa")]))
+    loop = threading.Thread(target=daemon.run)
+    loop.start()
+    try:
+        assert until(lambda: consent_window_open(daemon), 30), "pending never showed"
+        pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+        pin.drive_low()
+        time.sleep(0.1)
+        pin.drive_high()
+        assert until(lambda: any((tmp_path / "box").glob("*.wav")), 10), "nothing released"
+    finally:
+        daemon.stop()
+        loop.join(10)
+    wav_path, = (tmp_path / "box").glob("*.wav")
+    with wave.open(str(wav_path)) as w:
+        released = np.frombuffer(w.readframes(w.getnframes()), np.int16)
+    return released, audit.read(tmp_path / "audit.jsonl")
+
+
+def test_beside_a_television_10_db_under_the_request_the_release_ends_with_the_request(tmp_path, talker, tv):
+    """Once the capture ran to its 10 s maximum here, and a press released 8 s of the programme."""
+    audio, said_end = in_the_room(talker, tv, 10, 0.0)
+    released, records = guard_run(tmp_path, audio)
+    start, end = released_span(audio, released)
+    assert said_end <= end < said_end + 1.0, (said_end, end)
+    pending = next(r for r in records if r["event"] == "pending")
+    assert pending["talker_dbfs"] - pending["room_dbfs"] > 5, "the room was heard in the pre-roll"
+    assert pending["duration_seconds"] == round(len(released) / RATE, 2)
+
+
+def test_a_quiet_room_releases_the_request_and_a_fade_not_a_second_of_silence(tmp_path, talker):
+    lead = np.random.default_rng(1).normal(0, speech.QUIET_ROOM, RATE * 2)
+    audio = np.concatenate([lead, talker, np.zeros(RATE * 4)]).astype(np.int16)
+    said_end = 2 + speech.voiced_end_seconds(talker)
+    released, _ = guard_run(tmp_path, audio)
+    _, end = released_span(audio, released)
+    assert said_end <= end < said_end + 0.5, (said_end, end)
+
+
+@pytest.mark.parametrize(("below_db", "cut"), [(20, True), (15, True), (6, False)])
+def test_background_speech_starting_mid_request(talker, tv, below_db, cut):
+    """What the README promises: someone who starts talking mid-request 15 dB or more under the talker is cut
+    within 1 s of the request's end; louder, the capture runs on while they talk, up to its maximum (the pending
+    record's duration shows it, and the owner may let it time out)."""
+    audio, said_end = in_the_room(talker, tv, below_db, 0.5)
+    detector = WakeDetector([WakeModelSettings("alexa")])
+    frames = speech.frames(audio)
+    woke = next(i for i, frame in enumerate(frames) if detector.process(frame))
+    end = EndOfSpeech(1.0, -45.0)
+    first = woke + 1 - 25  # the 2 s pre-roll
+    end.start(frames[first:woke + 1].reshape(-1))
+    stopped = next((i for i in range(woke + 1, woke + 1 + 125) if end.push(frames[i])), None)
+    kept_end = (first * FRAME_SAMPLES + end.kept_samples()) / RATE
+    if cut:
+        assert stopped is not None and said_end <= kept_end < said_end + 1.0, (said_end, kept_end)
+    else:
+        assert kept_end > said_end + 3, "it runs on while the other person talks (up to the maximum)"
+
+
+def test_the_talker_and_the_room_are_learned_from_the_pre_roll():
+    rng = np.random.default_rng(0)
+    room = rng.normal(0, 300, RATE)  # about -41 dBFS
+    wake = rng.normal(0, 3000, int(RATE * 1.2))  # about -21 dBFS
+    levels = learn(np.concatenate([room, wake]).astype(np.int16), -45.0)
+    assert levels.room_dbfs == pytest.approx(-40.8, abs=1.0) and levels.talker_dbfs == pytest.approx(-20.8, abs=1.0)
+    assert levels.threshold_dbfs == pytest.approx((levels.room_dbfs + levels.talker_dbfs) / 2, abs=0.15)
+    quiet = learn(np.concatenate([room / 100, wake]).astype(np.int16), -45.0)
+    assert quiet.threshold_dbfs == pytest.approx(quiet.talker_dbfs - 10, abs=0.1), "never far under the talker"
+    loud = learn(np.concatenate([wake, wake]).astype(np.int16), -45.0)
+    assert loud.threshold_dbfs <= loud.talker_dbfs - 3, "a room as loud as the talker: near the talker"
+    assert learn(np.zeros(RATE * 2, np.int16), -45.0).threshold_dbfs == -45.0, "never under the floor"
