@@ -187,8 +187,9 @@ class WakeConfig:
     vad_threshold: float = field(default=0.0, metadata=_doc(
         "Silero speech probability needed just before a wake; 0 disables", 0, 1))
     rest_below_dbfs: float = field(default=-60.0, metadata=_doc(
-        "after 2 s of frames quieter than this the models rest (a quiet room costs almost no CPU); the first "
-        "louder frame replays the skipped ones through the features (up to 3.2 s; 9.6 s with micro) and the "
+        "after 2 s of frames quieter than this, in which nothing rose 10 dB over the room's own floor in speech's "
+        "bands, the models rest (a quiet room costs almost no CPU); the first louder or rising frame replays the "
+        "skipped ones through the features (up to 3.2 s; 9.6 s with micro) and the "
         "newest through the models (what each remembers, at most 2 s), so no wake is lost or late; "
         "-120: never rest", -120, 0))
     models_dir: str = field(default="", metadata=_doc("folder of your own .onnx models, used by name; empty: none"))

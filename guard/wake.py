@@ -38,7 +38,37 @@ REST_AFTER_FRAMES = 25  # 2 s of quiet before the models rest: a wake score has 
 # openWakeWord's embeddings span 2.3 s; the microWakeWord frontend's noise estimate fades over seconds
 # (exact after 9.6 s). Only the newest of them, what each model remembers, also go through the models.
 REPLAY_FRAMES = {"openwakeword": 40, "micro": 120}
+REST_BANDS_HZ = np.geomspace(250, 5000, 9)  # speech's own bands: a word too quiet to raise the level rises here
+REST_RISE_DB = 10.0  # a band this far over the room's floor wakes the models (room noise: under 9; a wake word
+#   micro hears at 0.25 dB over a -70 dBFS room's level: 13 or more)
+FLOOR_RISE_DB, FLOOR_FALL_DB = 0.1, 1.0  # per frame at least: it follows a quieter room within 2 s, a louder slowly
+FLOOR_LEARN_FRAMES = 62  # 5 s: the models do not rest before the floor has been learned
 OPENWAKEWORD_THRESHOLD = 0.5  # openWakeWord's documented default; microWakeWord models publish their own
+
+
+class RoomFloor:
+    """The room's level in speech's bands, followed frame by frame: a word, however quiet, rises over it.
+
+    Holds one level per band (the room's, never a frame's audio).
+    """
+
+    def __init__(self) -> None:
+        self._starts = np.searchsorted(np.fft.rfftfreq(FRAME_SAMPLES, 1 / RATE_HZ), REST_BANDS_HZ)
+        self._window = np.hanning(FRAME_SAMPLES)
+        self.floor = np.zeros(len(REST_BANDS_HZ) - 1)
+        self._frames = 0
+
+    def rises(self, frame: np.ndarray) -> bool:
+        """True when `frame` rises REST_RISE_DB over the floor in some band, or the floor is still being learned."""
+        power = np.abs(np.fft.rfft(frame * self._window)) ** 2
+        levels = 10 * np.log10(np.add.reduceat(power, self._starts)[:-1] + 1e-3)
+        if self._frames == 0:
+            self.floor[:] = levels
+        rises = bool((levels - self.floor >= REST_RISE_DB).any()) or self._frames < FLOOR_LEARN_FRAMES
+        fall = np.maximum(FLOOR_FALL_DB, (self.floor - levels) / 4)  # a room turned quiet: down within 2 s
+        self.floor += np.where(levels > self.floor, FLOOR_RISE_DB, -fall)
+        self._frames += 1
+        return rises
 
 
 @dataclass(frozen=True)
@@ -250,8 +280,9 @@ class WakeDetector:
         models_dir: where a user's own `.onnx` models live.
         embeddings: compute openWakeWord's embeddings even if no wake word needs them
             (spoken confirmation listens to them).
-        rest_below_dbfs: after 2 s of frames quieter than this the models rest; the first louder
-            frame replays the skipped frames (up to 3.2 s, 9.6 s with microWakeWord) through the
+        rest_below_dbfs: after 2 s of frames quieter than this, in which nothing rose over the room's
+            floor in speech's bands (RoomFloor), the models rest; the first frame that is louder or
+            rises replays the skipped frames (up to 3.2 s, 9.6 s with microWakeWord) through the
             features and what each model remembers through it first, so no wake is lost or late.
             None: never rest.
     """
@@ -276,6 +307,7 @@ class WakeDetector:
             self.words.append(WakeWord(w, classifier))
         self.vad = VoiceGate(vad_threshold) if vad_threshold > 0 else None
         self.rest_below_dbfs = rest_below_dbfs
+        self.room = RoomFloor() if rest_below_dbfs is not None else None
         replay = max([REPLAY_FRAMES[w.engine] for w in wake_words] + [w.replay_frames for w in self.words])
         kept = replay if rest_below_dbfs is not None else 0
         self._recent = np.zeros((kept, FRAME_SAMPLES), np.int16)  # the frames a replay may need
@@ -288,7 +320,8 @@ class WakeDetector:
 
         keep_awake: the caller needs fresh features on every frame (spoken confirmation listening).
         """
-        quiet = self.rest_below_dbfs is not None and level_dbfs(frame) < self.rest_below_dbfs
+        rises = self.room is not None and self.room.rises(frame)  # every frame: the floor follows the room
+        quiet = self.room is not None and not rises and level_dbfs(frame) < self.rest_below_dbfs
         self._quiet_run = self._quiet_run + 1 if quiet else 0
         if self.resting and (keep_awake or not quiet):
             self._replay()
