@@ -174,24 +174,31 @@ def _with_ceiling(ceiling: float, rule, *args) -> int:
         endpoint.FURTHEST_FROM_TALKER_DB = saved
 
 
+def _cell(outcomes: list[Outcome]) -> str:
+    woke = [o for o in outcomes if o.woke]
+    if not woke:
+        return "- | -"
+    carried = [o.carried for o in woke]
+    return f"{np.median(carried):.1f} ({max(carried):.1f}) | {max(o.lost for o in woke):.2f}"
+
+
 def report(results: dict[tuple, dict[str, list[Outcome]]]) -> None:
-    rules = list(next(iter(results.values())))
-    print("| background | under the talker | started | heard | " + " | ".join(
-        f"{r}: carried median (max) s, lost max s" for r in rules) + " |")
-    print("|---|---|---|---|" + "---|" * len(rules))
+    """Per room: the first design beside the default talker rule; then every ceiling, over all rooms."""
+    default = f"talker {endpoint.FURTHEST_FROM_TALKER_DB:g}"
+    print("| background | under the talker | started | wake heard | first design: background released, median "
+          "(max) s | request lost, max s | talker rule: background released, median (max) s | request lost, max s |")
+    print("|---|---|---|---|---|---|---|---|")
     for (name, below, when), by_rule in results.items():
-        first = by_rule[rules[0]]
-        heard = [o.woke for o in first]
-        cells = []
-        for rule in rules:
-            woke = [o for o in by_rule[rule] if o.woke]
-            if not woke:
-                cells.append("-")
-                continue
-            carried = [o.carried for o in woke]
-            cells.append(f"{np.median(carried):.1f} ({max(carried):.1f}), {max(o.lost for o in woke):.2f}")
+        heard = [o.woke for o in by_rule["room quiet"]]
         level = "-" if below is None else f"{below} dB"
-        print(f"| {name} | {level} | {when} | {sum(heard)}/{len(heard)} | " + " | ".join(cells) + " |")
+        print(f"| {name} | {level} | {when} | {sum(heard)}/{len(heard)} | {_cell(by_rule['room quiet'])} | "
+              f"{_cell(by_rule[default])} |")
+    print("\n| ceiling under the talker | started | background released, median (max) s | request lost, max s |")
+    print("|---|---|---|---|")
+    for rule in next(iter(results.values())):
+        for when in ("all along", "mid-request"):
+            pooled = [o for (_, _, w), by_rule in results.items() if w == when for o in by_rule[rule]]
+            print(f"| {rule} | {when} | {_cell(pooled)} |")
 
 
 def main() -> int:

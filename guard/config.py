@@ -215,9 +215,11 @@ class GateConfig:
     max_utterance_seconds: float = field(default=10.0, metadata=_doc(
         "longest capture after the wake word", 1, 30))
     end_silence_seconds: float = field(default=1.0, metadata=_doc(
-        "quiet that ends the utterance", 0.3, 5))
+        "how long the person who said the wake word must have stopped (one stray background peak allowed) for "
+        "the request to end; the release ends 240 ms after their last word", 0.3, 5))
     silence_dbfs: float = field(default=-45.0, metadata=_doc(
-        "frame level (dBFS) below which a frame counts as quiet", -90, 0))
+        "frames quieter than this are never the talker's, however quiet the room (the talker's level and the "
+        "room's, learned from the wake word and the pre-roll, set the line above it)", -90, 0))
     button_quiet_seconds: float = field(default=0.05, metadata=_doc(
         "a press counts only if the button was up this long before it: contact bounce and chatter never do",
         0.01, 1))

@@ -43,6 +43,7 @@ REST_RISE_DB = 10.0  # a band this far over the room's floor wakes the models (r
 #   micro hears at 0.25 dB over a -70 dBFS room's level: 13 or more)
 FLOOR_RISE_DB, FLOOR_FALL_DB = 0.1, 1.0  # per frame at least: it follows a quieter room within 2 s, a louder slowly
 FLOOR_LEARN_FRAMES = 62  # 5 s: the models do not rest before the floor has been learned
+FLOOR_START_DB = 150.0  # over the loudest band a frame can hold: the floor starts above any room
 OPENWAKEWORD_THRESHOLD = 0.5  # openWakeWord's documented default; microWakeWord models publish their own
 
 
@@ -55,19 +56,20 @@ class RoomFloor:
     def __init__(self) -> None:
         self._starts = np.searchsorted(np.fft.rfftfreq(FRAME_SAMPLES, 1 / RATE_HZ), REST_BANDS_HZ)
         self._window = np.hanning(FRAME_SAMPLES)
-        self.floor = np.zeros(len(REST_BANDS_HZ) - 1)
+        self.floor = np.full(len(REST_BANDS_HZ) - 1, FLOOR_START_DB)  # from above: falling is fast, rising slow
         self._frames = 0
 
     def rises(self, frame: np.ndarray) -> bool:
         """True when `frame` rises REST_RISE_DB over the floor in some band, or the floor is still being learned."""
+        learning = self._frames < FLOOR_LEARN_FRAMES
+        self._frames += 1
+        if not frame.any():  # digital silence says nothing about the room (a file's lead-in, a mic starting up)
+            return learning
         power = np.abs(np.fft.rfft(frame * self._window)) ** 2
         levels = 10 * np.log10(np.add.reduceat(power, self._starts)[:-1] + 1e-3)
-        if self._frames == 0:
-            self.floor[:] = levels
-        rises = bool((levels - self.floor >= REST_RISE_DB).any()) or self._frames < FLOOR_LEARN_FRAMES
+        rises = bool((levels - self.floor >= REST_RISE_DB).any()) or learning
         fall = np.maximum(FLOOR_FALL_DB, (self.floor - levels) / 4)  # a room turned quiet: down within 2 s
         self.floor += np.where(levels > self.floor, FLOOR_RISE_DB, -fall)
-        self._frames += 1
         return rises
 
 

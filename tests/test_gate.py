@@ -961,8 +961,9 @@ def test_while_pending_for_a_spoken_confirmation_the_models_never_rest(tmp_path,
     gate = Gate(GateConfig(pending_timeout_seconds=10.0), resting, PRE_ROLL_SECONDS,
                 [DirectorySink("box", tmp_path, "test")], AuditLog(tmp_path / "audit.jsonl", "test"),
                 accepts={"box": ("button", "voice") if voice else ("button",)}, confirmation=listener)
-    room = np.random.default_rng(0).normal(0, speech.QUIET_ROOM, 16000 * 4).astype(np.int16)  # -64 dBFS
-    for frame in np.concatenate([request_audio, room]).reshape(-1, FRAME_SAMPLES):
+    room = np.random.default_rng(0).normal(0, speech.QUIET_ROOM, len(request_audio) + 16000 * 4)  # -64 dBFS
+    heard = np.round(np.concatenate([request_audio, np.zeros(16000 * 4)]) + room).astype(np.int16)
+    for frame in heard.reshape(-1, FRAME_SAMPLES):
         gate.feed(frame.copy())
     assert gate.state is State.PENDING
     assert resting.resting is not voice  # 4 s of quiet: rest, unless a spoken confirmation listens
