@@ -9,11 +9,20 @@ Rules: "room quiet" is the first design (a capture ends after 1 s below silence_
 and is released whole); "talker N" is guard/endpoint.py with a ceiling of N dB under
 the talker (FURTHEST_FROM_TALKER_DB).
 
-    .venv/bin/python bench/eval_rooms.py [--quick]
+With --wakes (needs .venv-bench, bench/make-venv): each bundled word said over each room,
+heard by guard's default detector and by pymicro-wakeword, each with and without the
+WebRTC front end (webrtc-noise-gain, noise suppression 2 and auto gain 5 dBFS, the
+setting wyoming-satellite's README shows), and their false wakes per hour in each room
+alone, all in the same run.
+
+    .venv/bin/python bench/eval_rooms.py [--quick] [--wakes]
 """
 
 import argparse
+import json
+import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +35,14 @@ import speech  # noqa: E402  (eval_corpus puts tests/ on the path)
 
 from guard import endpoint  # noqa: E402
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs  # noqa: E402
-from guard.config import AudioConfig, GateConfig  # noqa: E402
-from guard.wake import WakeDetector, WakeModelSettings  # noqa: E402
+from guard.config import AudioConfig, GateConfig, WakeConfig  # noqa: E402
+from guard.wake import WakeDetector  # noqa: E402
 
 RATE = speech.RATE_HZ
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+WAKE_WORDS = {"alexa": "Alexa", "hey_jarvis": "hey Jarvis", "hey_mycroft": "hey Mycroft"}
+FRONT_END = (2, 5)  # noise suppression level, auto gain (dBFS)
+ALONE_SECONDS = 240.0  # each room by itself, for false wakes
 TALKERS = ("en", "en-us", "en-gb-x-rp", "en+f4")
 TV_VOICES = ("en-gb-scotland", "en-us-nyc", "en-029")  # nobody in the kitchen speaks like the television
 REQUESTS = ("what is the weather like tomorrow", "turn off the kitchen light", "set a timer for ten minutes")
@@ -44,6 +57,11 @@ class Outcome:
     woke: bool
     carried: float = 0.0  # seconds of background released after the request ended
     lost: float = 0.0  # seconds of the request not released
+
+
+def default_detector(word: str) -> WakeDetector:
+    """What `guard run` listens with for `word` by default (engine auto: micro for alexa and hey_mycroft)."""
+    return WakeDetector(WakeConfig(models=(word,)).settings())
 
 
 def television(seconds: float) -> np.ndarray:
@@ -117,8 +135,9 @@ def clip(talker: np.ndarray, noise: np.ndarray, is_speech: bool, below_db: float
     if below_db is not None:  # None: the room as it is (a quiet one, about -64 dBFS)
         level = voiced_rms(room) if is_speech else float(np.sqrt(np.mean(room ** 2)))
         room *= voiced_rms(talker) / level / 10 ** (below_db / 20)
-    if onset:
-        room[:lead + int(onset * len(talker))] = 0
+    if onset:  # before it starts, the room is a quiet one (a microphone never gives digital silence)
+        quiet = rng.normal(0, speech.QUIET_ROOM, lead + int(onset * len(talker)))
+        room[:len(quiet)] = quiet
     mixed = np.clip(np.round(clean + room), -32768, 32767).astype(np.int16)
     return mixed, LEAD_SECONDS + speech.voiced_end_seconds(talker)
 
@@ -129,7 +148,7 @@ def evaluate(quick: bool) -> dict[tuple, dict[str, list[Outcome]]]:
     talkers = TALKERS[:2] if quick else TALKERS
     requests = REQUESTS[:2] if quick else REQUESTS
     rooms = backgrounds(240.0, rng)
-    detector = WakeDetector([WakeModelSettings("alexa")])
+    detector = default_detector("alexa")
     results: dict[tuple, dict[str, list[Outcome]]] = {}
     for voice in talkers:
         for request in requests:
@@ -201,10 +220,89 @@ def report(results: dict[tuple, dict[str, list[Outcome]]]) -> None:
             print(f"| {rule} | {when} | {_cell(pooled)} |")
 
 
+def wake_clips(rooms: dict, quick: bool, rng) -> tuple[dict[str, np.ndarray], list[tuple]]:
+    """Every word by every voice in every room and level (all along), and each room alone at the loudest level."""
+    clips, labels = {}, []
+    for word, said in WAKE_WORDS.items():
+        for voice in TALKERS[:2] if quick else TALKERS:
+            talker = np.concatenate([speech.say(said, voice), speech.silence(0.3), speech.say(REQUESTS[0], voice)])
+            for name, (noise, is_speech) in rooms.items():
+                for below in BELOW_DB if name != "quiet room" else (None,):
+                    clips[f"c{len(labels)}"] = clip(talker, noise, is_speech, below, 0.0, rng)[0]
+                    labels.append((word, name, below))
+    reference = voiced_rms(speech.say(REQUESTS[0]))
+    for name, (noise, is_speech) in rooms.items():
+        level = voiced_rms(noise) if is_speech else float(np.sqrt(np.mean(noise ** 2)))
+        gain = 1.0 if name == "quiet room" else reference / level / 10 ** (min(BELOW_DB) / 20)
+        clips[f"alone {name}"] = np.clip(np.round(noise * gain), -32768, 32767).astype(np.int16)
+    return clips, labels
+
+
+def guard_wakes(clips: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
+    """Wakes of guard's default detector (engine auto), one word at a time, 2 s refractory as `guard run`."""
+    counts: dict[str, dict[str, int]] = {name: {} for name in clips}
+    for word in WAKE_WORDS:
+        detector = default_detector(word)
+        for name, samples in clips.items():
+            detector.wipe()
+            counts[name][word] = sum(len(detector.process(frame)) for frame in speech.frames(samples))
+    return counts
+
+
+def peer(command: str, *args: str) -> None:
+    subprocess.run([str(BENCH_PYTHON), str(ROOT / "bench" / "eval_rooms_peer.py"), command, *args], check=True)
+
+
+def evaluate_wakes(quick: bool) -> dict[str, dict[str, dict[str, int]]]:
+    """Per system, per clip and word: the wakes counted."""
+    clips, labels = wake_clips(backgrounds(ALONE_SECONDS, np.random.default_rng(28)), quick,
+                               np.random.default_rng(29))
+    with tempfile.TemporaryDirectory() as work:
+        raw, cleaned, counts = Path(work) / "raw.npz", Path(work) / "clean.npz", Path(work) / "counts.json"
+        np.savez(raw, **clips)
+        peer("clean", str(raw), str(cleaned), *map(str, FRONT_END))
+        with np.load(cleaned) as f:
+            clean_clips = {k: f[k] for k in f.files}
+        results = {"guard": guard_wakes(clips), "guard + front end": guard_wakes(clean_clips)}
+        for source, system in ((raw, "pymicro-wakeword"), (cleaned, "pymicro-wakeword + front end")):
+            peer("wakes", str(source), str(counts), *WAKE_WORDS)
+            results[system] = json.loads(counts.read_text())
+    results["labels"] = labels
+    return results
+
+
+def report_wakes(results: dict) -> None:
+    labels = results.pop("labels")
+    systems = list(results)
+    print("\n| word | background | under the talker | " + " | ".join(f"{s}: heard" for s in systems) + " |")
+    print("|---|---|---|" + "---|" * len(systems))
+    groups: dict[tuple, list[str]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(f"c{i}")
+    for (word, name, below), keys in groups.items():
+        cells = [f"{sum(results[s][k][word] > 0 for k in keys)}/{len(keys)}" for s in systems]
+        print(f"| {word} | {name} | {'-' if below is None else f'{below} dB'} | " + " | ".join(cells) + " |")
+    print("\n| word | " + " | ".join(f"{s}: false wakes/h" for s in systems) + " | hours |")
+    print("|---|" + "---|" * (len(systems) + 1))
+    alone = [k for k in next(iter(results.values())) if k.startswith("alone ")]
+    hours = len(alone) * ALONE_SECONDS / 3600
+    for word in WAKE_WORDS:
+        rates = [sum(results[s][k][word] for k in alone) / hours for s in systems]
+        print(f"| {word} | " + " | ".join(f"{r:.1f}" for r in rates) + f" | {hours:.2f} |")
+    for k in alone:
+        wakes = {s: sum(results[s][k].values()) for s in systems}
+        if any(wakes.values()):
+            print(f"\nfalse wakes in {k[6:]}: " + ", ".join(f"{s} {n}" for s, n in wakes.items()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 voices and 2 requests instead of 4 and 3")
-    report(evaluate(parser.parse_args().quick))
+    parser.add_argument("--wakes", action="store_true", help="also the wake words in each room (.venv-bench)")
+    args = parser.parse_args()
+    report(evaluate(args.quick))
+    if args.wakes:
+        report_wakes(evaluate_wakes(args.quick))
     return 0
 
 

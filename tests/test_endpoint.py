@@ -19,7 +19,6 @@ from guard import audit, config  # noqa: E402
 from guard.audio import FRAME_SAMPLES  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
 from guard.endpoint import EndOfSpeech, learn  # noqa: E402
-from guard.wake import WakeDetector, WakeModelSettings  # noqa: E402
 
 RATE = 16000
 
@@ -37,7 +36,7 @@ def tv() -> np.ndarray:
 def in_the_room(talker, tv, below_db: float, onset: float) -> tuple[np.ndarray, float]:
     """The request with a television `below_db` under it, from the start or from `onset` of the request on; the
     first mix of a few whose wake word the default detector hears (a television 10 dB under hides some)."""
-    detector = WakeDetector([WakeModelSettings("alexa")])
+    detector = eval_rooms.default_detector("alexa")
     for seed in range(12):
         audio, said_end = eval_rooms.clip(talker, tv, True, below_db, onset, np.random.default_rng(seed))
         detector.wipe()
@@ -64,7 +63,7 @@ def guard_run(tmp_path, audio: np.ndarray) -> tuple[np.ndarray, list[dict]]:
         gpio=dataclasses.replace(base.gpio, bounce_seconds=0.0),
         audit=config.AuditConfig(str(tmp_path / "audit.jsonl")),
         sinks={"box": config.SinkConfig(type="directory", path=str(tmp_path / "box"))})
-    daemon = Daemon(cfg, RunOptions(str(wav), "mock"), WakeDetector([WakeModelSettings("alexa")]))
+    daemon = Daemon(cfg, RunOptions(str(wav), "mock"), eval_rooms.default_detector("alexa"))
     loop = threading.Thread(target=daemon.run)
     loop.start()
     try:
@@ -109,7 +108,7 @@ def test_background_speech_starting_mid_request(talker, tv, below_db, cut):
     within 1 s of the request's end; louder, the capture runs on while they talk, up to its maximum (the pending
     record's duration shows it, and the owner may let it time out)."""
     audio, said_end = in_the_room(talker, tv, below_db, 0.5)
-    detector = WakeDetector([WakeModelSettings("alexa")])
+    detector = eval_rooms.default_detector("alexa")
     frames = speech.frames(audio)
     woke = next(i for i, frame in enumerate(frames) if detector.process(frame))
     end = EndOfSpeech(1.0, -45.0)
