@@ -15,7 +15,11 @@ WebRTC front end (webrtc-noise-gain, noise suppression 2 and auto gain 5 dBFS, t
 setting wyoming-satellite's README shows), and their false wakes per hour in each room
 alone, all in the same run.
 
-    .venv/bin/python bench/eval_rooms.py [--quick] [--wakes]
+With --confirm: the first phrase of bench/bench_confirm.py, enrolled in a quiet room as
+there, said by the enrolled voice at its trial speeds and pitches in each room and level
+into a fresh pending window: how often it confirms.
+
+    .venv/bin/python bench/eval_rooms.py [--quick] [--wakes] [--confirm]
 """
 
 import argparse
@@ -30,13 +34,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
+import bench_confirm  # noqa: E402
 import eval_corpus  # noqa: E402
 import speech  # noqa: E402  (eval_corpus puts tests/ on the path)
 
 from guard import endpoint  # noqa: E402
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs  # noqa: E402
 from guard.config import AudioConfig, GateConfig, WakeConfig  # noqa: E402
-from guard.wake import WakeDetector  # noqa: E402
+from guard.wake import FeatureExtractor, WakeDetector  # noqa: E402
 
 RATE = speech.RATE_HZ
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
@@ -47,7 +52,7 @@ TALKERS = ("en", "en-us", "en-gb-x-rp", "en+f4")
 TV_VOICES = ("en-gb-scotland", "en-us-nyc", "en-029")  # nobody in the kitchen speaks like the television
 REQUESTS = ("what is the weather like tomorrow", "turn off the kitchen light", "set a timer for ten minutes")
 BELOW_DB = (20, 15, 10)
-LEAD_SECONDS = 2.5  # background before the wake word: the pre-roll hears the room
+LEAD_SECONDS = 6.0  # background before the wake word: what the guard hears of the room before it
 FADE_DB = 10.0  # the request ends this much quieter than it began
 CEILINGS = (25.0, 15.0, 12.0, 10.0, 8.0, 6.0)
 
@@ -116,8 +121,10 @@ def room_rule(frames: np.ndarray, woke: int, gate: GateConfig) -> int:
 def talker_rule(frames: np.ndarray, woke: int, gate: GateConfig, pre_roll_frames: int) -> int:
     """guard/endpoint.py as the gate drives it: start at the wake, stop when the talker stops, keep to them."""
     end = endpoint.EndOfSpeech(gate.end_silence_seconds, gate.silence_dbfs)
+    for frame in frames[:woke + 1]:
+        end.hear(frame)
     first = max(0, woke + 1 - pre_roll_frames)
-    end.start(frames[first:woke + 1].reshape(-1))
+    end.start((woke + 1 - first) * FRAME_SAMPLES)
     limit = woke + 1 + round(gate.max_utterance_seconds / FRAME_SECONDS)
     for i in range(woke + 1, min(limit, len(frames))):
         if end.push(frames[i]):
@@ -295,14 +302,45 @@ def report_wakes(results: dict) -> None:
             print(f"\nfalse wakes in {k[6:]}: " + ", ".join(f"{s} {n}" for s, n in wakes.items()))
 
 
+def evaluate_confirmation(quick: bool) -> dict[tuple, list[bool]]:
+    """Per room and level: whether each take of the enrolled phrase by the enrolled voice confirmed."""
+    phrase, (voice, _) = next(iter(bench_confirm.PHRASES.items()))
+    features = FeatureExtractor(16)
+    trials = bench_confirm.Trials(bench_confirm.enrol(phrase, voice, features), features)
+    rng = np.random.default_rng(30)
+    rooms = backgrounds(240.0, rng)
+    speeds, pitches = bench_confirm.TRIAL_SPEEDS, bench_confirm.TRIAL_PITCHES
+    takes = [speech.say(phrase, voice, speed_wpm=s, pitch=p) for s in speeds for p in pitches]
+    if quick:
+        takes = takes[::3]
+    results: dict[tuple, list[bool]] = {}
+    for name, (noise, is_speech) in rooms.items():
+        for below in BELOW_DB if name != "quiet room" else (None,):
+            results[(name, below)] = [trials.confirms(clip(take, noise, is_speech, below, 0.0, rng)[0])
+                                      for take in takes]
+    return results
+
+
+def report_confirmation(results: dict[tuple, list[bool]]) -> None:
+    print("\n| background | under the phrase | confirmed |")
+    print("|---|---|---|")
+    for (name, below), confirmed in results.items():
+        level = "-" if below is None else f"{below} dB"
+        share = 100 * sum(confirmed) / len(confirmed)
+        print(f"| {name} | {level} | {sum(confirmed)}/{len(confirmed)} ({share:.0f} %) |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 voices and 2 requests instead of 4 and 3")
     parser.add_argument("--wakes", action="store_true", help="also the wake words in each room (.venv-bench)")
+    parser.add_argument("--confirm", action="store_true", help="also spoken confirmation in each room")
     args = parser.parse_args()
     report(evaluate(args.quick))
     if args.wakes:
         report_wakes(evaluate_wakes(args.quick))
+    if args.confirm:
+        report_confirmation(evaluate_confirmation(args.quick))
     return 0
 
 

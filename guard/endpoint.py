@@ -1,7 +1,7 @@
 """Where a request ends: when the person who said the wake word stops, not when the room goes quiet.
 
-The talker's level is learned from the wake word (the end of the pre-roll), the
-room's from the pre-roll before it: a television's voices, a fan. A frame is the
+The talker's level is learned from the wake word (the last 1.2 s before it was
+heard), the room's from the 10 s before that: a television's voices, a fan. A frame is the
 talker's when it is louder than halfway between the two (in dB). The request ends
 on a quiet frame when the last `end_silence_seconds` hold at most one of the
 talker's (one background peak does not hold a request open), and what came after
@@ -16,7 +16,8 @@ import numpy as np
 
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 
-WAKE_SECONDS = 1.2  # the end of the pre-roll that holds the wake word: the talker's level
+WAKE_SECONDS = 1.2  # the last frames before a wake hold the wake word: the talker's level
+ROOM_SECONDS = 10.0  # and the frames before them the room: long enough that a pause on the television is not all
 LOUD_PERCENTILE = 90  # the talker's voiced frames, and the room's loud moments (a television's words), not averages
 NEAREST_TO_TALKER_DB = 3.0  # a room as loud as the talker: frames must still come this close to the talker
 FURTHEST_FROM_TALKER_DB = 10.0  # even in a silent room, frames this far under the talker are not theirs
@@ -35,13 +36,12 @@ class Levels:
     threshold_dbfs: float
 
 
-def learn(pre_roll: np.ndarray, floor_dbfs: float) -> Levels:
-    """The talker's and the room's levels from the pre-roll, which ends with the wake word.
+def learn(levels: list[float], floor_dbfs: float) -> Levels:
+    """The talker's and the room's levels from the frame levels heard before a wake (oldest first).
 
     `floor_dbfs` is the level below which a frame is never speech, however quiet the room.
     """
-    whole = len(pre_roll) // FRAME_SAMPLES * FRAME_SAMPLES
-    levels = [level_dbfs(f) for f in pre_roll[len(pre_roll) - whole:].reshape(-1, FRAME_SAMPLES)] or [-180.0]
+    levels = levels or [-180.0]
     wake_frames = max(1, round(WAKE_SECONDS / FRAME_SECONDS))
     wake, before = levels[-wake_frames:], levels[:-wake_frames]
     talker = float(np.percentile(wake, LOUD_PERCENTILE))
@@ -54,7 +54,7 @@ def learn(pre_roll: np.ndarray, floor_dbfs: float) -> Levels:
 class EndOfSpeech:
     """Follows one request frame by frame: has its talker stopped, and how much of it to keep.
 
-    Holds levels and yes/no marks only, never audio.
+    Holds frame levels (numbers, a loudness contour at 12.5 a second) and yes/no marks only, never audio.
 
     Args:
         end_silence_seconds: how long the talker must have been quiet.
@@ -65,15 +65,20 @@ class EndOfSpeech:
         self.floor_dbfs = floor_dbfs
         self.window = max(1, math.ceil(end_silence_seconds / FRAME_SECONDS - 1e-9))
         self.levels = Levels(0.0, 0.0, floor_dbfs)
+        self._heard: deque[float] = deque(maxlen=round((ROOM_SECONDS + WAKE_SECONDS) / FRAME_SECONDS))
         self._recent: deque[bool] = deque(maxlen=self.window)
         self._length = 0  # samples of the request so far, pre-roll included
         self._talker_end = 0  # samples up to the end of the talker's last frame
 
-    def start(self, pre_roll: np.ndarray) -> None:
-        """A wake word ends `pre_roll`: learn the levels and start counting from its end."""
-        self.levels = learn(pre_roll, self.floor_dbfs)
+    def hear(self, frame: np.ndarray) -> None:
+        """A frame heard while listening for a wake word: the room, and then the wake word itself."""
+        self._heard.append(level_dbfs(frame))
+
+    def start(self, pre_roll_samples: int) -> None:
+        """A wake word was just heard, at the end of a pre-roll this long: learn the levels, count from here."""
+        self.levels = learn(list(self._heard), self.floor_dbfs)
         self._recent.clear()
-        self._length = self._talker_end = len(pre_roll)
+        self._length = self._talker_end = pre_roll_samples
 
     def push(self, frame: np.ndarray) -> bool:
         """One more frame of the request; True once the talker has stopped."""

@@ -187,6 +187,7 @@ class Gate:
             return
         if self.state is State.IDLE:
             self.ring.write(frame)
+            self.end.hear(frame)
         listening = self.state is State.PENDING and self.confirmation is not None  # for a spoken confirmation
         detections = self.detector.process(frame, keep_awake=listening)
         if listening and self.confirmation.push(self.detector.features.embeddings[-1], frame):
@@ -205,7 +206,7 @@ class Gate:
         heard_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         self.capture.load(self.ring)
         self.ring.wipe()
-        self.end.start(self.capture.view())
+        self.end.start(len(self.capture))
         self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
         self._pending_since = math.inf  # no consent window until this utterance's pending is shown
         if not self._record("wake", State.CAPTURING, required=True, model=wake.model, score=round(wake.score, 4),

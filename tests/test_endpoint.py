@@ -112,8 +112,10 @@ def test_background_speech_starting_mid_request(talker, tv, below_db, cut):
     frames = speech.frames(audio)
     woke = next(i for i, frame in enumerate(frames) if detector.process(frame))
     end = EndOfSpeech(1.0, -45.0)
+    for frame in frames[:woke + 1]:
+        end.hear(frame)
     first = woke + 1 - 25  # the 2 s pre-roll
-    end.start(frames[first:woke + 1].reshape(-1))
+    end.start(25 * FRAME_SAMPLES)
     stopped = next((i for i in range(woke + 1, woke + 1 + 125) if end.push(frames[i])), None)
     kept_end = (first * FRAME_SAMPLES + end.kept_samples()) / RATE
     if cut:
@@ -122,15 +124,26 @@ def test_background_speech_starting_mid_request(talker, tv, below_db, cut):
         assert kept_end > said_end + 3, "it runs on while the other person talks (up to the maximum)"
 
 
-def test_the_talker_and_the_room_are_learned_from_the_pre_roll():
-    rng = np.random.default_rng(0)
-    room = rng.normal(0, 300, RATE)  # about -41 dBFS
-    wake = rng.normal(0, 3000, int(RATE * 1.2))  # about -21 dBFS
-    levels = learn(np.concatenate([room, wake]).astype(np.int16), -45.0)
-    assert levels.room_dbfs == pytest.approx(-40.8, abs=1.0) and levels.talker_dbfs == pytest.approx(-20.8, abs=1.0)
-    assert levels.threshold_dbfs == pytest.approx((levels.room_dbfs + levels.talker_dbfs) / 2, abs=0.15)
-    quiet = learn(np.concatenate([room / 100, wake]).astype(np.int16), -45.0)
-    assert quiet.threshold_dbfs == pytest.approx(quiet.talker_dbfs - 10, abs=0.1), "never far under the talker"
-    loud = learn(np.concatenate([wake, wake]).astype(np.int16), -45.0)
+def test_the_talker_and_the_room_are_learned_from_what_was_heard_before_the_wake():
+    room, wake = [-41.0 + (i % 5) for i in range(100)], [-21.0 + (i % 3) for i in range(15)]
+    levels = learn(room + wake, -45.0)
+    assert (levels.room_dbfs, levels.talker_dbfs) == (-37.0, -19.0)  # the 90th percentiles: loud moments
+    assert levels.threshold_dbfs == pytest.approx((levels.room_dbfs + levels.talker_dbfs) / 2, abs=0.06)
+    quiet = learn([-80.0] * 100 + wake, -60.0)
+    assert quiet.threshold_dbfs == quiet.talker_dbfs - 10, "never far under the talker"
+    loud = learn(wake * 8, -45.0)
     assert loud.threshold_dbfs <= loud.talker_dbfs - 3, "a room as loud as the talker: near the talker"
-    assert learn(np.zeros(RATE * 2, np.int16), -45.0).threshold_dbfs == -45.0, "never under the floor"
+    assert learn([-180.0] * 40, -45.0).threshold_dbfs == -45.0, "never under the floor"
+    assert learn([], -45.0).threshold_dbfs == -45.0
+
+
+def test_a_pause_on_the_television_is_not_the_room():
+    """The room is learned over 10 s: a 0.5 s pause between two programmes' lines before the wake word does
+    not make the room quiet (it once held a capture open for 5.6 s of the programme)."""
+    television = [-33.0, -28.0, -30.0, -27.0, -35.0, -29.0] * 20
+    pause = [-180.0] * 7
+    end = EndOfSpeech(1.0, -45.0)
+    for level in television + pause + [-20.0] * 15:
+        end.hear(np.full(FRAME_SAMPLES, 32768 * 10 ** (level / 20) if level > -180 else 0, np.int16))
+    end.start(25 * FRAME_SAMPLES)
+    assert end.levels.room_dbfs >= -28.5 and end.levels.threshold_dbfs > -27.0
