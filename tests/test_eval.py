@@ -45,3 +45,23 @@ def test_the_corpus_is_the_same_every_time_it_is_made(tmp_path, monkeypatch):
     assert first[1] == second[1] and len(first[0]) == 2
     assert all((a == b).all() for a, b in zip(first[0], second[0], strict=True))
     assert all((first[2][k] == second[2][k]).all() for k in first[2])
+
+
+@pytest.fixture(scope="module")
+def rooms():
+    import eval_rooms
+    return eval_rooms.evaluate(quick=True)
+
+
+def test_a_release_in_a_room_carries_only_the_request(rooms):
+    """bench/eval_rooms.py --quick: the default end rule against every background it plays (README, "What a
+    release carries"): background all along, or 20-15 dB under the talker from mid-request, rides along under
+    1 s; a request loses at most half a second of its faded end; the first design carried the room."""
+    for (name, below, when), by_rule in rooms.items():
+        heard = [o for o in by_rule["talker 10"] if o.woke]
+        first = [o for o in by_rule["room quiet"] if o.woke]
+        if when == "all along" or below is None or below >= 15:
+            assert all(o.carried < 1.0 for o in heard), (name, below, when, [o.carried for o in heard])
+        assert all(o.lost <= 0.5 for o in heard), (name, below, when, [o.lost for o in heard])
+        if name != "quiet room" and first:
+            assert min(o.carried for o in first) > 5, "the room-quiet rule is the baseline it beats"
