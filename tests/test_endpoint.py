@@ -147,3 +147,48 @@ def test_a_pause_on_the_television_is_not_the_room():
         end.hear(np.full(FRAME_SAMPLES, 32768 * 10 ** (level / 20) if level > -180 else 0, np.int16))
     end.start(25 * FRAME_SAMPLES)
     assert end.levels.room_dbfs >= -28.5 and end.levels.threshold_dbfs > -27.0
+
+
+def _frame(dbfs: float) -> np.ndarray:
+    return np.full(FRAME_SAMPLES, round(32768 * 10 ** (dbfs / 20)), np.int16)
+
+
+def _after_a_wake(room_dbfs: float = -60.0, talker_dbfs: float = -20.0) -> EndOfSpeech:
+    """10 s of a room, then a 1.2 s wake word; the pre-roll is 25 frames."""
+    end = EndOfSpeech(1.0, -45.0)
+    for level in [room_dbfs] * 125 + [talker_dbfs] * 15:
+        end.hear(_frame(level))
+    end.start(25 * FRAME_SAMPLES)
+    return end
+
+
+def _push(end: EndOfSpeech, levels: list[float]) -> int | None:
+    """The index of the frame on which the request ended, if it did."""
+    for i, level in enumerate(levels):
+        if end.push(_frame(level)):
+            return i
+    return None
+
+
+def test_the_release_keeps_a_240_ms_fade_after_the_talkers_last_frame():
+    end = _after_a_wake()
+    assert _push(end, [-20.0] * 10 + [-60.0] * 11) is None, "a second may hold one of the talker's frames"
+    assert _push(end, [-60.0]) == 0
+    assert end.kept_samples() == (25 + 10 + 3) * FRAME_SAMPLES
+
+
+@pytest.mark.parametrize(("quiet_before", "stretches"), [(4, True), (5, False)])
+def test_a_loud_frame_stretches_the_release_only_within_400_ms_of_the_talkers_speech(quiet_before, stretches):
+    """A syllable 320 ms after the last one is the talker's; a peak 400 ms later is the room's."""
+    end = _after_a_wake()
+    _push(end, [-20.0] * 10 + [-60.0] * quiet_before + [-20.0] + [-60.0] * 13)
+    talker_end = 10 + quiet_before + 1 if stretches else 10
+    assert end.kept_samples() == (25 + talker_end + 3) * FRAME_SAMPLES
+
+
+def test_a_frame_between_the_room_and_the_talker_counts_as_the_talkers_only_above_halfway():
+    end = _after_a_wake(room_dbfs=-40.0, talker_dbfs=-20.0)
+    assert end.levels.threshold_dbfs == -30.0
+    assert _push(end, [-30.5] * 13) == 12, "just under halfway: the room"
+    end = _after_a_wake(room_dbfs=-40.0, talker_dbfs=-20.0)
+    assert _push(end, [-29.5] * 30) is None, "just over: the talker, still talking"
