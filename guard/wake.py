@@ -65,11 +65,12 @@ class RoomFloor:
         self._frames += 1
         if not frame.any():  # digital silence says nothing about the room (a file's lead-in, a mic starting up)
             return learning
-        power = np.abs(np.fft.rfft(frame * self._window)) ** 2
-        levels = 10 * np.log10(np.add.reduceat(power, self._starts)[:-1] + 1e-3)
-        rises = bool((levels - self.floor >= REST_RISE_DB).any()) or learning
-        fall = np.maximum(FLOOR_FALL_DB, (self.floor - levels) / 4)  # a room turned quiet: down within 2 s
-        self.floor += np.where(levels > self.floor, FLOOR_RISE_DB, -fall)
+        spectrum = np.fft.rfft(frame * self._window)
+        power = spectrum.real * spectrum.real + spectrum.imag * spectrum.imag
+        excess = 10 * np.log10(np.add.reduceat(power, self._starts)[:-1] + 1e-3) - self.floor
+        rises = learning or bool(excess.max() >= REST_RISE_DB)
+        # up slowly; down at least FLOOR_FALL_DB and a quarter of the gap: a room turned quiet is followed in 2 s
+        self.floor += np.where(excess > 0, FLOOR_RISE_DB, np.minimum(-FLOOR_FALL_DB, excess / 4))
         return rises
 
 
@@ -322,8 +323,7 @@ class WakeDetector:
 
         keep_awake: the caller needs fresh features on every frame (spoken confirmation listening).
         """
-        rises = self.room is not None and self.room.rises(frame)  # every frame: the floor follows the room
-        quiet = self.room is not None and not rises and level_dbfs(frame) < self.rest_below_dbfs
+        quiet = self.room is not None and level_dbfs(frame) < self.rest_below_dbfs and not self.room.rises(frame)
         self._quiet_run = self._quiet_run + 1 if quiet else 0
         if self.resting and (keep_awake or not quiet):
             self._replay()
