@@ -40,7 +40,8 @@ REST_AFTER_FRAMES = 25  # 2 s of quiet before the models rest: a wake score has 
 REPLAY_FRAMES = {"openwakeword": 40, "micro": 120}
 REST_BANDS_HZ = np.geomspace(250, 5000, 9)  # speech's own bands: a word too quiet to raise the level rises here
 REST_RISE_DB = 10.0  # a band this far over the room's floor wakes the models (room noise: under 9; a wake word
-#   micro hears at 0.25 dB over a -70 dBFS room's level: 13 or more)
+#   micro hears at 0.25 dB over a -70 dBFS room's level: 13 or more). While they rest it is looked at on every other
+#   frame: a word rises for several frames, and the replay takes back the one in between
 FLOOR_RISE_DB, FLOOR_FALL_DB = 0.1, 1.0  # per frame at least: it follows a quieter room within 2 s, a louder slowly
 FLOOR_LEARN_FRAMES = 62  # 5 s: the models do not rest before the floor has been learned
 FLOOR_START_DB = 150.0  # over the loudest band a frame can hold: the floor starts above any room
@@ -323,7 +324,8 @@ class WakeDetector:
 
         keep_awake: the caller needs fresh features on every frame (spoken confirmation listening).
         """
-        quiet = self.room is not None and level_dbfs(frame) < self.rest_below_dbfs and not self.room.rises(frame)
+        quiet = self.room is not None and level_dbfs(frame) < self.rest_below_dbfs and (
+            self.resting and self.frames_seen % 2 == 1 or not self.room.rises(frame))  # resting: every other frame
         self._quiet_run = self._quiet_run + 1 if quiet else 0
         if self.resting and (keep_awake or not quiet):
             self._replay()
