@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 import eval_rooms  # noqa: E402
 
 from guard import audit, config  # noqa: E402
-from guard.audio import FRAME_SAMPLES  # noqa: E402
+from guard.audio import FRAME_SAMPLES, level_dbfs  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
-from guard.endpoint import EndOfSpeech, learn  # noqa: E402
+from guard.endpoint import EndOfSpeech, Levels, learn  # noqa: E402
 
 RATE = 16000
 
@@ -192,3 +192,20 @@ def test_a_frame_between_the_room_and_the_talker_counts_as_the_talkers_only_abov
     assert _push(end, [-30.5] * 13) == 12, "just under halfway: the room"
     end = _after_a_wake(room_dbfs=-40.0, talker_dbfs=-20.0)
     assert _push(end, [-29.5] * 30) is None, "just over: the talker, still talking"
+
+
+def test_the_wake_word_is_the_last_1_2_s_and_levels_are_kept_to_a_tenth_of_a_db():
+    rising = [-35.3 + 0.97 * i for i in range(15)]  # 15 frames: 1.2 s
+    levels = learn([-60.0] * 100 + rising, -45.0)
+    assert levels.talker_dbfs == -23.1 and levels.room_dbfs == -60.0  # the 90th percentile is -23.078
+    assert learn([], -45.0) == Levels(-180.0, -180.0, -45.0), "nothing heard yet: no talker, no room"
+
+
+def test_the_room_is_the_10_s_before_the_wake_word_and_no_more():
+    end = EndOfSpeech(1.0, -45.0)
+    heard = [-30.0] * 23 + [-60.0] * 112 + [-20.0] * 15  # 12 s; the 10 oldest fall out of the 11.2 s kept
+    for level in heard:
+        end.hear(_frame(level))
+    end.start(25 * FRAME_SAMPLES)
+    kept = [level_dbfs(_frame(level)) for level in heard[-140:-15]]
+    assert end.levels.room_dbfs == round(float(np.percentile(kept, 90)), 1) != -60.0
