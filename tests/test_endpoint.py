@@ -132,7 +132,8 @@ def test_the_talker_and_the_room_are_learned_from_what_was_heard_before_the_wake
     quiet = learn([-80.0] * 100 + wake, -60.0)
     assert quiet.threshold_dbfs == quiet.talker_dbfs - 10, "never far under the talker"
     loud = learn(wake * 8, -45.0)
-    assert loud.threshold_dbfs <= loud.talker_dbfs - 3, "a room as loud as the talker: near the talker"
+    assert loud.threshold_dbfs == loud.talker_dbfs - 3, "a room as loud as the talker: 3 dB under the talker"
+    assert learn([-37.33] * 100 + [-19.02] * 15, -45.0) == Levels(-19.0, -37.3, -28.2), "halfway, in tenths"
     assert learn([-180.0] * 40, -45.0).threshold_dbfs == -45.0, "never under the floor"
     assert learn([], -45.0).threshold_dbfs == -45.0
 
@@ -177,12 +178,13 @@ def test_the_release_keeps_a_240_ms_fade_after_the_talkers_last_frame():
     assert end.kept_samples() == (25 + 10 + 3) * FRAME_SAMPLES
 
 
-@pytest.mark.parametrize(("quiet_before", "stretches"), [(4, True), (5, False)])
-def test_a_loud_frame_stretches_the_release_only_within_400_ms_of_the_talkers_speech(quiet_before, stretches):
-    """A syllable 320 ms after the last one is the talker's; a peak 400 ms later is the room's."""
+@pytest.mark.parametrize(("quiet_before", "loud", "stretches"), [(4, 1, True), (5, 1, False), (6, 2, True)])
+def test_a_loud_frame_stretches_the_release_only_within_400_ms_of_the_talkers_speech(quiet_before, loud, stretches):
+    """A syllable 320 ms after the last one is the talker's, and so are two loud frames in a row; a lone peak
+    400 ms later is the room's."""
     end = _after_a_wake()
-    _push(end, [-20.0] * 10 + [-60.0] * quiet_before + [-20.0] + [-60.0] * 13)
-    talker_end = 10 + quiet_before + 1 if stretches else 10
+    _push(end, [-20.0] * 10 + [-60.0] * quiet_before + [-20.0] * loud + [-60.0] * 13)
+    talker_end = 10 + quiet_before + loud if stretches else 10
     assert end.kept_samples() == (25 + talker_end + 3) * FRAME_SAMPLES
 
 
