@@ -41,6 +41,7 @@ MIC_HUNG_SECONDS = 10.0  # a read blocked this long cannot be interrupted: exit 
 MIC_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff while the microphone cannot be opened, or gives only zeros
 READ_RETRY_SECONDS = 0.05  # a read error: the stream is restarted at once, so a glitch costs a fraction of a second
 READ_RETRIES = 10  # restarts in a row that deliver no frame: then the microphone is dropped and backoff begins
+FLAP_SECONDS = 10.0  # a microphone that fails again this soon after it came back must give sound this long to be back
 QUEUE_FRAMES = 50  # 4 s of audio: a slow loop holds the reader back instead of dropping frames
 
 
@@ -100,6 +101,9 @@ class Daemon:
         self._frame_generation = 0  # the generation of the newest frame the loop has seen
         self._reopen = threading.Event()  # the loop asks the audio thread to drop the microphone and open it afresh
         self._attempt = 0  # reopen attempts since the microphone last delivered sound (the backoff's step)
+        self._back_at = -FLAP_SECONDS  # when the microphone last came back (monotonic)
+        self._flapping = False  # it failed again within FLAP_SECONDS of coming back
+        self._sound_since: float | None = None  # since when a reopened microphone has given sound, unbroken
         self._audio_heartbeat = time.monotonic()  # the audio thread is alive (reading, or waiting to retry)
         self.source = self._open_source()
         self.health = self._health()
@@ -485,12 +489,14 @@ class Daemon:
         if generation is None:
             self._reopen.set()
             generation = self._frame_generation
-        self._zeros_since = None
+        self._zeros_since = self._sound_since = None
         self._down_generation = max(self._down_generation, generation)
         if self._mic_down == why:
             log.debug("microphone still failing: %s", why)
             return
         first = self._mic_down is None
+        if first:  # a microphone that keeps failing soon after it is back is one fault, not a record per flap
+            self._flapping = time.monotonic() - self._back_at < FLAP_SECONDS
         self._mic_down = why
         self.health["audio"] = f"failing, retrying: {why}"
         if first:
@@ -498,7 +504,16 @@ class Daemon:
         else:
             log.warning("microphone still failing, now: %s; retrying", why)
 
+    def _sound_again(self) -> None:
+        """Sound from a microphone opened after it failed: it is back, or, after flapping, once that lasts."""
+        now = time.monotonic()
+        if self._sound_since is None:
+            self._sound_since = now
+        if not self._flapping or now - self._sound_since >= FLAP_SECONDS:
+            self._mic_back()
+
     def _mic_back(self) -> None:
+        self._back_at, self._flapping, self._sound_since = time.monotonic(), False, None
         self._mic_down = None
         self._attempt = 0
         self.health["audio"] = self._audio_health()
@@ -511,7 +526,7 @@ class Daemon:
             if item.any():
                 self._zeros_since = None
                 if self._mic_down is not None and payload > self._down_generation:
-                    self._mic_back()
+                    self._sound_again()
             elif self._zeros_since is None:
                 self._zeros_since = self._last_frame
             self.gate.feed(item)

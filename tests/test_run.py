@@ -16,7 +16,7 @@ import speech
 from conftest import GUARD, ROOT, alsa_home, consent_window_open, run_guard
 
 from guard import audit
-from guard.daemon import READ_RETRIES
+from guard.daemon import FLAP_SECONDS, READ_RETRIES
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +191,8 @@ def flaky(self):  # after 2 s, once: PortAudio's error when a USB microphone is 
             raise OSError(-9981, "Input overflowed")
         if sys.argv[1] == "broken" and reads[0] >= 25:  # it opens, but every read fails from 2 s on
             raise OSError(-9999, "Unanticipated host error")
+        if sys.argv[1] == "flapping" and reads[0] in range(25, 100, 12):  # dies every second, 7 times, then holds
+            raise OSError(-9999, "Unanticipated host error")
         if i == 25 and not failed and sys.argv[1] == "error":
             failed.append(i)
             raise OSError(-9999, "Unanticipated host error")
@@ -263,6 +265,21 @@ def test_read_errors_that_a_reopen_cures_cost_under_a_second_however_many_come_i
     fault, back = audit.read(log)
     deaf = datetime.fromisoformat(back["time"]) - datetime.fromisoformat(fault["time"])
     assert deaf.total_seconds() < 1.0, deaf
+
+
+def test_a_microphone_that_keeps_failing_soon_after_it_is_back_is_one_fault_not_a_record_per_flap(tmp_path):
+    """Seven failures a second apart, each cured by a restart: the first fault and its recovery are recorded at
+    once; the second comes too soon after, so the guard waits for 10 s of unbroken sound before it is back."""
+    process, log = _flaky_guard(tmp_path, "flapping", np.int16(120))
+    events = _events_when(log, ["fault", "recovered", "fault", "recovered"], 45)
+    time.sleep(2)
+    code, stderr = _stop(process)
+    assert code == 0, stderr
+    assert [r["event"] for r in audit.read(log)] == events == ["fault", "recovered", "fault", "recovered"], stderr
+    assert stderr.count("stream opened") == 1 + 7  # a quick restart after each failure, no backoff
+    second_fault, back = audit.read(log)[2:]
+    waited = datetime.fromisoformat(back["time"]) - datetime.fromisoformat(second_fault["time"])
+    assert waited.total_seconds() >= FLAP_SECONDS, "sound for 10 s after the last flap"
 
 
 def test_a_microphone_that_opens_but_never_reads_is_dropped_and_retried_with_backoff(tmp_path):
