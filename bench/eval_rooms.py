@@ -27,6 +27,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,12 +123,12 @@ def talker_rule(frames: np.ndarray, woke: int, gate: GateConfig, pre_roll_frames
     """guard/endpoint.py as the gate drives it: start at the wake, stop when the talker stops, keep to them."""
     end = endpoint.EndOfSpeech(gate.end_silence_seconds, gate.silence_dbfs)
     for frame in frames[:woke + 1]:
-        end.hear(frame)
+        end.hear(level_dbfs(frame))
     first = max(0, woke + 1 - pre_roll_frames)
     end.start((woke + 1 - first) * FRAME_SAMPLES)
     limit = woke + 1 + round(gate.max_utterance_seconds / FRAME_SECONDS)
     for i in range(woke + 1, min(limit, len(frames))):
-        if end.push(frames[i]):
+        if end.push(level_dbfs(frames[i])):
             break
     return first * FRAME_SAMPLES + end.kept_samples()
 
@@ -149,38 +150,48 @@ def clip(talker: np.ndarray, noise: np.ndarray, is_speech: bool, below_db: float
     return mixed, LEAD_SECONDS + speech.voiced_end_seconds(talker)
 
 
+def room_levels(rooms: dict) -> Iterator[tuple[str, np.ndarray, bool, float | None]]:
+    """Each room at each level under the talker; the quiet room as it is (None)."""
+    for name, (noise, is_speech) in rooms.items():
+        for below in BELOW_DB if name != "quiet room" else (None,):
+            yield name, noise, is_speech, below
+
+
+def fading_talker(voice: str, request: str) -> np.ndarray:
+    """'Alexa', then the request trailing off FADE_DB, as people do."""
+    said = speech.say(request, voice).astype(np.float64)
+    fade = 10 ** (-FADE_DB * np.arange(len(said)) / len(said) / 20)
+    return np.concatenate([speech.say("Alexa", voice), speech.silence(0.3), np.round(said * fade).astype(np.int16)])
+
+
+def outcomes(frames: np.ndarray, woke: int | None, said_end: float, gate: GateConfig,
+             pre_roll_frames: int) -> dict[str, Outcome]:
+    """What each rule releases of one clip whose wake word was heard at frame `woke` (None: not heard)."""
+    rules = ["room quiet", *(f"talker {c:g}" for c in CEILINGS)]
+    if woke is None:
+        return {rule: Outcome(False) for rule in rules}
+    ends = [room_rule(frames, woke, gate)] + [_with_ceiling(c, talker_rule, frames, woke, gate, pre_roll_frames)
+                                              for c in CEILINGS]
+    return {rule: Outcome(True, max(0.0, end / RATE - said_end), max(0.0, said_end - end / RATE))
+            for rule, end in zip(rules, ends, strict=True)}
+
+
 def evaluate(quick: bool) -> dict[tuple, dict[str, list[Outcome]]]:
     rng = np.random.default_rng(27)
     gate, pre_roll_frames = GateConfig(), round(AudioConfig().pre_roll_seconds / FRAME_SECONDS)
-    talkers = TALKERS[:2] if quick else TALKERS
-    requests = REQUESTS[:2] if quick else REQUESTS
     rooms = backgrounds(240.0, rng)
     detector = default_detector("alexa")
     results: dict[tuple, dict[str, list[Outcome]]] = {}
-    for voice in talkers:
-        for request in requests:
-            said = speech.say(request, voice).astype(np.float64)
-            fade = 10 ** (-FADE_DB * np.arange(len(said)) / len(said) / 20)  # trailing off, as people do
-            talker = np.concatenate([speech.say("Alexa", voice), speech.silence(0.3),
-                                     np.round(said * fade).astype(np.int16)])
-            for name, (noise, is_speech) in rooms.items():
-                for below in BELOW_DB if name != "quiet room" else (None,):
-                    for onset, when in ((0.0, "all along"), (0.5, "mid-request")):
-                        audio, said_end = clip(talker, noise, is_speech, below, onset, rng)
-                        frames = speech.frames(audio)
-                        rules = results.setdefault((name, below, when), {})
-                        woke = _wake(detector, frames)
-                        ends = {} if woke is None else {
-                            "room quiet": room_rule(frames, woke, gate),
-                            **{f"talker {c:g}": _with_ceiling(c, talker_rule, frames, woke, gate, pre_roll_frames)
-                               for c in CEILINGS}}
-                        for rule in ["room quiet", *(f"talker {c:g}" for c in CEILINGS)]:
-                            if rule not in ends:
-                                rules.setdefault(rule, []).append(Outcome(False))
-                                continue
-                            kept_end = ends[rule] / RATE
-                            rules.setdefault(rule, []).append(Outcome(True, max(0.0, kept_end - said_end),
-                                                                      max(0.0, said_end - kept_end)))
+    for voice in TALKERS[:2] if quick else TALKERS:
+        for request in REQUESTS[:2] if quick else REQUESTS:
+            talker = fading_talker(voice, request)
+            for name, noise, is_speech, below in room_levels(rooms):
+                for onset, when in ((0.0, "all along"), (0.5, "mid-request")):
+                    audio, said_end = clip(talker, noise, is_speech, below, onset, rng)
+                    frames = speech.frames(audio)
+                    by_rule = outcomes(frames, _wake(detector, frames), said_end, gate, pre_roll_frames)
+                    for rule, outcome in by_rule.items():
+                        results.setdefault((name, below, when), {}).setdefault(rule, []).append(outcome)
     return results
 
 
@@ -233,10 +244,9 @@ def wake_clips(rooms: dict, quick: bool, rng) -> tuple[dict[str, np.ndarray], li
     for word, said in WAKE_WORDS.items():
         for voice in TALKERS[:2] if quick else TALKERS:
             talker = np.concatenate([speech.say(said, voice), speech.silence(0.3), speech.say(REQUESTS[0], voice)])
-            for name, (noise, is_speech) in rooms.items():
-                for below in BELOW_DB if name != "quiet room" else (None,):
-                    clips[f"c{len(labels)}"] = clip(talker, noise, is_speech, below, 0.0, rng)[0]
-                    labels.append((word, name, below))
+            for name, noise, is_speech, below in room_levels(rooms):
+                clips[f"c{len(labels)}"] = clip(talker, noise, is_speech, below, 0.0, rng)[0]
+                labels.append((word, name, below))
     reference = voiced_rms(speech.say(REQUESTS[0]))
     for name, (noise, is_speech) in rooms.items():
         level = voiced_rms(noise) if is_speech else float(np.sqrt(np.mean(noise ** 2)))
@@ -314,10 +324,8 @@ def evaluate_confirmation(quick: bool) -> dict[tuple, list[bool]]:
     if quick:
         takes = takes[::3]
     results: dict[tuple, list[bool]] = {}
-    for name, (noise, is_speech) in rooms.items():
-        for below in BELOW_DB if name != "quiet room" else (None,):
-            results[(name, below)] = [trials.confirms(clip(take, noise, is_speech, below, 0.0, rng)[0])
-                                      for take in takes]
+    for name, noise, is_speech, below in room_levels(rooms):
+        results[(name, below)] = [trials.confirms(clip(take, noise, is_speech, below, 0.0, rng)[0]) for take in takes]
     return results
 
 

@@ -42,6 +42,13 @@ def _preallocate(fd: int, offset: int, length: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
+def _check(fields: dict) -> None:
+    """Only plain metadata goes on the record, never audio."""
+    for key, value in fields.items():
+        if not isinstance(value, FieldValue):
+            raise TypeError(f"audit field {key!r} must be str, number, bool or None, not {type(value).__name__}")
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -247,9 +254,7 @@ class AuditLog:
         Raises:
             AuditError: the record could not be written whole; the file is as it was.
         """
-        for key, value in fields.items():
-            if not isinstance(value, FieldValue):
-                raise TypeError(f"audit field {key!r} must be str, number, bool or None, not {type(value).__name__}")
+        _check(fields)
         with self._lock:
             self._ready()
             return self._append(event, fields, prev_line=self._last_line)
@@ -261,6 +266,7 @@ class AuditLog:
         Raises:
             AuditError: not even the reserve could take it.
         """
+        _check(fields)
         with self._lock:
             with contextlib.suppress(AuditError):
                 self._ready()

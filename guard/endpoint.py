@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
+from guard.audio import FRAME_SAMPLES, FRAME_SECONDS
 
 WAKE_SECONDS = 1.2  # the last frames before a wake hold the wake word: the talker's level
 ROOM_SECONDS = 10.0  # and the frames before them the room: long enough that a pause on the television is not all
@@ -69,24 +69,29 @@ class EndOfSpeech:
         self._recent: deque[bool] = deque(maxlen=self.window)
         self._length = 0  # samples of the request so far, pre-roll included
         self._talker_end = 0  # samples up to the end of the talker's last frame
+        self._last_talker = -math.inf  # the request's frame count at the talker's last frame
 
-    def hear(self, frame: np.ndarray) -> None:
-        """A frame heard while listening for a wake word: the room, and then the wake word itself."""
-        self._heard.append(level_dbfs(frame))
+    def hear(self, frame_dbfs: float) -> None:
+        """The level of a frame heard while listening for a wake word: the room, and then the wake word itself."""
+        self._heard.append(frame_dbfs)
 
     def start(self, pre_roll_samples: int) -> None:
         """A wake word was just heard, at the end of a pre-roll this long: learn the levels, count from here."""
         self.levels = learn(list(self._heard), self.floor_dbfs)
         self._recent.clear()
         self._length = self._talker_end = pre_roll_samples
+        self._last_talker = -math.inf
 
-    def push(self, frame: np.ndarray) -> bool:
-        """One more frame of the request; True once the talker has stopped."""
-        talker = level_dbfs(frame) >= self.levels.threshold_dbfs
+    def push(self, frame_dbfs: float) -> bool:
+        """The level of the request's next frame; True once the talker has stopped."""
+        talker = frame_dbfs >= self.levels.threshold_dbfs
         self._recent.append(talker)
-        self._length += len(frame)
-        if talker and any(list(self._recent)[-1 - NEIGHBOUR_FRAMES:-1]):  # a lone peak does not stretch the release
-            self._talker_end = self._length
+        self._length += FRAME_SAMPLES
+        if talker:
+            frame = self._length // FRAME_SAMPLES
+            if frame - self._last_talker <= NEIGHBOUR_FRAMES:  # a lone peak does not stretch the release
+                self._talker_end = self._length
+            self._last_talker = frame
         return not talker and len(self._recent) == self.window and sum(self._recent) <= STRAY_FRAMES
 
     def kept_samples(self) -> int:

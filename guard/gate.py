@@ -20,7 +20,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from guard.audio import RATE_HZ
+from guard.audio import RATE_HZ, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig
 from guard.confirm import SpokenConfirmation
@@ -185,11 +185,12 @@ class Gate:
         """One 80 ms frame from the microphone."""
         if self.state in (State.MUTED, State.FAULT):
             return
+        level = level_dbfs(frame)  # measured once: the end of a request and the models' rest both use it
         if self.state is State.IDLE:
             self.ring.write(frame)
-            self.end.hear(frame)
+            self.end.hear(level)
         listening = self.state is State.PENDING and self.confirmation is not None  # for a spoken confirmation
-        detections = self.detector.process(frame, keep_awake=listening)
+        detections = self.detector.process(frame, keep_awake=listening, frame_dbfs=level)
         if listening and self.confirmation.push(self.detector.features.embeddings[-1], frame):
             self._release("voice", match_score=round(self.confirmation.score, 4),
                           speaker_score=round(self.confirmation.speaker_score, 3))
@@ -198,7 +199,7 @@ class Gate:
             if detections:
                 self._start_capture(max(detections, key=lambda d: d.score))
         elif self.state is State.CAPTURING:
-            self._continue_capture(frame)
+            self._continue_capture(frame, level)
         if detections and self.state is not State.CAPTURING:
             log.debug("wake %s ignored while %s", detections[0].model, self.state)
 
@@ -215,8 +216,8 @@ class Gate:
             return
         self._enter(State.CAPTURING)
 
-    def _continue_capture(self, frame: np.ndarray) -> None:
-        if not self.capture.append(frame) or self.end.push(frame):
+    def _continue_capture(self, frame: np.ndarray, frame_dbfs: float) -> None:
+        if not self.capture.append(frame) or self.end.push(frame_dbfs):
             self.end_capture()
 
     def end_capture(self) -> None:

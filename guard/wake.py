@@ -319,12 +319,16 @@ class WakeDetector:
         self._quiet_run = self._skipped = 0
         self.resting = False
 
-    def process(self, frame: np.ndarray, keep_awake: bool = False) -> list[Detection]:
+    def process(self, frame: np.ndarray, keep_awake: bool = False, frame_dbfs: float | None = None
+                ) -> list[Detection]:
         """Score one 80 ms int16 frame (1280 samples); returns the wakes it completes.
 
         keep_awake: the caller needs fresh features on every frame (spoken confirmation listening).
+        frame_dbfs: the frame's level, if the caller has measured it already.
         """
-        quiet = self.room is not None and level_dbfs(frame) < self.rest_below_dbfs and (
+        if self.room is not None and frame_dbfs is None:
+            frame_dbfs = level_dbfs(frame)
+        quiet = self.room is not None and frame_dbfs < self.rest_below_dbfs and (
             self.resting and self.frames_seen % 2 == 1 or not self.room.rises(frame))  # resting: every other frame
         self._quiet_run = self._quiet_run + 1 if quiet else 0
         if self.resting and (keep_awake or not quiet):

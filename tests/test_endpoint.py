@@ -113,10 +113,10 @@ def test_background_speech_starting_mid_request(talker, tv, below_db, cut):
     woke = next(i for i, frame in enumerate(frames) if detector.process(frame))
     end = EndOfSpeech(1.0, -45.0)
     for frame in frames[:woke + 1]:
-        end.hear(frame)
+        end.hear(level_dbfs(frame))
     first = woke + 1 - 25  # the 2 s pre-roll
     end.start(25 * FRAME_SAMPLES)
-    stopped = next((i for i in range(woke + 1, woke + 1 + 125) if end.push(frames[i])), None)
+    stopped = next((i for i in range(woke + 1, woke + 1 + 125) if end.push(level_dbfs(frames[i]))), None)
     kept_end = (first * FRAME_SAMPLES + end.kept_samples()) / RATE
     if cut:
         assert stopped is not None and said_end <= kept_end < said_end + 1.0, (said_end, kept_end)
@@ -145,20 +145,21 @@ def test_a_pause_on_the_television_is_not_the_room():
     pause = [-180.0] * 7
     end = EndOfSpeech(1.0, -45.0)
     for level in television + pause + [-20.0] * 15:
-        end.hear(np.full(FRAME_SAMPLES, 32768 * 10 ** (level / 20) if level > -180 else 0, np.int16))
+        end.hear(level_dbfs(np.full(FRAME_SAMPLES, 32768 * 10 ** (level / 20) if level > -180 else 0, np.int16)))
     end.start(25 * FRAME_SAMPLES)
     assert end.levels.room_dbfs >= -28.5 and end.levels.threshold_dbfs > -27.0
 
 
-def _frame(dbfs: float) -> np.ndarray:
-    return np.full(FRAME_SAMPLES, round(32768 * 10 ** (dbfs / 20)), np.int16)
+def _level(dbfs: float) -> float:
+    """The level of a steady frame about `dbfs` loud, as measured (int16 samples round it)."""
+    return level_dbfs(np.full(FRAME_SAMPLES, round(32768 * 10 ** (dbfs / 20)), np.int16))
 
 
 def _after_a_wake(room_dbfs: float = -60.0, talker_dbfs: float = -20.0) -> EndOfSpeech:
     """10 s of a room, then a 1.2 s wake word; the pre-roll is 25 frames."""
     end = EndOfSpeech(1.0, -45.0)
     for level in [room_dbfs] * 125 + [talker_dbfs] * 15:
-        end.hear(_frame(level))
+        end.hear(_level(level))
     end.start(25 * FRAME_SAMPLES)
     return end
 
@@ -166,7 +167,7 @@ def _after_a_wake(room_dbfs: float = -60.0, talker_dbfs: float = -20.0) -> EndOf
 def _push(end: EndOfSpeech, levels: list[float]) -> int | None:
     """The index of the frame on which the request ended, if it did."""
     for i, level in enumerate(levels):
-        if end.push(_frame(level)):
+        if end.push(_level(level)):
             return i
     return None
 
@@ -207,7 +208,7 @@ def test_the_room_is_the_10_s_before_the_wake_word_and_no_more():
     end = EndOfSpeech(1.0, -45.0)
     heard = [-30.0] * 23 + [-60.0] * 112 + [-20.0] * 15  # 12 s; the 10 oldest fall out of the 11.2 s kept
     for level in heard:
-        end.hear(_frame(level))
+        end.hear(_level(level))
     end.start(25 * FRAME_SAMPLES)
-    kept = [level_dbfs(_frame(level)) for level in heard[-140:-15]]
+    kept = [_level(level) for level in heard[-140:-15]]
     assert end.levels.room_dbfs == round(float(np.percentile(kept, 90)), 1) != -60.0
