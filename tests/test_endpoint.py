@@ -212,3 +212,9 @@ def test_the_room_is_the_10_s_before_the_wake_word_and_no_more():
     end.start(25 * FRAME_SAMPLES)
     kept = [_level(level) for level in heard[-140:-15]]
     assert end.levels.room_dbfs == round(float(np.percentile(kept, 90)), 1) != -60.0
+
+
+def test_a_lone_loud_frame_right_after_the_wake_word_does_not_stretch_the_release():
+    end = _after_a_wake()
+    _push(end, [-20.0] + [-60.0] * 13)
+    assert end.kept_samples() == (25 + 3) * FRAME_SAMPLES
