@@ -87,19 +87,19 @@ class Trials:
         hit = False
         for i, frame in enumerate(frames):
             self.features.push(frame)
-            if i >= skip_frames and self.listener.push(self.features.embeddings[-1], frame):
+            if i >= skip_frames and self.listener.listen(self.features, frame):
                 hit = True
                 break
         self.features.wipe()
         return hit
 
-    def stream_hits(self, embeddings: np.ndarray, frames: np.ndarray) -> tuple[int, float]:
+    def stream_hits(self, embeddings: np.ndarray, floored: np.ndarray, frames: np.ndarray) -> tuple[int, float]:
         """Confirmations in one long pending window (restarting after each), and CPU s per frame of matching."""
         self.listener.reset()
         hits = 0
         started = time.process_time()
-        for embedding, frame in zip(embeddings, frames, strict=True):
-            if self.listener.push(embedding, frame):
+        for embedding, floor, frame in zip(embeddings, floored, frames, strict=True):
+            if self.listener.push(embedding, frame, floor if self.listener.floored_matchers else None):
                 hits += 1
                 self.listener.reset()
         return hits, (time.process_time() - started) / len(frames)
@@ -163,6 +163,7 @@ def main() -> None:
     audio, seconds = ordinary_speech(args.minutes)
     frames = audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES)
     embeddings = confirm.embed(audio, features)
+    floored = confirm.embed(audio, features, confirm.PHRASE_FLOOR)
     print(f"| phrase (enrolled voice) | accepted clean | accepted 10 dB SNR | partials + near-phrases confirmed "
           f"| exact phrase by other voices | ordinary speech ({seconds / 3600:.2f} h) | inside utterance "
           f"| content thr / closest confusable | speaker thr / nearest cohort |")
@@ -172,7 +173,7 @@ def main() -> None:
     for phrase, (voice, near) in PHRASES.items():
         r = evaluate(phrase, voice, near, features, args.quick)
         e = r["enrolment"]
-        false_hits, cpu = r["trials"].stream_hits(embeddings, frames)
+        false_hits, cpu = r["trials"].stream_hits(embeddings, floored, frames)
         match_cpu.append(cpu)
         wrong = sum(len(v) for v in r["confusable"].values())
         other_hits, other_n = sum(r["per_voice"].values()), len(OTHER_SPEEDS) * len(r["per_voice"])

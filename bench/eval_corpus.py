@@ -58,25 +58,7 @@ def _noisy(samples: np.ndarray, kind: str, snr_db: float | None, babble: np.ndar
     if kind == "room":
         return speech.with_room_noise(samples, snr_db, seed=int(rng.integers(1 << 30)))
     start = int(rng.integers(0, len(babble) - len(samples)))
-    noise = babble[start:start + len(samples)].astype(np.float64)
-    voiced = samples[np.abs(samples.astype(np.int32)) > speech.SPEECH_LEVEL].astype(np.float64)
-    gain = np.sqrt(np.mean(voiced ** 2)) / np.sqrt(np.mean(noise ** 2)) / 10 ** (snr_db / 20)
-    return np.clip(np.round(samples + noise * gain), -32768, 32767).astype(np.int16)
-
-
-def _babble(seconds: float) -> np.ndarray:
-    """Three rotating prose voices talking over each other: a kitchen with people in it."""
-    texts = speech.paragraphs()[40:]
-    tracks = []
-    for shift in range(3):
-        parts, total = [], 0
-        for i, text in enumerate(texts[shift::3]):
-            parts.append(speech.say(text[:400], VOICES[(i + 4 * shift) % len(VOICES)]))
-            total += len(parts[-1])
-            if total >= seconds * RATE:
-                break
-        tracks.append(np.concatenate(parts)[:int(seconds * RATE)].astype(np.int32))
-    return np.clip(sum(tracks), -32768, 32767).astype(np.int16)
+    return speech.in_noise(samples, babble[start:], snr_db)
 
 
 def _positives(spec: Spec, babble: np.ndarray, rng) -> tuple[list[np.ndarray], list[dict]]:
@@ -134,7 +116,7 @@ def load(spec: Spec) -> tuple[list[np.ndarray], list[dict], dict[str, np.ndarray
             negatives = {k: n[k] for k in n.files}
         return clips, json.loads((cache / "labels.json").read_text()), negatives
     rng = np.random.default_rng(spec.seed)
-    babble = _babble(min(600.0, spec.negative_minutes * 6))
+    babble = speech.babble(min(600.0, spec.negative_minutes * 6), VOICES)
     clips, labels = _positives(spec, babble, rng)
     negatives = _negatives(spec, babble, rng)
     cache.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ import bench_confirm  # noqa: E402
 import eval_corpus  # noqa: E402
 import speech  # noqa: E402  (eval_corpus puts tests/ on the path)
 
-from guard import endpoint  # noqa: E402
+from guard import confirm, endpoint  # noqa: E402
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs  # noqa: E402
 from guard.config import AudioConfig, GateConfig, WakeConfig  # noqa: E402
 from guard.wake import FeatureExtractor, WakeDetector  # noqa: E402
@@ -81,12 +81,6 @@ def television(seconds: float) -> np.ndarray:
     return np.concatenate(parts)[:int(seconds * RATE)]
 
 
-def fan(seconds: float, rng) -> np.ndarray:
-    """Steady broadband noise, gently low-passed: a fan or an extractor hood."""
-    white = rng.standard_normal(int(seconds * RATE) + 8)
-    return np.convolve(white, np.ones(8) / 8, "valid")[:int(seconds * RATE)] * 3000
-
-
 def fridge(seconds: float, rng) -> np.ndarray:
     """A compressor's 50 Hz hum and its harmonics over low rumble."""
     t = np.arange(int(seconds * RATE)) / RATE
@@ -99,9 +93,9 @@ def backgrounds(seconds: float, rng) -> dict[str, tuple[np.ndarray, bool]]:
     """Each background, and whether it is speech (then its level is that of its voiced samples)."""
     quiet = rng.normal(0, speech.QUIET_ROOM, int(seconds * RATE))
     return {"quiet room": (quiet, False), "television": (television(seconds), True),
-            "babble": (eval_corpus._babble(seconds), True),
+            "babble": (speech.babble(seconds, eval_corpus.VOICES), True),
             "music": (eval_corpus._tones(seconds, rng).astype(np.float64), False),
-            "fan": (fan(seconds, rng), False), "fridge": (fridge(seconds, rng), False)}
+            "fan": (speech.fan(seconds, rng), False), "fridge": (fridge(seconds, rng), False)}
 
 
 def voiced_rms(samples: np.ndarray) -> float:
@@ -312,11 +306,15 @@ def report_wakes(results: dict) -> None:
             print(f"\nfalse wakes in {k[6:]}: " + ", ".join(f"{s} {n}" for s, n in wakes.items()))
 
 
-def evaluate_confirmation(quick: bool) -> dict[tuple, list[bool]]:
-    """Per room and level: whether each take of the enrolled phrase by the enrolled voice confirmed."""
+def evaluate_confirmation(quick: bool) -> dict[tuple, list[bool]] | str:
+    """Per room and level: whether each take of the enrolled phrase by the enrolled voice confirmed (enrolled
+    or why enrolment refused the phrase."""
     phrase, (voice, _) = next(iter(bench_confirm.PHRASES.items()))
     features = FeatureExtractor(16)
-    trials = bench_confirm.Trials(bench_confirm.enrol(phrase, voice, features), features)
+    try:
+        trials = bench_confirm.Trials(bench_confirm.enrol(phrase, voice, features), features)
+    except confirm.EnrollError as e:
+        return f"enrolment refused: {e}"
     rng = np.random.default_rng(30)
     rooms = backgrounds(240.0, rng)
     speeds, pitches = bench_confirm.TRIAL_SPEEDS, bench_confirm.TRIAL_PITCHES
@@ -329,7 +327,10 @@ def evaluate_confirmation(quick: bool) -> dict[tuple, list[bool]]:
     return results
 
 
-def report_confirmation(results: dict[tuple, list[bool]]) -> None:
+def report_confirmation(results: dict[tuple, list[bool]] | str) -> None:
+    if isinstance(results, str):
+        print(f"\n{results}")
+        return
     print("\n| background | under the phrase | confirmed |")
     print("|---|---|---|")
     for (name, below), confirmed in results.items():

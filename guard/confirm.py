@@ -24,6 +24,14 @@ from guard.audio import FRAME_SAMPLES, RATE_HZ, level_dbfs
 from guard.errors import UsageError
 from guard.ringbuffer import RingBuffer
 
+# Noise 15-20 dB under a phrase fills the quiet between its sounds, and the raw embedding follows it: a phrase
+# 20 dB over people talking scored like a sound-alike. In a noisy room the phrase is also matched on embeddings of
+# mel windows raised to 20 dB under their loudest point, where the phrase in a room and in a quiet room look
+# alike; takes, sound-alikes and ordinary speech are floored alike for its own threshold. Only in a noisy room:
+# the floor also hides weak endings ("guard-s") and some sound-alikes come nearer (bench/rooms-results.md).
+PHRASE_FLOOR = 2.0  # in the mel window's units of 10 dB
+NOISY_ROOM_DB = 30.0  # a room whose loud moments come this close to the phrase's loudest frame is noisy
+MIN_FLOORED_GAP = 0.01  # as MIN_CONTENT_GAP, on the floored scale (about half the raw one); below it, button only
 EMBEDDING_WINDOW_FRAMES = 10  # an embedding sees 775 ms = 10 frames of 80 ms; skip these after pending starts
 NEGATIVES = Path(__file__).resolve().parent / "models" / "confirm-negatives.npz"
 MIN_TAKES = 3
@@ -71,10 +79,14 @@ def speech_seconds(samples: np.ndarray) -> float:
     return 0.0 if len(voiced) == 0 else (voiced[-1] - voiced[0] + 1) * FRAME_SAMPLES / RATE_HZ
 
 
-def voiced_frames(samples: np.ndarray) -> slice:
-    """The embedding frames of a take that cover its speech: from its first voiced frame to just after the last."""
+def voiced_frames(samples: np.ndarray, tail: int = 3) -> slice:
+    """The embedding frames of a take that cover its speech: from its first voiced frame to `tail` frames after
+    the last (240 ms; a floored embedding of the quiet after a phrase changes for 400 ms, FLOORED_TAIL)."""
     voiced = _voiced(samples)
-    return slice(int(voiced[0]), int(voiced[-1]) + 4)
+    return slice(int(voiced[0]), int(voiced[-1]) + 1 + tail)
+
+
+FLOORED_TAIL = 5
 
 
 SEGMENTS = 4  # the template is scored in quarters: a phrase missing or changing any part fails that part
@@ -143,14 +155,21 @@ UNEVENNESS_SLACK = 1.1  # room above the takes' own unevenness for a new take in
 RECHECK_FRAMES = 4  # the voice checks cost ~70 ms on a PC: after a refusal, wait 320 ms before the next
 LISTEN_SECONDS = 6.0  # audio since pending began kept (RAM, wiped) for the speaker check
 # The phrase must have ended where the match ends ("guard" must not be the start of "garden" or "guarded"):
-# a take's template ends 240 ms after its speech, so the true phrase matches ever better into the quiet after
+# a take's template ends 240 ms (floored: 400 ms) after its speech, so the true phrase matches ever better into
+# the quiet after
 # it, while a word that goes on ("guard-en") matched best before its quiet and worse with each quiet frame.
 # A match counts when its score has got no worse over the last END_QUIET_FRAMES frames and those frames are
-# quiet: END_DROP_DB below the phrase's loudest frame, or within FLOOR_MARGIN_DB of the room's quietest.
+# quiet: END_DROP_DB below the phrase's loudest frame, or within FLOOR_MARGIN_DB of the room's quietest, or
+# within ROOM_MARGIN_DB of the room's loud moments before the phrase (other people talking 20 dB under it), but
+# never nearer than ROOM_DROP_DB to the phrase's loudest frame.
 END_QUIET_FRAMES = 3  # 240 ms
 END_DROP_DB = 25.0
 FLOOR_MARGIN_DB = 6.0  # the floor is the quietest frame since pending began: the room before the phrase
 FLOOR_DBFS = -90.0  # digital silence counts as this quiet
+ROOM_DROP_DB = 15.0
+ROOM_PERCENTILE = 90  # the room's loud moments: a television's words, not its pauses
+ROOM_MARGIN_DB = 3.0
+ROOM_MIN_FRAMES = 6  # the room's loud moments need 480 ms heard before the phrase
 PHRASE_LEVEL_FRAMES = 64  # frame levels kept (numbers, not audio) to find the phrase's loudest frame
 
 
@@ -160,7 +179,9 @@ class Enrolment:
 
     `cohort` holds the cepstra of the same phrase in synthetic voices; the
     `closest` confusable is kept so `guard enroll --list` can say what the
-    threshold was placed against.
+    threshold was placed against. `floored` holds the takes' floored embeddings
+    for noisy rooms (empty, and its numbers 0, when the phrase is too near a
+    confusable there, or the file was made before guard had them).
     """
 
     phrase: str
@@ -176,9 +197,14 @@ class Enrolment:
     speaker_negative_min: float
     unevenness_threshold: float
     created: str
+    floored: tuple[np.ndarray, ...] = ()
+    floored_threshold: float = 0.0
+    floored_positive_max: float = 0.0
+    floored_negative_min: float = 0.0
 
     NUMBERS = ("threshold", "positive_max", "negative_min", "speaker_threshold", "speaker_positive_max",
                "speaker_negative_min", "unevenness_threshold")
+    FLOORED_NUMBERS = ("floored_threshold", "floored_positive_max", "floored_negative_min")
 
     def save(self, path: Path) -> None:
         """Write atomically, mode 0600: features and numbers only, never audio.
@@ -194,8 +220,9 @@ class Enrolment:
             os.fchown(fd, folder.st_uid, folder.st_gid)
         with os.fdopen(fd, "wb") as f:
             np.savez(f, phrase=np.array(self.phrase), closest=np.array(self.closest), created=np.array(self.created),
-                     **{k: getattr(self, k) for k in self.NUMBERS},
+                     **{k: getattr(self, k) for k in self.NUMBERS + self.FLOORED_NUMBERS},
                      **{f"take{i}": t for i, t in enumerate(self.templates)},
+                     **{f"floored{i}": t for i, t in enumerate(self.floored)},
                      **{f"voice{i}": v.speaker for i, v in enumerate(self.voiceprints)},
                      **{f"detail{i}": v.detail for i, v in enumerate(self.voiceprints)},
                      **{f"cohort{i}": c for i, c in enumerate(self.cohort)})
@@ -213,23 +240,26 @@ class Enrolment:
                     return tuple(np.asarray(data[k], np.float32) for k in keys)
 
                 templates, speakers, details = series("take"), series("voice"), series("detail")
-                cohort = series("cohort")
+                cohort, floored = series("cohort"), series("floored")
                 missing = [k for k in (*cls.NUMBERS, "phrase", "closest", "created") if k not in data.files]
                 numbers = {k: float(data[k]) for k in cls.NUMBERS if k in data.files}
+                floored_numbers = {k: float(data[k]) for k in cls.FLOORED_NUMBERS if k in data.files and floored}
                 texts = {k: str(data[k]) for k in ("phrase", "closest", "created") if k in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
             raise EnrollError(f"{path}: damaged confirmation templates ({e}); enrol again") from None
         if missing:
             raise EnrollError(f"{path}: made by an older guard (no {missing[0]}); enrol again: guard enroll confirm")
         if len(templates) < MIN_TAKES or not len(speakers) == len(details) == len(templates) or len(cohort) < 2 \
-                or any(t.ndim != 2 or t.shape[1] != 96 or len(t) < 3 for t in templates) \
+                or len(floored) not in (0, len(templates)) or len(floored_numbers) not in (0, 3) \
+                or any(t.ndim != 2 or t.shape[1] != 96 or len(t) < 3 for t in templates + floored) \
                 or any(v.ndim != 2 or v.shape[1] != voiceprint.CEPSTRA or len(v) < 1 for v in speakers + cohort) \
                 or any(d.ndim != 2 or d.shape[1] != 2 * voiceprint.CEPSTRA or len(d) < 1 for d in details) \
-                or not all(math.isfinite(v) and v > 0 for v in numbers.values()):
+                or not all(math.isfinite(v) and v > 0 for v in (numbers | floored_numbers).values()):
             raise EnrollError(f"{path}: damaged confirmation templates (wrong shapes or values); enrol again")
         voiceprints = tuple(voiceprint.Voiceprint(v, d) for v, d in zip(speakers, details, strict=True))
         enrolment = cls(texts["phrase"], templates, voiceprints, cohort, closest=texts["closest"],
-                        created=texts["created"], **numbers)
+                        created=texts["created"], **numbers, **(floored_numbers and {"floored": floored}),
+                        **floored_numbers)
         problem = enrolment.implausible()
         if problem:
             raise EnrollError(f"{path}: {problem}, which calibration never produces (was the file edited?); "
@@ -245,6 +275,10 @@ class Enrolment:
             return f"speaker threshold {self.speaker_threshold:g} lies outside what calibration allows"
         if not 1 <= self.unevenness_threshold <= MAX_UNEVENNESS:
             return f"unevenness threshold {self.unevenness_threshold:g} lies outside 1-{MAX_UNEVENNESS:g}"
+        if self.floored and (not self.floored_positive_max < self.floored_threshold < self.floored_negative_min
+                             or self.floored_threshold > MAX_CONTENT_THRESHOLD):
+            return f"floored threshold {self.floored_threshold:g} lies outside " \
+                   f"{self.floored_positive_max:g}-{self.floored_negative_min:g}"
         return None
 
 
@@ -262,22 +296,46 @@ def _padded(samples: np.ndarray) -> np.ndarray:
     return np.concatenate([quiet, samples, quiet])
 
 
-def _content_calibration(phrase: str, templates: list[np.ndarray], features, progress: Callable | None = None
-                         ) -> tuple[float, float, str]:
-    """(how far the takes are from each other, how close the closest confusable comes, which one it is)."""
-    positive = max(min(best_score(other, take) for other in templates if other is not take) for take in templates)
-    prose = load_negatives()  # read once, not once per template
-    closest, negative = "ordinary speech", min(best_score(t, s) for t in templates for s in prose)
+@dataclass
+class _Nearest:
+    """How near the takes are to each other, and the closest confusable, for one kind of embedding."""
+
+    templates: list[np.ndarray]
+    positive: float
+    negative: float = math.inf
+    closest: str = "ordinary speech"
+
+    def of(self, kind: str, stream: np.ndarray) -> None:
+        score = min(best_score(t, stream) for t in self.templates)
+        if score < self.negative:
+            self.closest, self.negative = kind, score
+
+    def threshold(self) -> float:
+        return min(self.positive + CONTENT_SIDE * (self.negative - self.positive), MAX_CONTENT_THRESHOLD)
+
+
+def _leave_one_out(templates: list[np.ndarray]) -> float:
+    return max(min(best_score(other, take) for other in templates if other is not take) for take in templates)
+
+
+def _content_calibration(phrase: str, takes: list[np.ndarray], features, progress: Callable | None = None
+                         ) -> tuple[_Nearest, _Nearest]:
+    """The takes against ordinary speech and synthesized sound-alikes: raw, and floored (see PHRASE_FLOOR)."""
+    raw = _Nearest([embed(t, features)[voiced_frames(t)] for t in takes], 0.0)
+    floored = _Nearest([embed(t, features, PHRASE_FLOOR)[voiced_frames(t, FLOORED_TAIL)] for t in takes], 0.0)
+    for nearest, prefix in ((raw, "stream"), (floored, "floored")):
+        nearest.positive = _leave_one_out(nearest.templates)
+        for stream in load_negatives(prefix):  # read once, not once per template
+            nearest.of("ordinary speech", stream)
     items = confusables.confusables(phrase)
     for done, item in enumerate(items):
         if progress is not None:
             progress(done, len(items), "sound-alikes")
         for voice, speed, pitch in confusables.CALIBRATION_VOICES:
-            stream = embed(_padded(confusables.speak(item.text, voice, speed, pitch)), features)
-            score = min(best_score(t, stream) for t in templates)
-            if score < negative:
-                closest, negative = f"{item.kind} {item.text!r}", score
-    return positive, negative, closest
+            audio = _padded(confusables.speak(item.text, voice, speed, pitch))
+            raw.of(f"{item.kind} {item.text!r}", embed(audio, features))
+            floored.of(f"{item.kind} {item.text!r}", embed(audio, features, PHRASE_FLOOR))
+    return raw, floored
 
 
 def _speaker_calibration(voiceprints: list[voiceprint.Voiceprint], cohort: list[np.ndarray]
@@ -314,17 +372,18 @@ def calibrate(phrase: str, takes: list[np.ndarray], features, progress: Callable
         if spoken < MIN_SPEECH_SECONDS:
             raise EnrollError(f"take {i + 1} holds {spoken:.1f} s of speech; a safe phrase takes at least "
                               f"{MIN_SPEECH_SECONDS:g} s to say; choose a longer one")
-    templates = [embed(t, features)[voiced_frames(t)] for t in takes]
     voiceprints = [voiceprint.Voiceprint.of(t) for t in takes]
     if any(len(v.speaker) == 0 for v in voiceprints):
         raise EnrollError("a take has too little speech to tell whose voice it is; say the whole phrase each time")
     cohort = [voiceprint.cepstra(_padded(confusables.speak(phrase, v))) for v in confusables.COHORT_VOICES]
-    positive, negative, closest = _content_calibration(phrase, templates, features, progress)
-    if negative - positive < MIN_CONTENT_GAP:
-        raise EnrollError(f"these takes are as close to the {closest} (score {negative:.3f}) as to each other "
-                          f"({positive:.3f}); choose a longer phrase with less common words, and say it the same "
-                          "way each time")
-    threshold = min(positive + CONTENT_SIDE * (negative - positive), MAX_CONTENT_THRESHOLD)
+    raw, floored = _content_calibration(phrase, takes, features, progress)
+    if raw.negative - raw.positive < MIN_CONTENT_GAP:
+        raise EnrollError(f"these takes are as close to the {raw.closest} (score {raw.negative:.3f}) as to each "
+                          f"other ({raw.positive:.3f}); choose a longer phrase with less common words, and say it "
+                          "the same way each time")
+    in_noise = {} if floored.negative - floored.positive < MIN_FLOORED_GAP else {
+        "floored": tuple(floored.templates), "floored_threshold": floored.threshold(),
+        "floored_positive_max": floored.positive, "floored_negative_min": floored.negative}
     speaker_positive, speaker_negative, unevenness = _speaker_calibration(voiceprints, cohort)
     if speaker_positive >= MAX_SPEAKER_RATIO or speaker_negative <= speaker_positive:
         raise EnrollError(f"your takes differ in voice (ratio {speaker_positive:.2f}) nearly as much as other voices "
@@ -334,16 +393,22 @@ def calibrate(phrase: str, takes: list[np.ndarray], features, progress: Callable
                           "say the whole phrase the same way each time")
     speaker_threshold = min(speaker_positive + SPEAKER_SIDE * (speaker_negative - speaker_positive),
                             MAX_SPEAKER_RATIO)
-    return Enrolment(phrase, tuple(templates), tuple(voiceprints), tuple(cohort), threshold, positive, negative,
-                     closest, speaker_threshold, speaker_positive, speaker_negative,
+    return Enrolment(phrase, tuple(raw.templates), tuple(voiceprints), tuple(cohort), raw.threshold(),
+                     raw.positive, raw.negative, raw.closest, speaker_threshold, speaker_positive, speaker_negative,
                      min(unevenness * UNEVENNESS_SLACK, MAX_UNEVENNESS),
-                     datetime.now(UTC).isoformat(timespec="seconds"))
+                     datetime.now(UTC).isoformat(timespec="seconds"), **in_noise)
 
 
-def load_negatives(path: Path = NEGATIVES) -> list[np.ndarray]:
-    """Embedding streams of synthesized ordinary speech shipped for calibration."""
+def load_negatives(prefix: str = "stream", path: Path = NEGATIVES) -> list[np.ndarray]:
+    """Embedding streams of synthesized ordinary speech shipped for calibration: raw (`stream`) or `floored`."""
     with np.load(path, allow_pickle=False) as data:
-        return [np.asarray(data[k], np.float32) for k in sorted(data.files)]
+        return [np.asarray(data[k], np.float32) for k in sorted(data.files) if k.startswith(prefix)]
+
+
+def _falling(scores: deque[float]) -> bool:
+    """The match has got no worse over the last END_QUIET_FRAMES frames (see END_QUIET_FRAMES)."""
+    ordered = list(scores)
+    return all(b <= a for a, b in zip(ordered, ordered[1:], strict=False))
 
 
 class SpokenConfirmation:
@@ -361,30 +426,38 @@ class SpokenConfirmation:
     def __init__(self, enrolment: Enrolment) -> None:
         self.enrolment = enrolment
         self.matchers = [Matcher(t) for t in enrolment.templates]
+        self.floored_matchers = [Matcher(t) for t in enrolment.floored]  # for noisy rooms
         self.heard = RingBuffer(LISTEN_SECONDS)
         self._scratch = np.zeros(self.heard.capacity, np.int16)
         self.reset()
 
     def reset(self) -> None:
         """A new pending window: forget everything heard before it."""
-        for m in self.matchers:
+        for m in self.matchers + self.floored_matchers:
             m.reset()
         self.wipe()
         self._skip = EMBEDDING_WINDOW_FRAMES
         self._recheck_in = 0
         self._levels: deque[float] = deque(maxlen=PHRASE_LEVEL_FRAMES)
         self._scores: deque[float] = deque(maxlen=END_QUIET_FRAMES)  # the match's score, frame by frame
-        self._span = max(len(t) for t in self.enrolment.templates) + END_QUIET_FRAMES  # the phrase and its quiet
-        self.score = math.inf
+        self._floored_scores: deque[float] = deque(maxlen=END_QUIET_FRAMES)
+        self._span = max(len(t) for t in self.enrolment.templates + self.enrolment.floored) + END_QUIET_FRAMES
+        self.score = self.floored_score = math.inf
+        self.in_noise = False
         self.speaker_score = self.unevenness = math.inf
 
     def wipe(self) -> None:
         self.heard.wipe()
         self._scratch.fill(0)
 
-    def push(self, embedding: np.ndarray, frame: np.ndarray) -> bool:
-        """One frame and its embedding; True when the phrase has just been heard, whole and ended, in the
-        enrolled voice."""
+    def listen(self, features, frame: np.ndarray) -> bool:
+        """The newest frame, after `features` (a `wake.FeatureExtractor`) took it in; see `push`."""
+        floored = features.floored_embedding(PHRASE_FLOOR) if self.floored_matchers and self._skip == 0 else None
+        return self.push(features.embeddings[-1], frame, floored)
+
+    def push(self, embedding: np.ndarray, frame: np.ndarray, floored: np.ndarray | None = None) -> bool:
+        """One frame, its embedding and its floored one (if the enrolment has floored takes); True when the
+        phrase has just been heard, whole and ended, in the enrolled voice."""
         self.heard.write(frame)
         self._levels.append(level_dbfs(frame))
         if self._skip > 0:  # this embedding's window still reaches back before pending began
@@ -392,7 +465,14 @@ class SpokenConfirmation:
             return False
         self.score = min(m.push(embedding) for m in self.matchers)
         self._scores.append(self.score)
-        if self.score > self.enrolment.threshold or not self._falling() or not self._ended():
+        raw = self.score <= self.enrolment.threshold and _falling(self._scores)
+        floored_too = False
+        if floored is not None:
+            self.floored_score = min(m.push(floored) for m in self.floored_matchers)
+            self._floored_scores.append(self.floored_score)
+            floored_too = self.floored_score <= self.enrolment.floored_threshold \
+                and _falling(self._floored_scores) and self._noisy()
+        if not (raw or floored_too) or not self._ended():
             return False
         if self._recheck_in > 0:
             self._recheck_in -= 1
@@ -401,20 +481,28 @@ class SpokenConfirmation:
         self.speaker_score, self.unevenness = verdict.ratio, verdict.unevenness
         if verdict.ratio <= self.enrolment.speaker_threshold \
                 and verdict.unevenness <= self.enrolment.unevenness_threshold:
+            self.in_noise = not raw  # which match confirmed: the audit names it
             return True
         self._recheck_in = RECHECK_FRAMES - 1
         return False
 
-    def _falling(self) -> bool:
-        """The match has got no worse over the last END_QUIET_FRAMES frames (see END_QUIET_FRAMES)."""
-        scores = list(self._scores)
-        return all(b <= a for a, b in zip(scores, scores[1:], strict=False))
+    def _noisy(self) -> bool:
+        """The room's loud moments before the phrase came within NOISY_ROOM_DB of its loudest frame."""
+        levels = list(self._levels)
+        before = levels[:-self._span]
+        return len(before) >= ROOM_MIN_FRAMES \
+            and float(np.percentile(before, ROOM_PERCENTILE)) >= max(levels[-self._span:]) - NOISY_ROOM_DB
 
     def _ended(self) -> bool:
-        """The talker has stopped: the newest frames are far below the phrase's loudest, or at the room's floor."""
+        """The talker has stopped: the newest frames are far below the phrase's loudest, at the room's floor, or
+        no louder than the room was before the phrase."""
         levels = list(self._levels)  # only when the content already matches: not on every frame
         peak, floor = max(levels[-self._span:]), max(min(levels), FLOOR_DBFS)
         quiet = max(peak - END_DROP_DB, floor + FLOOR_MARGIN_DB)
+        before = levels[:-self._span]
+        if len(before) >= ROOM_MIN_FRAMES:
+            room = float(np.percentile(before, ROOM_PERCENTILE)) + ROOM_MARGIN_DB
+            quiet = max(quiet, min(room, peak - ROOM_DROP_DB))
         return all(level <= quiet for level in levels[-END_QUIET_FRAMES:])
 
     def _compare(self) -> voiceprint.Verdict:
@@ -426,18 +514,19 @@ class SpokenConfirmation:
             self._scratch.fill(0)
 
 
-def embed(samples: np.ndarray, features) -> np.ndarray:
+def embed(samples: np.ndarray, features, floor: float | None = None) -> np.ndarray:
     """The embedding stream of some audio (one 96-float row per 80 ms frame), from a fresh start.
 
     Args:
         samples: 16 kHz mono int16.
         features: a `wake.FeatureExtractor`; it is wiped before and after.
+        floor: if given, floored embeddings (see PHRASE_FLOOR).
     """
     features.wipe()
     usable = samples[:len(samples) // FRAME_SAMPLES * FRAME_SAMPLES]
     rows = []
     for frame in usable.reshape(-1, FRAME_SAMPLES):
         features.push(frame)
-        rows.append(features.embeddings[-1].copy())
+        rows.append(features.embeddings[-1].copy() if floor is None else features.floored_embedding(floor))
     features.wipe()
     return np.array(rows, np.float32).reshape(-1, 96)

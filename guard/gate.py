@@ -63,6 +63,7 @@ class Event:
     by: str | None = None
     match_score: float | None = None
     speaker_score: float | None = None
+    matched_in_noise: bool | None = None  # a spoken confirmation matched on floored embeddings (confirm.py)
     peer: str | None = None
     count: int | None = None
     to: str | None = None
@@ -191,9 +192,10 @@ class Gate:
             self.end.hear(level)
         listening = self.state is State.PENDING and self.confirmation is not None  # for a spoken confirmation
         detections = self.detector.process(frame, keep_awake=listening, frame_dbfs=level)
-        if listening and self.confirmation.push(self.detector.features.embeddings[-1], frame):
-            self._release("voice", match_score=round(self.confirmation.score, 4),
-                          speaker_score=round(self.confirmation.speaker_score, 3))
+        if listening and self.confirmation.listen(self.detector.features, frame):
+            heard = self.confirmation
+            self._release("voice", match_score=round(heard.floored_score if heard.in_noise else heard.score, 4),
+                          speaker_score=round(heard.speaker_score, 3), matched_in_noise=heard.in_noise)
             return
         if self.state is State.IDLE:
             if detections:

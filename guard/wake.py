@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 
 from guard import models
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, level_dbfs
@@ -126,6 +127,8 @@ class FeatureExtractor:
         self._initial = self._silence_embeddings(history_frames)
         self.embeddings = self._initial.copy()
         self._raw_filled = 0
+        self._whole: ort.InferenceSession | None = None  # the embedding model in one piece, opened when first asked
+        self._floored = np.zeros((1, MEL_WINDOW, MEL_BINS, 1), np.float32)
 
     def _silence_embeddings(self, count: int) -> np.ndarray:
         """openWakeWord starts from the embeddings of 10 s of silence; so must we, to score alike."""
@@ -150,6 +153,17 @@ class FeatureExtractor:
         self._mel[-n:] = spec / 10 + 2  # openWakeWord's scaling towards Google's TF features
         self.embeddings[:-1] = self.embeddings[1:]
         self.embeddings[-1] = self._embed(self._mel, shifted_by=n)
+
+    def floored_embedding(self, below: float) -> np.ndarray:
+        """The newest window's embedding with every mel value raised to `below` (in 10 dB) under the window's
+        loudest: noise under the speech then looks the same as a quiet room (see confirm.PHRASE_FLOOR)."""
+        if self._whole is None:
+            self._whole = models.open_session(models.resolve("embedding"))
+        np.maximum(self._mel, self._mel.max() - below, out=self._floored[0, :, :, 0])
+        try:
+            return self._whole.run(None, {"input_1": self._floored})[0].reshape(-1)
+        finally:
+            self._floored.fill(0)
 
     def window(self, count: int) -> np.ndarray:
         """The newest `count` embeddings as a [1, count, 96] classifier input (a view)."""

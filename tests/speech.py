@@ -98,6 +98,35 @@ def with_room_noise(samples: np.ndarray, snr_db: float, seed: int = 0) -> np.nda
     return np.clip(np.round(mixed), -32768, 32767).astype(np.int16)
 
 
+def in_noise(samples: np.ndarray, noise: np.ndarray, below_db: float) -> np.ndarray:
+    """`samples` over the start of `noise`, whose RMS is scaled to `below_db` under the speech's voiced level."""
+    part = noise[:len(samples)].astype(np.float64)
+    voiced = samples[np.abs(samples.astype(np.int32)) > SPEECH_LEVEL].astype(np.float64)
+    gain = np.sqrt(np.mean(voiced ** 2)) / np.sqrt(np.mean(part ** 2)) / 10 ** (below_db / 20)
+    return np.clip(np.round(samples + part * gain), -32768, 32767).astype(np.int16)
+
+
+def babble(seconds: float, voices: tuple[str, ...] = VOICES) -> np.ndarray:
+    """Three rotating prose voices talking over each other: a kitchen with people in it."""
+    texts = paragraphs()[40:]
+    tracks = []
+    for shift in range(3):
+        parts, total = [], 0
+        for i, text in enumerate(texts[shift::3]):
+            parts.append(say(text[:400], voices[(i + 4 * shift) % len(voices)]))
+            total += len(parts[-1])
+            if total >= seconds * RATE_HZ:
+                break
+        tracks.append(np.concatenate(parts)[:int(seconds * RATE_HZ)].astype(np.int32))
+    return np.clip(sum(tracks), -32768, 32767).astype(np.int16)
+
+
+def fan(seconds: float, rng) -> np.ndarray:
+    """Steady broadband noise, gently low-passed: a fan or an extractor hood."""
+    white = rng.standard_normal(int(seconds * RATE_HZ) + 8)
+    return np.convolve(white, np.ones(8) / 8, "valid")[:int(seconds * RATE_HZ)] * 3000
+
+
 QUIET_ROOM = 20  # sample RMS: about -64 dBFS, a quiet room through a USB mic
 
 

@@ -156,21 +156,53 @@ def test_voice_releases_after_pending_and_is_audited(tmp_path, detector, enrolle
     assert record["speaker_score"] == round(gate.confirmation.speaker_score, 3)
 
 
-def test_invariant1_the_matcher_gets_the_embedding_of_the_newest_frame(tmp_path, detector, enrolled):
-    """An older embedding would reach 80 ms further back, into the request, when the window opens."""
+def test_voice_releases_beside_people_talking_and_the_audit_says_so(tmp_path, detector, enrolled, rooms):
+    """Beside people talking 20 dB under it the phrase confirms on its floored match; the record says which."""
     gate, feed, events, sink = _gate(tmp_path, detector, confirm.Enrolment.load(enrolled), ("button", "voice"))
     feed(np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
                          speech.say("what time is it"), speech.silence(1.5)]))
     assert gate.state is State.PENDING
-    newest, push = [], gate.confirmation.push
+    noise, below = rooms["people"]
+    feed(_in_room(speech.say(PHRASE, VOICE, speed_wpm=170, pitch=40), noise, below, 3))
+    released = [e for e in events if e.kind == "released"]
+    assert len(released) == 1 and released[0].confirmed_by == "voice" and released[0].matched_in_noise is True
+    assert released[0].match_score <= confirm.Enrolment.load(enrolled).floored_threshold
+    record = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "released"][0]
+    assert record["matched_in_noise"] is True and record["match_score"] == released[0].match_score
+    assert not gate.detector.features._floored.any()  # the floored mel window is zeroed after each use
 
-    def watched(embedding, frame):
-        newest.append(embedding is gate.detector.features.embeddings[-1]
-                      or np.array_equal(embedding, gate.detector.features.embeddings[-1]))
-        return push(embedding, frame)
-    gate.confirmation.push = watched
-    feed(speech.ordinary_speech(2.0))
-    assert len(newest) > 10 and all(newest)
+
+def test_an_enrolment_made_before_floored_takes_still_confirms_in_a_quiet_room(enrolled, tmp_path):
+    """Files from older guards have no floored takes: they load, and the raw match alone confirms."""
+    with np.load(enrolled, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files if not k.startswith("floored")}
+    older = tmp_path / "older.npz"
+    with older.open("wb") as f:
+        np.savez(f, **arrays)
+    older.chmod(0o600)
+    enrolment = confirm.Enrolment.load(older)
+    assert enrolment.floored == () and enrolment.floored_threshold == 0.0
+    assert Listener(enrolment).confirms(pending_window(speech.say(PHRASE, VOICE, speed_wpm=170, pitch=40)))
+
+
+def test_invariant1_the_matcher_gets_the_embedding_of_the_newest_frame(tmp_path, detector, enrolled):
+    """An older embedding would reach 80 ms further back, into the request, when the window opens."""
+    gate, feed, events, sink = _gate(tmp_path, detector, confirm.Enrolment.load(enrolled), ("button", "voice"))
+    request = np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
+                              speech.say("what time is it"), speech.silence(1.5)])
+    feed(request)
+    assert gate.state is State.PENDING
+    matched, push = [], gate.confirmation.matchers[0].push
+
+    def watched(embedding):
+        matched.append(embedding.copy())
+        return push(embedding)
+    gate.confirmation.matchers[0].push = watched
+    later = speech.ordinary_speech(2.0)
+    feed(later)
+    heard = np.concatenate([a[:len(a) // FRAME_SAMPLES * FRAME_SAMPLES] for a in (request, later)])  # as fed
+    expected = confirm.embed(heard, FeatureExtractor(16))[-len(matched):]
+    assert len(matched) > 10 and np.allclose(matched, expected, atol=1e-4)
 
 
 def test_the_phrase_inside_the_utterance_never_confirms(tmp_path, detector, enrolled):
@@ -225,7 +257,7 @@ class Listener:
         self.features.wipe()
         for frame in audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES):
             self.features.push(frame)
-            if self.listener.push(self.features.embeddings[-1], frame):
+            if self.listener.listen(self.features, frame):
                 return True
         return False
 
@@ -244,6 +276,44 @@ def test_enrolled_voice_confirms_at_other_speeds_pitches_and_in_room_noise(liste
     accepted = sum(listener.confirms(speech.with_room_noise(pending_window(
         speech.say(PHRASE, VOICE, speed_wpm=s, pitch=p)), 10, seed=s)) for s, p in noisy)
     assert accepted >= 2, f"{accepted}/{len(noisy)} at 10 dB SNR"
+
+
+@pytest.fixture(scope="module")
+def rooms():
+    """A fan 15 dB under the phrase and three people talking 20 dB under it (issue 27's rooms)."""
+    return {"fan": (speech.fan(40.0, np.random.default_rng(5)), 15.0), "people": (speech.babble(40.0), 20.0)}
+
+
+def _in_room(audio: np.ndarray, noise: np.ndarray, below_db: float, take: int) -> np.ndarray:
+    """A pending window (two seconds of the room, then `audio`) heard over the room."""
+    window = np.concatenate([speech.silence(2.0), audio, speech.silence(1.0)])
+    return speech.in_noise(window, noise[take * 3 * 16000:], below_db)
+
+
+def test_the_enrolled_phrase_confirms_beside_a_fan_and_people_talking(listener, rooms):
+    """Issue 27: noise under the phrase filled its quiet parts and the raw embedding followed it; the phrase
+    confirmed in 20 of 24 trials beside a fan 15 dB under, in 1 of 24 beside people 20 dB under."""
+    said = [(130, 35), (150, 60), (170, 45), (190, 70), (210, 30), (160, 50)]
+    for name, (noise, below) in rooms.items():
+        accepted = sum(listener.confirms(_in_room(speech.say(PHRASE, VOICE, speed_wpm=s, pitch=p), noise, below, i))
+                       for i, (s, p) in enumerate(said))
+        assert accepted >= 5, f"{name}: {accepted}/{len(said)}"
+
+
+@pytest.mark.parametrize("text", ["please send it now, garden", "please send it now, guarded",
+                                  "please spend it now, god", "please send it now, card", "send it now, guard"])
+def test_invariant1_a_near_phrase_beside_people_talking_does_not_confirm(listener, rooms, text):
+    """The room rule for the phrase's end (quiet as the room was before it) must not let "guard-en" through."""
+    for name, (noise, below) in rooms.items():
+        for i, speed in enumerate((140, 180)):
+            assert not listener.confirms(_in_room(speech.say(text, VOICE, speed_wpm=speed), noise, below, i)), \
+                (name, speed)
+
+
+def test_invariant1_the_exact_phrase_by_another_voice_beside_people_talking_does_not_confirm(listener, rooms):
+    noise, below = rooms["people"]
+    for i, voice in enumerate(OTHER_VOICES):
+        assert not listener.confirms(_in_room(speech.say(PHRASE, voice), noise, below, i)), voice
 
 
 @pytest.mark.parametrize("voice", OTHER_VOICES)
@@ -381,7 +451,8 @@ def _edited(enrolled, path, key, value):
 
 
 @pytest.mark.parametrize(("key", "value"), [("threshold", 5.0), ("speaker_threshold", 9.0),
-                                            ("unevenness_threshold", 40.0), ("threshold", 0.0001)])
+                                            ("unevenness_threshold", 40.0), ("threshold", 0.0001),
+                                            ("floored_threshold", 5.0), ("floored_threshold", 0.0001)])
 def test_hand_edited_thresholds_are_refused(enrolled, tmp_path, key, value):
     with pytest.raises(confirm.EnrollError, match="which calibration never produces"):
         confirm.Enrolment.load(_edited(enrolled, tmp_path / "confirm.npz", key, value))
