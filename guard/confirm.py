@@ -138,6 +138,19 @@ class Matcher:
             return float("inf")
         return float(np.max(parts[-1] / np.maximum(part_lengths[-1], 1)))
 
+    @property
+    def frames(self) -> int:
+        """How many incoming frames the best match ending now spans: where the phrase began."""
+        return int(self._length[-1])
+
+
+def _closest(matchers: list[Matcher], embedding: np.ndarray) -> tuple[float, int]:
+    """The best score any of `matchers` gives after `embedding`, and the frames that match spans and the
+    END_QUIET_FRAMES before it (the phrase, however fast it was said, and its quiet end)."""
+    scores = [m.push(embedding) for m in matchers]
+    best = int(np.argmin(scores))
+    return scores[best], matchers[best].frames + END_QUIET_FRAMES
+
 
 def best_score(template: np.ndarray, stream: np.ndarray) -> float:
     """The closest any stretch of `stream` comes to `template`."""
@@ -170,7 +183,7 @@ ROOM_DROP_DB = 15.0
 ROOM_PERCENTILE = 90  # the room's loud moments: a television's words, not its pauses
 ROOM_MARGIN_DB = 3.0
 ROOM_MIN_FRAMES = 6  # the room's loud moments need 480 ms heard before the phrase
-PHRASE_LEVEL_FRAMES = 64  # frame levels kept (numbers, not audio) to find the phrase's loudest frame
+PHRASE_LEVEL_FRAMES = 128  # frame levels kept (numbers, not audio): the phrase, at half pace, and the room before
 
 
 @dataclass(frozen=True)
@@ -441,7 +454,7 @@ class SpokenConfirmation:
         self._levels: deque[float] = deque(maxlen=PHRASE_LEVEL_FRAMES)
         self._scores: deque[float] = deque(maxlen=END_QUIET_FRAMES)  # the match's score, frame by frame
         self._floored_scores: deque[float] = deque(maxlen=END_QUIET_FRAMES)
-        self._span = max(len(t) for t in self.enrolment.templates + self.enrolment.floored) + END_QUIET_FRAMES
+        self._span = 0  # frames the match being judged spans, its quiet end included
         self.score = self.floored_score = math.inf
         self.in_noise = False
         self.speaker_score = self.unevenness = math.inf
@@ -463,15 +476,17 @@ class SpokenConfirmation:
         if self._skip > 0:  # this embedding's window still reaches back before pending began
             self._skip -= 1
             return False
-        self.score = min(m.push(embedding) for m in self.matchers)
+        self.score, self._span = _closest(self.matchers, embedding)
         self._scores.append(self.score)
         raw = self.score <= self.enrolment.threshold and _falling(self._scores)
         floored_too = False
         if floored is not None:
-            self.floored_score = min(m.push(floored) for m in self.floored_matchers)
+            self.floored_score, floored_span = _closest(self.floored_matchers, floored)
             self._floored_scores.append(self.floored_score)
-            floored_too = self.floored_score <= self.enrolment.floored_threshold \
-                and _falling(self._floored_scores) and self._noisy()
+            if not raw and self.floored_score <= self.enrolment.floored_threshold \
+                    and _falling(self._floored_scores):
+                self._span = floored_span
+                floored_too = self._noisy()
         if not (raw or floored_too) or not self._ended():
             return False
         if self._recheck_in > 0:

@@ -310,6 +310,14 @@ def test_invariant1_a_near_phrase_beside_people_talking_does_not_confirm(listene
                 (name, speed)
 
 
+@pytest.mark.parametrize("speed", [110, 120])
+def test_invariant1_a_slow_phrase_is_not_a_noisy_room_of_its_own(listener, speed):
+    """The room is what came before the match's start: a phrase said slower than the takes must not count its
+    own first words as a noisy room (that let "guard it" confirm on the floored match in a quiet room)."""
+    for text in ("please send it now, guard it", "please send it now, guarded", "please send it now, guards"):
+        assert not listener.confirms(pending_window(speech.say(text, VOICE, speed_wpm=speed))), text
+
+
 def test_invariant1_the_exact_phrase_by_another_voice_beside_people_talking_does_not_confirm(listener, rooms):
     noise, below = rooms["people"]
     for i, voice in enumerate(OTHER_VOICES):
