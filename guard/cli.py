@@ -324,7 +324,10 @@ def cmd_enroll(args: argparse.Namespace) -> int:
               f"content threshold {enrolment.threshold:.3f} (takes within {enrolment.positive_max:.3f}, closest "
               f"confusable {enrolment.negative_min:.3f}: {enrolment.closest}); speaker threshold "
               f"{enrolment.speaker_threshold:.2f} (takes within {enrolment.speaker_positive_max:.2f}, nearest "
-              f"synthetic voice {enrolment.speaker_negative_min:.2f})")
+              f"synthetic voice {enrolment.speaker_negative_min:.2f}); "
+              + (f"in a noisy room, floored threshold {enrolment.floored_threshold:.3f} (takes within "
+                 f"{enrolment.floored_positive_max:.3f}, closest {enrolment.floored_negative_min:.3f})"
+                 if enrolment.floored else "no floored takes: in a noisy room, press the button (enrol again)"))
         return ExitStatus.OK
     if args.remove:
         if not path.exists():

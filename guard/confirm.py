@@ -270,9 +270,9 @@ class Enrolment:
                 or not all(math.isfinite(v) and v > 0 for v in (numbers | floored_numbers).values()):
             raise EnrollError(f"{path}: damaged confirmation templates (wrong shapes or values); enrol again")
         voiceprints = tuple(voiceprint.Voiceprint(v, d) for v, d in zip(speakers, details, strict=True))
+        in_noise = {"floored": floored, **floored_numbers} if floored_numbers else {}
         enrolment = cls(texts["phrase"], templates, voiceprints, cohort, closest=texts["closest"],
-                        created=texts["created"], **numbers, **(floored_numbers and {"floored": floored}),
-                        **floored_numbers)
+                        created=texts["created"], **numbers, **in_noise)
         problem = enrolment.implausible()
         if problem:
             raise EnrollError(f"{path}: {problem}, which calibration never produces (was the file edited?); "

@@ -78,6 +78,7 @@ def test_list_and_remove(enrolled, tmp_path):
     env = {**os.environ, "STATE_DIRECTORY": str(enrolled.parent)}
     listed = run_guard("--config", "/dev/null", "enroll", "--list", env=env)
     assert listed.returncode == 0 and "3 takes enrolled" in listed.stdout
+    assert "in a noisy room, floored threshold" in listed.stdout
     copy = tmp_path / "confirm.npz"
     copy.write_bytes(enrolled.read_bytes())
     env["STATE_DIRECTORY"] = str(tmp_path)

@@ -943,8 +943,8 @@ class _NeverConfirms:
     def __init__(self) -> None:
         self.embeddings: list[np.ndarray] = []
 
-    def push(self, embedding: np.ndarray, frame: np.ndarray) -> bool:
-        self.embeddings.append(embedding.copy())
+    def listen(self, features, frame: np.ndarray) -> bool:
+        self.embeddings.append(features.embeddings[-1].copy())
         return False
 
     def reset(self) -> None:
