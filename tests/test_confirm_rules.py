@@ -452,3 +452,18 @@ def test_invariant1_quiet_is_judged_against_the_phrase_itself_not_a_louder_sound
     quiet = list(rng.normal(0, 10, (3, 1280)).astype(np.int16))  # the room after it: now it has ended
     results = [said.push(_away(template, d), f) for d, f in zip((0.09, 0.08, 0.07), quiet, strict=True)]
     assert results[-1] is True
+
+
+def test_invariant1_the_room_measure_of_quiet_stays_15_db_under_the_phrase():
+    """Beside loud talk the room's loud moments come near the phrase (here 5 dB under it); the phrase's end must
+    still be ROOM_DROP_DB under its loudest frame, or the rest of a word ("guard-en") would count as quiet."""
+    rng = np.random.default_rng(12)
+    talk = [rng.normal(0, 3300 if i % 2 else 30, 1280).astype(np.int16)  # -20 dBFS words, -60 dBFS gaps
+            for i in range(confirm.EMBEDDING_WINDOW_FRAMES + 8)]
+    phrase = [rng.normal(0, 6000, 1280).astype(np.int16)]  # about -15 dBFS
+    going_on = list(rng.normal(0, 1500, (3, 1280)).astype(np.int16))  # -27 dBFS: under the room's loud moments
+    said, template = listener(threshold=0.5)
+    embeddings = [_away(template, 0.9)] * len(talk) + [template[0]] + [_away(template, d) for d in (0.3, 0.2, 0.1)]
+    assert not any(said.push(e, f) for e, f in zip(embeddings, talk + phrase + going_on, strict=True))
+    ended = list(rng.normal(0, 150, (3, 1280)).astype(np.int16))  # -47 dBFS
+    assert [said.push(_away(template, d), f) for d, f in zip((0.09, 0.08, 0.07), ended, strict=True)][-1] is True
