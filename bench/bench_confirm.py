@@ -29,7 +29,8 @@ import speech  # noqa: E402
 
 from guard import confirm  # noqa: E402
 from guard.audio import FRAME_SAMPLES, RATE_HZ  # noqa: E402
-from guard.wake import FeatureExtractor, WakeDetector, WakeModelSettings  # noqa: E402
+from guard.config import WakeModelSettings  # noqa: E402
+from guard.wake import FeatureExtractor, WakeDetector  # noqa: E402
 
 PHRASES = {  # phrase: (enrolled voice, hand-written near-phrases)
     "please send it now, guard": ("en-us+m2", [

@@ -27,8 +27,9 @@ from mqtt_broker import Broker, Subscriber  # noqa: E402
 
 from guard import config  # noqa: E402
 from guard.audio import FRAME_SAMPLES, RATE_HZ  # noqa: E402
+from guard.config import WakeModelSettings  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
-from guard.wake import WakeDetector, WakeModelSettings  # noqa: E402
+from guard.wake import WakeDetector  # noqa: E402
 
 GAP_SECONDS = 3.6  # after each word: 1 s of quiet ends the capture, 1 s pending, then idle again
 

@@ -60,7 +60,8 @@ def _step(variant: str):
         from pyopen_wakeword import Model, OpenWakeWord, OpenWakeWordFeatures
         features, model = OpenWakeWordFeatures.from_builtin(), OpenWakeWord.from_builtin(Model(MODEL))
         return lambda frame: [list(model.process_streaming(f)) for f in features.process_streaming(frame.tobytes())]
-    from guard.wake import WakeDetector, WakeModelSettings
+    from guard.config import WakeModelSettings
+    from guard.wake import WakeDetector
     if variant == "guard-default":
         from guard import config
         wake = config.Config().wake

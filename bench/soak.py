@@ -43,8 +43,9 @@ from mqtt_broker import Broker, Subscriber  # noqa: E402
 
 from guard import audio, audit, config  # noqa: E402
 from guard.audio import FRAME_SAMPLES, RATE_HZ  # noqa: E402
+from guard.config import WakeModelSettings  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
-from guard.wake import WakeDetector, WakeModelSettings  # noqa: E402
+from guard.wake import WakeDetector  # noqa: E402
 
 DEVICE = "soak"
 REQUESTS = ["what time is it", "turn on the kitchen light", "what is the weather tomorrow", "play some music",

@@ -21,12 +21,13 @@ import numpy as np
 
 from guard import __version__, audit, config, confirm, confusables, models, mqtt, sinks
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, MicSource, WavSource, level_dbfs, list_devices
+from guard.config import ENGINES
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ExitStatus, GuardError, UsageError
 from guard.gate import Event
 from guard.process import forbid_core_dumps
 from guard.progress import Progress
-from guard.wake import ENGINES, Detection, FeatureExtractor, WakeDetector
+from guard.wake import Detection, FeatureExtractor, WakeDetector
 
 log = logging.getLogger("guard")
 

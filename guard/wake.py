@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from guard import models
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, level_dbfs
+from guard.config import WakeModelSettings
 from guard.embedding import HOP_MEL_FRAMES, MEL_BINS, MEL_WINDOW, StreamingEmbedding
 from guard.errors import ModelError
 from guard.micro import ROWS_PER_FRAME, MicroClassifier, MicroFeatures
@@ -30,10 +31,6 @@ EMBEDDING_DIM = 96
 WARMUP_FRAMES = 5  # openWakeWord reports 0 for its first 5 frames while buffers fill
 VAD_CHUNK_SAMPLES = 640  # 40 ms: openWakeWord's Silero step
 VAD_LOOKBACK = slice(-7, -4)  # VAD frames 320-560 ms back are the ones that cover a just-finished word
-ENGINES = ("auto", "openwakeword", "micro")
-# "auto": the engine that missed least without a false accept on bench/eval.py's full corpus (README,
-# "How well they hear"); openWakeWord for every other word, a user's own .onnx models included
-AUTO_ENGINE = {"alexa": "micro", "hey_mycroft": "micro", "okay_nabu": "micro"}
 REST_AFTER_FRAMES = 25  # 2 s of quiet before the models rest: a wake score has decayed long before
 # frames replayed through the features when sound returns, more than each engine's features remember:
 # openWakeWord's embeddings span 2.3 s; the microWakeWord frontend's noise estimate fades over seconds
@@ -74,30 +71,6 @@ class RoomFloor:
         # up slowly; down at least FLOOR_FALL_DB and a quarter of the gap: a room turned quiet is followed in 2 s
         self.floor += np.where(excess > 0, FLOOR_RISE_DB, np.minimum(-FLOOR_FALL_DB, excess / 4))
         return rises
-
-
-@dataclass(frozen=True)
-class WakeModelSettings:
-    """How one wake word triggers.
-
-    Args:
-        name: bundled name, a stem in `models_dir`, or a path to `.onnx` (openWakeWord only).
-        threshold: score that counts as a wake (0-1); None: the model's own default.
-        patience_frames: consecutive 80 ms frames at or over threshold needed (1-25).
-        refractory_seconds: quiet time after a wake before this model fires again (0-30).
-        engine: "openwakeword" or "micro" (microWakeWord); `engine_for` turns "auto" into one of them.
-    """
-
-    name: str
-    threshold: float | None = None
-    patience_frames: int = 1
-    refractory_seconds: float = 2.0
-    engine: str = "openwakeword"
-
-
-def engine_for(name: str, engine: str) -> str:
-    """The engine that hears `name`: the one asked for, or for "auto" the one the evaluation chose."""
-    return AUTO_ENGINE.get(name, "openwakeword") if engine == "auto" else engine
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from guard import audit, confirm, confusables, voiceprint
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS
 from guard.audit import AuditLog
-from guard.config import GateConfig
+from guard.config import GateConfig, WakeModelSettings
 from guard.gate import Gate, State
 from guard.sinks import DirectorySink
-from guard.wake import FeatureExtractor, WakeDetector, WakeModelSettings
+from guard.wake import FeatureExtractor, WakeDetector
 
 PHRASE = "please send it now, guard"
 VOICE = "en-us+m2"  # in neither confusables.CALIBRATION_VOICES nor COHORT_VOICES, like a real person

@@ -9,10 +9,11 @@ import pytest
 import speech
 
 from guard import config, mqtt
+from guard.config import WakeModelSettings
 from guard.daemon import Daemon, RunOptions
 from guard.gate import State
 from guard.inbox import Lane
-from guard.wake import WakeDetector, WakeModelSettings
+from guard.wake import WakeDetector
 
 DEVICE = "kitchen"
 

@@ -20,12 +20,12 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 from guard import audit
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.audit import AuditLog
-from guard.config import GateConfig, GpioConfig
+from guard.config import GateConfig, GpioConfig, WakeModelSettings
 from guard.errors import AuditError
 from guard.gate import Delivery, Gate, State
 from guard.hardware import ConsentButton, StatusLed
 from guard.sinks import CommandSink, DirectorySink
-from guard.wake import WakeDetector, WakeModelSettings
+from guard.wake import WakeDetector
 
 PRE_ROLL_SECONDS = 2.0
 

@@ -10,9 +10,10 @@ from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
 
 from guard import cli, config, models
 from guard.audio import FRAME_SAMPLES
+from guard.config import WakeModelSettings
 from guard.errors import ConfigError, ModelError
 from guard.micro import MicroClassifier, MicroFeatures
-from guard.wake import WakeDetector, WakeModelSettings
+from guard.wake import WakeDetector
 
 NAMES = ["alexa", "hey_jarvis", "hey_mycroft", "okay_nabu"]
 SPOKEN = {"alexa": "Alexa", "hey_jarvis": "hey Jarvis", "hey_mycroft": "hey Mycroft", "okay_nabu": "okay Nabu"}

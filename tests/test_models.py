@@ -5,8 +5,9 @@ import shutil
 import pytest
 
 from guard import models
+from guard.config import WakeModelSettings
 from guard.errors import ModelError
-from guard.wake import WakeDetector, WakeModelSettings
+from guard.wake import WakeDetector
 
 
 def test_bundled_models_resolve_from_the_wheel_and_verify():

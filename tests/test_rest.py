@@ -5,7 +5,8 @@ import pytest
 import speech
 
 from guard.audio import FRAME_SAMPLES, level_dbfs
-from guard.wake import FLOOR_LEARN_FRAMES, REPLAY_FRAMES, REST_AFTER_FRAMES, RoomFloor, WakeDetector, WakeModelSettings
+from guard.config import WakeModelSettings
+from guard.wake import FLOOR_LEARN_FRAMES, REPLAY_FRAMES, REST_AFTER_FRAMES, RoomFloor, WakeDetector
 
 
 def run(detector: WakeDetector, audio: np.ndarray) -> tuple[list, int, dict]:

@@ -124,7 +124,8 @@ MUTE_SCRIPT = r"""
 import sys, threading, time
 from guard import config
 from guard.daemon import Daemon, RunOptions
-from guard.wake import WakeDetector, WakeModelSettings
+from guard.wake import WakeDetector
+from guard.config import WakeModelSettings
 cfg, _ = config.load(sys.argv[1])
 daemon = Daemon(cfg, RunOptions("mic", "mock"), WakeDetector([WakeModelSettings("alexa")]))
 loop = threading.Thread(target=daemon.run)
@@ -355,9 +356,10 @@ def test_a_slow_sink_blocks_neither_the_button_nor_shutdown(tmp_path, request_wa
     import threading
 
     from guard import config
+    from guard.config import WakeModelSettings
     from guard.daemon import Daemon, RunOptions
     from guard.gate import State
-    from guard.wake import WakeDetector, WakeModelSettings
+    from guard.wake import WakeDetector
 
     pid_file = tmp_path / "sink.pid"
     slow = f"import os, sys, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"

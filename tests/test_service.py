@@ -17,8 +17,9 @@ from conftest import ROOT, until
 from mqtt_broker import Broker, Subscriber
 
 from guard import config
+from guard.config import WakeModelSettings
 from guard.daemon import AUDIO_STALL_SECONDS, Daemon, RunOptions
-from guard.wake import WakeDetector, WakeModelSettings
+from guard.wake import WakeDetector
 
 INSTALL = ROOT / "install.sh"
 

@@ -10,7 +10,8 @@ from openwakeword.model import Model
 
 from guard import cli
 from guard.audio import FRAME_SAMPLES
-from guard.wake import WakeDetector, WakeModelSettings
+from guard.config import WakeModelSettings
+from guard.wake import WakeDetector
 
 
 def test_wake_words_in_several_voices_are_detected_where_they_end(wake_clips, capsys):
