@@ -40,7 +40,7 @@ from mqtt_broker import Broker, free_port  # noqa: E402
 
 from guard import config  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
-from guard.gate import State  # noqa: E402
+from guard.vocabulary import State  # noqa: E402
 from guard.wake import WakeDetector  # noqa: E402
 
 DEVICE = "bench"

@@ -24,9 +24,9 @@ from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, MicSource, WavSou
 from guard.config import ENGINES
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ExitStatus, GuardError, UsageError
-from guard.gate import Event
 from guard.process import forbid_core_dumps
 from guard.progress import Progress
+from guard.vocabulary import Event
 from guard.wake import Detection, FeatureExtractor, WakeDetector
 
 log = logging.getLogger("guard")

@@ -23,13 +23,14 @@ from guard.audit import AuditLog
 from guard.config import Config
 from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
 from guard.errors import DeviceError, UsageError
-from guard.gate import Delivery, Event, Gate, State
+from guard.gate import Delivery, Gate
 from guard.hardware import ConsentButton, StatusLed, pin_factory
 from guard.inbox import Inbox, Lane
 from guard.mqtt import MqttLink
 from guard.satellite import AssistSatellite
 from guard.sound import Chimes, Speaker
 from guard.systemd import Notifier
+from guard.vocabulary import Event, State
 from guard.wake import WakeDetector
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 
 import numpy as np
 
@@ -28,51 +27,12 @@ from guard.endpoint import EndOfSpeech
 from guard.errors import AuditError
 from guard.ringbuffer import CaptureBuffer, RingBuffer
 from guard.sinks import Sink, SinkError, SinkUncertain, Utterance, encode_wav
+from guard.vocabulary import Event, State
 from guard.wake import Detection, WakeDetector
 
 log = logging.getLogger(__name__)
 
 FAULT_SHOW_SECONDS = 3.0  # how long the LED shows a fault before listening resumes
-
-
-class State(StrEnum):
-    """What the guard is doing; the same words in the LED, the audit log and MQTT."""
-
-    IDLE = "idle"
-    CAPTURING = "capturing"
-    PENDING = "pending"
-    MUTED = "muted"
-    FAULT = "fault"
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something the hub may know: never audio, only what happened and to which utterance."""
-
-    kind: str
-    state: str
-    time: str
-    utterance: str | None = None
-    model: str | None = None
-    score: float | None = None
-    threshold: float | None = None
-    sink: str | None = None
-    reason: str | None = None
-    confirmed_by: str | None = None
-    duration_seconds: float | None = None
-    by: str | None = None
-    match_score: float | None = None
-    speaker_score: float | None = None
-    matched_in_noise: bool | None = None  # a spoken confirmation matched on floored embeddings (confirm.py)
-    peer: str | None = None
-    count: int | None = None
-    to: str | None = None
-    talker_dbfs: float | None = None
-    room_dbfs: float | None = None
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
 
 
 @dataclass

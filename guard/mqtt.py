@@ -27,8 +27,8 @@ from guard.audit import AuditLog
 from guard.commands import MAX_COMMAND_BYTES, CommandError, parse_command
 from guard.config import MqttConfig
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
-from guard.gate import Event
 from guard.refusals import RefusalTally
+from guard.vocabulary import Event
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import speech
 from guard import config, mqtt
 from guard.config import WakeModelSettings
 from guard.daemon import Daemon, RunOptions
-from guard.gate import State
 from guard.inbox import Lane
+from guard.vocabulary import State
 from guard.wake import WakeDetector
 
 DEVICE = "kitchen"

@@ -22,9 +22,10 @@ from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig, GpioConfig, WakeModelSettings
 from guard.errors import AuditError
-from guard.gate import Delivery, Gate, State
+from guard.gate import Delivery, Gate
 from guard.hardware import ConsentButton, StatusLed
 from guard.sinks import CommandSink, DirectorySink
+from guard.vocabulary import State
 from guard.wake import WakeDetector
 
 PRE_ROLL_SECONDS = 2.0

@@ -26,8 +26,8 @@ from guard.audit import AuditLog
 from guard.commands import CommandError, parse_command
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ConfigError
-from guard.gate import Event, State
 from guard.mqtt import MqttLink, asr_session
+from guard.vocabulary import Event, State
 from guard.wake import WakeDetector
 
 ROOT = f"guard/{DEVICE}"

@@ -358,7 +358,7 @@ def test_a_slow_sink_blocks_neither_the_button_nor_shutdown(tmp_path, request_wa
     from guard import config
     from guard.config import WakeModelSettings
     from guard.daemon import Daemon, RunOptions
-    from guard.gate import State
+    from guard.vocabulary import State
     from guard.wake import WakeDetector
 
     pid_file = tmp_path / "sink.pid"

@@ -29,9 +29,9 @@ from wyoming.wake import Detect
 
 from guard import audit, config
 from guard.daemon import Daemon, RunOptions
-from guard.gate import Event as GateEvent
-from guard.gate import State
 from guard.sound import read_chime
+from guard.vocabulary import Event as GateEvent
+from guard.vocabulary import State
 from guard.wake import WakeDetector
 
 
