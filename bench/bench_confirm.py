@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import speech  # noqa: E402
 
 from guard import confirm  # noqa: E402
-from guard.audio import FRAME_SAMPLES, RATE_HZ  # noqa: E402
+from guard.audio import FRAME_SAMPLES, RATE_HZ, level_dbfs  # noqa: E402
 from guard.config import WakeModelSettings  # noqa: E402
 from guard.wake import FeatureExtractor, WakeDetector  # noqa: E402
 
@@ -88,7 +88,7 @@ class Trials:
         hit = False
         for i, frame in enumerate(frames):
             self.features.push(frame)
-            if i >= skip_frames and self.listener.listen(self.features, frame):
+            if i >= skip_frames and self.listener.listen(self.features, frame, level_dbfs(frame)):
                 hit = True
                 break
         self.features.wipe()

@@ -79,14 +79,14 @@ def speech_seconds(samples: np.ndarray) -> float:
     return 0.0 if len(voiced) == 0 else (voiced[-1] - voiced[0] + 1) * FRAME_SAMPLES / RATE_HZ
 
 
-def voiced_frames(samples: np.ndarray, tail: int = 3) -> slice:
-    """The embedding frames of a take that cover its speech: from its first voiced frame to `tail` frames after
-    the last (240 ms; a floored embedding of the quiet after a phrase changes for 400 ms, FLOORED_TAIL)."""
+TAIL_FRAMES = 3  # a template runs 240 ms into the quiet after the take's speech
+FLOORED_TAIL_FRAMES = 5  # 400 ms: a floored embedding of the quiet after a phrase changes for that long
+
+
+def voiced_frames(samples: np.ndarray, tail: int = TAIL_FRAMES) -> slice:
+    """The embedding frames of a take that cover its speech: from its first voiced frame to `tail` after the last."""
     voiced = _voiced(samples)
     return slice(int(voiced[0]), int(voiced[-1]) + 1 + tail)
-
-
-FLOORED_TAIL = 5
 
 
 SEGMENTS = 4  # the template is scored in quarters: a phrase missing or changing any part fails that part
@@ -169,8 +169,8 @@ RECHECK_FRAMES = 4  # the voice checks cost ~70 ms on a PC: after a refusal, wai
 LISTEN_SECONDS = 6.0  # audio since pending began kept (RAM, wiped) for the speaker check
 # The phrase must have ended where the match ends ("guard" must not be the start of "garden" or "guarded"):
 # a take's template ends 240 ms (floored: 400 ms) after its speech, so the true phrase matches ever better into
-# the quiet after
-# it, while a word that goes on ("guard-en") matched best before its quiet and worse with each quiet frame.
+# the quiet after it, while a word that goes on ("guard-en") matched best before its quiet and worse with each
+# quiet frame.
 # A match counts when its score has got no worse over the last END_QUIET_FRAMES frames and those frames are
 # quiet: END_DROP_DB below the phrase's loudest frame, or within FLOOR_MARGIN_DB of the room's quietest, or
 # within ROOM_MARGIN_DB of the room's loud moments before the phrase (other people talking 20 dB under it), but
@@ -335,7 +335,7 @@ def _content_calibration(phrase: str, takes: list[np.ndarray], features, progres
                          ) -> tuple[_Nearest, _Nearest]:
     """The takes against ordinary speech and synthesized sound-alikes: raw, and floored (see PHRASE_FLOOR)."""
     raw = _Nearest([embed(t, features)[voiced_frames(t)] for t in takes], 0.0)
-    floored = _Nearest([embed(t, features, PHRASE_FLOOR)[voiced_frames(t, FLOORED_TAIL)] for t in takes], 0.0)
+    floored = _Nearest([embed(t, features, PHRASE_FLOOR)[voiced_frames(t, FLOORED_TAIL_FRAMES)] for t in takes], 0.0)
     for nearest, prefix in ((raw, "stream"), (floored, "floored")):
         nearest.positive = _leave_one_out(nearest.templates)
         for stream in load_negatives(prefix):  # read once, not once per template
@@ -463,16 +463,17 @@ class SpokenConfirmation:
         self.heard.wipe()
         self._scratch.fill(0)
 
-    def listen(self, features, frame: np.ndarray) -> bool:
-        """The newest frame, after `features` (a `wake.FeatureExtractor`) took it in; see `push`."""
+    def listen(self, features, frame: np.ndarray, frame_dbfs: float) -> bool:
+        """The newest frame and its level, after `features` (a `wake.FeatureExtractor`) took it in; see `push`."""
         floored = features.floored_embedding(PHRASE_FLOOR) if self.floored_matchers and self._skip == 0 else None
-        return self.push(features.embeddings[-1], frame, floored)
+        return self.push(features.embeddings[-1], frame, floored, frame_dbfs)
 
-    def push(self, embedding: np.ndarray, frame: np.ndarray, floored: np.ndarray | None = None) -> bool:
-        """One frame, its embedding and its floored one (if the enrolment has floored takes); True when the
-        phrase has just been heard, whole and ended, in the enrolled voice."""
+    def push(self, embedding: np.ndarray, frame: np.ndarray, floored: np.ndarray | None = None,
+             frame_dbfs: float | None = None) -> bool:
+        """One frame, its embedding, its floored one (if the enrolment has floored takes) and its level (measured
+        here if not given); True when the phrase has just been heard, whole and ended, in the enrolled voice."""
         self.heard.write(frame)
-        self._levels.append(level_dbfs(frame))
+        self._levels.append(level_dbfs(frame) if frame_dbfs is None else frame_dbfs)
         if self._skip > 0:  # this embedding's window still reaches back before pending began
             self._skip -= 1
             return False
@@ -501,12 +502,21 @@ class SpokenConfirmation:
         self._recheck_in = RECHECK_FRAMES - 1
         return False
 
+    @property
+    def matched_score(self) -> float:
+        """The score of the match that confirmed: the floored one in a noisy room, else the raw one."""
+        return self.floored_score if self.in_noise else self.score
+
+    def _room(self, levels: list[float]) -> float | None:
+        """The room's loud moments (dBFS) before the match began, if at least ROOM_MIN_FRAMES of it were heard."""
+        before = levels[:-self._span]
+        return float(np.percentile(before, ROOM_PERCENTILE)) if len(before) >= ROOM_MIN_FRAMES else None
+
     def _noisy(self) -> bool:
         """The room's loud moments before the phrase came within NOISY_ROOM_DB of its loudest frame."""
         levels = list(self._levels)
-        before = levels[:-self._span]
-        return len(before) >= ROOM_MIN_FRAMES \
-            and float(np.percentile(before, ROOM_PERCENTILE)) >= max(levels[-self._span:]) - NOISY_ROOM_DB
+        room = self._room(levels)
+        return room is not None and room >= max(levels[-self._span:]) - NOISY_ROOM_DB
 
     def _ended(self) -> bool:
         """The talker has stopped: the newest frames are far below the phrase's loudest, at the room's floor, or
@@ -514,10 +524,9 @@ class SpokenConfirmation:
         levels = list(self._levels)  # only when the content already matches: not on every frame
         peak, floor = max(levels[-self._span:]), max(min(levels), FLOOR_DBFS)
         quiet = max(peak - END_DROP_DB, floor + FLOOR_MARGIN_DB)
-        before = levels[:-self._span]
-        if len(before) >= ROOM_MIN_FRAMES:
-            room = float(np.percentile(before, ROOM_PERCENTILE)) + ROOM_MARGIN_DB
-            quiet = max(quiet, min(room, peak - ROOM_DROP_DB))
+        room = self._room(levels)
+        if room is not None:
+            quiet = max(quiet, min(room + ROOM_MARGIN_DB, peak - ROOM_DROP_DB))
         return all(level <= quiet for level in levels[-END_QUIET_FRAMES:])
 
     def _compare(self) -> voiceprint.Verdict:

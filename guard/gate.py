@@ -152,9 +152,9 @@ class Gate:
             self.end.hear(level)
         listening = self.state is State.PENDING and self.confirmation is not None  # for a spoken confirmation
         detections = self.detector.process(frame, keep_awake=listening, frame_dbfs=level)
-        if listening and self.confirmation.listen(self.detector.features, frame):
+        if listening and self.confirmation.listen(self.detector.features, frame, level):
             heard = self.confirmation
-            self._release("voice", match_score=round(heard.floored_score if heard.in_noise else heard.score, 4),
+            self._release("voice", match_score=round(heard.matched_score, 4),
                           speaker_score=round(heard.speaker_score, 3), matched_in_noise=heard.in_noise)
             return
         if self.state is State.IDLE:

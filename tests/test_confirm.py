@@ -17,7 +17,7 @@ from test_gate import PRE_ROLL_SECONDS, Clock
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 
 from guard import audit, confirm, confusables, voiceprint
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS
+from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig, WakeModelSettings
 from guard.gate import Gate
@@ -259,7 +259,7 @@ class Listener:
         self.features.wipe()
         for frame in audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES):
             self.features.push(frame)
-            if self.listener.listen(self.features, frame):
+            if self.listener.listen(self.features, frame, level_dbfs(frame)):
                 return True
         return False
 

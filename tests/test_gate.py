@@ -944,7 +944,7 @@ class _NeverConfirms:
     def __init__(self) -> None:
         self.embeddings: list[np.ndarray] = []
 
-    def listen(self, features, frame: np.ndarray) -> bool:
+    def listen(self, features, frame: np.ndarray, frame_dbfs: float) -> bool:
         self.embeddings.append(features.embeddings[-1].copy())
         return False
 
