@@ -7,7 +7,10 @@ mostly a quiet room (-64 dBFS) with a wake word or a few words now and then.
 
     .venv/bin/python bench/bench_wake.py [--speech-minutes 5] [--day-minutes 10] [--repeats 3]
 
-pyopen-wakeword runs in .venv-bench (bench/make-venv) when it exists; the others are in .venv.
+pyopen-wakeword and the WebRTC front end (webrtc-noise-gain, what wyoming-satellite offers) run in
+.venv-bench (bench/make-venv) when it exists; the others are in .venv. guard does not run the front end
+(bench/eval_rooms.py: it loses alexa in noise); "with the front end" adds the front end's own cost, measured
+in the same round, to guard's default.
 """
 
 import argparse
@@ -37,8 +40,21 @@ VARIANTS = {  # name: what it is
     "guard-oww": "guard, openwakeword engine (default rest)",
     "guard-micro-always": "guard, micro engine, never resting",
     "guard-micro": "guard, micro engine (default rest)",
-    "guard-default": "guard, the default [wake] configuration (models, engine auto, rest)",
+    "guard-default": "guard, the default [wake] configuration (models, engine auto, second opinion, rest)",
+    "front-end": "the WebRTC front end alone (webrtc-noise-gain 1.3.0: suppression 2, gain 5 dBFS)",
+    "pymicro-front-end": "pymicro-wakeword behind the WebRTC front end, as wyoming-satellite runs it",
 }
+WITH_FRONT_END = "guard's default configuration with the WebRTC front end (the two rows above added per round)"
+IN_BENCH_VENV = ("pyopen-wakeword", "front-end", "pymicro-front-end")
+FRONT_END_CHUNK = 320  # bytes: its 10 ms step
+
+
+def _front_end():
+    """webrtc-noise-gain's processor, 80 ms in and out, 10 ms at a time as it is fed live."""
+    from webrtc_noise_gain import AudioProcessor
+    processor = AudioProcessor(5, 2)
+    return lambda raw: b"".join(processor.Process10ms(raw[i:i + FRONT_END_CHUNK]).audio
+                                for i in range(0, len(raw), FRONT_END_CHUNK))
 
 
 def _frames(raw: Path) -> np.ndarray:
@@ -52,10 +68,14 @@ def _step(variant: str):
         import openwakeword
         from openwakeword.model import Model
         return Model(wakeword_model_paths=[openwakeword.models[MODEL]["model_path"]]).predict
-    if variant == "pymicro-wakeword":
+    if variant == "front-end":
+        clean = _front_end()
+        return lambda frame: clean(frame.tobytes())
+    if variant in ("pymicro-wakeword", "pymicro-front-end"):
         from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
         features, model = MicroWakeWordFeatures(), MicroWakeWord.from_builtin(Model(MODEL))
-        return lambda frame: [model.process_streaming(f) for f in features.process_streaming(frame.tobytes())]
+        clean = _front_end() if variant == "pymicro-front-end" else bytes
+        return lambda frame: [model.process_streaming(f) for f in features.process_streaming(clean(frame.tobytes()))]
     if variant == "pyopen-wakeword":
         from pyopen_wakeword import Model, OpenWakeWord, OpenWakeWordFeatures
         features, model = OpenWakeWordFeatures.from_builtin(), OpenWakeWord.from_builtin(Model(MODEL))
@@ -83,7 +103,7 @@ def child(variant: str, raw: Path) -> dict:
 
 
 def _run(variant: str, raw: Path) -> dict:
-    python = BENCH_PYTHON if variant == "pyopen-wakeword" else Path(sys.executable)
+    python = BENCH_PYTHON if variant in IN_BENCH_VENV else Path(sys.executable)
     out = subprocess.run([str(python), __file__, "--child", variant, str(raw)],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)
@@ -106,7 +126,7 @@ def main() -> None:
     if config.Config().wake.models != (MODEL,):
         raise SystemExit(f"bench_wake.py: guard's default [wake] models are no longer just {MODEL}; the peers must "
                          "run the same words")
-    variants = [v for v in VARIANTS if v != "pyopen-wakeword" or BENCH_PYTHON.exists()]
+    variants = [v for v in VARIANTS if v not in IN_BENCH_VENV or BENCH_PYTHON.exists()]
     with tempfile.TemporaryDirectory() as tmp:
         profiles = {"speech": speech.ordinary_speech(args.speech_minutes * 60),
                     "day": speech.day_profile(args.day_minutes * 60)}
@@ -126,12 +146,14 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for profile in profiles:
         per_second = {v: [r["cpu"] / r["audio"] * 1000 for r in runs[(profile, v)]] for v in variants}
-        for variant in variants:
-            values = per_second[variant]
+        rows = [(VARIANTS[v], per_second[v], max(r["rss_mb"] for r in runs[(profile, v)])) for v in variants]
+        if "front-end" in per_second:
+            added = [a + b for a, b in zip(per_second["guard-default"], per_second["front-end"], strict=True)]
+            rows.append((WITH_FRONT_END, added, None))
+        for name, values, rss in rows:
             ratios = [mine / theirs for mine, theirs in zip(values, per_second["pymicro-wakeword"], strict=True)]
-            rss = max(r["rss_mb"] for r in runs[(profile, variant)])
-            print(f"| {profile} | {VARIANTS[variant]} | {_median_range(values, '.2f')} "
-                  f"| {_median_range(ratios, '.2f', 'x')} | {rss:.0f} |")
+            print(f"| {profile} | {name} | {_median_range(values, '.2f')} "
+                  f"| {_median_range(ratios, '.2f', 'x')} | {'-' if rss is None else f'{rss:.0f}'} |")
 
 
 def _median_range(values: list[float], spec: str, unit: str = "") -> str:

@@ -24,6 +24,7 @@ ENGINES = ("auto", "openwakeword", "micro")
 # "auto": the engine that missed least without a false accept on bench/eval.py's full corpus (README,
 # "How well they hear"); openWakeWord for every other word, a user's own .onnx models included
 AUTO_ENGINE = {"alexa": "micro", "hey_mycroft": "micro", "okay_nabu": "micro"}
+SECOND_OPINION_WORDS = ("alexa", "hey_jarvis", "hey_mycroft")  # bundled for both engines (models/manifest.toml)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class WakeModelSettings:
         patience_frames: consecutive 80 ms frames at or over threshold needed (1-25).
         refractory_seconds: quiet time after a wake before this model fires again (0-30).
         engine: "openwakeword" or "micro" (microWakeWord); `engine_for` turns "auto" into one of them.
+        second_opinion: micro only: a score of 0.5 or more that falls short of the threshold is a wake if
+            openWakeWord's model of the same name scores 0.7 or more within 0.4 s ([wake] second_opinion).
     """
 
     name: str
@@ -43,6 +46,7 @@ class WakeModelSettings:
     patience_frames: int = 1
     refractory_seconds: float = 2.0
     engine: str = "openwakeword"
+    second_opinion: bool = False
 
 
 def engine_for(name: str, engine: str) -> str:
@@ -213,6 +217,11 @@ class WakeConfig:
         "consecutive 80 ms frames at or over threshold needed", 1, 25))
     refractory_seconds: float = field(default=2.0, metadata=_doc(
         "after a wake, how long the same model stays quiet", 0, 30))
+    second_opinion: tuple[str, ...] = field(default=("alexa",), metadata=_doc(
+        "micro words that still wake when noise keeps their score between 0.5 and the cutoff, if openWakeWord's "
+        "model of the same word scores 0.7 or more within 0.4 s (alexa, hey_jarvis, hey_mycroft); it is asked "
+        "only then, so it costs CPU only near a wake. The evaluation's pick: alexa (hey_mycroft's openWakeWord "
+        "model wakes on near-phrases); []: micro alone"))
     vad_threshold: float = field(default=0.0, metadata=_doc(
         "Silero speech probability needed just before a wake; 0 disables", 0, 1))
     rest_below_dbfs: float = field(default=-60.0, metadata=_doc(
@@ -232,7 +241,9 @@ class WakeConfig:
     def _rule(self, name: str) -> WakeModelSettings:
         rule = {"engine": self.engine, "threshold": self.threshold, "patience_frames": self.patience_frames,
                 "refractory_seconds": self.refractory_seconds, **self.overrides.get(name, {})}
-        return WakeModelSettings(name, **{**rule, "engine": engine_for(name, rule["engine"])})
+        engine = engine_for(name, rule["engine"])
+        return WakeModelSettings(name, **{**rule, "engine": engine},
+                                 second_opinion=engine == "micro" and name in self.second_opinion)
 
 
 @dataclass(frozen=True)
@@ -487,6 +498,10 @@ def parse(raw: dict, source: str) -> Config:
     built = {k: _build(tables[k].default_factory, source, k, v) for k, v in raw.items() if k != "sinks"}
     config = Config(**built, sinks={name: _sink(source, name, table) for name, table in sinks.items()})
     _check_overrides(source, config.wake)
+    for name in config.wake.second_opinion:
+        if name not in SECOND_OPINION_WORDS:
+            raise ConfigError(f"{source}: [wake] second_opinion: {name!r} has no model in both engines; "
+                              f"choose from {', '.join(SECOND_OPINION_WORDS)}")
     for name, sink in config.sinks.items():
         if sink.type in ("mqtt", "hermes") and not config.mqtt.host:
             raise ConfigError(f"{source}: [sinks.{name}] is an {sink.type} sink; it needs [mqtt] host")

@@ -172,8 +172,9 @@ class Gate:
         self.end.start(len(self.capture))
         self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
         self._pending_since = math.inf  # no consent window until this utterance's pending is shown
+        second = {} if wake.second_opinion is None else {"second_opinion": round(wake.second_opinion, 4)}
         if not self._record("wake", State.CAPTURING, required=True, model=wake.model, score=round(wake.score, 4),
-                            threshold=wake.threshold):
+                            threshold=wake.threshold, **second):
             self.fault("the audit log cannot take the wake record; nothing is captured")
             return
         self._enter(State.CAPTURING)

@@ -29,6 +29,7 @@ class Event:
     model: str | None = None
     score: float | None = None
     threshold: float | None = None
+    second_opinion: float | None = None  # openWakeWord's score that made a wake of a micro score under threshold
     sink: str | None = None
     reason: str | None = None
     confirmed_by: str | None = None

@@ -10,7 +10,7 @@ This module never releases or stores audio.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,10 @@ FLOOR_RISE_DB, FLOOR_FALL_DB = 0.1, 1.0  # per frame at least: it follows a quie
 FLOOR_LEARN_FRAMES = 62  # 5 s: the models do not rest before the floor has been learned
 FLOOR_START_DB = 150.0  # over the loudest band a frame can hold: the floor starts above any room
 OPENWAKEWORD_THRESHOLD = 0.5  # openWakeWord's documented default; microWakeWord models publish their own
+SECOND_OPINION_FROM = 0.5  # a micro score this high that falls short of its cutoff asks openWakeWord's model
+SECOND_OPINION_AGREES = 0.7  # its score that makes the wake: at 0.5 a near-phrase more woke alexa (bench/eval.py)
+SECOND_OPINION_FRAMES = 40  # 3.2 s heard afresh when asked: openWakeWord's embeddings span 2.3 s, then warm-up
+AGREE_FRAMES = 5  # openWakeWord's peak comes up to 3 frames before micro's (micro averages 5 frames)
 
 
 class RoomFloor:
@@ -81,6 +85,7 @@ class Detection:
     score: float
     end_seconds: float
     threshold: float
+    second_opinion: float | None = None  # openWakeWord's score that agreed, when micro's fell short
 
 
 class FeatureExtractor:
@@ -137,6 +142,9 @@ class FeatureExtractor:
             return self._whole.run(None, {"input_1": self._floored})[0].reshape(-1)
         finally:
             self._floored.fill(0)
+
+    def holds_audio(self) -> bool:
+        return bool(self._raw.any())
 
     def window(self, count: int) -> np.ndarray:
         """The newest `count` embeddings as a [1, count, 96] classifier input (a view)."""
@@ -213,12 +221,66 @@ class OnnxClassifier:
         self._frames_seen = 0
 
 
+class SecondOpinion:
+    """openWakeWord's model of the same word, asked only when a micro score comes close to its cutoff.
+
+    A word that noise pulls under micro's cutoff is still a wake if a model trained apart hears it too.
+    Asked, it hears the last 3.2 s afresh, so it costs nothing while micro is far from a wake.
+    """
+
+    def __init__(self, model_file: models.ModelFile) -> None:
+        self.classifier = OnnxClassifier(model_file, None)
+        self.features = FeatureExtractor(self.classifier.input_frames)
+        self.classifier.features = self.features
+        self._open_for = 0  # frames the question stays open
+        self._best = self._peak = 0.0  # openWakeWord's and micro's highest while it is open
+
+    def hear(self, micro_score: float, newest: Callable[[int], Iterable[np.ndarray]]) -> float:
+        """openWakeWord's best score once micro's has peaked in an open question, else 0, so a word micro itself
+        hears wakes when it always did. A question opens at a micro score of SECOND_OPINION_FROM and closes
+        AGREE_FRAMES after micro fell below it; `newest(n)`: the last n frames, oldest first."""
+        if self._open_for == 0 and micro_score < SECOND_OPINION_FROM:
+            return 0.0
+        if self._open_for == 0:
+            heard = [self._score(frame) for frame in newest(SECOND_OPINION_FRAMES)]
+            self._best = max(heard[-AGREE_FRAMES:])
+        else:
+            self._best = max([self._best] + [self._score(frame) for frame in newest(1)])
+        self._peak = max(self._peak, micro_score)
+        self._open_for = AGREE_FRAMES if micro_score >= SECOND_OPINION_FROM else self._open_for - 1
+        best = self._best if micro_score < self._peak else 0.0
+        if self._open_for == 0:
+            self.wipe()
+        return best
+
+    def close(self) -> None:
+        """The models rest: an open question ends, and what it heard with it."""
+        if self._open_for:
+            self.wipe()
+
+    def _score(self, frame: np.ndarray) -> float:
+        self.features.push(frame)
+        return self.classifier.score()
+
+    def holds_audio(self) -> bool:
+        """Whether a question is open (its features hold what it heard) or a sample is left."""
+        return self._open_for > 0 or self.features.holds_audio()
+
+    def wipe(self) -> None:
+        self.features.wipe()
+        self.classifier.wipe()
+        self._open_for = 0
+        self._best = self._peak = 0.0
+
+
 class WakeWord:
     """One classifier and its trigger rule (threshold, patience, refractory period)."""
 
-    def __init__(self, settings: WakeModelSettings, classifier: OnnxClassifier | MicroClassifier) -> None:
+    def __init__(self, settings: WakeModelSettings, classifier: OnnxClassifier | MicroClassifier,
+                 second: SecondOpinion | None = None) -> None:
         self.settings = settings
         self.classifier = classifier
+        self.second = second
         self.name = classifier.name
         self.threshold = settings.threshold if settings.threshold is not None else classifier.default_threshold
         self._refractory_frames = round(settings.refractory_seconds / FRAME_SECONDS)
@@ -229,13 +291,18 @@ class WakeWord:
         self._over = 0
         self._quiet_until = 0
         self.score = 0.0
+        self.agreed = 0.0
         self.classifier.wipe()
+        if self.second is not None:
+            self.second.wipe()
 
-    def score_frame(self, replay: bool = False) -> float:
-        """Score the newest frame's features; a replayed frame was already counted while resting."""
+    def score_frame(self, newest: Callable[[int], Iterable[np.ndarray]] | None = None) -> float:
+        """Score the newest frame's features; None for `newest`: a replayed frame, counted while resting."""
         self.score = self.classifier.score()
-        self.frames_seen += 0 if replay else 1
-        self._over = self._over + 1 if self.score >= self.threshold else 0
+        self.frames_seen += 0 if newest is None else 1
+        heard = self.second.hear(self.score, newest) if self.second is not None and newest is not None else 0.0
+        self.agreed = heard if heard >= SECOND_OPINION_AGREES else 0.0
+        self._over = self._over + 1 if self.score >= self.threshold or self.agreed else 0
         return self.score
 
     @property
@@ -247,7 +314,10 @@ class WakeWord:
         """A quiet frame the models skip: time goes on, nothing scores."""
         self.frames_seen += 1
         self.score = 0.0
+        self.agreed = 0.0
         self._over = 0
+        if self.second is not None:
+            self.second.close()
 
     def triggered(self, voice_heard: bool) -> bool:
         """Whether the frame just scored is a wake, honouring patience and the refractory period."""
@@ -256,6 +326,13 @@ class WakeWord:
             return False
         self._quiet_until = now + self._refractory_frames
         return True
+
+
+def _second_opinion(settings: WakeModelSettings, models_dir: Path | None) -> SecondOpinion | None:
+    """openWakeWord's model of a micro word, where the settings ask for it (config checks that one exists)."""
+    if settings.engine != "micro" or not settings.second_opinion:
+        return None
+    return SecondOpinion(models.resolve(settings.name, models_dir))
 
 
 class WakeDetector:
@@ -295,12 +372,13 @@ class WakeDetector:
                 classifier.features = self.features
             else:
                 classifier = MicroClassifier(models.resolve_micro(w.name), self.micro_features)
-            self.words.append(WakeWord(w, classifier))
+            self.words.append(WakeWord(w, classifier, _second_opinion(w, models_dir)))
         self.vad = VoiceGate(vad_threshold) if vad_threshold > 0 else None
         self.rest_below_dbfs = rest_below_dbfs
         self.room = RoomFloor() if rest_below_dbfs is not None else None
         replay = max([REPLAY_FRAMES[w.engine] for w in wake_words] + [w.replay_frames for w in self.words])
-        kept = replay if rest_below_dbfs is not None else 0
+        asks = any(w.second is not None for w in self.words)
+        kept = max(replay if rest_below_dbfs is not None else 0, SECOND_OPINION_FRAMES if asks else 0)
         self._recent = np.zeros((kept, FRAME_SAMPLES), np.int16)  # the frames a replay may need
         self.frames_seen = 0
         self._quiet_run = self._skipped = 0
@@ -349,11 +427,17 @@ class WakeDetector:
         end = self.frames_seen * FRAME_SECONDS
         detections = []
         for word in self.words:
-            score = word.score_frame()
+            score = word.score_frame(self._newest)
             if word.triggered(voice):
-                detections.append(Detection(word.name, score, end, word.threshold))
-                log.debug("wake %s score=%.3f at %.2fs", word.name, score, end)
+                second = word.agreed if score < word.threshold else None  # the wake is the second opinion's
+                detections.append(Detection(word.name, score, end, word.threshold, second))
+                log.debug("wake %s score=%.3f second opinion=%.3f at %.2fs", word.name, score, word.agreed, end)
         return detections
+
+    def _newest(self, count: int) -> Iterable[np.ndarray]:
+        """The last `count` frames kept, oldest first (fewer at the stream's start)."""
+        for back in range(min(count, self.frames_seen, len(self._recent)), 0, -1):
+            yield self._recent[(self.frames_seen - back) % len(self._recent)]
 
     def _replay(self) -> None:
         """Run the kept skipped frames through the features and the newest of them through each model,
@@ -365,17 +449,16 @@ class WakeDetector:
             if isinstance(word.classifier, MicroClassifier):
                 word.classifier.resume(self.micro_features.rows_seen - ROWS_PER_FRAME * frames)
                 micro_frames = max(micro_frames, frames)
-        for back in range(count, 0, -1):
-            frame = self._recent[(self.frames_seen - back) % len(self._recent)]
+        for back, frame in zip(range(count, 0, -1), self._newest(count), strict=True):
             self._push(frame, replay=True, keep_micro_rows=back <= micro_frames)
             for word, frames in scored:
                 if back <= frames:
-                    word.score_frame(replay=True)
+                    word.score_frame()
         self.resting = False
 
     def holds_audio(self) -> bool:
-        """Whether the frames kept for a replay hold any sample."""
-        return bool(self._recent.any())
+        """Whether the frames kept for a replay or a second opinion, or what one heard, hold any sample."""
+        return bool(self._recent.any()) or any(w.second.holds_audio() for w in self.words if w.second is not None)
 
     def scores(self) -> dict[str, float]:
         """The last frame's score per model (VAD not applied)."""

@@ -1001,3 +1001,19 @@ def test_invariant6_a_sink_folder_that_changed_hands_after_start_refuses_the_rel
     assert r.gate.state is State.PENDING, "the guard keeps guarding"
     r.press()
     assert len(list(folder.iterdir())) == 1
+
+
+def test_a_wake_the_second_opinion_made_says_so_and_is_wiped_with_the_rest(tmp_path, request_audio):
+    """The cutoff raised out of reach stands in for noise: the wake record names openWakeWord's score beside
+    micro's, and a discard wipes what the question heard with everything else."""
+    asked = WakeDetector([WakeModelSettings("alexa", engine="micro", threshold=0.999, second_opinion=True)])
+    r = Rig(tmp_path, asked)
+    try:
+        r.feed(request_audio)
+        wake = audit.read(r.audit_path)[0]
+        assert wake["event"] == "wake" and wake["score"] < wake["threshold"] == 0.999
+        assert wake["second_opinion"] >= 0.7 and r.events[0].second_opinion == wake["second_opinion"]
+        r.wait(10.0)
+        assert r.kinds()[-1] == "discarded" and r.gate.is_wiped() and not asked.words[0].second.holds_audio()
+    finally:
+        r.close()

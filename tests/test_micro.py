@@ -186,3 +186,78 @@ def test_spoken_confirmation_still_gets_embeddings_when_every_wake_word_is_micro
     detector = WakeDetector([WakeModelSettings("alexa", engine="micro")], embeddings=True)
     detector.process(np.zeros(FRAME_SAMPLES, np.int16))
     assert detector.features.embeddings.shape[1] == 96
+
+
+def wakes(detector: WakeDetector, samples: np.ndarray) -> list:
+    return [d for frame in speech.frames(samples) for d in detector.process(frame)]
+
+
+def test_a_score_kept_under_the_cutoff_wakes_when_openwakewords_model_agrees(phrases):
+    """The cutoff raised out of reach stands in for noise: micro's score still rises over 0.5, and
+    openWakeWord's alexa, asked then, hears it; without the second opinion nothing wakes."""
+    asked = WakeDetector([WakeModelSettings("alexa", engine="micro", threshold=0.999, second_opinion=True)])
+    found = wakes(asked, phrases)
+    assert [d.model for d in found] == ["alexa"]
+    assert 0.5 <= found[0].score < 0.999 and found[0].second_opinion >= 0.7
+    alone = WakeDetector([WakeModelSettings("alexa", engine="micro", threshold=0.999)])
+    assert wakes(alone, phrases) == []
+
+
+def test_a_word_micro_hears_wakes_as_it_always_did_and_names_no_second_opinion(phrases):
+    """The second opinion counts only once micro's score has peaked under the cutoff: a wake micro makes
+    itself comes on the same frame, with the same score, as without it."""
+    asked = wakes(WakeDetector([WakeModelSettings("alexa", engine="micro", second_opinion=True)]), phrases)
+    alone = wakes(WakeDetector([WakeModelSettings("alexa", engine="micro")]), phrases)
+    assert [(d.end_seconds, d.score) for d in asked] == [(d.end_seconds, d.score) for d in alone]
+    assert len(asked) == 1 and asked[0].second_opinion is None
+
+
+def test_openwakewords_model_alone_never_wakes_a_micro_word(phrases):
+    """A question opens only at a micro score of 0.5 and closes 5 frames after it fell below: openWakeWord
+    hearing alexa anywhere else adds no wake, so micro's false wakes are the most the pair can have."""
+    detector = WakeDetector([WakeModelSettings("alexa", engine="micro", threshold=0.999, second_opinion=True)])
+    word = detector.words[0]
+    last_high, agreed = -100, []
+    for i, frame in enumerate(speech.frames(phrases)):
+        detector.process(frame)
+        last_high = i if word.score >= 0.5 else last_high
+        if word.agreed:
+            agreed.append(i)
+            assert i - last_high <= 5, f"frame {i}: agreed {word.agreed} with micro under 0.5 since {last_high}"
+    assert agreed, "the question never opened"
+
+
+def test_the_question_forgets_what_it_heard_when_it_closes_and_on_wipe():
+    detector = WakeDetector([WakeModelSettings("alexa", engine="micro", threshold=0.999, second_opinion=True)])
+    second = detector.words[0].second
+    wakes(detector, np.concatenate([speech.silence(0.5), speech.say("Alexa"), speech.silence(0.3)]))
+    assert second.holds_audio(), "no question was open"
+    wakes(detector, speech.silence(1.0))
+    fresh = WakeDetector([WakeModelSettings("alexa", engine="micro", second_opinion=True)]).words[0].second
+    assert not second.holds_audio() and np.array_equal(second.features.embeddings, fresh.features.embeddings)
+    wakes(detector, np.concatenate([speech.silence(0.5), speech.say("Alexa"), speech.silence(0.3)]))
+    assert second.holds_audio()
+    detector.wipe()
+    assert not second.holds_audio() and not detector.holds_audio()
+
+
+def test_the_config_asks_for_a_second_opinion_only_where_the_evaluation_did(tmp_path):
+    """alexa by default, only under micro, only for words both engines have; anything else is one clear line."""
+    path = tmp_path / "guard.toml"
+    path.write_text('[wake]\nmodels = ["alexa", "hey_mycroft", "hey_jarvis"]\n')
+    rules = {w.name: (w.engine, w.second_opinion) for w in config.load(str(path))[0].wake.settings()}
+    assert rules == {"alexa": ("micro", True), "hey_mycroft": ("micro", False), "hey_jarvis": ("openwakeword", False)}
+    path.write_text('[wake]\nmodels = ["alexa"]\nsecond_opinion = []\n')
+    assert not config.load(str(path))[0].wake.settings()[0].second_opinion
+    path.write_text('[wake]\nmodels = ["okay_nabu"]\nsecond_opinion = ["okay_nabu"]\n')
+    with pytest.raises(ConfigError, match="second_opinion: 'okay_nabu' has no model in both engines"):
+        config.load(str(path))
+
+
+def test_the_words_with_a_second_opinion_are_those_bundled_for_both_engines():
+    def micro(name: str) -> bool:
+        try:
+            return models.resolve_micro(name) is not None
+        except ModelError:
+            return False
+    assert set(config.SECOND_OPINION_WORDS) == {n for n in models.wake_model_names() if micro(n)}
