@@ -40,6 +40,7 @@ from mqtt_broker import Broker, free_port  # noqa: E402
 
 from guard import config  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
+from guard.inbox import ButtonMove  # noqa: E402
 from guard.vocabulary import State  # noqa: E402
 from guard.wake import WakeDetector  # noqa: E402
 
@@ -130,7 +131,7 @@ class Rig:
         self.daemon = Daemon(cfg, RunOptions(str(wav), "mock", publish=self._event), WakeDetector(cfg.wake.settings()))
         def held() -> None:  # gpiozero's own callback, timed, then posted as the daemon posts it
             self.held_at.append(time.perf_counter())
-            self.daemon._post_word("button_held")
+            self.daemon._post_move(ButtonMove.HELD)
         self.daemon.button._button.when_held = held
         self.thread = threading.Thread(target=self.daemon.run, daemon=True)
         self.commander = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="commander")

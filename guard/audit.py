@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from guard.errors import AuditError
+from guard.vocabulary import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ def _seals(number: int, lines: list[str], prev_line: str | None) -> bool:
         seal = json.loads(lines[number])
     except json.JSONDecodeError:
         return False
-    return isinstance(seal, dict) and seal.get("event") == "sealed" and seal.get("torn_line") == number \
+    return isinstance(seal, dict) and seal.get("event") == EventKind.SEALED and seal.get("torn_line") == number \
         and seal.get("torn_sha256") == _digest(lines[number - 1]) \
         and seal.get("prev") == (GENESIS if prev_line is None else _digest(prev_line))
 
@@ -131,7 +132,7 @@ class AuditLog:
     """Appends decision records to a hash-chained JSON-lines file (mode 0600), one writer at a time.
 
         audit = AuditLog(Path("/var/lib/guard/audit.jsonl"), device_id="kitchen")
-        audit.record("wake", model="alexa", score=0.97)
+        audit.record(EventKind.WAKE, model="alexa", score=0.97)
 
     The file is opened, locked and (if a crash tore its last line) sealed by
     `open()` or the first `record`. A log that cannot be opened (read-only or
@@ -205,7 +206,7 @@ class AuditLog:
         torn, whole = lines[-1], lines[:-1]
         self._last_line, self._seq = (whole[-1] if whole else None), len(lines)
         self._write(b"\n")
-        self._append("sealed", {"torn_line": len(lines), "torn_sha256": _digest(torn),
+        self._append(EventKind.SEALED, {"torn_line": len(lines), "torn_sha256": _digest(torn),
                                 "reason": "a write was cut short (crash, power loss or full disk); sealed at start"},
                      prev_line=self._last_line)
         return self._last_line, self._seq
@@ -223,7 +224,7 @@ class AuditLog:
                     self._ready()
             self._close_fd()
 
-    def defer(self, event: str, **fields: FieldValue) -> None:
+    def defer(self, event: EventKind, **fields: FieldValue) -> None:
         """Keep a decision the log could not take; it is written, with `late` and its own time, ahead of the next
         record that succeeds."""
         with self._lock:
@@ -248,7 +249,7 @@ class AuditLog:
                                   "waited for the audit log; these were not kept"}, prev_line=self._last_line)
             self._lost = 0
 
-    def record(self, event: str, **fields: FieldValue) -> dict:
+    def record(self, event: EventKind, **fields: FieldValue) -> dict:
         """Append one record and fsync it. Only plain metadata is accepted, never audio.
 
         Raises:
@@ -259,7 +260,7 @@ class AuditLog:
             self._ready()
             return self._append(event, fields, prev_line=self._last_line)
 
-    def record_outcome(self, event: str, **fields: FieldValue) -> dict:
+    def record_outcome(self, event: EventKind, **fields: FieldValue) -> dict:
         """Record what a release turned out to be (released, failed, unknown): it may spend the reserve that
         every other record leaves, and does not wait behind deferred records the disk cannot take.
 
@@ -274,7 +275,7 @@ class AuditLog:
                 raise AuditError(self.problem)
             return self._append(event, fields, prev_line=self._last_line, spend_reserve=True)
 
-    def _append(self, event: str, fields: dict, prev_line: str | None, spend_reserve: bool = False) -> dict:
+    def _append(self, event: EventKind, fields: dict, prev_line: str | None, spend_reserve: bool = False) -> dict:
         record = {"seq": self._seq + 1, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
                   "device": self.device_id, "event": event, **fields,
                   "prev": GENESIS if prev_line is None else _digest(prev_line)}

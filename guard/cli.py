@@ -26,7 +26,7 @@ from guard.daemon import Daemon, RunOptions
 from guard.errors import ExitStatus, GuardError, UsageError
 from guard.process import forbid_core_dumps
 from guard.progress import Progress
-from guard.vocabulary import Event
+from guard.vocabulary import Event, EventKind
 from guard.wake import Detection, FeatureExtractor, WakeDetector
 
 log = logging.getLogger("guard")
@@ -247,7 +247,7 @@ def _describe_event(event: Event) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="guard-demo-") as tmp:
-        released = Path(tmp) / "released"
+        released = Path(tmp) / "sink"
         released.mkdir(mode=0o700)
         defaults = config.Config()
         cfg = dataclasses.replace(
@@ -259,13 +259,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         def on_event(event: Event) -> None:
             print(_describe_event(event), flush=True)
-            if event.kind == "pending" and not presses:
+            if event.kind is EventKind.PENDING and not presses:
                 presses.append(event.utterance)
                 print("  (the demo presses the button while the LED blinks)", flush=True)
                 pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
                 pin.drive_low()
                 pin.drive_high()
-            elif event.kind == "pending":
+            elif event.kind is EventKind.PENDING:
                 print(f"  (no press: the {cfg.gate.pending_timeout_seconds:g} s window runs out)", flush=True)
 
         print(f"guard demo: {DEMO_WAV.name} holds two requests; only the first gets a button press.\n")

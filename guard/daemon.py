@@ -25,12 +25,24 @@ from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
 from guard.errors import DeviceError, UsageError
 from guard.gate import Delivery, Gate
 from guard.hardware import ConsentButton, StatusLed, pin_factory
-from guard.inbox import Inbox, Lane
+from guard.inbox import (
+    ButtonMove,
+    ButtonMoved,
+    Command,
+    Delivered,
+    Frame,
+    Inbox,
+    Lane,
+    Message,
+    Refusal,
+    SourceFailed,
+    Stop,
+)
 from guard.mqtt import MqttLink
 from guard.satellite import AssistSatellite
 from guard.sound import Chimes, Speaker
 from guard.systemd import Notifier
-from guard.vocabulary import Event, State
+from guard.vocabulary import Event, LedPattern, State
 from guard.wake import WakeDetector
 
 log = logging.getLogger(__name__)
@@ -84,7 +96,7 @@ class Daemon:
             if config.mqtt.host else None
         self.speaker = Speaker(config.audio.output_device) if config.audio.output_device else None
         self.chimes = Chimes(self.speaker, config.audio.chime_volume) if config.audio.chimes else None
-        self.satellite = AssistSatellite(config.wyoming, device_id, self._post_assist, list(config.wake.models),
+        self.satellite = AssistSatellite(config.wyoming, device_id, self.inbox.post, list(config.wake.models),
                                          self.speaker) if config.wyoming.uri else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite)
         self.button, self.led = self._gpio()
@@ -127,7 +139,7 @@ class Daemon:
             return None, None
         factory = pin_factory(self.options.gpio)
         self.pin_factory = factory
-        return ConsentButton(self.config.gpio, self._post_word, factory), StatusLed(self.config.gpio, factory)
+        return ConsentButton(self.config.gpio, self._post_move, factory), StatusLed(self.config.gpio, factory)
 
     def _open_source(self) -> MicSource | WavSource | None:
         """The file, or the microphone; None (retried by the audio thread) when the microphone is not there yet."""
@@ -222,7 +234,7 @@ class Daemon:
             if delivery is None:
                 return
             delivery.run()
-            self.inbox.put(Lane.LOCAL, "delivered", delivery)
+            self.inbox.post(Delivered(delivery))
 
     def _finish_deliveries(self) -> None:
         """At exit: give releases still on their way a moment, then stop them and record what really happened."""
@@ -235,28 +247,21 @@ class Daemon:
             self.gate.delivered(delivery)
         self._unfinished = []
 
-    def _post_word(self, word: str) -> None:
-        """The button moved (gpiozero's thread): its own lane, stamped with the time it happened."""
-        self.inbox.put(Lane.URGENT, word, self.clock())
+    def _post_move(self, move: ButtonMove) -> None:
+        """The button moved (gpiozero's thread), stamped with the time it happened."""
+        self.inbox.post(ButtonMoved(move, self.clock()))
 
     def _post_command(self, by: str, verb: str) -> None:
-        """A remote command (paho's or the satellite's thread): a mute from anywhere goes with the button, the
-        rest waits behind the guard's own news."""
-        self.inbox.put(Lane.URGENT if verb == "mute" else Lane.REMOTE, "command", (by, verb))
+        """A remote command (paho's thread)."""
+        self.inbox.post(Command(by, verb))
 
-    def _post_assist(self, word: str, payload) -> None:
-        """Home Assistant's pause and run-satellite, and the satellite's counted refusals (its own thread)."""
-        if word == "refused":
-            self.inbox.put(Lane.REMOTE, "refused", ("assist", *payload))
-        else:
-            self._post_command("assist", word)
-
-    def _show(self, state: str) -> None:
-        """The LED shows the state; while a spoken confirmation is awaited nothing from the hub plays."""
+    def _show(self, pattern: LedPattern) -> None:
+        """The LED shows the pattern; while a spoken confirmation is awaited nothing from the hub plays."""
         if self.satellite is not None:
-            (self.satellite.playback_held.set if state == "pending_voice" else self.satellite.playback_held.clear)()
+            held = pattern is LedPattern.PENDING_VOICE
+            (self.satellite.playback_held.set if held else self.satellite.playback_held.clear)()
         if self.led is not None:
-            self.led.show(state)
+            self.led.show(pattern)
 
     def _set_listening(self, on: bool) -> None:
         if on:
@@ -269,8 +274,8 @@ class Daemon:
 
     def _drain(self) -> None:
         """Zero and drop queued frames (mute, exit)."""
-        for frame, _ in self.inbox.take_all(Lane.FRAMES):
-            frame.fill(0)
+        for frame in self.inbox.take_all(Lane.FRAMES):
+            frame.samples.fill(0)
 
     # -- the audio thread -----------------------------------------------------------
 
@@ -323,7 +328,7 @@ class Daemon:
         self._generation += 1
 
     def _post_failure(self, error: Exception) -> None:
-        self.inbox.put(Lane.LOCAL, "source-failed", (str(error) or type(error).__name__, self._generation))
+        self.inbox.post(SourceFailed(str(error) or type(error).__name__, self._generation))
 
     def _restart_stream(self) -> None:
         """A read failed: close the stream and let the next turn open it again, without the backoff that
@@ -380,7 +385,7 @@ class Daemon:
 
     def post_frame(self, frame: np.ndarray) -> None:
         """Hand a copy of one frame to the loop (the copy is zeroed once the gate has seen it)."""
-        self.inbox.put(Lane.FRAMES, frame.copy(), self._generation)
+        self.inbox.post(Frame(frame.copy(), self._generation))
 
     # -- the loop -----------------------------------------------------------------
 
@@ -388,7 +393,7 @@ class Daemon:
         """Ask the loop to finish (signal handlers call this)."""
         self.stopping.set()
         self.listening.set()
-        self.inbox.put(Lane.URGENT, "stop")
+        self.inbox.post(Stop())
 
     def run(self) -> None:
         """Serve until stopped, or until a file source ends and nothing is pending.
@@ -412,7 +417,7 @@ class Daemon:
                  self.audit.path)
         try:
             while not self.stopping.is_set():
-                self._step()
+                self.step()
                 if self._eof.is_set() and self.inbox.empty() and self._file_done():
                     break
         finally:
@@ -425,17 +430,18 @@ class Daemon:
             reader.join(timeout=2)
             if self.satellite is not None:
                 self.satellite.stop()  # its last counts of refusals come to the inbox: record them
-            for word, payload in self.inbox.take_all(Lane.REMOTE):
-                if word == "refused":
-                    self._handle(word, payload)
+            for message in self.inbox.take_all(Lane.REMOTE):
+                if isinstance(message, Refusal):
+                    self._handle(message)
             if self.mqtt is not None:
                 self.mqtt.stop()
             self._close()
 
-    def _step(self) -> None:
-        _, item, payload = self.inbox.get(TICK_SECONDS) or (None, None, None)
+    def step(self) -> None:
+        """The loop's body: serve the next message (or none within a tick), then the timers and the watchdog."""
+        message = self.inbox.get(TICK_SECONDS)
         try:
-            self._handle(item, payload)
+            self._handle(message)
             self.gate.tick()
             self.notifier.watchdog(self._audio_alive())
             self._report_dropped()
@@ -444,8 +450,8 @@ class Daemon:
             log.exception("fault in the guard loop")
             self.gate.fault(f"{type(e).__name__}: {e}")
         finally:
-            if isinstance(item, np.ndarray):
-                item.fill(0)
+            if isinstance(message, Frame):
+                message.samples.fill(0)
 
     def _report_dropped(self) -> None:
         """Remote requests the bounded lane had no room for: one warning each time more were dropped."""
@@ -520,37 +526,39 @@ class Daemon:
         self.health["audio"] = self._audio_health()
         self.gate.recovered(f"{self._mic_label} delivers sound again")
 
-    def _handle(self, item, payload) -> None:
-        if isinstance(item, np.ndarray):
-            self._last_frame = time.monotonic()
-            self._frame_generation = payload
-            if item.any():
-                self._zeros_since = None
-                if self._mic_down is not None and payload > self._down_generation:
-                    self._sound_again()
-            elif self._zeros_since is None:
-                self._zeros_since = self._last_frame
-            self.gate.feed(item)
-            if self.options.fast:
-                self.clock.seconds += FRAME_SECONDS
-        elif item == "button_down":
-            self.gate.button_down(payload)
-        elif item == "button_up":
-            self.gate.button_up(payload)
-        elif item == "button_held":
-            self.gate.button_held(payload)
-        elif item == "command":
-            by, verb = payload
-            {"mute": self.gate.mute, "unmute": self.gate.unmute, "cancel": self.gate.cancel,
-             "wipe": self.gate.wipe}[verb](by)
-        elif item == "refused":
-            by, peer, kind, reason, count = payload
-            self.gate.refuse(by, f"{kind}: {reason}", peer=peer, count=count)
-        elif item == "source-failed":
-            self._source_failed(*payload)
-        elif item == "delivered":
-            self._unfinished = [d for d in self._unfinished if d is not payload]
-            self.gate.delivered(payload)
+    def _handle(self, message: Message | None) -> None:
+        match message:
+            case Frame(samples, generation):
+                self._hear(samples, generation)
+            case ButtonMoved(ButtonMove.DOWN, at):
+                self.gate.button_down(at)
+            case ButtonMoved(ButtonMove.UP, at):
+                self.gate.button_up(at)
+            case ButtonMoved(ButtonMove.HELD, at):
+                self.gate.button_held(at)
+            case Command(by, verb):
+                {"mute": self.gate.mute, "unmute": self.gate.unmute, "cancel": self.gate.cancel,
+                 "wipe": self.gate.wipe}[verb](by)
+            case Refusal(by, peer, kind, reason, count):
+                self.gate.refuse(by, f"{kind}: {reason}", peer=peer, count=count)
+            case SourceFailed(reason, generation):
+                self._source_failed(reason, generation)
+            case Delivered(delivery):
+                self._unfinished = [d for d in self._unfinished if d is not delivery]
+                self.gate.delivered(delivery)
+
+    def _hear(self, samples: np.ndarray, generation: int) -> None:
+        self._last_frame = time.monotonic()
+        self._frame_generation = generation
+        if samples.any():
+            self._zeros_since = None
+            if self._mic_down is not None and generation > self._down_generation:
+                self._sound_again()
+        elif self._zeros_since is None:
+            self._zeros_since = self._last_frame
+        self.gate.feed(samples)
+        if self.options.fast:
+            self.clock.seconds += FRAME_SECONDS
 
     def _file_done(self) -> bool:
         """After a file ends: close the utterance, let a pending window run out, then stop."""

@@ -27,7 +27,7 @@ from guard.endpoint import EndOfSpeech
 from guard.errors import AuditError
 from guard.ringbuffer import CaptureBuffer, RingBuffer
 from guard.sinks import Sink, SinkError, SinkUncertain, Utterance, encode_wav
-from guard.vocabulary import Event, State
+from guard.vocabulary import Event, EventKind, LedPattern, State
 from guard.wake import Detection, WakeDetector
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Delivery:
     confirmed_by: str
     duration_seconds: float
     extra: dict
-    outcomes: list[tuple[str, str, str, str]] = field(default_factory=list)  # (sink, outcome, where or why, to)
+    outcomes: list[tuple[str, EventKind, str, str]] = field(default_factory=list)  # (sink, outcome, where/why, to)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _abandoned: bool = False
     started: bool = False  # a sink has been handed the WAV
@@ -64,15 +64,15 @@ class Delivery:
             for sink in self.sinks:
                 try:
                     to = sink.deliver(self.wav, self.utterance)
-                    self._note(sink.name, "released", to, to)
+                    self._note(sink.name, EventKind.RELEASED, to, to)
                 except SinkUncertain as e:
-                    self._note(sink.name, "release-unknown", str(e), sink.destination())
+                    self._note(sink.name, EventKind.RELEASE_UNKNOWN, str(e), sink.destination())
                 except SinkError as e:
-                    self._note(sink.name, "release-failed", str(e), "")
+                    self._note(sink.name, EventKind.RELEASE_FAILED, str(e), "")
         finally:
             self.wav[:] = bytes(len(self.wav))
 
-    def _note(self, sink: str, outcome: str, detail: str, to: str) -> None:
+    def _note(self, sink: str, outcome: EventKind, detail: str, to: str) -> None:
         with self._lock:
             if not self._abandoned:  # after abandon, the record already says what may have happened
                 self.outcomes.append((sink, outcome, detail, to))
@@ -83,11 +83,11 @@ class Delivery:
             self._abandoned = True
             done = {outcome[0] for outcome in self.outcomes}
             if self.started:
-                self.outcomes += [(s.name, "release-unknown", f"sink {s.name}: {why}; it may still arrive",
+                self.outcomes += [(s.name, EventKind.RELEASE_UNKNOWN, f"sink {s.name}: {why}; it may still arrive",
                                    s.destination()) for s in self.sinks if s.name not in done]
             else:
-                self.outcomes += [(s.name, "release-failed", f"sink {s.name}: the guard stopped before it was sent",
-                                   "") for s in self.sinks]
+                why = "the guard stopped before it was sent"
+                self.outcomes += [(s.name, EventKind.RELEASE_FAILED, f"sink {s.name}: {why}", "") for s in self.sinks]
                 self.wav[:] = bytes(len(self.wav))
         for sink in self.sinks:
             sink.cancel()
@@ -109,7 +109,7 @@ class Gate:
         accepts: per sink name, which consents release to it ("button", "voice"); default button only.
         confirmation: the enrolled spoken phrase, or None (then only the button consents).
         publish: receives every Event (printing, MQTT).
-        show: receives the state the LED should show (plus "released" for the flash).
+        show: receives the pattern the LED should show.
         deliver: runs a Delivery and then hands it back to `delivered` on the loop; default: right here.
         set_listening: opens (True) or closes (False) the microphone.
         clock: monotonic seconds.
@@ -118,7 +118,8 @@ class Gate:
     def __init__(self, settings: GateConfig, detector: WakeDetector, pre_roll_seconds: float,
                  sinks: list[Sink], audit: AuditLog, accepts: dict[str, tuple[str, ...]] | None = None,
                  confirmation: SpokenConfirmation | None = None, publish: Callable[[Event], None] = lambda e: None,
-                 show: Callable[[str], None] = lambda s: None, set_listening: Callable[[bool], None] = lambda b: None,
+                 show: Callable[[LedPattern], None] = lambda s: None,
+                 set_listening: Callable[[bool], None] = lambda b: None,
                  clock: Callable[[], float] = time.monotonic,
                  deliver: Callable[[Delivery], None] | None = None) -> None:
         self.settings = settings
@@ -173,8 +174,8 @@ class Gate:
         self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
         self._pending_since = math.inf  # no consent window until this utterance's pending is shown
         second = {} if wake.second_opinion is None else {"second_opinion": round(wake.second_opinion, 4)}
-        if not self._record("wake", State.CAPTURING, required=True, model=wake.model, score=round(wake.score, 4),
-                            threshold=wake.threshold, **second):
+        if not self._record(EventKind.WAKE, State.CAPTURING, required=True, model=wake.model,
+                            score=round(wake.score, 4), threshold=wake.threshold, **second):
             self.fault("the audit log cannot take the wake record; nothing is captured")
             return
         self._enter(State.CAPTURING)
@@ -193,11 +194,11 @@ class Gate:
         if self.confirmation is not None:
             self.confirmation.reset()  # only what is said from now on can confirm
         levels = self.end.levels
-        if not self._record("pending", State.PENDING, required=True, duration_seconds=self._duration(),
+        if not self._record(EventKind.PENDING, State.PENDING, required=True, duration_seconds=self._duration(),
                             talker_dbfs=levels.talker_dbfs, room_dbfs=levels.room_dbfs):
             self.fault("the audit log cannot take the pending record; the utterance is wiped")
             return
-        self._enter(State.PENDING, show="pending_voice" if self.confirmation is not None else None)
+        self._enter(State.PENDING, show=LedPattern.PENDING_VOICE if self.confirmation is not None else None)
         self._pending_since = self.clock()  # the LED shows pending from here: a press must begin after this
 
     # -- the button ---------------------------------------------------------------
@@ -243,7 +244,7 @@ class Gate:
         if not eligible:
             self._discard("no sink configured" if not self.sinks else f"no sink accepts {confirmed_by} consent")
             return
-        if not self._record("releasing", self.state, required=True, sink=",".join(s.name for s in eligible),
+        if not self._record(EventKind.RELEASING, self.state, required=True, sink=",".join(s.name for s in eligible),
                             confirmed_by=confirmed_by, duration_seconds=self._duration(), **extra):
             self.fault("the audit log cannot take the release record; nothing was released")
             return
@@ -259,9 +260,9 @@ class Gate:
         released or release-unknown record names who received the audio (`to`)."""
         u = delivery.utterance.id
         for sink, outcome, detail, to in delivery.outcomes:
-            if outcome == "released":
+            if outcome is EventKind.RELEASED:
                 log.info("released %s to %s (%s)", u, sink, detail)
-                self._record("released", self.state, utterance=u, outcome=True, sink=sink, to=to[:200],
+                self._record(EventKind.RELEASED, self.state, utterance=u, outcome=True, sink=sink, to=to[:200],
                              confirmed_by=delivery.confirmed_by, duration_seconds=delivery.duration_seconds,
                              **delivery.extra)
             else:
@@ -269,21 +270,21 @@ class Gate:
                 self._record(outcome, self.state, utterance=u, outcome=True, sink=sink, reason=detail[:200],
                              to=to[:200] or None)
         kinds = {outcome[1] for outcome in delivery.outcomes}
-        if "released" in kinds:
+        if EventKind.RELEASED in kinds:
             if self.state is State.IDLE:
-                self._show("released")
-        elif "release-unknown" in kinds:
+                self._show(LedPattern.RELEASED)
+        elif EventKind.RELEASE_UNKNOWN in kinds:
             reason = "no sink confirmed the release; it may still arrive (see the audit log)"
             if self.state is State.IDLE:  # show it, unless a new utterance is already held
                 self._show_fault(reason, utterance=u, outcome=True)
             else:
-                self._record("fault", self.state, utterance=u, outcome=True, reason=reason)
+                self._record(EventKind.FAULT, self.state, utterance=u, outcome=True, reason=reason)
         else:
-            self._record("discarded", self.state, utterance=u, outcome=True, reason="every sink failed",
+            self._record(EventKind.DISCARDED, self.state, utterance=u, outcome=True, reason="every sink failed",
                          duration_seconds=delivery.duration_seconds)
 
     def _discard(self, reason: str) -> None:
-        self._record("discarded", State.IDLE, reason=reason, duration_seconds=self._duration())
+        self._record(EventKind.DISCARDED, State.IDLE, reason=reason, duration_seconds=self._duration())
         self._wipe()
         self._utterance = None
         self._enter(State.IDLE)
@@ -309,11 +310,11 @@ class Gate:
         if self.state is State.MUTED:
             return
         if self.state in (State.CAPTURING, State.PENDING):
-            self._discard("muted")
+            self._discard(EventKind.MUTED)  # the reason: a mute
         self._set_listening(False)
         self._wipe()
         self.muted_by = by
-        self._decide("muted", State.MUTED, by=by)
+        self._decide(EventKind.MUTED, State.MUTED, by=by)
 
     def unmute(self, by: str) -> None:
         """Reopen the microphone. Only who muted (or the button) can: a remote unmute never lifts a button mute."""
@@ -324,13 +325,13 @@ class Gate:
                             + (" unmutes" if self.muted_by == "button" else " or the button unmutes"))
             return
         self.muted_by = None
-        self._decide("unmuted", State.IDLE, by=by)
+        self._decide(EventKind.UNMUTED, State.IDLE, by=by)
         self._set_listening(True)
 
     def refuse(self, by: str, reason: str, **fields) -> None:
         """Put a request that was not acted on (it would have made the device less private) on the record;
         `fields` say who asked (peer) and how often (count), for refusals counted by their source."""
-        self._record("refused", self.state, by=by, reason=reason[:200], **fields)
+        self._record(EventKind.REFUSED, self.state, by=by, reason=reason[:200], **fields)
 
     def cancel(self, by: str) -> None:
         """Discard the utterance being captured or waiting for consent, now."""
@@ -342,7 +343,7 @@ class Gate:
         if self.state in (State.CAPTURING, State.PENDING):
             self._discard(f"wiped by {by}")
         self._wipe()
-        self._record("wiped", self.state, by=by)
+        self._record(EventKind.WIPED, self.state, by=by)
 
     def fault(self, reason: str, lasting: bool = False) -> None:
         """Something broke: close the utterance's record, wipe, show the fault, keep serving.
@@ -352,21 +353,22 @@ class Gate:
         microphone closed); the fault is only recorded.
         """
         if self.state in (State.CAPTURING, State.PENDING) and self._utterance is not None:
-            self._record("discarded", State.FAULT, reason=f"fault: {reason}"[:200], duration_seconds=self._duration())
+            self._record(EventKind.DISCARDED, State.FAULT, reason=f"fault: {reason}"[:200],
+                         duration_seconds=self._duration())
         self._wipe()
         self._utterance = None
         if self.state is State.MUTED:
-            self._record("fault", State.MUTED, reason=reason[:200])
+            self._record(EventKind.FAULT, State.MUTED, reason=reason[:200])
             return
         self._show_fault(reason[:200], math.inf if lasting else FAULT_SHOW_SECONDS)
 
     def recovered(self, reason: str) -> None:
         """What a lasting fault waited for is back: listen again (a muted guard stays muted)."""
-        self._decide("recovered", State.IDLE if self.state is State.FAULT else self.state, reason=reason)
+        self._decide(EventKind.RECOVERED, State.IDLE if self.state is State.FAULT else self.state, reason=reason)
 
     def _show_fault(self, reason: str, seconds: float = FAULT_SHOW_SECONDS, **fields) -> None:
         self._fault_until = self.clock() + seconds
-        self._decide("fault", State.FAULT, reason=reason, **fields)
+        self._decide(EventKind.FAULT, State.FAULT, reason=reason, **fields)
 
     def shutdown(self) -> None:
         """On SIGTERM/SIGINT: nothing held survives the process."""
@@ -390,11 +392,11 @@ class Gate:
         """True when no buffer holds a sample of audio."""
         return self.capture.is_zero() and self.ring.is_zero() and not self.detector.holds_audio()
 
-    def _decide(self, kind: str, state: State, **fields) -> None:
+    def _decide(self, kind: EventKind, state: State, **fields) -> None:
         self._record(kind, state, **fields)
         self._enter(state)
 
-    def _record(self, kind: str, state: State, required: bool = False, utterance: str | None = None,
+    def _record(self, kind: EventKind, state: State, required: bool = False, utterance: str | None = None,
                 outcome: bool = False, **fields) -> bool:
         """Audit, log and publish a decision; False when the audit log could not take it.
 
@@ -415,11 +417,11 @@ class Gate:
                 return False
             log.error("%s; %s is kept in memory and written when the log can take it", e, kind)
             self.audit.defer(kind, utterance=utterance, **fields)
-        event = Event(kind, str(state), datetime.now(UTC).isoformat(timespec="milliseconds"), utterance, **fields)
+        event = Event(kind, state, datetime.now(UTC).isoformat(timespec="milliseconds"), utterance, **fields)
         log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in event.to_dict().items() if k not in ("kind", "time")))
         self._publish(event)
         return recorded
 
-    def _enter(self, state: State, show: str | None = None) -> None:
+    def _enter(self, state: State, show: LedPattern | None = None) -> None:
         self.state = state
-        self._show(show or str(state))
+        self._show(show or LedPattern.of(state))

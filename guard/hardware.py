@@ -1,7 +1,7 @@
 """The consent button and the status LED, through gpiozero; the only gpiozero user.
 
-Callbacks here only post a word ("button_down", "button_up", "button_held") to
-the daemon's queue; the gate decides what a press means.
+Callbacks here only post the button's moves to the daemon's inbox; the gate decides
+what a press means.
 """
 
 import warnings
@@ -12,18 +12,20 @@ from gpiozero.exc import BadPinFactory, GPIOZeroError
 
 from guard.config import GpioConfig
 from guard.errors import DeviceError
+from guard.inbox import ButtonMove
+from guard.vocabulary import LedPattern
 
-# on/off seconds per state for a one-colour LED; None is off, () is steady on.
-PATTERNS: dict[str, tuple[float, float] | tuple | None] = {
-    "idle": None,
-    "capturing": (0.5, 0.5),
-    "pending": (0.15, 0.15),
-    "pending_voice": (0.45, 0.15),  # mostly on: also listening for the spoken confirmation
-    "muted": (),
-    "fault": (0.05, 0.95),
+# on/off seconds per pattern for a one-colour LED; None is off, () is steady on.
+PATTERNS: dict[LedPattern, tuple[float, float] | tuple | None] = {
+    LedPattern.IDLE: None,
+    LedPattern.CAPTURING: (0.5, 0.5),
+    LedPattern.PENDING: (0.15, 0.15),
+    LedPattern.PENDING_VOICE: (0.45, 0.15),  # mostly on: also listening for the spoken confirmation
+    LedPattern.MUTED: (),
+    LedPattern.FAULT: (0.05, 0.95),
 }
-COLOURS = {"capturing": (0, 0, 1), "pending": (1, 0.5, 0), "pending_voice": (0, 1, 1), "muted": (1, 0, 0),
-           "fault": (1, 0, 0), "released": (0, 1, 0)}
+COLOURS = {LedPattern.CAPTURING: (0, 0, 1), LedPattern.PENDING: (1, 0.5, 0), LedPattern.PENDING_VOICE: (0, 1, 1),
+           LedPattern.MUTED: (1, 0, 0), LedPattern.FAULT: (1, 0, 0), LedPattern.RELEASED: (0, 1, 0)}
 RELEASED_FLASHES = 3
 
 
@@ -55,26 +57,22 @@ class ConsentButton:
     Wiring: one leg to a BCM pin (default 17, physical pin 11), the other to GND
     (physical pin 9); the internal pull-up does the rest.
 
-        button = ConsentButton(GpioConfig(), post=queue_word)
+        button = ConsentButton(GpioConfig(), post=lambda move: ..., factory=pin_factory("auto"))
 
     Args:
         settings: the [gpio] table (pin, pull, bounce, long-press seconds).
-        post: called with "button_down", "button_up" or "button_held" from gpiozero's threads.
+        post: called with each ButtonMove from gpiozero's threads; it must not block or raise.
         factory: gpiozero pin factory (MockFactory in tests).
     """
 
-    def __init__(self, settings: GpioConfig, post: Callable[[str], None], factory) -> None:
+    def __init__(self, settings: GpioConfig, post: Callable[[ButtonMove], None], factory) -> None:
         self._button = _device(lambda: Button(
             settings.button_pin, pull_up=settings.button_pull_up, bounce_time=settings.bounce_seconds or None,
             hold_time=settings.long_press_seconds, pin_factory=factory),
             f"button on GPIO{settings.button_pin}", "fix [gpio] button_pin")
-        self._button.when_pressed = lambda: post("button_down")
-        self._button.when_released = lambda: post("button_up")
-        self._button.when_held = lambda: post("button_held")
-
-    @property
-    def is_pressed(self) -> bool:
-        return self._button.is_pressed
+        self._button.when_pressed = lambda: post(ButtonMove.DOWN)
+        self._button.when_released = lambda: post(ButtonMove.UP)
+        self._button.when_held = lambda: post(ButtonMove.HELD)
 
     def close(self) -> None:
         self._button.close()
@@ -97,14 +95,14 @@ class StatusLed:
         self._led = _device(lambda: cls(*pins, active_high=high, pin_factory=factory),
                             f"{kind} LED on GPIO{list(pins)}", "fix [gpio] led_pins")
         self.kind = kind
-        self.showing = "idle"
+        self.showing = LedPattern.IDLE
 
-    def show(self, state: str) -> None:
-        """Switch to the pattern for `state` (or the short "released" flash, which ends dark)."""
+    def show(self, state: LedPattern) -> None:
+        """Switch to the pattern for `state` (the released flash ends dark)."""
         self.showing = state
         if self.kind == "rgb":
             self._show_rgb(state)
-        elif state == "released":
+        elif state is LedPattern.RELEASED:
             self._led.blink(0.05, 0.05, n=RELEASED_FLASHES)
         else:
             pattern = PATTERNS[state]
@@ -115,11 +113,11 @@ class StatusLed:
             else:
                 self._led.blink(*pattern)
 
-    def _show_rgb(self, state: str) -> None:
+    def _show_rgb(self, state: LedPattern) -> None:
         colour = COLOURS.get(state)
         if colour is None:
             self._led.off()
-        elif state == "released":
+        elif state is LedPattern.RELEASED:
             self._led.blink(0.05, 0.05, on_color=colour, n=RELEASED_FLASHES)
         elif PATTERNS[state] == ():
             self._led.color = colour

@@ -28,14 +28,16 @@ from guard.commands import MAX_COMMAND_BYTES, CommandError, parse_command
 from guard.config import MqttConfig
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
 from guard.refusals import RefusalTally
-from guard.vocabulary import Event
+from guard.vocabulary import Event, EventKind, State
 
 log = logging.getLogger(__name__)
 
 DISCOVERY_DEBOUNCE_SECONDS = 10.0  # Home Assistant restarting says "online" once; a flood gets one answer
 COMMANDS_PER_MINUTE = 30  # remote commands beyond this are counted, not acted on one by one
 DROP_AUDIT_SECONDS = 60.0  # while events are being dropped, the count goes to the audit log this often
-ACTIVITY_TYPES = {"wake": "wake_detected", "pending": "pending", "released": "released", "discarded": "discarded"}
+# the Activity event entity's types (Home Assistant event_types): the gate's words, but "wake_detected"
+ACTIVITY_TYPES = {EventKind.WAKE: "wake_detected",
+                  **{kind: kind.value for kind in (EventKind.PENDING, EventKind.RELEASED, EventKind.DISCARDED)}}
 
 
 def read_password(path: str) -> str:
@@ -101,7 +103,7 @@ class MqttLink:
         self.root = f"guard/{device_id}"
         self.url = f"mqtt://{settings.host}:{settings.port}"  # names the broker in the record of a release
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
-        self._state = {"state": "idle", "since": self.started, "muted_by": None, "started": self.started}
+        self._state = {"state": State.IDLE, "since": self.started, "muted_by": None, "started": self.started}
         self.health: dict[str, str] = {}
         self._outbox: deque[_Outgoing] = deque()
         self._dropped = 0
@@ -259,7 +261,7 @@ class MqttLink:
         if event.kind in ACTIVITY_TYPES:
             self._send(f"{self.root}/activity", json.dumps({"event_type": ACTIVITY_TYPES[event.kind],
                                                              "utterance": event.utterance}).encode())
-        if event.kind == "wake" and self.settings.hermes:
+        if event.kind is EventKind.WAKE and self.settings.hermes:
             self._asr_session = None  # Rhasspy answers this wake with a new one
             # wakewordId = device id: the broker ACL can confine a topic, never the siteId inside a payload
             self._send(f"hermes/hotword/{self.device_id}/detected", json.dumps(
@@ -269,13 +271,13 @@ class MqttLink:
     def _update_state(self, event: Event) -> None:
         with self._order:
             with self._lock:
-                muted_by = event.by if event.kind == "muted" else self._state["muted_by"]
-                if event.state != "muted":
+                muted_by = event.by if event.kind is EventKind.MUTED else self._state["muted_by"]
+                if event.state is not State.MUTED:
                     muted_by = None
                 if event.state == self._state["state"] and muted_by == self._state["muted_by"]:
                     return
                 self._state.update(state=event.state, since=event.time, muted_by=muted_by)
-                if event.kind == "wake":  # kept in the retained state, so it survives a restart of the hub
+                if event.kind is EventKind.WAKE:  # kept in the retained state, so it survives a restart of the hub
                     self._state["last_wake"] = {"model": event.model, "score": event.score, "time": event.time}
                 state, connected = json.dumps({**self._state, "health": self.health}), self.connected.is_set()
             if connected:
@@ -285,7 +287,7 @@ class MqttLink:
         """A refused inbound message: logged and told to the hub, never acted on."""
         log.warning("MQTT command ignored: %s", reason)
         self._send(f"{self.root}/event/error", json.dumps(
-            {"kind": "error", "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            {"kind": EventKind.ERROR, "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
              "reason": reason}).encode())
 
     def send_audio(self, utterance_id: str, wav: bytes, timeout_seconds: float) -> str:
@@ -410,10 +412,11 @@ class MqttLink:
 
         state = f"{root}/state"
         return dict([
-            entity("binary_sensor", "capturing", name="Capturing", state_topic=state,
-                   value_template="{{ 'ON' if value_json.state in ('capturing', 'pending') else 'OFF' }}"),
-            entity("binary_sensor", "muted", name="Muted", state_topic=state,
-                   value_template="{{ 'ON' if value_json.state == 'muted' else 'OFF' }}"),
+            entity("binary_sensor", State.CAPTURING, name="Capturing", state_topic=state,
+                   value_template=f"{{{{ 'ON' if value_json.state in ('{State.CAPTURING}', '{State.PENDING}') "
+                                  "else 'OFF' }}"),
+            entity("binary_sensor", State.MUTED, name="Muted", state_topic=state,
+                   value_template=f"{{{{ 'ON' if value_json.state == '{State.MUTED}' else 'OFF' }}}}"),
             entity("switch", "remote_mute", name="Remote mute", state_topic=state,
                    command_topic=f"{root}/cmd/remote_mute", payload_on="ON", payload_off="OFF",
                    value_template="{{ 'ON' if value_json.muted_by == 'remote' else 'OFF' }}"),
@@ -423,7 +426,7 @@ class MqttLink:
             entity("event", "activity", name="Activity", state_topic=f"{root}/activity",
                    event_types=list(ACTIVITY_TYPES.values())),
             entity("binary_sensor", "problem", name="Problem", state_topic=state, device_class="problem",
-                   value_template="{{ 'ON' if value_json.state == 'fault' else 'OFF' }}"),
+                   value_template=f"{{{{ 'ON' if value_json.state == '{State.FAULT}' else 'OFF' }}}}"),
             entity("sensor", "last_wake_word", name="Last wake word", state_topic=state,
                    value_template="{{ value_json.last_wake.model if value_json.last_wake is defined else none }}",
                    entity_category="diagnostic"),
@@ -532,7 +535,7 @@ def read_status(settings: MqttConfig, device_id: str, wait_seconds: float = 3.0)
 
     def on_connect(c, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
-            got["refused"] = str(reason_code)
+            got["no_connection"] = str(reason_code)
             done.set()
         else:
             c.subscribe([(f"{root}/availability", 1), (f"{root}/state", 1)])
@@ -548,6 +551,6 @@ def read_status(settings: MqttConfig, device_id: str, wait_seconds: float = 3.0)
     done.wait(wait_seconds)
     client.disconnect()
     client.loop_stop()
-    if "refused" in got:
-        raise GuardError(f"broker {settings.host}:{settings.port} refused the connection: {got['refused']}")
+    if "no_connection" in got:
+        raise GuardError(f"broker {settings.host}:{settings.port} refused the connection: {got['no_connection']}")
     return got

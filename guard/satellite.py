@@ -32,6 +32,7 @@ from guard import __version__
 from guard.audio import RATE_HZ
 from guard.config import WyomingConfig
 from guard.errors import DeliveryUncertain, GuardError
+from guard.inbox import Command, Refusal
 from guard.refusals import RefusalTally
 from guard.sound import Speaker
 
@@ -42,6 +43,7 @@ ATTRIBUTION = Attribution(name="pi-guard", url="")
 MAX_HEADER_BYTES = 8192  # an event's JSON line and its data part; Home Assistant's are a few hundred bytes
 MAX_PAYLOAD_BYTES = 65536  # an event's binary part: an audio chunk (Home Assistant's are 2-4 KiB)
 MAX_CONNECTIONS = 4  # Home Assistant holds one; a reconnect may briefly hold a second
+HUB = "assist"  # who a pause, a run-satellite or a refusal is by, in the audit log and the state
 IDLE_SECONDS = 60.0  # Home Assistant pings a satellite every few seconds; a silent connection is gone
 
 
@@ -94,13 +96,13 @@ class AssistSatellite:
     Args:
         settings: the [wyoming] table.
         device_id: names the satellite when [wyoming] name is empty.
-        post: receives ("mute"|"unmute", peer) and ("refused", (peer, kind, reason, count)), from the
-            satellite's thread (queue it).
+        post: receives Home Assistant's pause and run-satellite as a mute and unmute by "assist", and the
+            counted refusals, from the satellite's thread (the daemon's inbox).
         wake_words: the configured models, shown to Home Assistant.
         speaker: where spoken answers play; None: they are acknowledged unplayed.
     """
 
-    def __init__(self, settings: WyomingConfig, device_id: str, post: Callable[[str, object], None],
+    def __init__(self, settings: WyomingConfig, device_id: str, post: Callable[[Command | Refusal], object],
                  wake_words: list[str], speaker: Speaker | None = None) -> None:
         self.settings, self.post, self.speaker = settings, post, speaker
         self.name = settings.name or f"pi-guard {device_id}"
@@ -168,7 +170,7 @@ class AssistSatellite:
         """One audit record (and with it one log line) per peer and kind per interval (see refusals.py)."""
         if not first:
             reason = f"{count} more in {self.refusals.interval_seconds:g} s; the last: {reason}"
-        self.post("refused", (peer, kind, reason, count))
+        self.post(Refusal(HUB, peer, kind, reason, count))
 
     # -- connections ------------------------------------------------------------------
 
@@ -241,7 +243,7 @@ class AssistSatellite:
         elif PauseSatellite.is_type(event.type):
             if self._paused_by is None:
                 self._paused_by = (connection, connection.host)
-                self.post("mute", connection.peer)
+                self.post(Command(HUB, "mute"))
         elif RunPipeline.is_type(event.type) or Detect.is_type(event.type):
             self.refusals.refused(connection.host, event.type, "asked the satellite to listen; audio leaves only "
                                                                "after a local act of consent")
@@ -266,7 +268,7 @@ class AssistSatellite:
         pauser, pauser_host = self._paused_by
         if pauser is connection or (pauser not in self._connections and pauser_host == connection.host):
             self._paused_by = None
-            self.post("unmute", connection.peer)
+            self.post(Command(HUB, "unmute"))
         else:
             self.refusals.refused(connection.host, "unpause", f"the pause of {pauser.peer} holds; only it (or the "
                                   "button) lifts it")

@@ -14,10 +14,11 @@ import numpy as np
 
 from guard.audio import RATE_HZ, find_device, portaudio, quiet_stderr
 from guard.errors import DeviceError
+from guard.vocabulary import EventKind
 
 log = logging.getLogger(__name__)
 
-CHIMES = ("wake", "pending", "released", "discarded")  # gate events with a sound (script/make-chimes)
+CHIMES = (EventKind.WAKE, EventKind.PENDING, EventKind.RELEASED, EventKind.DISCARDED)  # with a sound (make-chimes)
 SOUNDS = Path(__file__).resolve().parent / "sounds"
 BUSY_SECONDS = 30.0  # a sound waits this long for the one before it, then gives up
 
@@ -79,7 +80,7 @@ class Speaker:
         self._pa.terminate()
 
 
-def read_chime(kind: str, volume: float) -> np.ndarray:
+def read_chime(kind: EventKind, volume: float) -> np.ndarray:
     with wave.open(str(SOUNDS / f"{kind}.wav")) as w:
         samples = np.frombuffer(w.readframes(w.getnframes()), "<i2")
     return np.round(samples * volume).astype("<i2")
@@ -98,7 +99,7 @@ class Chimes:
         self._thread = threading.Thread(target=self._run, name="chimes", daemon=True)
         self._thread.start()
 
-    def play(self, kind: str, utterance: str | None = None) -> None:
+    def play(self, kind: EventKind, utterance: str | None = None) -> None:
         """Queue the chime; once per utterance (a release to two sinks chimes once); dropped if 8 wait."""
         if kind not in self.sounds or (kind, utterance) == self._last:
             return

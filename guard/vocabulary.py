@@ -1,7 +1,8 @@
-"""The words every part shares: what the guard is doing, and what it tells the hub.
+"""The words every part shares: what the guard is doing, what happened, and what the LED shows.
 
 A leaf module (standard library only), so the MQTT adapter, the satellite and the CLI can speak of states and
-events without importing the privacy gate.
+events without importing the privacy gate. Each is a StrEnum: the JSON, MQTT and audit words stay as they are,
+and a tool can find every use of one.
 """
 
 from dataclasses import asdict, dataclass
@@ -18,12 +19,48 @@ class State(StrEnum):
     FAULT = "fault"
 
 
+class EventKind(StrEnum):
+    """What happened; the same words in events, MQTT topics (`event/<kind>`) and the audit log."""
+
+    WAKE = "wake"
+    PENDING = "pending"
+    RELEASING = "releasing"
+    RELEASED = "released"
+    RELEASE_FAILED = "release-failed"
+    RELEASE_UNKNOWN = "release-unknown"
+    DISCARDED = "discarded"
+    MUTED = "muted"
+    UNMUTED = "unmuted"
+    REFUSED = "refused"
+    WIPED = "wiped"
+    FAULT = "fault"
+    RECOVERED = "recovered"
+    ERROR = "error"  # the MQTT link's own: a rejected or failed message, never the gate's
+    SEALED = "sealed"  # the audit log's own: a line torn by a crash, sealed at the next start
+
+
+class LedPattern(StrEnum):
+    """What the LED shows: one per state, and two that are not states."""
+
+    IDLE = "idle"
+    CAPTURING = "capturing"
+    PENDING = "pending"
+    PENDING_VOICE = "pending_voice"  # pending, and listening for the enrolled phrase too
+    RELEASED = "released"  # a short flash after a release, then dark
+    MUTED = "muted"
+    FAULT = "fault"
+
+    @classmethod
+    def of(cls, state: State) -> "LedPattern":
+        return cls(state.value)
+
+
 @dataclass(frozen=True)
 class Event:
     """Something the hub may know: never audio, only what happened and to which utterance."""
 
-    kind: str
-    state: str
+    kind: EventKind
+    state: State
     time: str
     utterance: str | None = None
     model: str | None = None

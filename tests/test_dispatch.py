@@ -11,7 +11,7 @@ import speech
 from guard import config, mqtt
 from guard.config import WakeModelSettings
 from guard.daemon import Daemon, RunOptions
-from guard.inbox import Lane
+from guard.inbox import ButtonMove, ButtonMoved, Command, Delivered, Frame, Lane, Stop
 from guard.vocabulary import State
 from guard.wake import WakeDetector
 
@@ -142,9 +142,9 @@ def _loud(seed: int) -> np.ndarray:
 def test_each_frame_copy_is_zeroed_once_the_gate_has_seen_it(daemon):
     frame = _loud(1)
     daemon.post_frame(frame)
-    copy = daemon.inbox.peek(Lane.FRAMES)[0][0]
+    copy = daemon.inbox.peek(Lane.FRAMES)[0].samples
     assert np.array_equal(copy, frame) and copy is not frame and copy.base is not frame
-    daemon._step()
+    daemon.step()
     assert not copy.any() and frame.any(), "the loop zeroes its copy, never the reader's frame"
 
 
@@ -153,15 +153,15 @@ def test_a_frame_is_zeroed_even_when_handling_it_fails(daemon):
         raise RuntimeError("the detector broke")
     daemon.gate.feed = broken
     daemon.post_frame(_loud(2))
-    copy = daemon.inbox.peek(Lane.FRAMES)[0][0]
-    daemon._step()
+    copy = daemon.inbox.peek(Lane.FRAMES)[0].samples
+    daemon.step()
     assert not copy.any() and daemon.gate.state is State.FAULT
 
 
 def test_muting_zeroes_and_drops_every_queued_frame(daemon):
     for seed in range(5):
         daemon.post_frame(_loud(seed))
-    queued = [item[0] for item in daemon.inbox.peek(Lane.FRAMES)]
+    queued = [message.samples for message in daemon.inbox.peek(Lane.FRAMES)]
     daemon._set_listening(False)
     assert daemon.inbox.empty() and not daemon.listening.is_set()
     assert all(not q.any() for q in queued)
@@ -171,31 +171,45 @@ def test_muting_zeroes_and_drops_every_queued_frame(daemon):
 
 def test_stop_drains_too(daemon):
     daemon.post_frame(_loud(7))
-    queued = daemon.inbox.peek(Lane.FRAMES)[0][0]
+    queued = daemon.inbox.peek(Lane.FRAMES)[0].samples
     daemon._drain()
     assert daemon.inbox.empty() and not queued.any()
 
 
+def serve(daemon, *messages) -> None:
+    """Post each message to the inbox and let the loop serve it, as paho's or gpiozero's thread would."""
+    for message in messages:
+        assert daemon.inbox.post(message)
+        daemon.step()
+
+
 def test_each_remote_verb_reaches_its_gate_action(daemon):
-    daemon._handle("command", ("remote", "mute"))
+    serve(daemon, Command("remote", "mute"))
     assert daemon.gate.state is State.MUTED and daemon.gate.muted_by == "remote"
-    daemon._handle("command", ("remote", "unmute"))
+    serve(daemon, Command("remote", "unmute"))
     assert daemon.gate.state is State.IDLE
     calls = []
     daemon.gate.cancel, daemon.gate.wipe = (lambda by: calls.append(("cancel", by))), \
         (lambda by: calls.append(("wipe", by)))
-    daemon._handle("command", ("remote", "cancel"))
-    daemon._handle("command", ("rhasspy", "wipe"))
+    serve(daemon, Command("remote", "cancel"), Command("rhasspy", "wipe"))
     assert calls == [("cancel", "remote"), ("wipe", "rhasspy")]
-    with pytest.raises(KeyError):
-        daemon._handle("command", ("remote", "release"))
+    serve(daemon, Command("remote", "release"))
+    assert daemon.gate.state is State.FAULT, "a verb the gate has no action for is the loop's fault, never a release"
+
+
+def test_each_button_move_reaches_the_gate_with_its_time(daemon):
+    calls = []
+    for name in ("button_down", "button_up", "button_held"):
+        setattr(daemon.gate, name, lambda at, name=name: calls.append((name, at)))
+    serve(daemon, ButtonMoved(ButtonMove.DOWN, 1.0), ButtonMoved(ButtonMove.UP, 1.5), ButtonMoved(ButtonMove.HELD, 3.0))
+    assert calls == [("button_down", 1.0), ("button_up", 1.5), ("button_held", 3.0)]
 
 
 def test_stop_wakes_a_muted_loop_and_asks_it_to_finish(daemon):
     daemon.listening.clear()
     daemon.stop()
     assert daemon.stopping.is_set() and daemon.listening.is_set()
-    assert daemon.inbox.get(0) == (Lane.URGENT, "stop", None)
+    assert daemon.inbox.get(0) == Stop()
 
 
 def test_only_sound_from_a_reopened_microphone_counts_as_its_recovery(daemon):
@@ -203,10 +217,10 @@ def test_only_sound_from_a_reopened_microphone_counts_as_its_recovery(daemon):
     daemon._source_failed("PortAudio: device unavailable")
     failed_generation = daemon._generation
     assert daemon.gate.state is State.FAULT and daemon._mic_down is not None
-    daemon._handle(_loud(3), failed_generation)  # a late frame of the device that failed
-    daemon._handle(_loud(5), failed_generation - 1)  # or of one before it, still queued (words are served first)
+    serve(daemon, Frame(_loud(3), failed_generation))  # a late frame of the device that failed
+    serve(daemon, Frame(_loud(5), failed_generation - 1))  # or of one before it, still queued (moves are served first)
     assert daemon._mic_down is not None, "the failed device's own frames, or older ones, are no recovery"
-    daemon._handle(_loud(4), failed_generation + 1)
+    serve(daemon, Frame(_loud(4), failed_generation + 1))
     assert daemon._mic_down is None and daemon.gate.state is State.IDLE
     assert daemon.health["audio"] != "failing, retrying: PortAudio: device unavailable"
 
@@ -220,7 +234,7 @@ def test_a_finished_release_leaves_the_list_of_unfinished_ones_and_only_it(daemo
                               [DirectorySink("box", folder, "test")], "button", 0.1, {}) for u in ("u1", "u2"))
     daemon._deliver_in_background(first)
     daemon._deliver_in_background(second)
-    daemon._handle("delivered", first)
+    serve(daemon, Delivered(first))
     assert daemon._unfinished == [second], "at exit only the second is abandoned and recorded"
 
 
@@ -249,12 +263,12 @@ def test_invariant7_the_button_is_served_before_any_waiting_network_message(daem
     for _ in range(REMOTE_MESSAGES + 10):
         daemon._post_command("remote", "cancel")
     daemon.post_frame(_loud(1))
-    daemon._post_word("button_held")
+    daemon._post_move(ButtonMove.HELD)
     daemon._post_command("remote", "mute")
     assert daemon.inbox.dropped == 10 and daemon.inbox.size(Lane.REMOTE) == REMOTE_MESSAGES
     first, second = daemon.inbox.get(0), daemon.inbox.get(0)
-    assert (first[0], first[1]) == (Lane.URGENT, "button_held")
-    assert second == (Lane.URGENT, "command", ("remote", "mute"))
-    assert daemon.inbox.get(0)[0] is Lane.REMOTE
-    daemon._step()
+    assert isinstance(first, ButtonMoved) and first.move is ButtonMove.HELD
+    assert second == Command("remote", "mute")
+    assert daemon.inbox.get(0) == Command("remote", "cancel")
+    daemon.step()
     assert "10 remote request(s) dropped" in caplog.text

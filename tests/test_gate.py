@@ -24,8 +24,9 @@ from guard.config import GateConfig, GpioConfig, WakeModelSettings
 from guard.errors import AuditError
 from guard.gate import Delivery, Gate
 from guard.hardware import ConsentButton, StatusLed
+from guard.inbox import ButtonMove
 from guard.sinks import CommandSink, DirectorySink
-from guard.vocabulary import State
+from guard.vocabulary import LedPattern, State
 from guard.wake import WakeDetector
 
 PRE_ROLL_SECONDS = 2.0
@@ -60,8 +61,8 @@ class Rig:
         self.factory = MockFactory(pin_class=MockPWMPin)
         self.clock = Clock()
         self.events, self.listening = [], []
-        self.words: list[tuple[str, float]] = []
-        self.holding_words = False  # True: words wait in the queue, as while the daemon's loop is busy
+        self.moves: list[tuple[ButtonMove, float]] = []
+        self.holding_moves = False  # True: moves wait in the inbox, as while the daemon's loop is busy
         self.sink_dir = tmp_path / "sink"
         self.sink_dir.mkdir()
         self.audit_path = tmp_path / "state" / "audit.jsonl"
@@ -72,28 +73,28 @@ class Rig:
                          sinks if sinks is not None else [DirectorySink("box", self.sink_dir, "test")],
                          AuditLog(self.audit_path, "test"), publish=self.events.append, show=self.led.show,
                          set_listening=self.listening.append, clock=self.clock)
-        self.button = ConsentButton(gpio, self._word, self.factory)
+        self.button = ConsentButton(gpio, self._move, self.factory)
         self.button_pin = self.factory.pin(gpio.button_pin)
         self.led_pin = self.factory.pin(gpio.led_pins[0])
 
-    def _word(self, word: str) -> None:
-        """Like the daemon: gpiozero posts the word stamped with its time; the loop handles it between steps."""
-        self.words.append((word, self.clock()))
-        if not self.holding_words:
+    def _move(self, move: ButtonMove) -> None:
+        """Like the daemon: gpiozero posts the move stamped with its time; the loop handles it between steps."""
+        self.moves.append((move, self.clock()))
+        if not self.holding_moves:
             self.pump()
 
     def pump(self) -> None:
-        while self.words:
-            word, at = self.words.pop(0)
-            {"button_down": self.gate.button_down, "button_up": self.gate.button_up,
-             "button_held": self.gate.button_held}[word](at)
+        while self.moves:
+            move, at = self.moves.pop(0)
+            {ButtonMove.DOWN: self.gate.button_down, ButtonMove.UP: self.gate.button_up,
+             ButtonMove.HELD: self.gate.button_held}[move](at)
 
     def feed(self, audio: np.ndarray) -> None:
         for frame in audio.reshape(-1, FRAME_SAMPLES):
             self.gate.feed(frame.copy())
             self.clock.seconds += FRAME_SECONDS
             self.gate.tick()
-            if not self.holding_words:
+            if not self.holding_moves:
                 self.pump()
 
     def wait(self, seconds: float) -> None:
@@ -208,11 +209,11 @@ def test_invariant1_press_inside_the_gap_before_the_led_shows_pending_never_rele
     def press_while_recording(event):
         if event.kind == "pending":
             seen.append(r.led.showing)
-            r.holding_words = True  # the loop is busy writing the record: the words wait in the queue
+            r.holding_moves = True  # the loop is busy writing the record: the moves wait in the inbox
             r.clock.seconds += 0.01
             r.press(0.02)
             r.clock.seconds += 0.01
-            r.holding_words = False
+            r.holding_moves = False
 
     r.gate._publish = press_while_recording
     r.feed(request_audio)
@@ -226,11 +227,11 @@ def test_invariant1_a_press_queued_before_pending_but_handled_after_never_releas
     wake_at = int(2.4 * 16000) // FRAME_SAMPLES * FRAME_SAMPLES
     r.feed(request_audio[:wake_at])
     assert r.gate.state is State.CAPTURING
-    r.holding_words = True
+    r.holding_moves = True
     r.press()  # stamped while capturing, handled by the loop only once pending has begun
     r.feed(request_audio[wake_at:])
-    assert r.gate.state is State.PENDING and r.words
-    r.holding_words = False
+    assert r.gate.state is State.PENDING and r.moves
+    r.holding_moves = False
     r.pump()
     r.wait(10.0)
     assert r.released_files() == [] and r.kinds()[-1] == "discarded"
@@ -420,12 +421,12 @@ def test_pwm_and_rgb_leds_show_each_state(led_type, pins):
     factory = MockFactory(pin_class=MockPWMPin)
     led = StatusLed(GpioConfig(led_type=led_type, led_pins=pins), factory)
     try:
-        led.show("muted")
+        led.show(LedPattern.MUTED)
         muted = [factory.pin(p).state for p in pins]
-        led.show("idle")
+        led.show(LedPattern.IDLE)
         assert [factory.pin(p).state for p in pins] == [0] * len(pins)
         assert muted == ([1, 0, 0] if led_type == "rgb" else [1])
-        led.show("pending")
+        led.show(LedPattern.PENDING)
         time.sleep(0.4)
         assert len({s.state for s in factory.pin(pins[0]).states}) >= 2
     finally:
@@ -436,9 +437,9 @@ def test_active_low_led_is_dark_at_high():
     factory = MockFactory(pin_class=MockPWMPin)
     led = StatusLed(GpioConfig(led_active_high=False), factory)
     try:
-        led.show("muted")
+        led.show(LedPattern.MUTED)
         assert factory.pin(27).state == 0
-        led.show("idle")
+        led.show(LedPattern.IDLE)
         assert factory.pin(27).state == 1
     finally:
         led.close()

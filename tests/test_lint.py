@@ -1,9 +1,15 @@
-"""The code stays ruff clean and its imports run one way; CI fails otherwise."""
+"""The code stays ruff clean, its imports run one way, and its shared words have one spelling; CI fails otherwise."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 from conftest import ROOT
+
+from guard import inbox
+from guard.vocabulary import EventKind, LedPattern, State
 
 
 def test_ruff_is_clean():
@@ -32,3 +38,44 @@ def test_reading_the_config_loads_no_model_runtime():
     assert "guard.config" in loaded
     assert not {m for m in loaded if m.split(".")[0] in ("numpy", "onnxruntime", "guard") and
                 m not in ("guard", "guard.config", "guard.trust", "guard.errors")}, sorted(loaded)
+
+
+# the words the loop's messages were before they were types (guard/inbox.py); "command" is also a sink type
+LOOP_WORDS = {"button_down", "button_up", "button_held", "refused", "source-failed", "delivered", "stop"}
+
+
+def _bare_words(path: Path, words: set[str]) -> list[str]:
+    """String constants in `path` (docstrings aside) that spell one of `words`."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [f"{path.name}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in words
+            and id(node) not in docstrings]
+
+
+def test_no_event_kind_led_pattern_state_or_loop_message_is_a_bare_string():
+    """Every use of these words goes through guard/vocabulary.py or guard/inbox.py, so a tool finds them all."""
+    words = {w.value for vocabulary in (EventKind, LedPattern, State) for w in vocabulary} | LOOP_WORDS
+    found = [hit for path in sorted((ROOT / "guard").glob("*.py")) if path.name not in ("vocabulary.py", "inbox.py")
+             for hit in _bare_words(path, words)]
+    assert found == []
+
+
+def test_the_bare_word_check_finds_a_bare_word(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('"""released is fine in a docstring"""\nif kind == "released":\n    show("pending_voice")\n')
+    assert _bare_words(module, {"released", "pending_voice"}) == ["m.py:2 'released'", "m.py:3 'pending_voice'"]
+
+
+def test_every_message_has_a_lane_and_anything_else_is_refused():
+    import numpy as np
+    messages = [inbox.ButtonMoved(inbox.ButtonMove.DOWN, 0.0), inbox.Stop(), inbox.Command("remote", "mute"),
+                inbox.SourceFailed("gone", 1), inbox.Delivered(None), inbox.Command("remote", "cancel"),
+                inbox.Refusal("assist", "h", "k", "r", 1), inbox.Frame(np.zeros(4, np.int16), 1)]
+    lanes = [inbox.lane_of(m) for m in messages]
+    L = inbox.Lane
+    assert lanes == [L.URGENT, L.URGENT, L.URGENT, L.LOCAL, L.LOCAL, L.REMOTE, L.REMOTE, L.FRAMES]
+    with pytest.raises(TypeError):
+        inbox.lane_of(("command", ("remote", "mute")))
