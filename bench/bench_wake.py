@@ -15,6 +15,7 @@ in the same round, to guard's default.
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -104,8 +105,11 @@ def child(variant: str, raw: Path) -> dict:
 
 def _run(variant: str, raw: Path) -> dict:
     python = BENCH_PYTHON if variant in IN_BENCH_VENV else Path(sys.executable)
+    # `guard run` loads numpy with one OpenBLAS thread (guard/__init__.py); this script loads numpy before guard
+    one_thread = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"} if variant.startswith("guard") else {}
+    env = {**os.environ, **one_thread}
     out = subprocess.run([str(python), __file__, "--child", variant, str(raw)],
-                         check=True, capture_output=True, text=True).stdout
+                         check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out)
 
 

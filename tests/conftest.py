@@ -1,5 +1,6 @@
 """Fixtures: real synthesized speech, real WAV files, and an ALSA capture device made of a file."""
 
+import guard  # noqa: F401, I001  first: it keeps numpy's OpenBLAS to one thread, as `guard run` does
 import dataclasses
 import fcntl
 import os

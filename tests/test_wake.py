@@ -1,6 +1,9 @@
 """Wake detection with the real openWakeWord models on espeak-ng speech."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import openwakeword
@@ -97,3 +100,13 @@ def test_wipe_returns_the_detector_to_its_start_state(alexa_samples):
     for frame in frames:
         assert used.process(frame) == fresh.process(frame)
         assert used.scores() == fresh.scores()
+
+
+def test_a_default_guard_runs_no_idle_worker_thread():
+    """numpy's OpenBLAS started a worker per core at the second opinion's first matrix product and left it
+    spinning: 0.8 ms of CPU per audio second for nothing. Importing guard keeps it to one thread."""
+    probe = ("import os, guard; from guard import config; from guard.wake import WakeDetector; "
+             "WakeDetector(config.Config().wake.settings()); print(len(os.listdir('/proc/self/task')))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    threads = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert threads.stdout.strip() == "1"
