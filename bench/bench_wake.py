@@ -84,9 +84,8 @@ def _step(variant: str):
     from guard.config import WakeModelSettings
     from guard.wake import WakeDetector
     if variant == "guard-default":
-        from guard import config
-        wake = config.Config().wake
-        return WakeDetector(wake.settings(), wake.vad_threshold, rest_below_dbfs=wake.rest_below_dbfs).process
+        from guard import config, parts
+        return parts.detector(config.Config()).process
     engine = "micro" if "micro" in variant else "openwakeword"
     rest = None if variant.endswith("-always") else -60.0
     return WakeDetector([WakeModelSettings(MODEL, engine=engine)], rest_below_dbfs=rest).process

@@ -39,9 +39,9 @@ import bench_confirm  # noqa: E402
 import eval_corpus  # noqa: E402
 import speech  # noqa: E402  (eval_corpus puts tests/ on the path)
 
-from guard import confirm, endpoint  # noqa: E402
+from guard import confirm, endpoint, parts  # noqa: E402
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs  # noqa: E402
-from guard.config import AudioConfig, GateConfig, WakeConfig  # noqa: E402
+from guard.config import AudioConfig, Config, GateConfig  # noqa: E402
 from guard.wake import FeatureExtractor, WakeDetector  # noqa: E402
 
 RATE = speech.RATE_HZ
@@ -67,7 +67,7 @@ class Outcome:
 
 def default_detector(word: str) -> WakeDetector:
     """What `guard run` listens with for `word` by default (engine auto: micro for alexa and hey_mycroft)."""
-    return WakeDetector(WakeConfig(models=(word,)).settings())
+    return parts.detector(Config(), [word])
 
 
 def television(seconds: float) -> np.ndarray:

@@ -316,6 +316,15 @@ class AuditLog:
             raise AuditError(f"{self.path}: cannot write the audit log ({what})") from None
 
 
+def describe(record: dict) -> str:
+    """One record on one line, for a person reading `guard audit`."""
+    if "damaged" in record:
+        return f"{record['seq']:>5}  (damaged) {record['damaged']}"
+    extra = " ".join(f"{k}={v}" for k, v in record.items()
+                     if k not in ("seq", "time", "device", "event", "prev", "hash"))
+    return f"{record['seq']:>5}  {record['time']}  {record['device']}  {record['event']:<10} {extra}".rstrip()
+
+
 def read(path: Path) -> list[dict]:
     """All records, for display; damaged lines come back as {'seq': n, 'damaged': text}."""
     records = []

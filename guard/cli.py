@@ -10,44 +10,26 @@ import json
 import logging
 import math
 import os
-import signal
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from guard import __version__, audit, config, confirm, confusables, models, mqtt, sinks
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, MicSource, WavSource, level_dbfs, list_devices
+from guard import __version__, audit, config, confirm, confusables, demo, models, mqtt, parts, sinks
+from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, WavSource, level_dbfs, list_devices
 from guard.config import ENGINES
-from guard.daemon import Daemon, RunOptions
+from guard.daemon import Daemon, RunOptions, serve
 from guard.errors import ExitStatus, GuardError, UsageError
 from guard.process import forbid_core_dumps
 from guard.progress import Progress
-from guard.vocabulary import Event, EventKind
+from guard.vocabulary import Event
 from guard.wake import Detection, FeatureExtractor, WakeDetector
 
 log = logging.getLogger("guard")
 
-DEMO_WAV = Path(__file__).resolve().parent / "demo" / "two-requests.wav"
 SCAN_TAIL_SECONDS = 1.0  # silence fed after a file so a wake word at its very end still fires
-
-
-def _models_dir(cfg: config.Config) -> Path | None:
-    return Path(cfg.wake.models_dir).expanduser() if cfg.wake.models_dir else None
-
-
-def _detector(cfg: config.Config, names: list[str] | None = None, threshold: float | None = None,
-              engine: str | None = None) -> WakeDetector:
-    wake = dataclasses.replace(cfg.wake, models=tuple(names)) if names else cfg.wake
-    if threshold is not None or engine is not None:
-        wake = dataclasses.replace(wake, threshold=threshold if threshold is not None else wake.threshold,
-                                   engine=engine or wake.engine, overrides={})
-    voice = any("voice" in sink.confirm for sink in cfg.sinks.values())
-    rest = wake.rest_below_dbfs if wake.rest_below_dbfs > -120 else None
-    return WakeDetector(wake.settings(), wake.vad_threshold, _models_dir(cfg), embeddings=voice, rest_below_dbfs=rest)
 
 
 def scan_file(detector: WakeDetector, path: Path, progress: Progress | None = None) -> list[Detection]:
@@ -69,7 +51,7 @@ def scan_file(detector: WakeDetector, path: Path, progress: Progress | None = No
 
 def cmd_scan(args: argparse.Namespace) -> int:
     cfg, _ = config.load(args.config)
-    detector = _detector(cfg, args.model, args.threshold, args.engine)
+    detector = parts.detector(cfg, args.model, args.threshold, args.engine)
     status = ExitStatus.OK
     for name in args.files:
         try:
@@ -95,11 +77,6 @@ def _meter(dbfs: float, scores: dict[str, float]) -> str:
     return f"\r[{'#' * bars:<20}] {dbfs:6.1f} dBFS  {best} {scores[best]:.2f} "
 
 
-def _mic(cfg: config.Config) -> MicSource:
-    a = cfg.audio
-    return MicSource(a.device or None, a.channels, a.channel, a.rate_hz or None)
-
-
 def _load(args: argparse.Namespace) -> tuple[config.Config, Path | None]:
     """The config, with this run's --device (for the verbs that open a microphone) in place of [audio] device."""
     cfg, path = config.load(args.config)
@@ -116,8 +93,8 @@ def _add_device_flag(p: argparse.ArgumentParser) -> None:
 
 def cmd_listen(args: argparse.Namespace) -> int:
     cfg, _ = _load(args)
-    detector = _detector(cfg, args.model, args.threshold, args.engine)
-    mic = _mic(cfg)
+    detector = parts.detector(cfg, args.model, args.threshold, args.engine)
+    mic = parts.microphone(cfg.audio)
     show_meter = sys.stderr.isatty()
     print(f"listening on {mic.name} at {mic.rate_hz} Hz for {', '.join(w.name for w in detector.words)}; "
           "Ctrl-C stops", file=sys.stderr)
@@ -167,42 +144,17 @@ def _report_sinks(daemon: Daemon) -> None:
             log.error("%s; releases to it will fail until fixed", problem)
 
 
-def _serve(daemon: Daemon) -> int:
-    """Run the loop with SIGTERM, SIGINT and SIGHUP asking it to stop cleanly (buffers wiped, records closed).
-
-    Returns:
-        OK after SIGTERM or the end of a file; INTERRUPTED (130) after Ctrl-C; FAILURE after SIGHUP (a
-        hang-up nobody asked for: systemd's Restart=on-failure starts it again).
-    """
-    received: list[int] = []
-
-    def handler(signum, frame) -> None:
-        received.append(signum)
-        daemon.stop()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
-        daemon.run()
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-    if signal.SIGHUP in received:
-        log.warning("hung up (SIGHUP): everything held was wiped; exiting 1 so that systemd starts a fresh guard")
-        return ExitStatus.FAILURE
-    return ExitStatus.INTERRUPTED if signal.SIGINT in received else ExitStatus.OK
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     cfg, path = _load(args)
     log.info("config: %s", path or "built-in defaults")
     if args.device and args.source == "mic":  # a microphone named by hand is checked now (exit 2 if absent);
-        _mic(cfg).close()                     # the configured one is waited for, as a service must
+        parts.microphone(cfg.audio).close()                     # the configured one is waited for, as a service must
     daemon = Daemon(cfg, RunOptions(args.source, args.gpio, args.fast, publish=_print_event),
-                    _detector(cfg))
+                    parts.detector(cfg))
     for part, status in daemon.health.items():
         log.info("%s: %s", part, status)
     _report_sinks(daemon)
-    status = _serve(daemon)
+    status = serve(daemon)
     if daemon.source_failure:
         raise GuardError(f"the audio source failed ({daemon.source_failure}); everything held was wiped. "
                          "Check the microphone (guard devices); under systemd the guard restarts by itself")
@@ -240,48 +192,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return ExitStatus.OK
 
 
-def _describe_event(event: Event) -> str:
-    details = " ".join(f"{k}={v}" for k, v in event.to_dict().items() if k not in ("kind", "time", "state"))
-    return f"  {event.kind:<10} -> {event.state:<9} {details}"
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="guard-demo-") as tmp:
-        released = Path(tmp) / "sink"
-        released.mkdir(mode=0o700)
-        defaults = config.Config()
-        cfg = dataclasses.replace(
-            defaults, device=config.DeviceConfig("demo"), audit=config.AuditConfig(str(Path(tmp) / "audit.jsonl")),
-            wake=dataclasses.replace(defaults.wake, models=("alexa", "hey_jarvis")),  # the words the demo says
-            gpio=dataclasses.replace(defaults.gpio, bounce_seconds=0.0),
-            sinks={"demo": config.SinkConfig(path=str(released))})
-        presses = []
-
-        def on_event(event: Event) -> None:
-            print(_describe_event(event), flush=True)
-            if event.kind is EventKind.PENDING and not presses:
-                presses.append(event.utterance)
-                print("  (the demo presses the button while the LED blinks)", flush=True)
-                pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
-                pin.drive_low()
-                pin.drive_high()
-            elif event.kind is EventKind.PENDING:
-                print(f"  (no press: the {cfg.gate.pending_timeout_seconds:g} s window runs out)", flush=True)
-
-        print(f"guard demo: {DEMO_WAV.name} holds two requests; only the first gets a button press.\n")
-        daemon = Daemon(cfg, RunOptions(str(DEMO_WAV), "mock", fast=True, publish=on_event), _detector(cfg))
-        _serve(daemon)
-        files = sorted(released.iterdir())
-        print(f"\nreleased to the sink ({released}):")
-        for f in files:
-            print(f"  {f.name}  {f.stat().st_size} bytes")
-        print("\naudit log:")
-        for record in audit.read(daemon.audit.path):
-            print(_describe_record(record))
-        verdict = audit.verify(daemon.audit.path)
-        print(f"\naudit chain: {verdict.records} records, {'intact' if verdict.intact else 'BROKEN'}")
-        print("everything else was wiped; the temporary sink and log are deleted now.")
-    return ExitStatus.OK if len(files) == 1 and verdict.intact else ExitStatus.FAILURE
+    return demo.run()
 
 
 def _read_take(name: str) -> np.ndarray:
@@ -295,7 +207,7 @@ def _read_take(name: str) -> np.ndarray:
 
 def _record_takes(cfg: config.Config, count: int, seconds: float) -> list[np.ndarray]:
     """Ask for each take on the terminal and record it from the microphone, retrying bad ones."""
-    mic = _mic(cfg)
+    mic = parts.microphone(cfg.audio)
     takes: list[np.ndarray] = []
     try:
         while len(takes) < count:
@@ -367,14 +279,6 @@ def _ask_phrase() -> str:
     return sys.stdin.readline()
 
 
-def _describe_record(record: dict) -> str:
-    if "damaged" in record:
-        return f"{record['seq']:>5}  (damaged) {record['damaged']}"
-    extra = " ".join(f"{k}={v}" for k, v in record.items()
-                     if k not in ("seq", "time", "device", "event", "prev", "hash"))
-    return f"{record['seq']:>5}  {record['time']}  {record['device']}  {record['event']:<10} {extra}".rstrip()
-
-
 def cmd_audit(args: argparse.Namespace) -> int:
     cfg, _ = config.load(args.config)
     path = Path(args.path) if args.path else cfg.audit.resolved_path()
@@ -395,7 +299,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"{path}: line {verdict.bad_line}: {verdict.reason}; {verdict.records} records before it hold")
         return ExitStatus.OK if verdict.intact else ExitStatus.FAILURE
     for record in audit.read(path):
-        print(json.dumps(record) if args.json else _describe_record(record))
+        print(json.dumps(record) if args.json else audit.describe(record))
     return ExitStatus.OK
 
 
@@ -416,7 +320,7 @@ def _run_time_problems(cfg: config.Config) -> list[str]:
     problems = []
     try:
         for name in cfg.wake.models:
-            models.verify(models.resolve(name, _models_dir(cfg)))
+            models.verify(models.resolve(name, parts.models_dir(cfg)))
     except GuardError as e:
         problems.append(str(e))
     problems += [p for p in (s.problem() for s in sinks.build(cfg.sinks, cfg.device.resolved_id())) if p]
@@ -523,12 +427,12 @@ def _build_verbs(verbs) -> list[argparse.ArgumentParser]:
                      help="with a file: play it as fast as possible, time measured in audio")
     run.set_defaults(func=cmd_run)
 
-    demo = verbs.add_parser("demo", help="the whole pipeline on bundled audio, no hardware needed",
-                            description="Plays two synthesized requests through the real detector and "
-                                        "gate with simulated GPIO: the first is released after a "
-                                        "simulated press into a temporary sink, the second is wiped when "
-                                        "its window expires. Prints the events and the audit log.")
-    demo.set_defaults(func=cmd_demo)
+    demo_verb = verbs.add_parser("demo", help="the whole pipeline on bundled audio, no hardware needed",
+                                 description="Plays two synthesized requests through the real detector and "
+                                             "gate with simulated GPIO: the first is released after a "
+                                             "simulated press into a temporary sink, the second is wiped when "
+                                             "its window expires. Prints the events and the audit log.")
+    demo_verb.set_defaults(func=cmd_demo)
 
     enroll = verbs.add_parser("enroll", help="enrol your spoken confirmation phrase",
                               description="Record your own confirmation phrase (at least 3 takes; each is "

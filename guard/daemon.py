@@ -9,6 +9,7 @@ the audio thread drops it and opens it afresh with backoff until it is back.
 
 import logging
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import sinks
+from guard import parts, sinks
 from guard.audio import FRAME_SECONDS, MicSource, WavSource
 from guard.audit import AuditLog
 from guard.config import Config
 from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
-from guard.errors import DeviceError, UsageError
+from guard.errors import DeviceError, ExitStatus, UsageError
 from guard.gate import Delivery, Gate
 from guard.hardware import ConsentButton, StatusLed, pin_factory
 from guard.inbox import (
@@ -99,7 +100,7 @@ class Daemon:
         self.satellite = AssistSatellite(config.wyoming, device_id, self.inbox.post, list(config.wake.models),
                                          self.speaker) if config.wyoming.uri else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite)
-        self.button, self.led = self._gpio()
+        self.pin_factory, self.button, self.led = self._gpio()  # tests press the mock factory's pins
         accepts = {name: sink.confirm for name, sink in config.sinks.items()}
         self._outgoing: queue.Queue[Delivery | None] = queue.Queue()  # consented releases for the delivery thread
         self._unfinished: list[Delivery] = []
@@ -128,7 +129,7 @@ class Daemon:
         self.notifier = Notifier()
         self._last_frame = time.monotonic()
 
-    def _gpio(self) -> tuple[ConsentButton | None, StatusLed | None]:
+    def _gpio(self) -> tuple[object | None, ConsentButton | None, StatusLed | None]:
         if self.options.gpio == "none":
             voice = [name for name, sink in self.config.sinks.items() if "voice" in sink.confirm]
             if voice:
@@ -136,10 +137,9 @@ class Daemon:
                                  "show that a release is pending; use --gpio auto, or remove \"voice\" from its "
                                  "confirm list")
             log.warning("no GPIO (--gpio none): nothing can be released by button; every utterance is wiped")
-            return None, None
+            return None, None, None
         factory = pin_factory(self.options.gpio)
-        self.pin_factory = factory
-        return ConsentButton(self.config.gpio, self._post_move, factory), StatusLed(self.config.gpio, factory)
+        return factory, ConsentButton(self.config.gpio, self._post_move, factory), StatusLed(self.config.gpio, factory)
 
     def _open_source(self) -> MicSource | WavSource | None:
         """The file, or the microphone; None (retried by the audio thread) when the microphone is not there yet."""
@@ -152,8 +152,7 @@ class Daemon:
             return None
 
     def _new_mic(self) -> MicSource:
-        a = self.config.audio
-        return MicSource(a.device or None, a.channels, a.channel, a.rate_hz or None)
+        return parts.microphone(self.config.audio)
 
     @property
     def _mic_label(self) -> str:
@@ -579,3 +578,28 @@ class Daemon:
         for part in (self.button, self.led):
             if part is not None:
                 part.close()
+
+
+def serve(daemon: Daemon) -> int:
+    """Run the loop with SIGTERM, SIGINT and SIGHUP asking it to stop cleanly (buffers wiped, records closed).
+
+    Returns:
+        OK after SIGTERM or the end of a file; INTERRUPTED (130) after Ctrl-C; FAILURE after SIGHUP (a
+        hang-up nobody asked for: systemd's Restart=on-failure starts it again).
+    """
+    received: list[int] = []
+
+    def handler(signum, frame) -> None:
+        received.append(signum)
+        daemon.stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        daemon.run()
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+    if signal.SIGHUP in received:
+        log.warning("hung up (SIGHUP): everything held was wiped; exiting 1 so that systemd starts a fresh guard")
+        return ExitStatus.FAILURE
+    return ExitStatus.INTERRUPTED if signal.SIGINT in received else ExitStatus.OK
