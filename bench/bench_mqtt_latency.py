@@ -73,8 +73,8 @@ def main() -> None:
         wake_frames: list[int] = []
         daemon = Daemon(cfg, RunOptions(str(wav), "none", publish=lambda e: wake_frames.append(fed[0] - 1)
                                         if e.kind == "wake" else None), WakeDetector([WakeModelSettings("alexa")]))
-        post, feed = daemon.post_frame, daemon.gate.feed
-        daemon.post_frame = lambda frame: (entered.append(time.monotonic()), post(frame))
+        post, feed = daemon.audio.post, daemon.gate.feed
+        daemon.audio.post = lambda frame: (entered.append(time.monotonic()), post(frame))
 
         def counted_feed(frame):
             fed[0] += 1

@@ -155,8 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("%s: %s", part, status)
     _report_sinks(daemon)
     status = serve(daemon)
-    if daemon.source_failure:
-        raise GuardError(f"the audio source failed ({daemon.source_failure}); everything held was wiped. "
+    if daemon.audio.failure:
+        raise GuardError(f"the audio source failed ({daemon.audio.failure}); everything held was wiped. "
                          "Check the microphone (guard devices); under systemd the guard restarts by itself")
     return status
 

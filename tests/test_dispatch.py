@@ -11,7 +11,7 @@ import speech
 from guard import config, mqtt
 from guard.config import WakeModelSettings
 from guard.daemon import Daemon, RunOptions
-from guard.inbox import ButtonMove, ButtonMoved, Command, Delivered, Frame, Lane, Stop
+from guard.inbox import ButtonMove, ButtonMoved, Command, Delivered, Frame, Lane, SourceFailed, Stop
 from guard.vocabulary import State
 from guard.wake import WakeDetector
 
@@ -141,7 +141,7 @@ def _loud(seed: int) -> np.ndarray:
 
 def test_each_frame_copy_is_zeroed_once_the_gate_has_seen_it(daemon):
     frame = _loud(1)
-    daemon.post_frame(frame)
+    daemon.audio.post(frame)
     copy = daemon.inbox.peek(Lane.FRAMES)[0].samples
     assert np.array_equal(copy, frame) and copy is not frame and copy.base is not frame
     daemon.step()
@@ -152,7 +152,7 @@ def test_a_frame_is_zeroed_even_when_handling_it_fails(daemon):
     def broken(frame):
         raise RuntimeError("the detector broke")
     daemon.gate.feed = broken
-    daemon.post_frame(_loud(2))
+    daemon.audio.post(_loud(2))
     copy = daemon.inbox.peek(Lane.FRAMES)[0].samples
     daemon.step()
     assert not copy.any() and daemon.gate.state is State.FAULT
@@ -160,7 +160,7 @@ def test_a_frame_is_zeroed_even_when_handling_it_fails(daemon):
 
 def test_muting_zeroes_and_drops_every_queued_frame(daemon):
     for seed in range(5):
-        daemon.post_frame(_loud(seed))
+        daemon.audio.post(_loud(seed))
     queued = [message.samples for message in daemon.inbox.peek(Lane.FRAMES)]
     daemon._set_listening(False)
     assert daemon.inbox.empty() and not daemon.listening.is_set()
@@ -170,7 +170,7 @@ def test_muting_zeroes_and_drops_every_queued_frame(daemon):
 
 
 def test_stop_drains_too(daemon):
-    daemon.post_frame(_loud(7))
+    daemon.audio.post(_loud(7))
     queued = daemon.inbox.peek(Lane.FRAMES)[0].samples
     daemon._drain()
     assert daemon.inbox.empty() and not queued.any()
@@ -213,15 +213,15 @@ def test_stop_wakes_a_muted_loop_and_asks_it_to_finish(daemon):
 
 
 def test_only_sound_from_a_reopened_microphone_counts_as_its_recovery(daemon):
-    daemon.options = RunOptions("mic", "mock")
-    daemon._source_failed("PortAudio: device unavailable")
-    failed_generation = daemon._generation
-    assert daemon.gate.state is State.FAULT and daemon._mic_down is not None
+    daemon.audio.is_mic = True  # the file stands in for a microphone
+    failed_generation = 3
+    serve(daemon, SourceFailed("PortAudio: device unavailable", failed_generation))
+    assert daemon.gate.state is State.FAULT and daemon.audio.down is not None
     serve(daemon, Frame(_loud(3), failed_generation))  # a late frame of the device that failed
     serve(daemon, Frame(_loud(5), failed_generation - 1))  # or of one before it, still queued (moves are served first)
-    assert daemon._mic_down is not None, "the failed device's own frames, or older ones, are no recovery"
+    assert daemon.audio.down is not None, "the failed device's own frames, or older ones, are no recovery"
     serve(daemon, Frame(_loud(4), failed_generation + 1))
-    assert daemon._mic_down is None and daemon.gate.state is State.IDLE
+    assert daemon.audio.down is None and daemon.gate.state is State.IDLE
     assert daemon.health["audio"] != "failing, retrying: PortAudio: device unavailable"
 
 
@@ -262,7 +262,7 @@ def test_invariant7_the_button_is_served_before_any_waiting_network_message(daem
     from guard.inbox import REMOTE_MESSAGES
     for _ in range(REMOTE_MESSAGES + 10):
         daemon._post_command("remote", "cancel")
-    daemon.post_frame(_loud(1))
+    daemon.audio.post(_loud(1))
     daemon._post_move(ButtonMove.HELD)
     daemon._post_command("remote", "mute")
     assert daemon.inbox.dropped == 10 and daemon.inbox.size(Lane.REMOTE) == REMOTE_MESSAGES

@@ -16,7 +16,7 @@ import speech
 from conftest import GUARD, ROOT, alsa_home, consent_window_open, run_guard
 
 from guard import audit
-from guard.daemon import FLAP_SECONDS, READ_RETRIES
+from guard.microphone import FLAP_SECONDS, READ_RETRIES
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +138,11 @@ def hold_until(condition):
         time.sleep(0.02)
     pin.drive_high()
 time.sleep(0.5)
-print("open before:", daemon.source.is_open)
-hold_until(lambda: not daemon.source.is_open and daemon.gate.state == "muted")
-print("open while muted:", daemon.source.is_open, daemon.gate.state)
-hold_until(lambda: daemon.source.is_open and daemon.gate.state == "idle")
-print("open after unmute:", daemon.source.is_open, daemon.gate.state)
+print("open before:", daemon.audio.source.is_open)
+hold_until(lambda: not daemon.audio.source.is_open and daemon.gate.state == "muted")
+print("open while muted:", daemon.audio.source.is_open, daemon.gate.state)
+hold_until(lambda: daemon.audio.source.is_open and daemon.gate.state == "idle")
+print("open after unmute:", daemon.audio.source.is_open, daemon.gate.state)
 daemon.stop()
 loop.join(5)
 """

@@ -18,7 +18,8 @@ from mqtt_broker import Broker, Subscriber
 
 from guard import config
 from guard.config import WakeModelSettings
-from guard.daemon import AUDIO_STALL_SECONDS, Daemon, RunOptions
+from guard.daemon import Daemon, RunOptions
+from guard.microphone import AUDIO_STALL_SECONDS
 from guard.wake import WakeDetector
 
 INSTALL = ROOT / "install.sh"
@@ -264,7 +265,7 @@ def test_watchdog_pings_stop_when_the_audio_loop_hangs(tmp_path, notify):
     wav = speech.write_wav(tmp_path / "quiet.wav", speech.silence(30))
     daemon = _daemon(tmp_path, wav)
     hang, release = threading.Event(), threading.Event()
-    frames = daemon.source.frames
+    frames = daemon.audio.source.frames
 
     def hanging_frames():
         for frame in frames():
@@ -272,7 +273,7 @@ def test_watchdog_pings_stop_when_the_audio_loop_hangs(tmp_path, notify):
                 release.wait()  # the audio thread blocks, as a wedged USB device would
             yield frame
 
-    daemon.source.frames = hanging_frames
+    daemon.audio.source.frames = hanging_frames
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:
