@@ -38,11 +38,6 @@ def _manifest(section: str = "bundled") -> dict[str, dict]:
         raise ModelError(f"{MANIFEST}: cannot read the model manifest ({e}); reinstall guard") from None
 
 
-def micro_model_names() -> list[str]:
-    """Wake words the microWakeWord engine has models for."""
-    return list(_manifest("micro"))
-
-
 def resolve_micro(name: str) -> ModelFile:
     """A bundled microWakeWord model by name, with its published cutoff and averaging window."""
     bundled = _manifest("micro")

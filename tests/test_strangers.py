@@ -26,6 +26,7 @@ from wyoming.wake import Detect
 
 from guard import audit, satellite
 from guard.config import WyomingConfig
+from guard.inbox import Command, Refusal
 from guard.satellite import AssistSatellite
 
 STRANGER = "127.0.0.2"
@@ -36,18 +37,18 @@ class Satellite:
 
     def __init__(self, allowed: tuple[str, ...] = ("127.0.0.1", STRANGER), speaker=None) -> None:
         self.port = free_port()
-        self.posts: list[tuple[str, object]] = []
+        self.posts: list[Command | Refusal] = []
         self.satellite = AssistSatellite(WyomingConfig(uri=f"tcp://127.0.0.1:{self.port}", zeroconf=False,
-                                                       allowed_hosts=allowed), DEVICE,
-                                         lambda word, payload: self.posts.append((word, payload)), ["alexa"],
+                                                       allowed_hosts=allowed), DEVICE, self.posts.append, ["alexa"],
                                          speaker)
         self.satellite.start()
 
     def words(self) -> list[str]:
-        return [w for w, _ in self.posts]
+        """The commands posted: Home Assistant's pause and run-satellite as mute and unmute."""
+        return [m.verb for m in self.posts if isinstance(m, Command)]
 
     def refused(self) -> list[tuple]:
-        return [p for w, p in self.posts if w == "refused"]
+        return [(m.peer, m.kind, m.reason, m.count) for m in self.posts if isinstance(m, Refusal)]
 
     def close(self) -> None:
         self.satellite.stop()
@@ -85,7 +86,7 @@ def test_invariant2_only_the_pausing_connection_lifts_its_pause(sat):
     stranger.close()
     home_assistant.send(RunSatellite().event())
     assert until(lambda: "unmute" in sat.words())
-    assert sat.posts[-1] == ("unmute", home_assistant.peer)
+    assert sat.posts[-1] == Command("assist", "unmute")
     home_assistant.close()
 
 
