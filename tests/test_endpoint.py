@@ -104,7 +104,7 @@ def test_a_quiet_room_releases_the_request_and_a_fade_not_a_second_of_silence(tm
 
 @pytest.mark.parametrize(("below_db", "cut"), [(20, True), (15, True), (6, False)])
 def test_background_speech_starting_mid_request(talker, tv, below_db, cut):
-    """What the README promises: someone who starts talking mid-request 15 dB or more under the talker is cut
+    """What docs/rooms.md promises: someone who starts talking mid-request 15 dB or more under the talker is cut
     within 1 s of the request's end; louder, the capture runs on while they talk, up to its maximum (the pending
     record's duration shows it, and the owner may let it time out)."""
     audio, said_end = in_the_room(talker, tv, below_db, 0.5)

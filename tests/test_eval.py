@@ -54,7 +54,7 @@ def rooms():
 
 
 def test_a_release_in_a_room_carries_only_the_request(rooms):
-    """bench/eval_rooms.py --quick: the default end rule against every background it plays (README, "What a
+    """bench/eval_rooms.py --quick: the default end rule against every background it plays (docs/rooms.md, "What a
     release carries"): background all along, or 20-15 dB under the talker from mid-request, rides along under
     1 s; a request loses at most half a second of its faded end; the first design carried the room."""
     for (name, below, when), by_rule in rooms.items():
