@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 sys.path.insert(0, str(Path(__file__).parent))
 import speech  # noqa: E402
@@ -21,6 +22,21 @@ from guard import config  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 GUARD = ROOT / ".venv" / "bin" / "guard"
 DEVICE = "kitchen"
+
+
+@pytest.fixture
+def mock_pins():
+    """gpiozero's MockFactory with PWM-capable pins, made per call and reset after the test, as gpiozero's own
+    tests do: a factory keeps its reservations at the class level until reset."""
+    made: list[MockFactory] = []
+
+    def new() -> MockFactory:
+        made.append(MockFactory(pin_class=MockPWMPin))
+        return made[-1]
+
+    yield new
+    for factory in made:
+        factory.reset()
 
 
 @pytest.fixture(scope="session")

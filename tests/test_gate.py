@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import speech
 from conftest import fill
-from gpiozero.pins.mock import MockFactory, MockPWMPin
 
 from guard import audit
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
@@ -56,9 +55,10 @@ def request_audio() -> np.ndarray:
 class Rig:
     """A gate wired to a mock button and LED, a directory sink and an audit log in tmp_path."""
 
-    def __init__(self, tmp_path, detector, sinks=None, long_press_seconds=10.0, end_silence_seconds=1.0) -> None:
+    def __init__(self, tmp_path, detector, factory, sinks=None, long_press_seconds=10.0,
+                 end_silence_seconds=1.0) -> None:
         detector.wipe()
-        self.factory = MockFactory(pin_class=MockPWMPin)
+        self.factory = factory
         self.clock = Clock()
         self.events, self.listening = [], []
         self.moves: list[tuple[ButtonMove, float]] = []
@@ -127,13 +127,13 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path, detector):
+def rig(tmp_path, detector, mock_pins):
     made = []
 
     def make(**kwargs) -> Rig:
         folder = tmp_path / f"rig{len(made)}" if made else tmp_path  # a second rig gets its own sink and log
         folder.mkdir(exist_ok=True)
-        made.append(Rig(folder, detector, **kwargs))
+        made.append(Rig(folder, detector, mock_pins(), **kwargs))
         return made[-1]
 
     yield make
@@ -417,8 +417,8 @@ def test_shutdown_during_pending_zeroes_every_buffer(rig, request_audio):
 
 
 @pytest.mark.parametrize(("led_type", "pins"), [("pwm", (27,)), ("rgb", (5, 6, 13))])
-def test_pwm_and_rgb_leds_show_each_state(led_type, pins):
-    factory = MockFactory(pin_class=MockPWMPin)
+def test_pwm_and_rgb_leds_show_each_state(led_type, pins, mock_pins):
+    factory = mock_pins()
     led = StatusLed(GpioConfig(led_type=led_type, led_pins=pins), factory)
     try:
         led.show(LedPattern.MUTED)
@@ -433,8 +433,8 @@ def test_pwm_and_rgb_leds_show_each_state(led_type, pins):
         led.close()
 
 
-def test_active_low_led_is_dark_at_high():
-    factory = MockFactory(pin_class=MockPWMPin)
+def test_active_low_led_is_dark_at_high(mock_pins):
+    factory = mock_pins()
     led = StatusLed(GpioConfig(led_active_high=False), factory)
     try:
         led.show(LedPattern.MUTED)
@@ -1004,11 +1004,11 @@ def test_invariant6_a_sink_folder_that_changed_hands_after_start_refuses_the_rel
     assert len(list(folder.iterdir())) == 1
 
 
-def test_a_wake_the_second_opinion_made_says_so_and_is_wiped_with_the_rest(tmp_path, request_audio):
+def test_a_wake_the_second_opinion_made_says_so_and_is_wiped_with_the_rest(tmp_path, request_audio, mock_pins):
     """The cutoff raised out of reach stands in for noise: the wake record names openWakeWord's score beside
     micro's, and a discard wipes what the question heard with everything else."""
     asked = WakeDetector([WakeModelSettings("alexa", engine="micro", threshold=0.999, second_opinion=True)])
-    r = Rig(tmp_path, asked)
+    r = Rig(tmp_path, asked, mock_pins())
     try:
         r.feed(request_audio)
         wake = audit.read(r.audit_path)[0]
