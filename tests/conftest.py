@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-sys.path.insert(0, str(Path(__file__).parent))
-import speech  # noqa: E402
+import speech
 
-from guard import config  # noqa: E402
+from guard import config
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARD = ROOT / ".venv" / "bin" / "guard"

@@ -1,24 +1,20 @@
 """A release carries only the request: it ends when the talker stops, not when the room goes quiet."""
 
 import dataclasses
-import sys
 import threading
 import time
 import wave
-from pathlib import Path
 
+import eval_rooms
 import numpy as np
 import pytest
 import speech
 from conftest import consent_window_open, until
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import eval_rooms  # noqa: E402
-
-from guard import audit, config  # noqa: E402
-from guard.audio import FRAME_SAMPLES, level_dbfs  # noqa: E402
-from guard.daemon import Daemon, RunOptions  # noqa: E402
-from guard.endpoint import EndOfSpeech, Levels, learn  # noqa: E402
+from guard import audit, config
+from guard.audio import FRAME_SAMPLES, level_dbfs
+from guard.daemon import Daemon, RunOptions
+from guard.endpoint import EndOfSpeech, Levels, learn
 
 RATE = 16000
 

@@ -1,13 +1,8 @@
 """The fast subset of bench/eval.py: detections on the small seeded corpus must not regress."""
 
-import sys
-from pathlib import Path
-
+import eval as evaluation
+import eval_corpus
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import eval as evaluation  # noqa: E402
-import eval_corpus  # noqa: E402
 
 # measured on the QUICK corpus (24 positives per word, 0.19 h of ordinary negatives, 56 near-phrases)
 MEASURED = {  # word: {engine: (misses of 24, near-phrases that wake it)}
