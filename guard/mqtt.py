@@ -22,7 +22,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from guard import __version__
+from guard import discovery
 from guard.audit import AuditLog
 from guard.commands import MAX_COMMAND_BYTES, CommandError, parse_command
 from guard.config import MqttConfig
@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 DISCOVERY_DEBOUNCE_SECONDS = 10.0  # Home Assistant restarting says "online" once; a flood gets one answer
 COMMANDS_PER_MINUTE = 30  # remote commands beyond this are counted, not acted on one by one
 DROP_AUDIT_SECONDS = 60.0  # while events are being dropped, the count goes to the audit log this often
-# the Activity event entity's types (Home Assistant event_types): the gate's words, but "wake_detected"
-ACTIVITY_TYPES = {EventKind.WAKE: "wake_detected",
-                  **{kind: kind.value for kind in (EventKind.PENDING, EventKind.RELEASED, EventKind.DISCARDED)}}
 
 
 def read_password(path: str) -> str:
@@ -258,8 +255,8 @@ class MqttLink:
         """Publish a gate event, the retained state it leads to, and the hub-facing extras."""
         body = event.to_dict()
         self._send(f"{self.root}/event/{event.kind}", json.dumps(body).encode())
-        if event.kind in ACTIVITY_TYPES:
-            self._send(f"{self.root}/activity", json.dumps({"event_type": ACTIVITY_TYPES[event.kind],
+        if event.kind in discovery.ACTIVITY_TYPES:
+            self._send(f"{self.root}/activity", json.dumps({"event_type": discovery.ACTIVITY_TYPES[event.kind],
                                                              "utterance": event.utterance}).encode())
         if event.kind is EventKind.WAKE and self.settings.hermes:
             self._asr_session = None  # Rhasspy answers this wake with a new one
@@ -379,89 +376,17 @@ class MqttLink:
     # -- Home Assistant -------------------------------------------------------------
 
     def discovery_messages(self) -> dict[str, dict]:
-        """Config topic -> payload: one per entity, or one for the device holding them all (discovery_style)."""
-        entities = self._entity_configs()
-        if self.settings.discovery_style == "entities":
-            return entities
-        first = next(iter(entities.values()))  # device, origin and availability are the same for all
-        components = {config["unique_id"]: {"p": topic.split("/")[-4], **{k: v for k, v in config.items()
-                                                                          if k not in ("device", "origin")}}
-                      for topic, config in entities.items()}
-        return {self._device_topic(): {"dev": first["device"], "o": first["origin"], "cmps": components}}
-
-    def _device_topic(self) -> str:
-        return f"{self.settings.discovery_prefix}/device/{self.device_id}/config"
-
-    def discovery_topics_of_both_styles(self) -> set[str]:
-        """Every config topic this guard may have announced, whichever discovery_style it used."""
-        return set(self._entity_configs()) | {self._device_topic()}
-
-    def _entity_configs(self) -> dict[str, dict]:
-        """Config topic -> payload for every Home Assistant entity of this guard."""
-        prefix, node, root = self.settings.discovery_prefix, self.device_id, self.root
-        device = {"identifiers": [f"guard_{node}"], "name": f"pi-guard {node}", "manufacturer": "pi-guard",
-                  "model": "privacy guard", "sw_version": __version__}
-        origin = {"name": "pi-guard", "sw_version": __version__}
-        common = {"availability_topic": f"{root}/availability", "device": device, "origin": origin}
-
-        def entity(component: str, key: str, **config) -> tuple[str, dict]:
-            # default_entity_id (HA 2025.10+) is "domain.slug"; object_id stopped working in HA 2026.4
-            return (f"{prefix}/{component}/{node}/{key}/config",
-                    {"unique_id": f"guard_{node}_{key}", "default_entity_id": f"{component}.guard_{node}_{key}",
-                     **common, **config})
-
-        state = f"{root}/state"
-        return dict([
-            entity("binary_sensor", State.CAPTURING, name="Capturing", state_topic=state,
-                   value_template=f"{{{{ 'ON' if value_json.state in ('{State.CAPTURING}', '{State.PENDING}') "
-                                  "else 'OFF' }}"),
-            entity("binary_sensor", State.MUTED, name="Muted", state_topic=state,
-                   value_template=f"{{{{ 'ON' if value_json.state == '{State.MUTED}' else 'OFF' }}}}"),
-            entity("switch", "remote_mute", name="Remote mute", state_topic=state,
-                   command_topic=f"{root}/cmd/remote_mute", payload_on="ON", payload_off="OFF",
-                   value_template="{{ 'ON' if value_json.muted_by == 'remote' else 'OFF' }}"),
-            entity("button", "cancel", name="Cancel pending", command_topic=f"{root}/cmd/cancel",
-                   payload_press="PRESS"),
-            entity("button", "wipe", name="Wipe buffers", command_topic=f"{root}/cmd/wipe", payload_press="PRESS"),
-            entity("event", "activity", name="Activity", state_topic=f"{root}/activity",
-                   event_types=list(ACTIVITY_TYPES.values())),
-            entity("binary_sensor", "problem", name="Problem", state_topic=state, device_class="problem",
-                   value_template=f"{{{{ 'ON' if value_json.state == '{State.FAULT}' else 'OFF' }}}}"),
-            entity("sensor", "last_wake_word", name="Last wake word", state_topic=state,
-                   value_template="{{ value_json.last_wake.model if value_json.last_wake is defined else none }}",
-                   entity_category="diagnostic"),
-            entity("sensor", "last_wake_score", name="Last wake score", state_topic=state,
-                   value_template="{{ value_json.last_wake.score if value_json.last_wake is defined else none }}",
-                   entity_category="diagnostic"),
-            entity("sensor", "started", name="Started", state_topic=state, device_class="timestamp",
-                   value_template="{{ value_json.started }}", entity_category="diagnostic"),
-        ])
+        """Config topic -> payload of this guard's Home Assistant discovery, in the configured style."""
+        return discovery.messages(self.settings, self.device_id)
 
     def publish_discovery(self) -> None:
         """Announce every entity (retained), and withdraw those this device announced under an earlier id."""
         messages = self.discovery_messages()
-        for topic in self._earlier_discovery() - messages.keys():
+        for topic in discovery.earlier(self.discovered) - messages.keys():
             self.client.publish(topic, b"", qos=1, retain=True)  # an empty retained config removes the entity
         for topic, payload in messages.items():
             self.client.publish(topic, json.dumps(payload), qos=1, retain=True)
-        self._remember_discovery(messages.keys())
-
-    def _earlier_discovery(self) -> set[str]:
-        if self.discovered is None:
-            return set()
-        try:
-            return set(self.discovered.read_text().split())
-        except OSError:
-            return set()
-
-    def _remember_discovery(self, topics) -> None:
-        if self.discovered is None:
-            return
-        try:
-            self.discovered.write_text("".join(f"{t}\n" for t in sorted(topics)))
-        except OSError as e:
-            log.warning("%s: cannot note the discovery topics (%s); a later id change leaves stale entities",
-                        self.discovered, e.strerror)
+        discovery.remember(self.discovered, messages.keys())
 
 
 def asr_session(payload: bytes, device_id: str) -> str | None:
@@ -500,7 +425,7 @@ def forget(settings: MqttConfig, device_id: str, discovered: Path | None, wait_s
     """Remove what this guard left retained on the broker: its Home Assistant entities (both discovery styles,
     and those noted in `discovered`), its state and availability. Returns the topics cleared."""
     topics = {f"guard/{device_id}/state", f"guard/{device_id}/availability"}
-    topics |= MqttLink(settings, device_id, lambda by, verb: None, None).discovery_topics_of_both_styles()
+    topics |= discovery.topics_of_both_styles(settings, device_id)
     if discovered is not None:
         with contextlib.suppress(OSError):
             topics |= set(discovered.read_text().split())
