@@ -272,3 +272,13 @@ def test_invariant7_the_button_is_served_before_any_waiting_network_message(daem
     assert daemon.inbox.get(0) == Command("remote", "cancel")
     daemon.step()
     assert "10 remote request(s) dropped" in caplog.text
+
+
+def test_unmuting_a_microphone_that_is_still_failing_shows_the_fault_again(daemon):
+    """The mute hid the fault; once unmuted, the loop finds the microphone still down and shows it again."""
+    daemon.audio.is_mic = True  # the file stands in for a microphone
+    serve(daemon, SourceFailed("PortAudio: device unavailable", 1))
+    serve(daemon, Command("remote", "mute"))
+    assert daemon.gate.state is State.MUTED
+    serve(daemon, Command("remote", "unmute"))
+    assert daemon.gate.state is State.FAULT and daemon.audio.down == "PortAudio: device unavailable"
