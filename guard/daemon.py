@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from guard import sinks
+from guard import health, sinks
 from guard.audio import FRAME_SECONDS
 from guard.audit import AuditLog
 from guard.config import Config
@@ -105,7 +105,8 @@ class Daemon:
         self.health: dict[str, str] = {}
         self.audio = Microphone(config.audio, options.source, options.fast, self.inbox, self.listening,
                                 self.stopping, self.gate.fault, self.gate.recovered, self.stop, self.health)
-        self.health.update(self._health())
+        self.health.update(health.lines(config, options.gpio, self.gate, self.audio, self.mqtt is not None,
+                                        self.satellite, self.sinks))
         if self.mqtt is not None:
             self.mqtt.health = self.health
         self.notifier = Notifier()
@@ -138,43 +139,6 @@ class Daemon:
         except EnrollError as e:
             log.warning("spoken confirmation off: %s; the button still works", e)
             return None
-
-    def _health(self) -> dict[str, str]:
-        """One line per part, logged at start and kept in the retained MQTT state for `guard status`."""
-        words = self.gate.detector.words
-        return {
-            "audio": self.audio.health(),
-            "models": ", ".join(f"{w.name} ({w.settings.engine}, threshold {w.threshold:g})" for w in words),
-            "buffers": self._buffers_health(),
-            "gpio": {"none": "none: nothing can be released by button", "mock": "simulated pins"}.get(
-                self.options.gpio, f"button GPIO{self.config.gpio.button_pin}, "
-                                   f"{self.config.gpio.led_type} LED GPIO{list(self.config.gpio.led_pins)}"),
-            "mqtt": f"{self.config.mqtt.host}:{self.config.mqtt.port}" if self.mqtt else "off",
-            "assist satellite": self._satellite_health(),
-            "sinks": ", ".join(f"{s.name} ({type(s).__name__}, by {' or '.join(self.gate.accepted_by(s))})"
-                               for s in self.sinks) or "none",
-            "spoken confirmation": "listening while pending" if self.gate.confirmation else "off",
-        }
-
-    def _satellite_health(self) -> str:
-        if self.satellite is None:
-            return "off"
-        speaker = self.satellite.speaker
-        return f"{self.config.wyoming.uri} as {self.satellite.name!r}; answers " + (
-            f"play on {speaker.name}" if speaker else "are not played (no [audio] output_device)")
-
-    def _buffers_health(self) -> str:
-        """Every buffer that holds audio and could not be locked in RAM, by name and size."""
-        buffers = {"pre-roll ring": self.gate.ring, "capture": self.gate.capture}
-        if self.gate.confirmation is not None:
-            buffers["spoken-confirmation window"] = self.gate.confirmation.heard
-        unlocked = [f"{name} ({b.nbytes // 1024} KiB)" for name, b in buffers.items() if not b.locked]
-        if not unlocked:
-            return f"all {len(buffers)} locked in RAM"
-        problem = (f"not locked in RAM: {', '.join(unlocked)}; they may swap to disk; "
-                   "raise LimitMEMLOCK or grant CAP_IPC_LOCK")
-        log.warning("mlock refused: %s", problem)
-        return problem
 
     def _deliver_in_background(self, delivery: Delivery) -> None:
         """Queue a release for the delivery thread: a slow sink holds up neither the button, remote mute nor
