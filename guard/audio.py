@@ -286,7 +286,7 @@ class WavSource:
 
 
 @dataclass(frozen=True)
-class InputDevice:
+class SoundDevice:
     """A capture (or playback) device as PortAudio reports it."""
 
     index: int
@@ -338,13 +338,13 @@ def _channels(info: dict, output: bool) -> int:
     return int(info["maxOutputChannels" if output else "maxInputChannels"])
 
 
-def _describe(pa, pyaudio, info: dict, output: bool) -> InputDevice:
+def _describe(pa, pyaudio, info: dict, output: bool) -> SoundDevice:
     index = int(info["index"])
-    return InputDevice(index, str(info["name"]), _channels(info, output),
+    return SoundDevice(index, str(info["name"]), _channels(info, output),
                        int(info["defaultSampleRate"]), _supported_rates(pa, pyaudio, index, 1, output))
 
 
-def list_devices(output: bool = False) -> list[InputDevice]:
+def list_devices(output: bool = False) -> list[SoundDevice]:
     """Every capture (or playback) device PortAudio can see, with the rates it accepts for mono int16."""
     pyaudio, pa = portaudio()
     try:

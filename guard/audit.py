@@ -59,7 +59,7 @@ def _canonical(record: dict) -> str:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class ChainVerdict:
     """What `verify` found: records that hold, the first bad line (1-based) if any, and lines torn by crashes."""
 
     records: int
@@ -105,7 +105,7 @@ def _seals(number: int, lines: list[str], prev_line: str | None) -> bool:
         and seal.get("prev") == (GENESIS if prev_line is None else _digest(prev_line))
 
 
-def verify(path: Path, device: str | None = None) -> Verdict:
+def verify(path: Path, device: str | None = None) -> ChainVerdict:
     """Walk the chain from the first line; stops at the first line that breaks it.
 
     Args:
@@ -120,9 +120,9 @@ def verify(path: Path, device: str | None = None) -> Verdict:
             continue
         reason = _check_line(number, line, prev, device)  # a seal takes the next number: seq = line number
         if reason:
-            return Verdict(number - 1 - len(crashes), number, reason, tuple(crashes))
+            return ChainVerdict(number - 1 - len(crashes), number, reason, tuple(crashes))
         prev = line
-    return Verdict(len(lines) - len(crashes), crashes=tuple(crashes))
+    return ChainVerdict(len(lines) - len(crashes), crashes=tuple(crashes))
 
 
 BACKLOG_RECORDS = 1000  # decisions held in RAM while the log cannot take them (full disk), written once it can

@@ -529,7 +529,7 @@ class SpokenConfirmation:
             quiet = max(quiet, min(room + ROOM_MARGIN_DB, peak - ROOM_DROP_DB))
         return all(level <= quiet for level in levels[-END_QUIET_FRAMES:])
 
-    def _compare(self) -> voiceprint.Verdict:
+    def _compare(self) -> voiceprint.VoiceVerdict:
         heard = self.heard.snapshot(self._scratch)
         try:
             return voiceprint.compare(voiceprint.Voiceprint.of(heard), self.enrolment.voiceprints,

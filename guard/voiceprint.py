@@ -189,7 +189,7 @@ def _parts(local: np.ndarray, choices: np.ndarray, end: int) -> tuple[float, ...
 
 
 @dataclass(frozen=True)
-class Verdict:
+class VoiceVerdict:
     """Who said it (`ratio`: own takes over nearest cohort voice) and whether every part was said (`unevenness`)."""
 
     ratio: float
@@ -204,11 +204,11 @@ def speaker_ratio(heard: np.ndarray, takes: tuple[Voiceprint, ...], cohort: tupl
     return own / other if 0 < other < float("inf") else float("inf")
 
 
-def compare(heard: Voiceprint, takes: tuple[Voiceprint, ...], cohort: tuple[np.ndarray, ...]) -> Verdict:
+def compare(heard: Voiceprint, takes: tuple[Voiceprint, ...], cohort: tuple[np.ndarray, ...]) -> VoiceVerdict:
     """Compare heard audio with the user's takes and with the cohort; lower is more like the user's phrase.
 
     The unevenness is the lowest over the takes: the phrase said some way the user
     once said it is even against that take.
     """
     unevenness = min(a.unevenness for a in align([t.detail for t in takes], heard.detail))
-    return Verdict(speaker_ratio(heard.speaker, takes, cohort), unevenness)
+    return VoiceVerdict(speaker_ratio(heard.speaker, takes, cohort), unevenness)

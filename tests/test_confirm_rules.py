@@ -338,7 +338,7 @@ def test_a_content_score_at_the_threshold_passes_and_just_below_it_does_not():
         assert said.score == score
 
 
-def _verdict(frames: list[np.ndarray], said: confirm.SpokenConfirmation) -> voiceprint.Verdict:
+def _verdict(frames: list[np.ndarray], said: confirm.SpokenConfirmation) -> voiceprint.VoiceVerdict:
     """What the voice checks make of everything heard since pending began."""
     return voiceprint.compare(voiceprint.Voiceprint.of(np.concatenate(frames)), said.enrolment.voiceprints,
                               said.enrolment.cohort)
