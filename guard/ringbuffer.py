@@ -22,7 +22,37 @@ def lock_in_ram(array: np.ndarray) -> bool:
     return libc.mlock(address, ctypes.c_size_t(array.nbytes)) == 0
 
 
-class RingBuffer:
+class LockedSamples:
+    """A fixed array of int16 samples, locked in RAM where the kernel allows, and how many of them hold audio.
+
+    Args:
+        seconds: capacity.
+        rate_hz: sample rate of what is held.
+    """
+
+    def __init__(self, seconds: float, rate_hz: int = RATE_HZ) -> None:
+        self._samples = np.zeros(int(round(seconds * rate_hz)), np.int16)
+        self._count = 0
+        self.locked = lock_in_ram(self._samples)
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        return self._samples.nbytes
+
+    def wipe(self) -> None:
+        """Zero every sample and forget them."""
+        self._samples.fill(0)
+        self._count = 0
+
+    def is_zero(self) -> bool:
+        """True when no sample holds audio: what tests and the shutdown path check."""
+        return not self._samples.any()
+
+
+class RingBuffer(LockedSamples):
     """The last `seconds` of 16 kHz audio, oldest overwritten first.
 
         ring = RingBuffer(seconds=2.0)
@@ -36,20 +66,11 @@ class RingBuffer:
     """
 
     def __init__(self, seconds: float = 2.0, rate_hz: int = RATE_HZ) -> None:
-        self.capacity = int(round(seconds * rate_hz))
+        super().__init__(seconds, rate_hz)
+        self.capacity = len(self._samples)
         if self.capacity < 1:
             raise ValueError(f"ring buffer of {seconds} s holds no samples")
-        self._samples = np.zeros(self.capacity, np.int16)
         self._head = 0  # where the next sample goes
-        self._count = 0
-        self.locked = lock_in_ram(self._samples)
-
-    def __len__(self) -> int:
-        return self._count
-
-    @property
-    def nbytes(self) -> int:
-        return self._samples.nbytes
 
     def write(self, samples: np.ndarray) -> None:
         """Append samples, overwriting the oldest; no allocation."""
@@ -75,34 +96,17 @@ class RingBuffer:
         return out[:self._count]
 
     def wipe(self) -> None:
-        """Zero every sample and forget them."""
-        self._samples.fill(0)
-        self._head = self._count = 0
-
-    def is_zero(self) -> bool:
-        """True when no sample holds audio: what tests and the shutdown path check."""
-        return not self._samples.any()
+        super().wipe()
+        self._head = 0
 
 
-class CaptureBuffer:
+class CaptureBuffer(LockedSamples):
     """One utterance (pre-roll + speech) in a fixed, RAM-locked array; `wipe()` zeroes it.
 
     Args:
         seconds: capacity; appends past it are refused (the gate ends capture there).
         rate_hz: sample rate of what is appended.
     """
-
-    def __init__(self, seconds: float, rate_hz: int = RATE_HZ) -> None:
-        self._samples = np.zeros(int(round(seconds * rate_hz)), np.int16)
-        self._count = 0
-        self.locked = lock_in_ram(self._samples)
-
-    def __len__(self) -> int:
-        return self._count
-
-    @property
-    def nbytes(self) -> int:
-        return self._samples.nbytes
 
     def load(self, ring: RingBuffer) -> None:
         """Start from the ring's pre-roll."""
@@ -126,10 +130,3 @@ class CaptureBuffer:
     def view(self) -> np.ndarray:
         """The captured samples (a view: valid until the next wipe)."""
         return self._samples[:self._count]
-
-    def wipe(self) -> None:
-        self._samples.fill(0)
-        self._count = 0
-
-    def is_zero(self) -> bool:
-        return not self._samples.any()
