@@ -44,12 +44,14 @@ class Microphone:
         stopping: set when the guard stops.
         fault, recovered, stop: what the loop does when the microphone fails, is back, or hangs for good.
         health: the guard's health lines (shown at start and in the retained MQTT state); "audio" is kept here.
+        clock: monotonic seconds for the rules (zeros, a hung read, flapping, backoff); tests pass their own.
     """
 
     def __init__(self, audio: AudioConfig, source: str, fast: bool, inbox: Inbox, listening: threading.Event,
                  stopping: threading.Event, fault: Callable[[str, bool], None], recovered: Callable[[str], None],
-                 stop: Callable[[], None], health: dict[str, str]) -> None:
-        self.audio, self.is_mic, self.fast = audio, source == "mic", fast
+                 stop: Callable[[], None], health: dict[str, str],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.audio, self.is_mic, self.fast, self.clock = audio, source == "mic", fast, clock
         self.inbox, self.listening, self.stopping = inbox, listening, stopping
         self._fault, self._recovered, self._stop, self._health = fault, recovered, stop, health
         self.down: str | None = None  # why the microphone is failing, until it delivers sound again
@@ -63,8 +65,8 @@ class Microphone:
         self._flapping = False  # it failed again within FLAP_SECONDS of coming back
         self._sound_since: float | None = None  # since when a reopened microphone has given sound, unbroken
         self._zeros_since: float | None = None  # since when the microphone has delivered only exact zeros
-        self._heartbeat = time.monotonic()  # the audio thread is alive (reading, or waiting to retry)
-        self._last_frame = time.monotonic()
+        self._heartbeat = self.clock()  # the audio thread is alive (reading, or waiting to retry)
+        self._last_frame = self.clock()
         self.ended = threading.Event()  # the audio thread has finished (a file's end, or stop)
         self.source = WavSource(Path(source)) if not self.is_mic else self._open_mic()
         health["audio"] = self.health()
@@ -126,7 +128,7 @@ class Microphone:
             return
         restarts = 0  # stream restarts in a row whose stream failed before it delivered a frame
         while not self.stopping.is_set():
-            self._heartbeat = time.monotonic()
+            self._heartbeat = self.clock()
             if not self.listening.is_set():
                 if self.source is not None:
                     self.source.close_stream()
@@ -194,9 +196,9 @@ class Microphone:
 
     def _wait(self, seconds: float) -> None:
         """Sleep in the audio thread, staying responsive to stop and showing it is alive to the watchdog."""
-        until = time.monotonic() + seconds
-        while not self.stopping.is_set() and time.monotonic() < until:
-            self._heartbeat = time.monotonic()
+        until = self.clock() + seconds
+        while not self.stopping.is_set() and self.clock() < until:
+            self._heartbeat = self.clock()
             self.stopping.wait(TICK_SECONDS)
 
     # -- the loop's side ------------------------------------------------------------
@@ -204,7 +206,7 @@ class Microphone:
     def heard(self, samples: np.ndarray, generation: int) -> None:
         """A frame reached the loop: it proves the audio side alive, and sound from a microphone opened after
         it failed proves it is back; only exact zeros count towards `zeros_fault_seconds`."""
-        self._last_frame = time.monotonic()
+        self._last_frame = self.clock()
         self._frame_generation = generation
         if samples.any():
             self._zeros_since = None
@@ -215,14 +217,14 @@ class Microphone:
 
     def listening_again(self) -> None:
         """Unmuted: the reopened microphone gets its own grace period."""
-        self._last_frame = time.monotonic()
+        self._last_frame = self.clock()
         self._zeros_since = None
 
     def alive(self) -> bool:
         """Frames keep coming, the audio thread is waiting to retry a failed mic, or no frames are expected
         (muted, or the file has ended)."""
         expected = self.listening.is_set() and not self.ended.is_set()
-        return not expected or time.monotonic() - self._last_alive() < AUDIO_STALL_SECONDS
+        return not expected or self.clock() - self._last_alive() < AUDIO_STALL_SECONDS
 
     def _last_alive(self) -> float:
         return max(self._last_frame, self._heartbeat)
@@ -234,7 +236,7 @@ class Microphone:
             return
         if self.down is not None and idle:  # unmuted while it is still failing
             self._fault(f"audio source failed: {self.down}; retrying", True)
-        now, limit = time.monotonic(), self.audio.zeros_fault_seconds
+        now, limit = self.clock(), self.audio.zeros_fault_seconds
         if now - self._last_alive() >= MIC_HUNG_SECONDS:
             self.failure = f"no audio from {self.label} for {MIC_HUNG_SECONDS:g} s (hung)"
             self._fault(f"audio source failed: {self.failure}", False)
@@ -260,7 +262,7 @@ class Microphone:
             return
         first = self.down is None
         if first:  # a microphone that keeps failing soon after it is back is one fault, not a record per flap
-            self._flapping = time.monotonic() - self._back_at < FLAP_SECONDS
+            self._flapping = self.clock() - self._back_at < FLAP_SECONDS
         self.down = why
         self._health["audio"] = f"failing, retrying: {why}"
         if first:
@@ -270,14 +272,14 @@ class Microphone:
 
     def _sound_again(self) -> None:
         """Sound from a microphone opened after it failed: it is back, or, after flapping, once that lasts."""
-        now = time.monotonic()
+        now = self.clock()
         if self._sound_since is None:
             self._sound_since = now
         if not self._flapping or now - self._sound_since >= FLAP_SECONDS:
             self._back()
 
     def _back(self) -> None:
-        self._back_at, self._flapping, self._sound_since = time.monotonic(), False, None
+        self._back_at, self._flapping, self._sound_since = self.clock(), False, None
         self.down = None
         self._attempt = 0
         self._health["audio"] = self.health()
