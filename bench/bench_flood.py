@@ -38,11 +38,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import speech  # noqa: E402
 from mqtt_broker import Broker, free_port  # noqa: E402
 
-from guard import config  # noqa: E402
+from guard import config, parts  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
 from guard.inbox import ButtonMove  # noqa: E402
 from guard.vocabulary import State  # noqa: E402
-from guard.wake import WakeDetector  # noqa: E402
 
 DEVICE = "bench"
 CONDITIONS = ("none", "detect", "mqtt", "idle")
@@ -128,7 +127,7 @@ class Rig:
                                          allowed_hosts=("127.0.0.1",)))
         self.muted_at: list[float] = []
         self.held_at: list[float] = []
-        self.daemon = Daemon(cfg, RunOptions(str(wav), "mock", publish=self._event), WakeDetector(cfg.wake.settings()))
+        self.daemon = Daemon(cfg, RunOptions(str(wav), "mock", publish=self._event), parts.detector(cfg))
         def held() -> None:  # gpiozero's own callback, timed, then posted as the daemon posts it
             self.held_at.append(time.perf_counter())
             self.daemon._post_move(ButtonMove.HELD)

@@ -25,11 +25,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import speech  # noqa: E402
 from mqtt_broker import Broker, Subscriber  # noqa: E402
 
-from guard import config  # noqa: E402
+from guard import config, parts  # noqa: E402
 from guard.audio import FRAME_SAMPLES, RATE_HZ  # noqa: E402
-from guard.config import WakeModelSettings  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
-from guard.wake import WakeDetector  # noqa: E402
+from guard.vocabulary import EventKind  # noqa: E402
 
 GAP_SECONDS = 3.6  # after each word: 1 s of quiet ends the capture, 1 s pending, then idle again
 
@@ -72,7 +71,7 @@ def main() -> None:
         fed = [0]  # frames the gate has been given
         wake_frames: list[int] = []
         daemon = Daemon(cfg, RunOptions(str(wav), "none", publish=lambda e: wake_frames.append(fed[0] - 1)
-                                        if e.kind == "wake" else None), WakeDetector([WakeModelSettings("alexa")]))
+                                        if e.kind is EventKind.WAKE else None), parts.detector(cfg))
         post, feed = daemon.audio.post, daemon.gate.feed
         daemon.audio.post = lambda frame: (entered.append(time.monotonic()), post(frame))
 

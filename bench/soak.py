@@ -41,11 +41,10 @@ import speech  # noqa: E402
 from conftest import consent_window_open  # noqa: E402
 from mqtt_broker import Broker, Subscriber  # noqa: E402
 
-from guard import audio, audit, config  # noqa: E402
+from guard import audio, audit, config, parts  # noqa: E402
 from guard.audio import FRAME_SAMPLES, RATE_HZ  # noqa: E402
-from guard.config import WakeModelSettings  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
-from guard.wake import WakeDetector  # noqa: E402
+from guard.vocabulary import EventKind  # noqa: E402
 
 DEVICE = "soak"
 REQUESTS = ["what time is it", "turn on the kitchen light", "what is the weather tomorrow", "play some music",
@@ -264,12 +263,11 @@ def main() -> None:
 
     def on_event(event) -> None:
         events.append(event)
-        if event.kind == "pending" and rng.random() < 0.7:
+        if event.kind is EventKind.PENDING and rng.random() < 0.7:
             threading.Thread(target=press_later, daemon=True).start()
 
     cfg = soak_config(work, broker.port)
-    daemon = Daemon(cfg, RunOptions("mic", "mock", fast=True, publish=on_event),
-                    WakeDetector([WakeModelSettings("alexa")]))
+    daemon = Daemon(cfg, RunOptions("mic", "mock", fast=True, publish=on_event), parts.detector(cfg))
     daemons.append(daemon)
     loop = threading.Thread(target=daemon.run, name="loop")
     started, rss = time.monotonic(), []
