@@ -222,39 +222,49 @@ class OnnxClassifier:
 
 
 class SecondOpinion:
-    """openWakeWord's model of the same word, asked only when a micro score comes close to its cutoff.
+    """openWakeWord's model of the same word, asked only when a micro score peaks short of micro's cutoff.
 
     A word that noise pulls under micro's cutoff is still a wake if a model trained apart hears it too.
-    Asked, it hears the last 3.2 s afresh, so it costs nothing while micro is far from a wake.
+    Asked, it hears the last 3.2 s afresh (tens of milliseconds), so a word micro hears itself never pays for it.
+
+    Args:
+        model_file: openWakeWord's classifier for the word.
+        threshold: micro's cutoff for the word: a score that reaches it needs no second opinion.
     """
 
-    def __init__(self, model_file: models.ModelFile) -> None:
+    def __init__(self, model_file: models.ModelFile, threshold: float) -> None:
         self.classifier = OnnxClassifier(model_file, None)
         self.features = FeatureExtractor(self.classifier.input_frames)
         self.classifier.features = self.features
-        self._open_for = 0  # frames the question stays open
-        self._best = self._peak = 0.0  # openWakeWord's and micro's highest while it is open
+        self.threshold = threshold
+        self._open_for = 0  # frames the episode stays open: AGREE_FRAMES after micro's score fell under 0.5
+        self._episode = 0  # frames since micro's score reached SECOND_OPINION_FROM
+        self._peak = self._best = 0.0  # micro's highest in the episode; openWakeWord's once asked
+        self.asked = False
 
     def hear(self, micro_score: float, newest: Callable[[int], Iterable[np.ndarray]]) -> float:
-        """openWakeWord's best score once micro's has peaked in an open question, else 0, so a word micro itself
-        hears wakes when it always did. A question opens at a micro score of SECOND_OPINION_FROM and closes
-        AGREE_FRAMES after micro fell below it; `newest(n)`: the last n frames, oldest first."""
+        """openWakeWord's best score within AGREE_FRAMES of the episode once micro's score has peaked under the
+        cutoff, else 0. An episode opens at a micro score of SECOND_OPINION_FROM and closes AGREE_FRAMES after
+        it fell below; `newest(n)`: the last n frames, oldest first."""
         if self._open_for == 0 and micro_score < SECOND_OPINION_FROM:
             return 0.0
-        if self._open_for == 0:
-            heard = [self._score(frame) for frame in newest(SECOND_OPINION_FRAMES)]
-            self._best = max(heard[-AGREE_FRAMES:])
-        else:
-            self._best = max([self._best] + [self._score(frame) for frame in newest(1)])
+        self._episode += 1
         self._peak = max(self._peak, micro_score)
         self._open_for = AGREE_FRAMES if micro_score >= SECOND_OPINION_FROM else self._open_for - 1
-        best = self._best if micro_score < self._peak else 0.0
+        past_peak = micro_score < self._peak < self.threshold
+        if past_peak and not self.asked:
+            heard = [self._score(frame) for frame in newest(SECOND_OPINION_FRAMES)]
+            self._best = max(heard[-(self._episode + AGREE_FRAMES - 1):])
+            self.asked = True
+        elif self.asked:
+            self._best = max([self._best] + [self._score(frame) for frame in newest(1)])
+        best = self._best if past_peak else 0.0
         if self._open_for == 0:
             self.wipe()
         return best
 
     def close(self) -> None:
-        """The models rest: an open question ends, and what it heard with it."""
+        """The models rest: an open episode ends, and what was heard for it with it."""
         if self._open_for:
             self.wipe()
 
@@ -263,24 +273,25 @@ class SecondOpinion:
         return self.classifier.score()
 
     def holds_audio(self) -> bool:
-        """Whether a question is open (its features hold what it heard) or a sample is left."""
-        return self._open_for > 0 or self.features.holds_audio()
+        """Whether it was asked in the open episode (its features hold what it heard) or a sample is left."""
+        return self.asked or self.features.holds_audio()
 
     def wipe(self) -> None:
-        self.features.wipe()
-        self.classifier.wipe()
-        self._open_for = 0
-        self._best = self._peak = 0.0
+        if self.asked:
+            self.features.wipe()
+            self.classifier.wipe()
+        self._open_for = self._episode = 0
+        self._peak = self._best = 0.0
+        self.asked = False
 
 
 class WakeWord:
     """One classifier and its trigger rule (threshold, patience, refractory period)."""
 
-    def __init__(self, settings: WakeModelSettings, classifier: OnnxClassifier | MicroClassifier,
-                 second: SecondOpinion | None = None) -> None:
+    def __init__(self, settings: WakeModelSettings, classifier: OnnxClassifier | MicroClassifier) -> None:
         self.settings = settings
         self.classifier = classifier
-        self.second = second
+        self.second: SecondOpinion | None = None  # openWakeWord's, for a micro word that asks for it
         self.name = classifier.name
         self.threshold = settings.threshold if settings.threshold is not None else classifier.default_threshold
         self._refractory_frames = round(settings.refractory_seconds / FRAME_SECONDS)
@@ -328,11 +339,11 @@ class WakeWord:
         return True
 
 
-def _second_opinion(settings: WakeModelSettings, models_dir: Path | None) -> SecondOpinion | None:
+def _second_opinion(word: "WakeWord", models_dir: Path | None) -> SecondOpinion | None:
     """openWakeWord's model of a micro word, where the settings ask for it (config checks that one exists)."""
-    if settings.engine != "micro" or not settings.second_opinion:
+    if word.settings.engine != "micro" or not word.settings.second_opinion:
         return None
-    return SecondOpinion(models.resolve(settings.name, models_dir))
+    return SecondOpinion(models.resolve(word.name, models_dir), word.threshold)
 
 
 class WakeDetector:
@@ -372,7 +383,9 @@ class WakeDetector:
                 classifier.features = self.features
             else:
                 classifier = MicroClassifier(models.resolve_micro(w.name), self.micro_features)
-            self.words.append(WakeWord(w, classifier, _second_opinion(w, models_dir)))
+            word = WakeWord(w, classifier)
+            word.second = _second_opinion(word, models_dir)
+            self.words.append(word)
         self.vad = VoiceGate(vad_threshold) if vad_threshold > 0 else None
         self.rest_below_dbfs = rest_below_dbfs
         self.room = RoomFloor() if rest_below_dbfs is not None else None
