@@ -25,7 +25,7 @@ from guard.gate import Delivery, Gate
 from guard.hardware import ConsentButton, StatusLed
 from guard.inbox import ButtonMove
 from guard.sinks import CommandSink, DirectorySink
-from guard.vocabulary import LedPattern, State
+from guard.vocabulary import EventKind, LedPattern, State
 from guard.wake import WakeDetector
 
 PRE_ROLL_SECONDS = 2.0
@@ -1009,12 +1009,76 @@ def test_a_wake_the_second_opinion_made_says_so_and_is_wiped_with_the_rest(tmp_p
     micro's, and a discard wipes what the question heard with everything else."""
     asked = WakeDetector([WakeModelSettings("alexa", engine="micro", threshold=0.999, second_opinion=True)])
     r = Rig(tmp_path, asked, mock_pins())
+    heard, detect = [], asked.process
+
+    def watched(frame, **options):
+        found = detect(frame, **options)
+        if found and not heard:
+            heard.append(found[0].second_opinion)
+        return found
+    asked.process = watched
     try:
         r.feed(request_audio)
         wake = audit.read(r.audit_path)[0]
         assert wake["event"] == "wake" and wake["score"] < wake["threshold"] == 0.999
-        assert wake["second_opinion"] >= 0.7 and r.events[0].second_opinion == wake["second_opinion"]
+        assert wake["second_opinion"] == round(heard[0], 4) >= 0.7, "kept to four places, like the score"
+        assert r.events[0].second_opinion == wake["second_opinion"]
         r.wait(10.0)
         assert r.kinds()[-1] == "discarded" and r.gate.is_wiped() and not asked.words[0].second.holds_audio()
     finally:
         r.close()
+
+
+def test_a_failed_release_gets_its_records_on_a_disk_that_filled_while_it_was_on_its_way(
+        rig, request_audio, full_disk):
+    """What became of a release is recorded from the room the log keeps for outcomes, failure included."""
+    r = rig()
+    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    delivery = r.release_held(request_audio)
+    fill(full_disk)
+    _exhaust(r.gate.audit)
+    delivery.outcomes.append(("box", EventKind.RELEASE_FAILED, "sink box: its folder is gone", ""))
+    r.gate.delivered(delivery)
+    events = [x["event"] for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
+    assert events == ["wake", "pending", "releasing", "release-failed", "discarded"]
+
+
+def test_an_uncertain_release_gets_its_fault_record_on_a_full_disk_while_a_new_request_is_held(
+        rig, request_audio, full_disk):
+    r = rig()
+    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    delivery = r.release_held(request_audio)
+    r.feed(request_audio)
+    assert r.gate.state is State.PENDING, "a new request is held"
+    fill(full_disk)
+    _exhaust(r.gate.audit)
+    delivery.outcomes.append(("box", EventKind.RELEASE_UNKNOWN, "sink box: no answer; it may still arrive", "box"))
+    r.gate.delivered(delivery)
+    records = [x for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
+    assert [x["event"] for x in records[-2:]] == ["release-unknown", "fault"] and r.gate.state is State.PENDING
+    assert records[-2]["to"] == "box", "who may still receive it"
+
+
+def test_the_released_record_names_a_long_destination_in_200_characters(tmp_path, detector, request_audio,
+                                                                         mock_pins):
+    folder = tmp_path / ("d" * 100) / ("e" * 100)
+    folder.mkdir(parents=True)
+    r = Rig(tmp_path, detector, mock_pins(), sinks=[DirectorySink("box", folder, "test")])
+    try:
+        r.feed(request_audio)
+        r.press()
+        released = [x for x in audit.read(r.audit_path) if x["event"] == "released"]
+        assert len(released) == 1 and released[0]["to"] == str(next(folder.iterdir()))[:200]
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize(("muted_by", "answer"), [
+    ("button", "unmute: the button muted, only the button unmutes"),
+    ("remote", "unmute: the remote muted, only the remote or the button unmutes"),
+    ("assist", "unmute: the assist muted, only the assist or the button unmutes")])
+def test_a_refused_unmute_says_who_may_lift_the_mute(rig, muted_by, answer):
+    r = rig()
+    r.gate.mute(muted_by)
+    r.gate.unmute("rhasspy")
+    assert r.gate.state is State.MUTED and audit.read(r.audit_path)[-1]["reason"] == answer
