@@ -1082,3 +1082,10 @@ def test_a_refused_unmute_says_who_may_lift_the_mute(rig, muted_by, answer):
     r.gate.mute(muted_by)
     r.gate.unmute("rhasspy")
     assert r.gate.state is State.MUTED and audit.read(r.audit_path)[-1]["reason"] == answer
+
+
+def test_a_refusal_is_recorded_in_at_most_200_characters(rig):
+    r = rig()
+    r.gate.refuse("remote", "z" * 500, peer="192.0.2.9")
+    refused = audit.read(r.audit_path)[-1]
+    assert refused["event"] == "refused" and refused["reason"] == "z" * 200 and refused["peer"] == "192.0.2.9"
