@@ -1089,3 +1089,26 @@ def test_a_refusal_is_recorded_in_at_most_200_characters(rig):
     r.gate.refuse("remote", "z" * 500, peer="192.0.2.9")
     refused = audit.read(r.audit_path)[-1]
     assert refused["event"] == "refused" and refused["reason"] == "z" * 200 and refused["peer"] == "192.0.2.9"
+
+
+def test_a_capture_ends_at_its_maximum_length_however_long_the_talker_goes_on(rig):
+    """A talker (here a steady speech-loud sound) who never stops: the capture holds the pre-roll and
+    max_utterance_seconds, and pending begins there."""
+    r = rig()
+    talking = np.random.default_rng(5).normal(0, 4000, 16000 * 15).astype(np.int16)
+    audio = np.concatenate([speech.silence(1.0), speech.say("Alexa"), talking])
+    r.feed(audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES])
+    pending = [e for e in r.events if e.kind == "pending"]
+    assert len(pending) == 1 and pending[0].duration_seconds == PRE_ROLL_SECONDS + 10.0
+
+
+def test_an_uncertain_release_gets_its_fault_record_on_a_full_disk_when_idle(rig, request_audio, full_disk):
+    r = rig()
+    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    delivery = r.release_held(request_audio)
+    fill(full_disk)
+    _exhaust(r.gate.audit)
+    delivery.outcomes.append(("box", EventKind.RELEASE_UNKNOWN, "sink box: no answer; it may still arrive", "box"))
+    r.gate.delivered(delivery)
+    events = [x["event"] for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
+    assert events[-2:] == ["release-unknown", "fault"] and r.gate.state is State.FAULT
