@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import speech
-from conftest import fill
+from conftest import fill, until
 
 from guard import audit
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
@@ -197,6 +197,22 @@ def test_invariant1_button_held_through_pending_start_never_releases(rig, reques
     assert r.gate.state is State.PENDING
     r.button_pin.drive_high()  # let go during pending: the press began before it, so it counts for nothing
     assert r.gate.state is State.PENDING
+    r.wait(10.0)
+    assert r.released_files() == [] and r.kinds()[-1] == "discarded"
+
+
+def test_invariant1_a_long_press_that_unmutes_and_is_held_into_pending_never_releases(rig, request_audio):
+    """Held 2 s to unmute, then held on while a request is said: letting go in its pending window releases
+    nothing, because that press began before pending (and a long press never releases)."""
+    r = rig(long_press_seconds=0.2)
+    r.gate.mute("button")
+    r.button_pin.drive_low()
+    assert until(lambda: any(move is ButtonMove.HELD for move, _ in r.moves) or r.gate.state is State.IDLE, 5)
+    r.pump()
+    assert r.gate.state is State.IDLE, "the long press unmuted"
+    r.feed(request_audio)
+    assert r.gate.state is State.PENDING
+    r.button_pin.drive_high()
     r.wait(10.0)
     assert r.released_files() == [] and r.kinds()[-1] == "discarded"
 
