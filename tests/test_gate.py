@@ -1068,11 +1068,11 @@ def test_an_uncertain_release_gets_its_fault_record_on_a_full_disk_while_a_new_r
     assert r.gate.state is State.PENDING, "a new request is held"
     fill(full_disk)
     _exhaust(r.gate.audit)
-    delivery.outcomes.append(("box", EventKind.RELEASE_UNKNOWN, "sink box: no answer; it may still arrive", "box"))
+    delivery.outcomes.append(("box", EventKind.RELEASE_UNKNOWN, "sink box: no answer; it may still arrive", "b" * 300))
     r.gate.delivered(delivery)
     records = [x for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
     assert [x["event"] for x in records[-2:]] == ["release-unknown", "fault"] and r.gate.state is State.PENDING
-    assert records[-2]["to"] == "box", "who may still receive it"
+    assert records[-2]["to"] == "b" * 200, "who may still receive it, in 200 characters"
 
 
 def test_the_released_record_names_a_long_destination_in_200_characters(tmp_path, detector, request_audio,
