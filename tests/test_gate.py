@@ -1128,3 +1128,21 @@ def test_an_uncertain_release_gets_its_fault_record_on_a_full_disk_when_idle(rig
     r.gate.delivered(delivery)
     events = [x["event"] for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
     assert events[-2:] == ["release-unknown", "fault"] and r.gate.state is State.FAULT
+
+
+def test_an_abandoned_delivery_calls_uncertain_only_the_sinks_it_had_not_finished(rig, request_audio, tmp_path):
+    """The archive had the WAV before the stop; only the slow program may still receive it."""
+    started = tmp_path / "started"
+    slow = f"import sys, time; sys.stdin.buffer.read(); open({str(started)!r}, 'w').close(); time.sleep(5)"
+    folder = tmp_path / "archive"
+    folder.mkdir()
+    r = rig(sinks=[DirectorySink("archive", folder, "test"), CommandSink("slow", (sys.executable, "-c", slow), 10.0,
+                                                                         "test")])
+    delivery = r.release_held(request_audio)
+    runner = threading.Thread(target=delivery.run)
+    runner.start()
+    assert until(started.exists, 10)
+    delivery.abandon("stopped")
+    runner.join(10)
+    assert sorted((sink, str(outcome)) for sink, outcome, _, _ in delivery.outcomes) == [
+        ("archive", "released"), ("slow", "release-unknown")]
