@@ -1,6 +1,7 @@
 """Fixtures: real synthesized speech, real WAV files, and an ALSA capture device made of a file."""
 
 import guard  # noqa: F401, I001  first: it keeps numpy's OpenBLAS to one thread, as `guard run` does
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -136,6 +137,15 @@ def fill(folder: Path, leave: int = 0) -> None:
                 f.flush()
             except OSError:
                 break
+
+
+def exhaust(log) -> None:
+    """Fill an audit log's disk to the last byte, through the log itself: only its reserve is left."""
+    from guard.errors import AuditError
+    for size in (1000, 100, 1):
+        with contextlib.suppress(AuditError):
+            while True:
+                log.record("filler", reason="x" * size)
 
 
 def until(condition, seconds: float = 10.0) -> bool:

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, fill
+from conftest import ROOT, exhaust, fill
 
 from guard import audit, cli
 from guard.audit import AuditLog
@@ -404,3 +404,16 @@ def test_every_record_leaves_room_for_an_outcome_behind_it(tmp_path):
     log = AuditLog(path, "kitchen")
     log.record("wake", utterance="u1")
     assert path.stat().st_blocks * 512 >= path.stat().st_size + audit.RESERVE_BYTES
+
+
+def test_only_what_a_release_turned_out_to_be_may_spend_the_reserve(full_disk):
+    log = AuditLog(full_disk / "audit.jsonl", "kitchen")
+    log.record("releasing", utterance="u1")
+    fill(full_disk)
+    exhaust(log)
+    with pytest.raises(AuditError, match="the disk is full"):
+        log.record("wake", utterance="u2")
+    log.record_outcome("released", utterance="u1")
+    log.close()
+    assert [r["event"] for r in audit.read(full_disk / "audit.jsonl") if r["event"] != "filler"] == [
+        "releasing", "released"]

@@ -3,7 +3,6 @@
 Each invariant test is named for DESIGN.md's invariant it proves.
 """
 
-import contextlib
 import os
 import sys
 import threading
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import speech
-from conftest import fill, until
+from conftest import exhaust, fill, until
 
 from guard import audit
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
@@ -470,20 +469,12 @@ def test_full_disk_is_a_fault_and_leaves_no_partial_file(rig, request_audio, ful
     assert list(full_disk.iterdir()) == [] and r.gate.is_wiped() and r.kinds()[-1] == "discarded"
 
 
-def _exhaust(log: AuditLog) -> None:
-    """Fill the audit log's disk to the last byte, through the log itself."""
-    for size in (1000, 100, 1):
-        with contextlib.suppress(AuditError):
-            while True:
-                log.record("filler", reason="x" * size)
-
-
 def test_invariant5_no_release_without_a_releasing_record(rig, request_audio, full_disk):
     r = rig()
     r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
     r.feed(request_audio)
     assert r.gate.state is State.PENDING
-    _exhaust(r.gate.audit)
+    exhaust(r.gate.audit)
     r.press()
     assert r.released_files() == [], "audio left without its releasing record"
     assert r.gate.state is State.FAULT and r.gate.is_wiped()
@@ -496,7 +487,7 @@ def test_invariant5_no_release_without_a_releasing_record(rig, request_audio, fu
 def test_invariant5_nothing_is_captured_without_a_wake_record_and_the_guard_recovers(rig, request_audio, full_disk):
     r = rig()
     r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
-    _exhaust(r.gate.audit)
+    exhaust(r.gate.audit)
     r.feed(request_audio)
     assert "wake" not in r.kinds() and "fault" in r.kinds() and r.gate.is_wiped()
     assert r.gate.state is not State.PENDING
@@ -568,7 +559,7 @@ def test_decisions_a_full_disk_refused_are_written_late_once_it_has_room(rig, re
     r.feed(request_audio)
     assert r.gate.state is State.PENDING
     fill(full_disk)
-    _exhaust(r.gate.audit)  # the last bytes of the log's own page too
+    exhaust(r.gate.audit)  # the last bytes of the log's own page too
     r.wait(r.gate.settings.pending_timeout_seconds + 0.1)
     r.gate.mute("remote")
     assert r.kinds()[-2:] == ["discarded", "muted"] and r.gate.is_wiped()
@@ -589,7 +580,7 @@ def test_the_backlog_is_bounded_and_what_it_could_not_keep_is_counted(full_disk,
     log = AuditLog(full_disk / "audit.jsonl", "test")
     log.record("wake", utterance="u1")
     fill(full_disk)
-    _exhaust(log)
+    exhaust(log)
     for i in range(audit.BACKLOG_RECORDS + 5):
         log.defer("refused", reason=f"flood {i}")
     (full_disk / "filler").unlink()
@@ -903,7 +894,7 @@ def test_a_delivered_release_gets_its_record_on_a_disk_that_filled_while_it_was_
     r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
     delivery = r.release_held(request_audio)
     fill(full_disk)
-    _exhaust(r.gate.audit)  # every ordinary record the disk takes: only the reserve is left
+    exhaust(r.gate.audit)  # every ordinary record the disk takes: only the reserve is left
     delivery.run()
     r.gate.delivered(delivery)
     records = [x for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
@@ -919,7 +910,7 @@ def test_a_release_is_refused_when_no_room_for_its_outcome_is_left(rig, request_
     r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
     r.feed(request_audio)
     fill(full_disk)
-    _exhaust(r.gate.audit)
+    exhaust(r.gate.audit)
     r.press()
     assert "releasing" not in r.kinds() and r.released_files() == [] and r.gate.is_wiped()
 
@@ -930,7 +921,7 @@ def test_nothing_is_pending_without_its_pending_record(rig, request_audio, full_
     r.feed(_opening(request_audio, 2.5))
     assert r.gate.state is State.CAPTURING
     fill(full_disk)
-    _exhaust(r.gate.audit)
+    exhaust(r.gate.audit)
     r.feed(np.zeros(16000 * 2, np.int16))
     assert "pending" not in r.kinds() and r.gate.state is State.FAULT and r.gate.is_wiped()
     r.press()
@@ -1052,7 +1043,7 @@ def test_a_failed_release_gets_its_records_on_a_disk_that_filled_while_it_was_on
     r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
     delivery = r.release_held(request_audio)
     fill(full_disk)
-    _exhaust(r.gate.audit)
+    exhaust(r.gate.audit)
     delivery.outcomes.append(("box", EventKind.RELEASE_FAILED, "sink box: its folder is gone", ""))
     r.gate.delivered(delivery)
     events = [x["event"] for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
@@ -1067,7 +1058,7 @@ def test_an_uncertain_release_gets_its_fault_record_on_a_full_disk_while_a_new_r
     r.feed(request_audio)
     assert r.gate.state is State.PENDING, "a new request is held"
     fill(full_disk)
-    _exhaust(r.gate.audit)
+    exhaust(r.gate.audit)
     delivery.outcomes.append(("box", EventKind.RELEASE_UNKNOWN, "sink box: no answer; it may still arrive", "b" * 300))
     r.gate.delivered(delivery)
     records = [x for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
@@ -1123,7 +1114,7 @@ def test_an_uncertain_release_gets_its_fault_record_on_a_full_disk_when_idle(rig
     r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
     delivery = r.release_held(request_audio)
     fill(full_disk)
-    _exhaust(r.gate.audit)
+    exhaust(r.gate.audit)
     delivery.outcomes.append(("box", EventKind.RELEASE_UNKNOWN, "sink box: no answer; it may still arrive", "box"))
     r.gate.delivered(delivery)
     events = [x["event"] for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
