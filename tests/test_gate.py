@@ -1036,18 +1036,22 @@ def test_a_wake_the_second_opinion_made_says_so_and_is_wiped_with_the_rest(tmp_p
         r.close()
 
 
-def test_a_failed_release_gets_its_records_on_a_disk_that_filled_while_it_was_on_its_way(
-        rig, request_audio, full_disk):
-    """What became of a release is recorded from the room the log keeps for outcomes, failure included."""
+@pytest.mark.parametrize(("outcome", "to", "recorded", "state"), [
+    (EventKind.RELEASE_FAILED, "", ["release-failed", "discarded"], State.IDLE),
+    (EventKind.RELEASE_UNKNOWN, "box", ["release-unknown", "fault"], State.FAULT)])
+def test_a_failed_or_uncertain_release_gets_its_records_on_a_disk_that_filled_while_it_was_on_its_way(
+        rig, request_audio, full_disk, outcome, to, recorded, state):
+    """What became of a release is recorded from the room the log keeps for outcomes, failure included; an
+    uncertain one is shown as a fault."""
     r = rig()
     r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
     delivery = r.release_held(request_audio)
     fill(full_disk)
     exhaust(r.gate.audit)
-    delivery.outcomes.append(("box", EventKind.RELEASE_FAILED, "sink box: its folder is gone", ""))
+    delivery.outcomes.append(("box", outcome, "sink box: gone, or no answer", to))
     r.gate.delivered(delivery)
     events = [x["event"] for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
-    assert events == ["wake", "pending", "releasing", "release-failed", "discarded"]
+    assert events == ["wake", "pending", "releasing", *recorded] and r.gate.state is state
 
 
 def test_an_uncertain_release_gets_its_fault_record_on_a_full_disk_while_a_new_request_is_held(
@@ -1107,18 +1111,6 @@ def test_a_capture_ends_at_its_maximum_length_however_long_the_talker_goes_on(ri
     r.feed(audio[:len(audio) // FRAME_SAMPLES * FRAME_SAMPLES])
     pending = [e for e in r.events if e.kind == "pending"]
     assert len(pending) == 1 and pending[0].duration_seconds == PRE_ROLL_SECONDS + 10.0
-
-
-def test_an_uncertain_release_gets_its_fault_record_on_a_full_disk_when_idle(rig, request_audio, full_disk):
-    r = rig()
-    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
-    delivery = r.release_held(request_audio)
-    fill(full_disk)
-    exhaust(r.gate.audit)
-    delivery.outcomes.append(("box", EventKind.RELEASE_UNKNOWN, "sink box: no answer; it may still arrive", "box"))
-    r.gate.delivered(delivery)
-    events = [x["event"] for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
-    assert events[-2:] == ["release-unknown", "fault"] and r.gate.state is State.FAULT
 
 
 def test_an_abandoned_delivery_calls_uncertain_only_the_sinks_it_had_not_finished(rig, request_audio, tmp_path):
