@@ -19,6 +19,7 @@ from guard import audit
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig, GpioConfig, WakeModelSettings
+from guard.daemon import AudioClock
 from guard.errors import AuditError
 from guard.gate import Delivery, Gate
 from guard.hardware import ConsentButton, StatusLed
@@ -28,14 +29,6 @@ from guard.vocabulary import EventKind, LedPattern, State
 from guard.wake import WakeDetector
 
 PRE_ROLL_SECONDS = 2.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def __call__(self) -> float:
-        return self.seconds
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +51,7 @@ class Rig:
                  end_silence_seconds=1.0) -> None:
         detector.wipe()
         self.factory = factory
-        self.clock = Clock()
+        self.clock = AudioClock()
         self.events, self.listening = [], []
         self.moves: list[tuple[ButtonMove, float]] = []
         self.holding_moves = False  # True: moves wait in the inbox, as while the daemon's loop is busy

@@ -8,18 +8,17 @@ import numpy as np
 import pytest
 
 from guard.config import AudioConfig
+from guard.daemon import AudioClock
 from guard.inbox import Inbox
 from guard.microphone import FLAP_SECONDS, MIC_HUNG_SECONDS, Microphone
 
 ZEROS_SECONDS = 30.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.seconds = 1000.0
-
-    def __call__(self) -> float:
-        return self.seconds
+def _clock() -> AudioClock:
+    clock = AudioClock()
+    clock.seconds = 1000.0  # a monotonic clock is well past 0
+    return clock
 
 
 class Loop:
@@ -34,7 +33,7 @@ class Loop:
 
 @pytest.fixture
 def mic():
-    clock, loop, listening = Clock(), Loop(), threading.Event()
+    clock, loop, listening = _clock(), Loop(), threading.Event()
     listening.set()
     microphone = Microphone(AudioConfig(device="no-such-microphone", zeros_fault_seconds=ZEROS_SECONDS), "mic",
                             False, Inbox(), listening, threading.Event(),
@@ -51,7 +50,7 @@ def _sound() -> np.ndarray:
 
 
 def test_a_microphone_absent_at_start_is_waited_for_and_back_with_its_first_sound():
-    clock, loop, listening = Clock(), Loop(), threading.Event()
+    clock, loop, listening = _clock(), Loop(), threading.Event()
     microphone = Microphone(AudioConfig(device="no-such-microphone"), "mic", False, Inbox(), listening,
                             threading.Event(), lambda reason, lasting: loop.faults.append(reason),
                             loop.recoveries.append, lambda: None, loop.health, clock)
@@ -62,7 +61,7 @@ def test_a_microphone_absent_at_start_is_waited_for_and_back_with_its_first_soun
     assert microphone.down is None and len(loop.recoveries) == 1
 
 
-def hear_for(microphone: Microphone, clock: Clock, seconds: float, frame: np.ndarray) -> None:
+def hear_for(microphone: Microphone, clock: AudioClock, seconds: float, frame: np.ndarray) -> None:
     """Frames arriving every second for `seconds`, the loop checking after each, as it does every tick."""
     for _ in range(int(seconds)):
         microphone.heard(frame, 1)
