@@ -13,13 +13,14 @@ import speech
 from assist import HomeAssistant
 from conftest import GUARD, alsa_home, run_guard, run_guard_on_a_terminal, until
 from mqtt_broker import free_port
-from test_gate import PRE_ROLL_SECONDS, Clock
+from test_gate import PRE_ROLL_SECONDS
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 
 from guard import audit, confirm, confusables, voiceprint
 from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig, WakeModelSettings
+from guard.daemon import AudioClock
 from guard.gate import Gate
 from guard.sinks import DirectorySink
 from guard.vocabulary import State
@@ -124,7 +125,7 @@ def detector():
 
 def _gate(tmp_path, detector, enrolment, accepts, settings=None):
     detector.wipe()
-    events, clock = [], Clock()
+    events, clock = [], AudioClock()
     sink_dir = tmp_path / "sink"
     sink_dir.mkdir()
     listener = confirm.SpokenConfirmation(enrolment) if enrolment else None
@@ -524,7 +525,7 @@ def test_live_enrolment_through_portaudio_retries_a_silent_take(tmp_path):
 
 def test_invariant1_voice_consent_releases_only_to_sinks_that_accept_voice(tmp_path, detector, enrolled):
     detector.wipe()
-    clock = Clock()
+    clock = AudioClock()
     folders = {name: tmp_path / name for name in ("voicebox", "buttonbox")}
     for folder in folders.values():
         folder.mkdir()
