@@ -77,6 +77,20 @@ class Delivery:
             if not self._abandoned:  # after abandon, the record already says what may have happened
                 self.outcomes.append((sink, outcome, detail, to))
 
+    def record(self, record: "Record", state: State) -> set[EventKind]:
+        """Put each sink's outcome on the record (a released or release-unknown one names who received the
+        audio, `to`); returns the kinds of outcome there were."""
+        u = self.utterance.id
+        for sink, outcome, detail, to in self.outcomes:
+            if outcome is EventKind.RELEASED:
+                log.info("released %s to %s (%s)", u, sink, detail)
+                record(EventKind.RELEASED, state, u, outcome=True, sink=sink, to=to[:200],
+                       confirmed_by=self.confirmed_by, duration_seconds=self.duration_seconds, **self.extra)
+            else:
+                log.error("%s", detail)
+                record(outcome, state, u, outcome=True, sink=sink, reason=detail[:200], to=to[:200] or None)
+        return {outcome[1] for outcome in self.outcomes}
+
     def abandon(self, why: str) -> None:
         """Shutdown while sinks still run: whatever they did not finish may still arrive; then stop them."""
         with self._lock:
@@ -91,6 +105,127 @@ class Delivery:
                 self.wav[:] = bytes(len(self.wav))
         for sink in self.sinks:
             sink.cancel()
+
+
+class Held:
+    """Every sample the gate holds: the pre-roll ring while idle, then the capture of one request and where its
+    talker stopped (so what came after is cut before anything is shown or released), and what the detector
+    and the spoken confirmation keep of recent audio."""
+
+    def __init__(self, pre_roll_seconds: float, settings: GateConfig, detector: WakeDetector,
+                 confirmation: SpokenConfirmation | None) -> None:
+        self.detector, self.confirmation = detector, confirmation
+        self.ring = RingBuffer(pre_roll_seconds)
+        self.capture = CaptureBuffer(pre_roll_seconds + settings.max_utterance_seconds)
+        self.end = EndOfSpeech(settings.end_silence_seconds, settings.silence_dbfs)
+
+    def before(self, frame: np.ndarray, frame_dbfs: float) -> None:
+        """A frame heard while idle: kept as pre-roll, and measured for the room's level."""
+        self.ring.write(frame)
+        self.end.hear(frame_dbfs)
+
+    def begin(self) -> None:
+        """A wake: the pre-roll becomes the start of the capture, and the ring is wiped."""
+        self.capture.load(self.ring)
+        self.ring.wipe()
+        self.end.start(len(self.capture))
+
+    def add(self, frame: np.ndarray, frame_dbfs: float) -> bool:
+        """A frame of the request; False once the request is complete (full, or its talker stopped)."""
+        return self.capture.append(frame) and not self.end.push(frame_dbfs)
+
+    def close(self) -> None:
+        """Cut what came after the talker stopped."""
+        self.capture.cut(self.end.kept_samples())
+
+    def seconds(self) -> float:
+        return round(len(self.capture) / RATE_HZ, 2)
+
+    def wipe(self) -> None:
+        self.capture.wipe()
+        self.ring.wipe()
+        self.detector.wipe()
+        if self.confirmation is not None:
+            self.confirmation.wipe()
+
+    def is_zero(self) -> bool:
+        return self.capture.is_zero() and self.ring.is_zero() and not self.detector.holds_audio()
+
+
+class ConsentPolicy:
+    """Which consent releases to which sink: per sink name, "button" and/or "voice"; the button by default."""
+
+    def __init__(self, sinks: list[Sink], accepts: dict[str, tuple[str, ...]]) -> None:
+        self.all, self.accepts = sinks, accepts
+
+    def accepted_by(self, sink: Sink) -> tuple[str, ...]:
+        return self.accepts.get(sink.name, ("button",))
+
+    def eligible(self, confirmed_by: str) -> list[Sink]:
+        """The sinks a release confirmed this way goes to."""
+        return [sink for sink in self.all if confirmed_by in self.accepted_by(sink)]
+
+
+class PressRule:
+    """When a press of the consent button may release: it began after the LED showed pending, after the
+    button had been up for `quiet_seconds` (so contact bounce and chatter never count), and it came up
+    before a long press. Times are the gate's clock seconds."""
+
+    def __init__(self, quiet_seconds: float) -> None:
+        self.quiet_seconds = quiet_seconds
+        self.opened_at = math.inf  # when the LED began to show pending; no press counts before it
+        self._counts = False  # the press now down began inside the window, after a quiet time
+        self._up_since = -math.inf
+
+    def open(self, at: float) -> None:
+        self.opened_at = at
+
+    def close(self) -> None:
+        self.opened_at = math.inf
+
+    def forget(self) -> None:
+        """The press now down, if any, will not release (a long press, a new pending)."""
+        self._counts = False
+
+    def down(self, at: float, pending: bool) -> None:
+        self._counts = pending and at >= self.opened_at and at - self._up_since >= self.quiet_seconds
+
+    def up(self, at: float) -> bool:
+        """The button came up: True when this press counts."""
+        counts, self._counts = self._counts, False
+        self._up_since = at
+        return counts
+
+
+class Record:
+    """The gate's one way onto the record: audit first, then log and publish.
+
+    Never raises for the audit log: a mute or a discard must still happen (and is published).
+    What must not happen without its record (capture, pending, release) passes `required`: then
+    nothing is published and the caller backs out. What a release turned out to be (`outcome`)
+    may spend the room the log keeps for it.
+    """
+
+    def __init__(self, audit: AuditLog, publish: Callable[[Event], None]) -> None:
+        self.audit, self.publish = audit, publish
+
+    def __call__(self, kind: EventKind, state: State, utterance: str | None, required: bool = False,
+                 outcome: bool = False, **fields) -> bool:
+        """Audit, log and publish one decision; False when the audit log could not take it."""
+        try:
+            (self.audit.record_outcome if outcome else self.audit.record)(kind, utterance=utterance, **fields)
+            recorded = True
+        except AuditError as e:
+            recorded = False
+            if required:
+                log.error("%s; %s refused", e, kind)
+                return False
+            log.error("%s; %s is kept in memory and written when the log can take it", e, kind)
+            self.audit.defer(kind, utterance=utterance, **fields)
+        event = Event(kind, state, datetime.now(UTC).isoformat(timespec="milliseconds"), utterance, **fields)
+        log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in event.to_dict().items() if k not in ("kind", "time")))
+        self.publish(event)
+        return recorded
 
 
 class Gate:
@@ -124,21 +259,16 @@ class Gate:
                  deliver: Callable[[Delivery], None] | None = None) -> None:
         self.settings = settings
         self.detector = detector
-        self.ring = RingBuffer(pre_roll_seconds)
-        self.capture = CaptureBuffer(pre_roll_seconds + settings.max_utterance_seconds)
-        self.end = EndOfSpeech(settings.end_silence_seconds, settings.silence_dbfs)
-        self.sinks = sinks
-        self.audit = audit
-        self.accepts = accepts or {}
-        self.confirmation = confirmation if any("voice" in self.accepted_by(s) for s in sinks) else None
-        self._publish, self._show, self._set_listening, self.clock = publish, show, set_listening, clock
+        self.policy = ConsentPolicy(sinks, accepts or {})
+        self.record = Record(audit, publish)
+        self.confirmation = confirmation if self.policy.eligible("voice") else None
+        self.held = Held(pre_roll_seconds, settings, detector, self.confirmation)
+        self._show, self._set_listening, self.clock = show, set_listening, clock
         self._deliver = deliver or self._deliver_here
         self.state = State.IDLE
         self.muted_by: str | None = None
         self._utterance: Utterance | None = None
-        self._pending_since = math.inf
-        self._press_counts = False
-        self._button_up_since = -math.inf
+        self.press = PressRule(settings.button_quiet_seconds)
         self._fault_until = 0.0
 
     # -- audio -----------------------------------------------------------------
@@ -149,8 +279,7 @@ class Gate:
             return
         level = level_dbfs(frame)  # measured once: the end of a request and the models' rest both use it
         if self.state is State.IDLE:
-            self.ring.write(frame)
-            self.end.hear(level)
+            self.held.before(frame, level)
         listening = self.state is State.PENDING and self.confirmation is not None  # for a spoken confirmation
         detections = self.detector.process(frame, keep_awake=listening, frame_dbfs=level)
         if listening and self.confirmation.listen(self.detector.features, frame, level):
@@ -161,18 +290,16 @@ class Gate:
         if self.state is State.IDLE:
             if detections:
                 self._start_capture(max(detections, key=lambda d: d.score))
-        elif self.state is State.CAPTURING:
-            self._continue_capture(frame, level)
+        elif self.state is State.CAPTURING and not self.held.add(frame, level):
+            self.end_capture()
         if detections and self.state is not State.CAPTURING:
             log.debug("wake %s ignored while %s", detections[0].model, self.state)
 
     def _start_capture(self, wake: Detection) -> None:
         heard_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        self.capture.load(self.ring)
-        self.ring.wipe()
-        self.end.start(len(self.capture))
+        self.held.begin()
         self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
-        self._pending_since = math.inf  # no consent window until this utterance's pending is shown
+        self.press.close()  # no consent window until this utterance's pending is shown
         second = {} if wake.second_opinion is None else {"second_opinion": round(wake.second_opinion, 4)}
         if not self._record(EventKind.WAKE, State.CAPTURING, required=True, model=wake.model,
                             score=round(wake.score, 4), threshold=wake.threshold, **second):
@@ -180,45 +307,37 @@ class Gate:
             return
         self._enter(State.CAPTURING)
 
-    def _continue_capture(self, frame: np.ndarray, frame_dbfs: float) -> None:
-        if not self.capture.append(frame) or self.end.push(frame_dbfs):
-            self.end_capture()
-
     def end_capture(self) -> None:
         """The utterance is complete: cut what came after its talker stopped, record it, show pending, and
         only then open the consent window."""
         if self.state is not State.CAPTURING:
             return
-        self.capture.cut(self.end.kept_samples())
-        self._press_counts = False
+        self.held.close()
+        self.press.forget()
         if self.confirmation is not None:
             self.confirmation.reset()  # only what is said from now on can confirm
-        levels = self.end.levels
-        if not self._record(EventKind.PENDING, State.PENDING, required=True, duration_seconds=self._duration(),
+        levels = self.held.end.levels
+        if not self._record(EventKind.PENDING, State.PENDING, required=True, duration_seconds=self.held.seconds(),
                             talker_dbfs=levels.talker_dbfs, room_dbfs=levels.room_dbfs):
             self.fault("the audit log cannot take the pending record; the utterance is wiped")
             return
         self._enter(State.PENDING, show=LedPattern.PENDING_VOICE if self.confirmation is not None else None)
-        self._pending_since = self.clock()  # the LED shows pending from here: a press must begin after this
+        self.press.open(self.clock())  # the LED shows pending from here: a press must begin after this
 
     # -- the button ---------------------------------------------------------------
 
     def button_down(self, at: float) -> None:
-        """The button went down at `at` (clock seconds). It counts only if that was after the LED showed
-        pending and after the button had been up for `button_quiet_seconds`: bounce is not a press."""
-        quiet = at - self._button_up_since >= self.settings.button_quiet_seconds
-        self._press_counts = self.state is State.PENDING and at >= self._pending_since and quiet
+        """The button went down at `at` (clock seconds); whether that press may release is the PressRule's."""
+        self.press.down(at, pending=self.state is State.PENDING)
 
     def button_up(self, at: float) -> None:
         """The button came up: a short press that counted releases the audio."""
-        counts, self._press_counts = self._press_counts, False
-        self._button_up_since = at
-        if counts and self.state is State.PENDING:
+        if self.press.up(at) and self.state is State.PENDING:
             self._release("button")
 
     def button_held(self, at: float) -> None:
         """A long press toggles the hardware mute; it never releases anything."""
-        self._press_counts = False  # a long press never releases
+        self.press.forget()  # a long press never releases
         if self.state is State.MUTED:
             self.unmute("button")
         else:
@@ -230,9 +349,6 @@ class Gate:
         delivery.run()
         self.delivered(delivery)
 
-    def accepted_by(self, sink: Sink) -> tuple[str, ...]:
-        return self.accepts.get(sink.name, ("button",))
-
     def _release(self, confirmed_by: str, **extra) -> None:
         """Hand the utterance to every sink that accepts this consent, on the record before and after.
 
@@ -240,17 +356,17 @@ class Gate:
         in the daemon, so a slow sink blocks neither the button nor remote mute), and
         `delivered` records what really happened.
         """
-        eligible = [s for s in self.sinks if confirmed_by in self.accepted_by(s)]
+        eligible = self.policy.eligible(confirmed_by)
         if not eligible:
-            self._discard("no sink configured" if not self.sinks else f"no sink accepts {confirmed_by} consent")
+            self._discard("no sink configured" if not self.policy.all else f"no sink accepts {confirmed_by} consent")
             return
         if not self._record(EventKind.RELEASING, self.state, required=True, sink=",".join(s.name for s in eligible),
-                            confirmed_by=confirmed_by, duration_seconds=self._duration(), **extra):
+                            confirmed_by=confirmed_by, duration_seconds=self.held.seconds(), **extra):
             self.fault("the audit log cannot take the release record; nothing was released")
             return
-        delivery = Delivery(self._utterance, encode_wav(self.capture.view()), eligible, confirmed_by,
-                            self._duration(), extra)
-        self._wipe()
+        delivery = Delivery(self._utterance, encode_wav(self.held.capture.view()), eligible, confirmed_by,
+                            self.held.seconds(), extra)
+        self.held.wipe()
         self._utterance = None
         self._enter(State.IDLE)
         self._deliver(delivery)
@@ -259,17 +375,7 @@ class Gate:
         """Record each sink's outcome: released, release-failed, or release-unknown (may still arrive); a
         released or release-unknown record names who received the audio (`to`)."""
         u = delivery.utterance.id
-        for sink, outcome, detail, to in delivery.outcomes:
-            if outcome is EventKind.RELEASED:
-                log.info("released %s to %s (%s)", u, sink, detail)
-                self._record(EventKind.RELEASED, self.state, utterance=u, outcome=True, sink=sink, to=to[:200],
-                             confirmed_by=delivery.confirmed_by, duration_seconds=delivery.duration_seconds,
-                             **delivery.extra)
-            else:
-                log.error("%s", detail)
-                self._record(outcome, self.state, utterance=u, outcome=True, sink=sink, reason=detail[:200],
-                             to=to[:200] or None)
-        kinds = {outcome[1] for outcome in delivery.outcomes}
+        kinds = delivery.record(self.record, self.state)
         if EventKind.RELEASED in kinds:
             if self.state is State.IDLE:
                 self._show(LedPattern.RELEASED)
@@ -284,8 +390,8 @@ class Gate:
                          duration_seconds=delivery.duration_seconds)
 
     def _discard(self, reason: str) -> None:
-        self._record(EventKind.DISCARDED, State.IDLE, reason=reason, duration_seconds=self._duration())
-        self._wipe()
+        self._record(EventKind.DISCARDED, State.IDLE, reason=reason, duration_seconds=self.held.seconds())
+        self.held.wipe()
         self._utterance = None
         self._enter(State.IDLE)
 
@@ -300,7 +406,7 @@ class Gate:
     def expires_at(self) -> float | None:
         """When the current state ends by itself (pending window, shown fault), or None."""
         if self.state is State.PENDING:
-            return self._pending_since + self.settings.pending_timeout_seconds
+            return self.press.opened_at + self.settings.pending_timeout_seconds
         if self.state is State.FAULT:
             return self._fault_until
         return None
@@ -312,7 +418,7 @@ class Gate:
         if self.state in (State.CAPTURING, State.PENDING):
             self._discard(EventKind.MUTED)  # the reason: a mute
         self._set_listening(False)
-        self._wipe()
+        self.held.wipe()
         self.muted_by = by
         self._decide(EventKind.MUTED, State.MUTED, by=by)
 
@@ -342,7 +448,7 @@ class Gate:
         """Discard anything held and zero every buffer, whatever the state."""
         if self.state in (State.CAPTURING, State.PENDING):
             self._discard(f"wiped by {by}")
-        self._wipe()
+        self.held.wipe()
         self._record(EventKind.WIPED, self.state, by=by)
 
     def fault(self, reason: str, lasting: bool = False) -> None:
@@ -354,8 +460,8 @@ class Gate:
         """
         if self.state in (State.CAPTURING, State.PENDING) and self._utterance is not None:
             self._record(EventKind.DISCARDED, State.FAULT, reason=f"fault: {reason}"[:200],
-                         duration_seconds=self._duration())
-        self._wipe()
+                         duration_seconds=self.held.seconds())
+        self.held.wipe()
         self._utterance = None
         if self.state is State.MUTED:
             self._record(EventKind.FAULT, State.MUTED, reason=reason[:200])
@@ -374,23 +480,13 @@ class Gate:
         """On SIGTERM/SIGINT: nothing held survives the process."""
         if self.state in (State.CAPTURING, State.PENDING):
             self._discard("shutdown")
-        self._wipe()
+        self.held.wipe()
 
     # -- helpers --------------------------------------------------------------------
 
-    def _duration(self) -> float:
-        return round(len(self.capture) / RATE_HZ, 2)
-
-    def _wipe(self) -> None:
-        self.capture.wipe()
-        self.ring.wipe()
-        self.detector.wipe()
-        if self.confirmation is not None:
-            self.confirmation.wipe()
-
     def is_wiped(self) -> bool:
         """True when no buffer holds a sample of audio."""
-        return self.capture.is_zero() and self.ring.is_zero() and not self.detector.holds_audio()
+        return self.held.is_zero()
 
     def _decide(self, kind: EventKind, state: State, **fields) -> None:
         self._record(kind, state, **fields)
@@ -398,29 +494,10 @@ class Gate:
 
     def _record(self, kind: EventKind, state: State, required: bool = False, utterance: str | None = None,
                 outcome: bool = False, **fields) -> bool:
-        """Audit, log and publish a decision; False when the audit log could not take it.
-
-        Never raises for the audit log: a mute or a discard must still happen (and is
-        published). What must not happen without its record (capture, pending,
-        release) passes `required`: then nothing is published and the caller backs out.
-        What a release turned out to be (`outcome`) may spend the room the log keeps for it.
-        """
+        """Put a decision on the record (see `Record`), naming the utterance held unless told another."""
         if utterance is None and self._utterance is not None:
             utterance = self._utterance.id
-        try:
-            (self.audit.record_outcome if outcome else self.audit.record)(kind, utterance=utterance, **fields)
-            recorded = True
-        except AuditError as e:
-            recorded = False
-            if required:
-                log.error("%s; %s refused", e, kind)
-                return False
-            log.error("%s; %s is kept in memory and written when the log can take it", e, kind)
-            self.audit.defer(kind, utterance=utterance, **fields)
-        event = Event(kind, state, datetime.now(UTC).isoformat(timespec="milliseconds"), utterance, **fields)
-        log.info("%s %s", kind, " ".join(f"{k}={v}" for k, v in event.to_dict().items() if k not in ("kind", "time")))
-        self._publish(event)
-        return recorded
+        return self.record(kind, state, utterance, required, outcome, **fields)
 
     def _enter(self, state: State, show: LedPattern | None = None) -> None:
         self.state = state

@@ -27,7 +27,7 @@ def lines(config: Config, gpio_mode: str, gate: Gate, audio: Microphone, mqtt_on
                                           f"{config.gpio.led_type} LED GPIO{list(config.gpio.led_pins)}"),
         "mqtt": f"{config.mqtt.host}:{config.mqtt.port}" if mqtt_on else "off",
         "assist satellite": _satellite(config, satellite),
-        "sinks": ", ".join(f"{s.name} ({type(s).__name__}, by {' or '.join(gate.accepted_by(s))})"
+        "sinks": ", ".join(f"{s.name} ({type(s).__name__}, by {' or '.join(gate.policy.accepted_by(s))})"
                            for s in sinks) or "none",
         "spoken confirmation": "listening while pending" if gate.confirmation else "off",
     }
@@ -43,7 +43,7 @@ def _satellite(config: Config, satellite: AssistSatellite | None) -> str:
 
 def buffers(gate: Gate) -> str:
     """Every buffer that holds audio and could not be locked in RAM, by name and size."""
-    held = {"pre-roll ring": gate.ring, "capture": gate.capture}
+    held = {"pre-roll ring": gate.held.ring, "capture": gate.held.capture}
     if gate.confirmation is not None:
         held["spoken-confirmation window"] = gate.confirmation.heard
     unlocked = [f"{name} ({b.nbytes // 1024} KiB)" for name, b in held.items() if not b.locked]

@@ -223,7 +223,7 @@ def test_invariant1_press_inside_the_gap_before_the_led_shows_pending_never_rele
             r.clock.seconds += 0.01
             r.holding_moves = False
 
-    r.gate._publish = press_while_recording
+    r.gate.record.publish = press_while_recording
     r.feed(request_audio)
     assert seen == ["capturing"] and r.gate.state is State.PENDING
     r.wait(10.0)
@@ -464,10 +464,10 @@ def test_full_disk_is_a_fault_and_leaves_no_partial_file(rig, request_audio, ful
 
 def test_invariant5_no_release_without_a_releasing_record(rig, request_audio, full_disk):
     r = rig()
-    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
     r.feed(request_audio)
     assert r.gate.state is State.PENDING
-    exhaust(r.gate.audit)
+    exhaust(r.gate.record.audit)
     r.press()
     assert r.released_files() == [], "audio left without its releasing record"
     assert r.gate.state is State.FAULT and r.gate.is_wiped()
@@ -479,15 +479,15 @@ def test_invariant5_no_release_without_a_releasing_record(rig, request_audio, fu
 
 def test_invariant5_nothing_is_captured_without_a_wake_record_and_the_guard_recovers(rig, request_audio, full_disk):
     r = rig()
-    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
-    exhaust(r.gate.audit)
+    r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    exhaust(r.gate.record.audit)
     r.feed(request_audio)
     assert "wake" not in r.kinds() and "fault" in r.kinds() and r.gate.is_wiped()
     assert r.gate.state is not State.PENDING
     for filler in full_disk.iterdir():
         if filler.name == "filler":
             filler.unlink()
-    r.gate.audit.close()
+    r.gate.record.audit.close()
     (full_disk / "audit.jsonl").unlink()
     r.wait(3.0)
     r.feed(request_audio)  # room again: the next request is captured and recorded as usual
@@ -548,11 +548,11 @@ def test_a_release_the_guard_stopped_before_sending_is_failed_and_zeroed(tmp_pat
 def test_decisions_a_full_disk_refused_are_written_late_once_it_has_room(rig, request_audio, full_disk):
     """A timeout discard and a remote mute still happen on a full disk; their records wait in RAM, not lost."""
     r = rig()
-    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
     r.feed(request_audio)
     assert r.gate.state is State.PENDING
     fill(full_disk)
-    exhaust(r.gate.audit)  # the last bytes of the log's own page too
+    exhaust(r.gate.record.audit)  # the last bytes of the log's own page too
     r.wait(r.gate.settings.pending_timeout_seconds + 0.1)
     r.gate.mute("remote")
     assert r.kinds()[-2:] == ["discarded", "muted"] and r.gate.is_wiped()
@@ -641,7 +641,7 @@ def test_records_carry_the_utterance_and_its_length(rig, request_audio):
 def test_the_recorded_length_is_the_captured_audio_to_the_centisecond(rig, request_audio):
     r = rig()
     r.feed(request_audio)
-    held = len(r.gate.capture)
+    held = len(r.gate.held.capture)
     assert audit.read(r.audit_path)[-1]["duration_seconds"] == round(held / 16000, 2)
     assert 2.0 < held / 16000 < 5.0
 
@@ -650,7 +650,7 @@ def test_when_pending_and_faults_end(rig, request_audio):
     r = rig()
     assert r.gate.expires_at() is None
     r.feed(request_audio)
-    assert r.gate.expires_at() == r.gate._pending_since + 10.0
+    assert r.gate.expires_at() == r.gate.press.opened_at + 10.0
     r.gate.fault("test")
     assert r.gate.expires_at() == pytest.approx(r.clock() + 3.0)
     r.wait(3.0)
@@ -713,10 +713,10 @@ def test_a_long_fault_reason_is_cut_to_200_characters_on_the_record(rig, request
 def test_the_pending_window_is_exactly_pending_timeout_seconds_and_times_out_once(rig, request_audio):
     r = rig()
     r.feed(request_audio)
-    r.clock.seconds = r.gate._pending_since + 10.0 - 1e-6
+    r.clock.seconds = r.gate.press.opened_at + 10.0 - 1e-6
     r.gate.tick()
     assert r.gate.state is State.PENDING
-    r.clock.seconds = r.gate._pending_since + 10.0
+    r.clock.seconds = r.gate.press.opened_at + 10.0
     r.gate.tick()
     assert r.gate.state is State.IDLE and r.kinds() == ["wake", "pending", "discarded"]
     r.wait(30.0)
@@ -812,7 +812,7 @@ def test_an_unmute_while_not_muted_is_not_even_recorded(rig, request_audio):
 def test_a_press_whose_window_closes_while_the_button_is_down_releases_nothing(rig, request_audio):
     r = rig()
     r.feed(request_audio)
-    r.clock.seconds = r.gate._pending_since + 1.0
+    r.clock.seconds = r.gate.press.opened_at + 1.0
     r.button_pin.drive_low()  # a press that counts...
     r.wait(10.0)  # ...but the window times out while the finger is still down
     assert r.gate.state is State.IDLE
@@ -884,10 +884,10 @@ def test_a_delivered_release_gets_its_record_on_a_disk_that_filled_while_it_was_
         rig, request_audio, full_disk):
     """Once the released record waited in memory and never reached the log: `releasing` with no outcome."""
     r = rig()
-    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
     delivery = r.release_held(request_audio)
     fill(full_disk)
-    exhaust(r.gate.audit)  # every ordinary record the disk takes: only the reserve is left
+    exhaust(r.gate.record.audit)  # every ordinary record the disk takes: only the reserve is left
     delivery.run()
     r.gate.delivered(delivery)
     records = [x for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
@@ -895,26 +895,26 @@ def test_a_delivered_release_gets_its_record_on_a_disk_that_filled_while_it_was_
     assert "late" not in records[-1] and records[-1]["utterance"] == records[0]["utterance"]
     assert audit.verify(full_disk / "audit.jsonl", "test").intact
     with pytest.raises(AuditError, match="the disk is full"):
-        r.gate.audit.record("wake")  # the reserve is for outcomes only
+        r.gate.record.audit.record("wake")  # the reserve is for outcomes only
 
 
 def test_a_release_is_refused_when_no_room_for_its_outcome_is_left(rig, request_audio, full_disk):
     r = rig()
-    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
     r.feed(request_audio)
     fill(full_disk)
-    exhaust(r.gate.audit)
+    exhaust(r.gate.record.audit)
     r.press()
     assert "releasing" not in r.kinds() and r.released_files() == [] and r.gate.is_wiped()
 
 
 def test_nothing_is_pending_without_its_pending_record(rig, request_audio, full_disk):
     r = rig()
-    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
     r.feed(_opening(request_audio, 2.5))
     assert r.gate.state is State.CAPTURING
     fill(full_disk)
-    exhaust(r.gate.audit)
+    exhaust(r.gate.record.audit)
     r.feed(np.zeros(16000 * 2, np.int16))
     assert "pending" not in r.kinds() and r.gate.state is State.FAULT and r.gate.is_wiped()
     r.press()
@@ -1038,10 +1038,10 @@ def test_a_failed_or_uncertain_release_gets_its_records_on_a_disk_that_filled_wh
     """What became of a release is recorded from the room the log keeps for outcomes, failure included; an
     uncertain one is shown as a fault."""
     r = rig()
-    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
     delivery = r.release_held(request_audio)
     fill(full_disk)
-    exhaust(r.gate.audit)
+    exhaust(r.gate.record.audit)
     delivery.outcomes.append(("box", outcome, "sink box: gone, or no answer", to))
     r.gate.delivered(delivery)
     events = [x["event"] for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
@@ -1051,12 +1051,12 @@ def test_a_failed_or_uncertain_release_gets_its_records_on_a_disk_that_filled_wh
 def test_an_uncertain_release_gets_its_fault_record_on_a_full_disk_while_a_new_request_is_held(
         rig, request_audio, full_disk):
     r = rig()
-    r.gate.audit = AuditLog(full_disk / "audit.jsonl", "test")
+    r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
     delivery = r.release_held(request_audio)
     r.feed(request_audio)
     assert r.gate.state is State.PENDING, "a new request is held"
     fill(full_disk)
-    exhaust(r.gate.audit)
+    exhaust(r.gate.record.audit)
     delivery.outcomes.append(("box", EventKind.RELEASE_UNKNOWN, "sink box: no answer; it may still arrive", "b" * 300))
     r.gate.delivered(delivery)
     records = [x for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]
