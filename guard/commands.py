@@ -6,10 +6,17 @@ changes where it may go.
 """
 
 import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from guard.hermes import TOGGLES
 
 VERBS = ("mute", "unmute", "cancel", "wipe")
 MAX_COMMAND_BYTES = 1024
 HERMES_SESSION_REASONS = ("dialogueSession", "playAudio", "ttsSay")  # rhasspy-hermes HotwordToggleReason
+COMMANDS_PER_MINUTE = 30  # remote commands beyond this are counted, not acted on one by one
 
 
 class CommandError(ValueError):
@@ -36,7 +43,7 @@ def parse_command(topic: str, payload: bytes, device_id: str) -> tuple[str, str]
         if verb not in VERBS:
             raise CommandError(f"unknown command {verb[:40]!r}; known: {', '.join(VERBS)}, remote_mute")
         return "remote", verb
-    if topic in ("hermes/hotword/toggleOff", "hermes/hotword/toggleOn"):
+    if topic in TOGGLES:
         try:
             body = json.loads(payload)
             site, reason = body.get("siteId"), body.get("reason", "")
@@ -46,3 +53,38 @@ def parse_command(topic: str, payload: bytes, device_id: str) -> tuple[str, str]
             return None  # Rhasspy pauses wake words during its own dialogue or playback: not a privacy mute
         return "rhasspy", "mute" if topic.endswith("Off") else "unmute"
     return None
+
+
+class CommandRate:
+    """At most `per_minute` remote commands act in any minute; the excess is told once, then counted.
+
+    Shared by the link's two connections' threads. A mute never asks: it is never held back.
+
+    Args:
+        tell: receives the one-line notice of ignored commands (the hub's error topic).
+        clock: monotonic seconds.
+    """
+
+    def __init__(self, tell: Callable[[str], None], per_minute: int = COMMANDS_PER_MINUTE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.tell, self.per_minute, self.clock = tell, per_minute, clock
+        self.recent: deque[float] = deque()  # when the commands of the last minute came
+        self._ignored = 0
+        self._lock = threading.Lock()
+
+    def allows(self) -> bool:
+        """True when one more command may act now."""
+        with self._lock:
+            now = self.clock()
+            while self.recent and now - self.recent[0] > 60:
+                self.recent.popleft()
+            if len(self.recent) < self.per_minute:
+                self.recent.append(now)
+                if self._ignored:
+                    self.tell(f"{self._ignored} remote command(s) over {self.per_minute}/min were ignored")
+                    self._ignored = 0
+                return True
+            self._ignored += 1
+            if self._ignored == 1:
+                self.tell(f"over {self.per_minute} remote commands a minute: ignoring the excess")
+            return False

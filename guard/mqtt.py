@@ -22,18 +22,18 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 
-from guard import discovery
+from guard import discovery, hermes
 from guard.audit import AuditLog
-from guard.commands import MAX_COMMAND_BYTES, CommandError, parse_command
+from guard.commands import MAX_COMMAND_BYTES, CommandError, CommandRate, parse_command
 from guard.config import MqttConfig
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
+from guard.hermes import HermesSite
 from guard.refusals import RefusalTally
 from guard.vocabulary import Event, EventKind, State
 
 log = logging.getLogger(__name__)
 
 DISCOVERY_DEBOUNCE_SECONDS = 10.0  # Home Assistant restarting says "online" once; a flood gets one answer
-COMMANDS_PER_MINUTE = 30  # remote commands beyond this are counted, not acted on one by one
 DROP_AUDIT_SECONDS = 60.0  # while events are being dropped, the count goes to the audit log this often
 
 
@@ -47,6 +47,21 @@ def read_password(path: str) -> str:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the MQTT password file ({e.strerror}); fix [mqtt] password_file") \
             from None
+
+
+def configured_client(settings: MqttConfig, client_id: str) -> paho.Client:
+    """A paho client with the [mqtt] table's credentials and TLS: the daemon's links and the brief ones alike."""
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
+    if settings.username:
+        client.username_pw_set(settings.username,
+                               read_password(settings.password_file) if settings.password_file else None)
+    if settings.tls:
+        try:
+            client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
+                           keyfile=settings.key_file or None)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"[mqtt] TLS files: {e}; fix ca_file, cert_file, key_file") from None
+    return client
 
 
 def _never_raises(callback: Callable) -> Callable:
@@ -81,6 +96,56 @@ class _Outgoing:
     sent: paho.MQTTMessageInfo | None = None  # the latest try; its is_published() is the broker's ack
 
 
+class Outbox:
+    """Events not yet acknowledged by the broker, oldest first: a broker restart loses none of them.
+
+    At most `limit` wait; a new event beyond that drops the oldest, and the drops are counted
+    until `take_dropped` reports them. Not thread-safe: the link holds its lock around it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: deque[_Outgoing] = deque()
+        self.dropped = 0
+        self._drops_due = _AtMostEvery(DROP_AUDIT_SECONDS)  # one drop record a minute while the broker is away
+
+    def add(self, topic: str, payload: bytes) -> _Outgoing:
+        self.prune()
+        if len(self.items) >= self.limit:
+            self.items.popleft()
+            self.dropped += 1
+        item = _Outgoing(topic, payload)
+        self.items.append(item)
+        return item
+
+    def take_dropped(self, now: bool = False) -> int:
+        """The drops not yet reported, to report now (at most once a minute, unless `now`)."""
+        if not self.dropped or not (now or self._drops_due()):
+            return 0
+        dropped, self.dropped = self.dropped, 0
+        return dropped
+
+    def prune(self) -> None:
+        """Forget events from the front that the broker has acknowledged.
+
+        Done lazily (paho marks a message published only after its on_publish callback).
+        A message paho gave up on (dropped with the connection) is sent again after reconnect.
+        """
+        while self.items and self.items[0].sent is not None:
+            try:
+                acknowledged = self.items[0].sent.is_published()
+            except (RuntimeError, ValueError):
+                self.items[0].sent = None
+                return
+            if not acknowledged:
+                return
+            self.items.popleft()
+
+    def __len__(self) -> int:
+        self.prune()
+        return len(self.items)
+
+
 class MqttLink:
     """One connection to the broker, kept up with backoff; the daemon keeps guarding without it.
 
@@ -102,39 +167,27 @@ class MqttLink:
         self.started = datetime.now(UTC).isoformat(timespec="seconds")
         self._state = {"state": State.IDLE, "since": self.started, "muted_by": None, "started": self.started}
         self.health: dict[str, str] = {}
-        self._outbox: deque[_Outgoing] = deque()
-        self._dropped = 0
-        self._drops_due = _AtMostEvery(DROP_AUDIT_SECONDS)  # one drop record a minute while the broker is away
+        self.outbox = Outbox(settings.outbox_events)
         self._discovery_due = _AtMostEvery(DISCOVERY_DEBOUNCE_SECONDS)
-        self._commands: deque[float] = deque()  # when recent remote commands came, for the rate limit
-        self._refused_commands = 0
-        self._asr_session: str | None = None  # the session Rhasspy's ASR opened for this site's latest wake
+        self.rate = CommandRate(lambda reason: self.error(reason))  # shared by both connections' threads
+        self.hermes = HermesSite(device_id)
         self.refusals = RefusalTally(lambda peer, kind, reason, count, first: self.error(
             reason if first else f"{count} more like this in {self.refusals.interval_seconds:g} s: {reason}"))
         self._lock = threading.Lock()  # the outbox and state; never held while calling paho
         self._order = threading.Lock()  # one publisher at a time, so events leave in the order they came
         self.connected = threading.Event()
-        self._rate = threading.Lock()  # the rate limit is shared by the two connections' threads
         self.client = self._client(f"guard-{self.device_id}")
         # Mutes come on a connection of their own: a flood of other commands, queued by the broker ahead
         # of them in one ordered stream, cannot hold a mute back.
         self.mute_topics = frozenset([f"{self.root}/cmd/mute", f"{self.root}/cmd/remote_mute"]
-                                     + (["hermes/hotword/toggleOff"] if settings.hermes else []))
+                                     + ([hermes.TOGGLES[0]] if settings.hermes else []))
         self.mute_client = self._client(f"guard-{self.device_id}-mute", main=False)
 
     def _client(self, client_id: str, main: bool = True) -> paho.Client:
-        s = self.settings
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id)
+        client = configured_client(self.settings, client_id)
         if main:
             client.will_set(f"{self.root}/availability", "offline", qos=1, retain=True)
-        if s.username:
-            client.username_pw_set(s.username, read_password(s.password_file) if s.password_file else None)
-        if s.tls:
-            try:
-                client.tls_set(ca_certs=s.ca_file or None, certfile=s.cert_file or None, keyfile=s.key_file or None)
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"[mqtt] TLS files: {e}; fix ca_file, cert_file, key_file") from None
-        client.reconnect_delay_set(min_delay=1, max_delay=s.reconnect_max_seconds)
+        client.reconnect_delay_set(min_delay=1, max_delay=self.settings.reconnect_max_seconds)
         client.on_connect = self._on_connect if main else self._on_mute_connect
         if main:
             client.on_disconnect = self._on_disconnect
@@ -171,16 +224,15 @@ class MqttLink:
             return
         log.info("broker %s:%d connected", self.settings.host, self.settings.port)
         client.subscribe([(f"{self.root}/cmd/#", 1), ("homeassistant/status", 1)]
-                         + ([("hermes/hotword/toggleOff", 1), ("hermes/hotword/toggleOn", 1),
-                             ("hermes/asr/startListening", 1)] if self.settings.hermes else []))
+                         + ([(topic, 1) for topic in hermes.SUBSCRIPTIONS] if self.settings.hermes else []))
         with self._order:
             client.publish(f"{self.root}/availability", "online", qos=1, retain=True)
             if self.settings.discovery:
                 self.publish_discovery()
             with self._lock:
-                self._prune_locked()
-                state, waiting = json.dumps({**self._state, "health": self.health}), list(self._outbox)
-                dropped, self._dropped = self._dropped, 0
+                self.outbox.prune()
+                state, waiting = json.dumps({**self._state, "health": self.health}), list(self.outbox.items)
+                dropped = self.outbox.take_dropped(now=True)
                 self.connected.set()
             client.publish(f"{self.root}/state", state, qos=1, retain=True)
             for item in waiting:
@@ -199,22 +251,6 @@ class MqttLink:
             log.warning("broker connection lost (%s); events wait in the outbox", reason_code)
         self.connected.clear()
 
-    def _prune_locked(self) -> None:
-        """Forget events from the front of the outbox that the broker has acknowledged.
-
-        Done lazily (paho marks a message published only after its on_publish callback).
-        A message paho gave up on (dropped with the connection) is sent again after reconnect.
-        """
-        while self._outbox and self._outbox[0].sent is not None:
-            try:
-                acknowledged = self._outbox[0].sent.is_published()
-            except (RuntimeError, ValueError):
-                self._outbox[0].sent = None
-                return
-            if not acknowledged:
-                return
-            self._outbox.popleft()
-
     def _audit_drops(self, count: int) -> None:
         try:
             self.audit.record("events_dropped", count=count, reason="broker unreachable, outbox full")
@@ -225,8 +261,7 @@ class MqttLink:
     def undelivered(self) -> int:
         """Messages not yet acknowledged by the broker."""
         with self._lock:
-            self._prune_locked()
-            return len(self._outbox)
+            return len(self.outbox)
 
     # -- outbound -------------------------------------------------------------------
 
@@ -234,15 +269,9 @@ class MqttLink:
         """Queue an event; it leaves now if connected, else after reconnect, in order."""
         with self._order:
             with self._lock:
-                self._prune_locked()
-                if len(self._outbox) >= self.settings.outbox_events:
-                    self._outbox.popleft()
-                    self._dropped += 1
-                item = _Outgoing(topic, payload)
-                self._outbox.append(item)
+                item = self.outbox.add(topic, payload)
                 connected = self.connected.is_set()
-                dropped = self._dropped if self._dropped and self._drops_due() else 0
-                self._dropped -= dropped
+                dropped = self.outbox.take_dropped()
             if connected:
                 try:
                     item.sent = self.client.publish(topic, payload, qos=1)
@@ -259,10 +288,7 @@ class MqttLink:
             self._send(f"{self.root}/activity", json.dumps({"event_type": discovery.ACTIVITY_TYPES[event.kind],
                                                              "utterance": event.utterance}).encode())
         if event.kind is EventKind.WAKE and self.settings.hermes:
-            self._asr_session = None  # Rhasspy answers this wake with a new one
-            # wakewordId = device id: the broker ACL can confine a topic, never the siteId inside a payload
-            self._send(f"hermes/hotword/{self.device_id}/detected", json.dumps(
-                {"siteId": self.device_id, "modelId": event.model, "currentSensitivity": event.threshold}).encode())
+            self._send(*self.hermes.detected(event))
         self._update_state(event)
 
     def _update_state(self, event: Event) -> None:
@@ -296,13 +322,8 @@ class MqttLink:
     def send_hermes_audio(self, chunks: list[bytearray], timeout_seconds: float) -> str:
         """Publish a released utterance as Hermes audio frames, then stop the ASR session Rhasspy started
         for this wake, so it transcribes now (QoS 1, wait for every ack). Never queued."""
-        topic = f"hermes/audioServer/{self.device_id}/audioFrame"
-        messages: list[tuple[str, bytes | bytearray]] = [(topic, chunk) for chunk in chunks]
-        if self._asr_session is not None:
-            messages.append(("hermes/asr/stopListening",
-                             json.dumps({"siteId": self.device_id, "sessionId": self._asr_session}).encode()))
-        self._publish_and_wait(messages, timeout_seconds)
-        return f"{self.url}/{topic}"
+        self._publish_and_wait(self.hermes.release(chunks), timeout_seconds)
+        return f"{self.url}/{self.hermes.audio_topic}"
 
     def _publish_and_wait(self, messages: list[tuple[str, bytes | bytearray]], timeout_seconds: float) -> None:
         if not self.connected.is_set():
@@ -342,36 +363,16 @@ class MqttLink:
             self.refusals.refused("mqtt", "oversized", f"payload of {len(message.payload)} bytes on "
                                                        f"{topic[:80]!r} is over {MAX_COMMAND_BYTES}")
             return
-        if topic == "hermes/asr/startListening":
-            self._asr_session = asr_session(message.payload, self.device_id) or self._asr_session
+        if topic == hermes.START_LISTENING:
+            self.hermes.heard_start_listening(message.payload)
             return
         try:
             command = parse_command(topic, message.payload, self.device_id)
         except CommandError as e:
             self.refusals.refused("mqtt", "malformed", str(e))
             return
-        if command is not None and (command[1] == "mute" or self._command_allowed()):  # a mute is never held back
+        if command is not None and (command[1] == "mute" or self.rate.allows()):  # a mute is never held back
             self.on_command(*command)
-
-    def _command_allowed(self) -> bool:
-        """At most COMMANDS_PER_MINUTE remote commands act; the excess is counted in one error, not one by one."""
-        with self._rate:
-            return self._command_allowed_locked()
-
-    def _command_allowed_locked(self) -> bool:
-        now = time.monotonic()
-        while self._commands and now - self._commands[0] > 60:
-            self._commands.popleft()
-        if len(self._commands) < COMMANDS_PER_MINUTE:
-            self._commands.append(now)
-            if self._refused_commands:
-                self.error(f"{self._refused_commands} remote command(s) over {COMMANDS_PER_MINUTE}/min were ignored")
-                self._refused_commands = 0
-            return True
-        self._refused_commands += 1
-        if self._refused_commands == 1:
-            self.error(f"over {COMMANDS_PER_MINUTE} remote commands a minute: ignoring the excess")
-        return False
 
     # -- Home Assistant -------------------------------------------------------------
 
@@ -389,29 +390,9 @@ class MqttLink:
         discovery.remember(self.discovered, messages.keys())
 
 
-def asr_session(payload: bytes, device_id: str) -> str | None:
-    """The sessionId of a Hermes asr/startListening for this site, if it is one; it only names the session
-    the release's stopListening ends, so anything odd is simply not one."""
-    try:
-        message = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(message, dict) or message.get("siteId") != device_id:
-        return None
-    session = message.get("sessionId")
-    return session if isinstance(session, str) and 0 < len(session) <= 200 and session.isprintable() else None
-
-
 def _brief_client(settings: MqttConfig, purpose: str) -> paho.Client:
     """A client for one short job beside the daemon (status, forget), with the daemon's credentials."""
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"guard-{purpose}-{os.getpid()}")
-    if settings.username:
-        client.username_pw_set(settings.username,
-                               read_password(settings.password_file) if settings.password_file else None)
-    if settings.tls:
-        client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
-                       keyfile=settings.key_file or None)
-    return client
+    return configured_client(settings, f"guard-{purpose}-{os.getpid()}")
 
 
 def _connect(client: paho.Client, settings: MqttConfig) -> None:

@@ -8,7 +8,7 @@ import paho.mqtt.client as paho
 import pytest
 import speech
 
-from guard import config, mqtt
+from guard import commands, config, hermes, mqtt
 from guard.config import WakeModelSettings
 from guard.daemon import Daemon, RunOptions
 from guard.inbox import ButtonMove, ButtonMoved, Command, Delivered, Frame, Lane, SourceFailed, Stop
@@ -73,40 +73,40 @@ def test_home_assistant_coming_online_gets_discovery_at_most_every_10_s(link):
 
 
 def test_commands_over_the_rate_are_counted_once_and_a_mute_always_acts(link):
-    for _ in range(mqtt.COMMANDS_PER_MINUTE + 5):
+    for _ in range(commands.COMMANDS_PER_MINUTE + 5):
         link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
     link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/mute"))
-    assert link.heard == ["cancel"] * mqtt.COMMANDS_PER_MINUTE + ["mute"]
-    assert link.errors == [f"over {mqtt.COMMANDS_PER_MINUTE} remote commands a minute: ignoring the excess"]
-    link._commands.clear()  # a minute later
+    assert link.heard == ["cancel"] * commands.COMMANDS_PER_MINUTE + ["mute"]
+    assert link.errors == [f"over {commands.COMMANDS_PER_MINUTE} remote commands a minute: ignoring the excess"]
+    link.rate.recent.clear()  # a minute later
     link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/wipe"))
     assert link.heard[-1] == "wipe"
-    assert link.errors[-1] == f"5 remote command(s) over {mqtt.COMMANDS_PER_MINUTE}/min were ignored"
+    assert link.errors[-1] == f"5 remote command(s) over {commands.COMMANDS_PER_MINUTE}/min were ignored"
     link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/wipe"))
     assert len(link.errors) == 2, "the excess is reported once"
 
 
 def test_a_rate_window_is_the_last_minute(link, monkeypatch):
     now = [100.0]  # soon after boot: monotonic time is small
-    monkeypatch.setattr(mqtt.time, "monotonic", lambda: now[0])
+    link.rate.clock = lambda: now[0]
 
     def command() -> None:
         link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
     command()  # the oldest, at 100 s
     now[0] = 130.0
-    for _ in range(mqtt.COMMANDS_PER_MINUTE - 1):
+    for _ in range(commands.COMMANDS_PER_MINUTE - 1):
         command()
     now[0] = 160.0
     command()
-    assert len(link.heard) == mqtt.COMMANDS_PER_MINUTE and len(link.errors) == 1, "60 s on is still the same minute"
+    assert len(link.heard) == commands.COMMANDS_PER_MINUTE and len(link.errors) == 1, "60 s on is still the same minute"
     now[0] = 160.001  # the oldest has left the window; the 29 from 130 s have not
     command()
-    assert len(link.heard) == mqtt.COMMANDS_PER_MINUTE + 1
+    assert len(link.heard) == commands.COMMANDS_PER_MINUTE + 1
     command()
-    assert len(link.heard) == mqtt.COMMANDS_PER_MINUTE + 1, "the window is full again"
+    assert len(link.heard) == commands.COMMANDS_PER_MINUTE + 1, "the window is full again"
     now[0] = 270.0  # long after all of them (and more than twice the oldest: time, not a remainder)
     command()
-    assert len(link.heard) == mqtt.COMMANDS_PER_MINUTE + 2
+    assert len(link.heard) == commands.COMMANDS_PER_MINUTE + 2
 
 
 def test_a_callback_that_raises_never_stops_the_link(link, caplog):
@@ -241,7 +241,7 @@ def test_a_finished_release_leaves_the_list_of_unfinished_ones_and_only_it(daemo
 def test_invariant7_a_hermes_payload_over_the_limit_is_refused_before_any_json_is_parsed(link, monkeypatch):
     """100 MB of JSON on startListening was parsed in paho's thread (RSS 65 -> 781 MB): now its size refuses it."""
     parsed = []
-    monkeypatch.setattr(mqtt, "asr_session", lambda payload, device: parsed.append(len(payload)))
+    monkeypatch.setattr(hermes, "asr_session", lambda payload, device: parsed.append(len(payload)))
     link.settings = config.MqttConfig(host="127.0.0.1", hermes=True)
     big = b'{"siteId": "kitchen", "sessionId": "' + b"x" * (100 * 1024 * 1024) + b'"}'
     link._on_message(None, None, _message("hermes/asr/startListening", big))

@@ -26,7 +26,8 @@ from guard.audit import AuditLog
 from guard.commands import CommandError, parse_command
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ConfigError
-from guard.mqtt import MqttLink, asr_session
+from guard.hermes import asr_session
+from guard.mqtt import MqttLink
 from guard.vocabulary import Event, State
 from guard.wake import WakeDetector
 
@@ -634,8 +635,8 @@ def test_a_message_paho_gave_up_on_does_not_break_the_outbox(tmp_path):
     link._send(f"{ROOT}/event/wake", b"{}")
     failed = paho.MQTTMessageInfo(1)
     failed.rc = paho.MQTT_ERR_NO_CONN  # what paho leaves when the socket dropped under the publish
-    link._outbox[0].sent = failed
-    assert link.undelivered() == 1 and link._outbox[0].sent is None, "kept, to be sent again after reconnect"
+    link.outbox.items[0].sent = failed
+    assert link.undelivered() == 1 and link.outbox.items[0].sent is None, "kept, to be sent again after reconnect"
 
 
 def test_invariant2_no_remote_message_releases_a_pending_utterance(tmp_path, broker, two_requests_wav):
