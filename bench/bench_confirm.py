@@ -28,8 +28,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 import speech  # noqa: E402
 
 from guard import confirm  # noqa: E402
-from guard.audio import FRAME_SAMPLES, RATE_HZ, level_dbfs  # noqa: E402
 from guard.config import WakeModelSettings  # noqa: E402
+from guard.dsp import FRAME_SAMPLES, RATE_HZ, level_dbfs  # noqa: E402
 from guard.wake import FeatureExtractor, WakeDetector  # noqa: E402
 
 PHRASES = {  # phrase: (enrolled voice, hand-written near-phrases)

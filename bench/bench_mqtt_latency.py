@@ -26,8 +26,8 @@ import speech  # noqa: E402
 from mqtt_broker import Broker, Subscriber  # noqa: E402
 
 from guard import config, parts  # noqa: E402
-from guard.audio import FRAME_SAMPLES, RATE_HZ  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
+from guard.dsp import FRAME_SAMPLES, RATE_HZ  # noqa: E402
 from guard.vocabulary import EventKind  # noqa: E402
 
 GAP_SECONDS = 3.6  # after each word: 1 s of quiet ends the capture, 1 s pending, then idle again

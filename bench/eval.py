@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 import eval_corpus  # noqa: E402
 
-from guard.audio import FRAME_SECONDS  # noqa: E402
 from guard.config import WakeModelSettings  # noqa: E402
+from guard.dsp import FRAME_SECONDS  # noqa: E402
 from guard.wake import WakeDetector  # noqa: E402
 
 REFRACTORY_FRAMES = round(2.0 / FRAME_SECONDS)  # guard's default refractory_seconds

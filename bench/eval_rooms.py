@@ -40,8 +40,8 @@ import eval_corpus  # noqa: E402
 import speech  # noqa: E402  (eval_corpus puts tests/ on the path)
 
 from guard import confirm, endpoint, parts  # noqa: E402
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs  # noqa: E402
 from guard.config import AudioConfig, Config, GateConfig  # noqa: E402
+from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs  # noqa: E402
 from guard.wake import FeatureExtractor, WakeDetector  # noqa: E402
 
 RATE = speech.RATE_HZ

@@ -42,8 +42,8 @@ from conftest import consent_window_open  # noqa: E402
 from mqtt_broker import Broker, Subscriber  # noqa: E402
 
 from guard import audio, audit, config, parts  # noqa: E402
-from guard.audio import FRAME_SAMPLES, RATE_HZ  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
+from guard.dsp import FRAME_SAMPLES, RATE_HZ  # noqa: E402
 from guard.vocabulary import EventKind  # noqa: E402
 
 DEVICE = "soak"

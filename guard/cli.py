@@ -18,14 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from guard import __version__, audit, config, confirm, confusables, demo, models, mqtt, parts, sinks
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, WavSource, level_dbfs, list_devices
+from guard.audio import list_devices
 from guard.config import ENGINES
 from guard.daemon import Daemon, RunOptions, serve
+from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, level_dbfs
 from guard.errors import ExitStatus, GuardError, UsageError
 from guard.process import forbid_core_dumps
 from guard.progress import Progress
 from guard.vocabulary import Event
 from guard.wake import Detection, FeatureExtractor, WakeDetector
+from guard.wav import WavSource
 
 log = logging.getLogger("guard")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from guard import confusables, trust, voiceprint
-from guard.audio import FRAME_SAMPLES, RATE_HZ, level_dbfs
+from guard.dsp import FRAME_SAMPLES, RATE_HZ, level_dbfs
 from guard.errors import UsageError
 from guard.ringbuffer import RingBuffer
 

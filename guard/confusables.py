@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from guard.audio import StreamResampler
+from guard.dsp import StreamResampler
 from guard.errors import UsageError
 
 ESPEAK = "espeak-ng"

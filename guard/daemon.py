@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from guard import health, sinks
-from guard.audio import FRAME_SECONDS
 from guard.audit import AuditLog
 from guard.config import Config
 from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
+from guard.dsp import FRAME_SECONDS
 from guard.errors import ExitStatus, UsageError
 from guard.gate import Delivery, Gate
 from guard.hardware import ConsentButton, StatusLed, pin_factory

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS
+from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS
 
 WAKE_SECONDS = 1.2  # the last frames before a wake hold the wake word: the talker's level
 ROOM_SECONDS = 10.0  # and the frames before them the room: long enough that a pause on the television is not all

@@ -44,5 +44,9 @@ class AuditError(GuardError):
     """The audit log cannot take a record (full or read-only disk, or another guard holds it): exit 1."""
 
 
-class DeliveryUncertain(GuardError):
-    """Audio handed on without a confirmation that it arrived: it may still arrive later."""
+class SinkError(GuardError):
+    """A release that did not arrive: disk full, folder missing, broker away, command failed."""
+
+
+class DeliveryUncertain(SinkError):
+    """A release that may still arrive: handed on without an acknowledgement, or a command killed mid-way."""

@@ -19,16 +19,17 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from guard.audio import RATE_HZ, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig
 from guard.confirm import SpokenConfirmation
+from guard.dsp import RATE_HZ, level_dbfs
 from guard.endpoint import EndOfSpeech
-from guard.errors import AuditError
+from guard.errors import AuditError, DeliveryUncertain, SinkError
 from guard.ringbuffer import CaptureBuffer, RingBuffer
-from guard.sinks import Sink, SinkError, SinkUncertain, Utterance, encode_wav
+from guard.sinks import Sink, Utterance
 from guard.vocabulary import Event, EventKind, LedPattern, State
 from guard.wake import Detection, WakeDetector
+from guard.wav import encode_wav
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Delivery:
                 try:
                     to = sink.deliver(self.wav, self.utterance)
                     self._note(sink.name, EventKind.RELEASED, to, to)
-                except SinkUncertain as e:
+                except DeliveryUncertain as e:
                     self._note(sink.name, EventKind.RELEASE_UNKNOWN, str(e), sink.destination())
                 except SinkError as e:
                     self._note(sink.name, EventKind.RELEASE_FAILED, str(e), "")

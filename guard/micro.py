@@ -20,7 +20,7 @@ from pymicro_features import MicroFrontend
 from pymicro_wakeword.wakeword import TfLiteWakeWord
 
 from guard import models
-from guard.audio import FRAME_SAMPLES
+from guard.dsp import FRAME_SAMPLES
 from guard.errors import ModelError
 
 CHUNK_SAMPLES = 160  # 10 ms: one frontend step, one feature row

@@ -15,10 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from guard import parts
-from guard.audio import FRAME_SECONDS, MicSource, WavSource
+from guard.audio import MicSource
 from guard.config import AudioConfig
+from guard.dsp import FRAME_SECONDS
 from guard.errors import DeviceError
 from guard.inbox import Frame, Inbox, Lane, SourceFailed
+from guard.wav import WavSource
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import ctypes.util
 
 import numpy as np
 
-from guard.audio import RATE_HZ
+from guard.dsp import RATE_HZ
 
 
 def lock_in_ram(array: np.ndarray) -> bool:

@@ -29,8 +29,8 @@ from wyoming.snd import Played
 from wyoming.wake import Detect
 
 from guard import __version__
-from guard.audio import RATE_HZ
 from guard.config import WyomingConfig
+from guard.dsp import RATE_HZ
 from guard.errors import DeliveryUncertain, GuardError
 from guard.inbox import Command, Refusal
 from guard.refusals import RefusalTally

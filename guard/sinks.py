@@ -8,7 +8,6 @@ from the local config file alone. A sink leaves no partial file behind.
 import contextlib
 import os
 import signal
-import struct
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,18 +16,10 @@ from typing import Protocol
 
 import numpy as np
 
-from guard.audio import RATE_HZ
 from guard.config import SinkConfig
-from guard.errors import DeliveryUncertain, GuardError
+from guard.errors import DeliveryUncertain, GuardError, SinkError
 from guard.trust import COMMAND_PATH, untrusted, untrusted_command
-
-
-class SinkError(GuardError):
-    """A release that did not arrive: disk full, folder missing, broker away, command failed."""
-
-
-class SinkUncertain(SinkError):
-    """A release that may still arrive: the broker never acknowledged, or a command was killed mid-way."""
+from guard.wav import WAV_HEADER_BYTES, encode_wav
 
 
 @dataclass(frozen=True)
@@ -39,19 +30,7 @@ class Utterance:
     heard_at: str
 
 
-WAV_HEADER_BYTES = 44
 HERMES_FRAME_SAMPLES = 1024  # what Rhasspy's own microphone services put in one audioFrame
-
-
-def encode_wav(samples: np.ndarray) -> bytearray:
-    """16 kHz mono 16-bit WAV, in a bytearray the caller zeroes when every sink has it."""
-    data_bytes = 2 * len(samples)
-    head = b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE" + b"fmt " + struct.pack(
-        "<IHHIIHH", 16, 1, 1, RATE_HZ, 2 * RATE_HZ, 2, 16) + b"data" + struct.pack("<I", data_bytes)
-    wav = bytearray(len(head) + data_bytes)
-    wav[:len(head)] = head
-    np.frombuffer(wav, "<i2", offset=len(head))[:] = samples  # no intermediate copy of the audio
-    return wav
 
 
 class DirectorySink:
@@ -157,9 +136,9 @@ class CommandSink:
             try:
                 process.communicate(wav, timeout=self.timeout_seconds)
             except subprocess.TimeoutExpired:
-                raise SinkUncertain(f"sink {self.name}: {self.argv[0]} still running after {self.timeout_seconds:g} "
-                                    "s; killed with everything it started; it may have sent part of the audio"
-                                    ) from None
+                raise DeliveryUncertain(f"sink {self.name}: {self.argv[0]} still running after "
+                                        f"{self.timeout_seconds:g} s; killed with everything it started; it may "
+                                        "have sent part of the audio") from None
             finally:
                 _kill_group(process)  # helpers it left behind do not outlive the release
                 self._running = None
@@ -255,7 +234,7 @@ def _sent_by(name: str, send: Callable[..., str], *args) -> str:
     try:
         return send(*args)
     except DeliveryUncertain as e:
-        raise SinkUncertain(f"sink {name}: {e}") from None
+        raise DeliveryUncertain(f"sink {name}: {e}") from None
     except GuardError as e:
         raise SinkError(f"sink {name}: {e}") from None
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from guard.audio import RATE_HZ, find_device, portaudio, quiet_stderr
+from guard.audio import find_device, portaudio, quiet_stderr
+from guard.dsp import RATE_HZ
 from guard.errors import DeviceError
 from guard.vocabulary import EventKind
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from guard.audio import RATE_HZ
+from guard.dsp import RATE_HZ
 
 WINDOW_SAMPLES = 400  # 25 ms at 16 kHz
 DETAIL_HOP_SAMPLES = 160  # 10 ms: consonants are short

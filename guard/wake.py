@@ -18,8 +18,8 @@ import numpy as np
 import onnxruntime as ort
 
 from guard import models
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, level_dbfs
 from guard.config import WakeModelSettings
+from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, level_dbfs
 from guard.embedding import HOP_MEL_FRAMES, MEL_BINS, MEL_WINDOW, StreamingEmbedding
 from guard.errors import ModelError
 from guard.micro import ROWS_PER_FRAME, MicroClassifier, MicroFeatures

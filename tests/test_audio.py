@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import speech
 
-from guard.audio import FRAME_SAMPLES, RATE_HZ, StreamResampler, WavSource
+from guard.dsp import FRAME_SAMPLES, RATE_HZ, StreamResampler
 from guard.errors import AudioInputError
+from guard.wav import WavSource
 
 
 def _tone(freq_hz: float, rate_hz: int, seconds: float = 1.0, amplitude: float = 10000) -> np.ndarray:

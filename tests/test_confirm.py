@@ -17,10 +17,10 @@ from test_gate import PRE_ROLL_SECONDS
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 
 from guard import audit, confirm, confusables, voiceprint
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig, WakeModelSettings
 from guard.daemon import AudioClock
+from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.gate import Gate
 from guard.sinks import DirectorySink
 from guard.vocabulary import State

@@ -227,7 +227,8 @@ def test_only_sound_from_a_reopened_microphone_counts_as_its_recovery(daemon):
 
 def test_a_finished_release_leaves_the_list_of_unfinished_ones_and_only_it(daemon, tmp_path):
     from guard.gate import Delivery
-    from guard.sinks import DirectorySink, Utterance, encode_wav
+    from guard.sinks import DirectorySink, Utterance
+    from guard.wav import encode_wav
     folder = tmp_path / "box"
     folder.mkdir()
     first, second = (Delivery(Utterance(u, "20261123T000000Z"), encode_wav(np.full(1600, 1234, np.int16)),

@@ -6,8 +6,9 @@ import pytest
 import speech
 
 from guard import models
-from guard.embedding import MEL_BINS, MEL_WINDOW, Node, StreamingEmbedding, _layers, read_onnx
+from guard.embedding import MEL_BINS, MEL_WINDOW, StreamingEmbedding, _layers
 from guard.errors import ModelError
+from guard.onnxfile import Node, read
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def test_wipe_forgets_the_cached_activations(mel):
 
 
 def test_weights_come_from_the_onnx_file():
-    nodes, weights = read_onnx(models.resolve("embedding").path)
+    nodes, weights = read(models.resolve("embedding").path)
     assert [n.op for n in nodes].count("Conv") == 20
     assert weights[nodes[2].inputs[1]].shape == (24, 1, 3, 3)
 

@@ -12,8 +12,8 @@ import speech
 from conftest import consent_window_open, until
 
 from guard import audit, config
-from guard.audio import FRAME_SAMPLES, level_dbfs
 from guard.daemon import Daemon, RunOptions
+from guard.dsp import FRAME_SAMPLES, level_dbfs
 from guard.endpoint import EndOfSpeech, Levels, learn
 
 RATE = 16000

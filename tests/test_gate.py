@@ -16,10 +16,10 @@ import speech
 from conftest import exhaust, fill, until
 
 from guard import audit
-from guard.audio import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.audit import AuditLog
 from guard.config import GateConfig, GpioConfig, WakeModelSettings
 from guard.daemon import AudioClock
+from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.errors import AuditError
 from guard.gate import Delivery, Gate
 from guard.hardware import ConsentButton, StatusLed
@@ -533,7 +533,8 @@ def test_a_command_sink_sees_a_minimal_environment(rig, request_audio, tmp_path,
 
 def test_a_release_the_guard_stopped_before_sending_is_failed_and_zeroed(tmp_path):
     from guard.gate import Delivery
-    from guard.sinks import Utterance, encode_wav
+    from guard.sinks import Utterance
+    from guard.wav import encode_wav
     folder = tmp_path / "box"
     folder.mkdir()
     delivery = Delivery(Utterance("u1", "20261122T000000Z"), encode_wav(np.full(1600, 1234, np.int16)),

@@ -9,8 +9,8 @@ import speech
 from pymicro_wakeword import MicroWakeWord, MicroWakeWordFeatures, Model
 
 from guard import cli, config, models
-from guard.audio import FRAME_SAMPLES
 from guard.config import WakeModelSettings
+from guard.dsp import FRAME_SAMPLES
 from guard.errors import ConfigError, ModelError
 from guard.micro import MicroClassifier, MicroFeatures
 from guard.wake import WakeDetector

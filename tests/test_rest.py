@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import speech
 
-from guard.audio import FRAME_SAMPLES, level_dbfs
 from guard.config import WakeModelSettings
+from guard.dsp import FRAME_SAMPLES, level_dbfs
 from guard.wake import FLOOR_LEARN_FRAMES, REPLAY_FRAMES, REST_AFTER_FRAMES, RoomFloor, WakeDetector
 
 

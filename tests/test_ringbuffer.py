@@ -6,7 +6,7 @@ import sys
 import numpy as np
 from conftest import ROOT
 
-from guard.audio import FRAME_SAMPLES
+from guard.dsp import FRAME_SAMPLES
 from guard.ringbuffer import RingBuffer
 
 
@@ -42,7 +42,7 @@ def test_wipe_leaves_only_zeros():
 ALLOCATION_PROBE = """
 import tracemalloc
 import numpy as np
-from guard.audio import FRAME_SAMPLES
+from guard.dsp import FRAME_SAMPLES
 from guard.ringbuffer import RingBuffer
 ring = RingBuffer(seconds=2.0)
 frame = np.ones(FRAME_SAMPLES, np.int16)

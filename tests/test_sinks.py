@@ -16,20 +16,18 @@ import pytest
 from conftest import fill, until
 
 from guard import config
-from guard.errors import DeliveryUncertain, GuardError
+from guard.errors import DeliveryUncertain, GuardError, SinkError
 from guard.sinks import (
     COMMAND_PATH,
     CommandSink,
     DirectorySink,
     HermesSink,
     MqttSink,
-    SinkError,
-    SinkUncertain,
     Utterance,
     WyomingSink,
     build,
-    encode_wav,
 )
+from guard.wav import encode_wav
 
 UTTERANCE = Utterance("a1b2c3d4e5f6", "20261123T031500Z")
 SAMPLES = (np.sin(np.arange(8002) / 7) * 12000).astype(np.int16)  # 16004 bytes: sizes added, not or-ed, show
@@ -66,7 +64,7 @@ def test_a_directory_release_on_a_full_disk_fails_and_leaves_no_part_behind(full
     fill(full_disk)
     with pytest.raises(SinkError, match=f"^sink small: {full_disk}: No space left on device$") as e:
         DirectorySink("small", full_disk, "kitchen").deliver(encode_wav(SAMPLES), UTTERANCE)
-    assert not isinstance(e.value, SinkUncertain)  # it did not arrive, for sure
+    assert not isinstance(e.value, DeliveryUncertain)  # it did not arrive, for sure
     assert not [n for n in os.listdir(full_disk) if "a1b2c3d4e5f6" in n]
 
 
@@ -110,7 +108,7 @@ def test_a_failing_command_is_named_with_its_exit_code_and_last_line_cut_to_200(
     with pytest.raises(SinkError) as e:
         _command(tmp_path, body).deliver(encode_wav(SAMPLES), UTTERANCE)
     assert str(e.value) == f"sink cmd: {sys.executable} exited 3: {'x' * 200}"
-    assert not isinstance(e.value, SinkUncertain)
+    assert not isinstance(e.value, DeliveryUncertain)
     long = "import sys; sys.stdin.buffer.read(); sys.stderr.write('noise\\n' * 1500 + 'the real reason'); sys.exit(5)"
     with pytest.raises(SinkError, match=r"exited 5: the real reason$"):  # the end of 9 KB, to its last byte
         _command(tmp_path, long).deliver(encode_wav(SAMPLES), UTTERANCE)
@@ -141,7 +139,7 @@ HELPER = ("import subprocess, sys; p = subprocess.Popen(['sleep', '600']); "
 
 
 def test_a_command_over_its_time_is_killed_with_what_it_started_and_may_have_sent_part(tmp_path):
-    with pytest.raises(SinkUncertain, match=rf"^sink cmd: {re.escape(sys.executable)} still running after 0\.5 s; "
+    with pytest.raises(DeliveryUncertain, match=rf"^sink cmd: {re.escape(sys.executable)} still running after 0\.5 s; "
                                             "killed with everything it started"):
         _command(tmp_path, HELPER + "import time; time.sleep(600)", timeout=0.5).deliver(encode_wav(SAMPLES),
                                                                                           UTTERANCE)
@@ -180,11 +178,11 @@ def test_an_mqtt_release_the_broker_never_acknowledged_is_uncertain_one_refused_
 
     def refused(utterance_id, wav, timeout):
         raise GuardError("not connected")
-    with pytest.raises(SinkUncertain, match=r"^sink hub: no acknowledgement in 2 s$"):
+    with pytest.raises(DeliveryUncertain, match=r"^sink hub: no acknowledgement in 2 s$"):
         MqttSink("hub", unacknowledged, 2.0).deliver(b"RIFF", UTTERANCE)
     with pytest.raises(SinkError, match=r"^sink hub: not connected$") as e:
         MqttSink("hub", refused, 2.0).deliver(b"RIFF", UTTERANCE)
-    assert not isinstance(e.value, SinkUncertain)
+    assert not isinstance(e.value, DeliveryUncertain)
     sent = []
     assert MqttSink("hub", lambda u, w, t: sent.append((u, bytes(w), t)) or f"guard/k/audio/{u}", 2.0).deliver(
         b"RIFF", UTTERANCE) == "guard/k/audio/a1b2c3d4e5f6"
@@ -220,11 +218,11 @@ def test_a_hermes_or_wyoming_release_that_may_have_arrived_is_uncertain_one_not_
     def refused(audio, timeout):
         raise GuardError("not connected")
     for sink in (HermesSink, WyomingSink):
-        with pytest.raises(SinkUncertain, match=r"^sink a: part may have arrived in 3 s$"):
+        with pytest.raises(DeliveryUncertain, match=r"^sink a: part may have arrived in 3 s$"):
             sink("a", uncertain, 3.0).deliver(encode_wav(SAMPLES), UTTERANCE)
         with pytest.raises(SinkError, match=r"^sink a: not connected$") as e:
             sink("a", refused, 3.0).deliver(encode_wav(SAMPLES), UTTERANCE)
-        assert not isinstance(e.value, SinkUncertain)
+        assert not isinstance(e.value, DeliveryUncertain)
         assert sink("a", refused, 3.0).problem() is None and sink("a", refused, 3.0).cancel() is None
 
 

@@ -10,7 +10,9 @@ import pytest
 from conftest import run_guard
 
 from guard import trust
-from guard.sinks import CommandSink, DirectorySink, SinkError, Utterance, encode_wav
+from guard.errors import SinkError
+from guard.sinks import CommandSink, DirectorySink, Utterance
+from guard.wav import encode_wav
 
 NOBODY = 65534
 UTTERANCE = Utterance("u1", "20261206T000000Z")

@@ -12,8 +12,8 @@ import speech
 from openwakeword.model import Model
 
 from guard import cli
-from guard.audio import FRAME_SAMPLES
 from guard.config import WakeModelSettings
+from guard.dsp import FRAME_SAMPLES
 from guard.wake import WakeDetector
 
 
