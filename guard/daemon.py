@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from guard import health, sinks
+from guard import health, parts, sinks
 from guard.audit import AuditLog
 from guard.config import Config
-from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
 from guard.dsp import FRAME_SECONDS
-from guard.errors import ExitStatus, UsageError
+from guard.errors import ExitStatus
 from guard.gate import Delivery, Gate
-from guard.hardware import ConsentButton, StatusLed, pin_factory
 from guard.inbox import (
     ButtonMove,
     ButtonMoved,
@@ -72,6 +70,48 @@ class RunOptions:
     publish: Callable[[Event], None] = field(default=lambda e: None)
 
 
+class Deliveries:
+    """Consented releases, run one at a time and in order in a thread of their own, so a slow sink holds up
+    neither the button, remote mute nor the watchdog; each is posted back to the loop to be recorded.
+
+    Args:
+        post: the loop's inbox, which receives `Delivered` for each release once its sinks are done.
+    """
+
+    def __init__(self, post: Callable[[Delivered], object]) -> None:
+        self.post = post
+        self.unfinished: list[Delivery] = []  # handed to the thread and not yet recorded by the loop
+        self._queue: queue.Queue[Delivery | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="delivery", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, delivery: Delivery) -> None:
+        self.unfinished.append(delivery)
+        self._queue.put(delivery)
+
+    def recorded(self, delivery: Delivery) -> None:
+        """The loop has recorded this release's outcomes."""
+        self.unfinished = [d for d in self.unfinished if d is not delivery]
+
+    def _run(self) -> None:
+        while (delivery := self._queue.get()) is not None:
+            delivery.run()
+            self.post(Delivered(delivery))
+
+    def finish(self, record: Callable[[Delivery], None]) -> None:
+        """At exit: give releases still on their way a moment, then stop them and record what really happened."""
+        self._queue.put(None)
+        self._thread.join(DELIVERY_GRACE_SECONDS)
+        for delivery in self.unfinished:  # not yet recorded by the loop; abandoning a finished one changes nothing
+            delivery.abandon("still delivering when the guard stopped; stopped")
+        self._thread.join(1.0)
+        for delivery in self.unfinished:
+            record(delivery)
+        self.unfinished = []
+
+
 class Daemon:
     """Wires source, detector, gate, button, LED, sinks and audit together, and runs the loop."""
 
@@ -93,15 +133,13 @@ class Daemon:
         self.satellite = AssistSatellite(config.wyoming, device_id, self.inbox.post, list(config.wake.models),
                                          self.speaker) if config.wyoming.uri else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite)
-        self.pin_factory, self.button, self.led = self._gpio()  # tests press the mock factory's pins
-        accepts = {name: sink.confirm for name, sink in config.sinks.items()}
-        self._outgoing: queue.Queue[Delivery | None] = queue.Queue()  # consented releases for the delivery thread
-        self._unfinished: list[Delivery] = []
-        self._delivery_thread = threading.Thread(target=self._deliveries, name="delivery", daemon=True)
+        self.pin_factory, self.button, self.led = parts.gpio(config, options.gpio, self._post_move)
+        self.deliveries = Deliveries(self.inbox.post)
         self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
-                         accepts=accepts, confirmation=self._spoken_confirmation(accepts), publish=self._publish,
+                         accepts={name: sink.confirm for name, sink in config.sinks.items()},
+                         confirmation=parts.spoken_confirmation(config), publish=self._publish,
                          show=self._show, set_listening=self._set_listening,
-                         clock=self.clock, deliver=self._deliver_in_background)
+                         clock=self.clock, deliver=self.deliveries.put)
         self.health: dict[str, str] = {}
         self.audio = Microphone(config.audio, options.source, options.fast, self.inbox, self.listening,
                                 self.stopping, self.gate.fault, self.gate.recovered, self.stop, self.health)
@@ -111,60 +149,12 @@ class Daemon:
             self.mqtt.health = self.health
         self.notifier = Notifier()
 
-    def _gpio(self) -> tuple[object | None, ConsentButton | None, StatusLed | None]:
-        if self.options.gpio == "none":
-            voice = [name for name, sink in self.config.sinks.items() if "voice" in sink.confirm]
-            if voice:
-                raise UsageError(f"[sinks.{voice[0]}] accepts spoken confirmation, but --gpio none has no LED to "
-                                 "show that a release is pending; use --gpio auto, or remove \"voice\" from its "
-                                 "confirm list")
-            log.warning("no GPIO (--gpio none): nothing can be released by button; every utterance is wiped")
-            return None, None, None
-        factory = pin_factory(self.options.gpio)
-        return factory, ConsentButton(self.config.gpio, self._post_move, factory), StatusLed(self.config.gpio, factory)
-
     def _publish(self, event: Event) -> None:
         if self.chimes is not None:
             self.chimes.play(event.kind, event.utterance)
         self.options.publish(event)
         if self.mqtt is not None:
             self.mqtt.event(event)
-
-    def _spoken_confirmation(self, accepts: dict[str, tuple[str, ...]]) -> SpokenConfirmation | None:
-        """The enrolled phrase if some sink accepts voice; fails closed (button only) on any problem."""
-        if not any("voice" in a for a in accepts.values()):
-            return None
-        try:
-            return SpokenConfirmation(Enrolment.load(self.config.confirm.resolved_path()))
-        except EnrollError as e:
-            log.warning("spoken confirmation off: %s; the button still works", e)
-            return None
-
-    def _deliver_in_background(self, delivery: Delivery) -> None:
-        """Queue a release for the delivery thread: a slow sink holds up neither the button, remote mute nor
-        the watchdog. Releases go out one at a time, in order."""
-        self._unfinished.append(delivery)
-        self._outgoing.put(delivery)
-
-    def _deliveries(self) -> None:
-        """The delivery thread: run each release, then hand it back to the loop to be recorded."""
-        while True:
-            delivery = self._outgoing.get()
-            if delivery is None:
-                return
-            delivery.run()
-            self.inbox.post(Delivered(delivery))
-
-    def _finish_deliveries(self) -> None:
-        """At exit: give releases still on their way a moment, then stop them and record what really happened."""
-        self._outgoing.put(None)
-        self._delivery_thread.join(DELIVERY_GRACE_SECONDS)
-        for delivery in self._unfinished:  # not yet recorded by the loop; abandoning a finished one changes nothing
-            delivery.abandon("still delivering when the guard stopped; stopped")
-        self._delivery_thread.join(1.0)
-        for delivery in self._unfinished:
-            self.gate.delivered(delivery)
-        self._unfinished = []
 
     def _post_move(self, move: ButtonMove) -> None:
         """The button moved (gpiozero's thread), stamped with the time it happened."""
@@ -210,7 +200,7 @@ class Daemon:
             AuditError: another guard is writing the same audit log.
         """
         self.audit.open()
-        self._delivery_thread.start()
+        self.deliveries.start()
         if self.audit.problem:  # read-only or full: keep guarding, but nothing can be captured without a record
             self.gate.fault(f"audit log unavailable: {self.audit.problem}")
         if self.mqtt is not None:
@@ -234,7 +224,7 @@ class Daemon:
             self.listening.set()
             self._drain()
             self.gate.shutdown()
-            self._finish_deliveries()
+            self.deliveries.finish(self.gate.delivered)
             reader.join(timeout=2)
             if self.satellite is not None:
                 self.satellite.stop()  # its last counts of refusals come to the inbox: record them
@@ -287,7 +277,7 @@ class Daemon:
             case SourceFailed(reason, generation):
                 self.audio.failed(reason, generation)
             case Delivered(delivery):
-                self._unfinished = [d for d in self._unfinished if d is not delivery]
+                self.deliveries.recorded(delivery)
                 self.gate.delivered(delivery)
 
     def _hear(self, samples: np.ndarray, generation: int) -> None:

@@ -1,15 +1,24 @@
-"""The one place that builds the listening parts from the config: the wake detector and the microphone.
+"""The one place that builds parts from the config: the wake detector, the microphone, the button and LED,
+and the enrolled spoken confirmation.
 
 `guard run`, the CLI's verbs (scan, listen, enroll) and the benchmarks all build them here, so each listens
 the way the daemon does (its models, engine, second opinion and resting).
 """
 
 import dataclasses
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from guard.audio import MicSource
 from guard.config import AudioConfig, Config
+from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
+from guard.errors import UsageError
+from guard.hardware import ConsentButton, StatusLed, pin_factory
+from guard.inbox import ButtonMove
 from guard.wake import WakeDetector
+
+log = logging.getLogger(__name__)
 
 NEVER_REST_DBFS = -120.0  # [wake] rest_below_dbfs at its floor: the models never rest
 
@@ -35,3 +44,30 @@ def detector(cfg: Config, names: list[str] | None = None, threshold: float | Non
 def microphone(audio: AudioConfig) -> MicSource:
     """The configured microphone, opened (DeviceError, naming the device, when it is not there)."""
     return MicSource(audio.device or None, audio.channels, audio.channel, audio.rate_hz or None)
+
+
+def gpio(cfg: Config, mode: str, on_move: Callable[[ButtonMove], None]) \
+        -> tuple[object | None, ConsentButton | None, StatusLed | None]:
+    """The pin factory (tests press its mock pins), the consent button and the status LED; none with
+    `--gpio none`, which the config must allow (a voice consent needs the LED to show pending)."""
+    if mode == "none":
+        voice = [name for name, sink in cfg.sinks.items() if "voice" in sink.confirm]
+        if voice:
+            raise UsageError(f"[sinks.{voice[0]}] accepts spoken confirmation, but --gpio none has no LED to "
+                             "show that a release is pending; use --gpio auto, or remove \"voice\" from its "
+                             "confirm list")
+        log.warning("no GPIO (--gpio none): nothing can be released by button; every utterance is wiped")
+        return None, None, None
+    factory = pin_factory(mode)
+    return factory, ConsentButton(cfg.gpio, on_move, factory), StatusLed(cfg.gpio, factory)
+
+
+def spoken_confirmation(cfg: Config) -> SpokenConfirmation | None:
+    """The enrolled phrase if some sink accepts voice; fails closed (button only) on any problem."""
+    if not any("voice" in sink.confirm for sink in cfg.sinks.values()):
+        return None
+    try:
+        return SpokenConfirmation(Enrolment.load(cfg.confirm.resolved_path()))
+    except EnrollError as e:
+        log.warning("spoken confirmation off: %s; the button still works", e)
+        return None

@@ -233,10 +233,10 @@ def test_a_finished_release_leaves_the_list_of_unfinished_ones_and_only_it(daemo
     folder.mkdir()
     first, second = (Delivery(Utterance(u, "20261123T000000Z"), encode_wav(np.full(1600, 1234, np.int16)),
                               [DirectorySink("box", folder, "test")], "button", 0.1, {}) for u in ("u1", "u2"))
-    daemon._deliver_in_background(first)
-    daemon._deliver_in_background(second)
+    daemon.deliveries.put(first)
+    daemon.deliveries.put(second)
     serve(daemon, Delivered(first))
-    assert daemon._unfinished == [second], "at exit only the second is abandoned and recorded"
+    assert daemon.deliveries.unfinished == [second], "at exit only the second is abandoned and recorded"
 
 
 def test_invariant7_a_hermes_payload_over_the_limit_is_refused_before_any_json_is_parsed(link, monkeypatch):
