@@ -85,11 +85,12 @@ class Delivery:
         for sink, outcome, detail, to in self.outcomes:
             if outcome is EventKind.RELEASED:
                 log.info("released %s to %s (%s)", u, sink, detail)
-                record(EventKind.RELEASED, state, u, outcome=True, sink=sink, to=to[:200],
+                record(EventKind.RELEASED, state, u, required=False, outcome=True, sink=sink, to=to[:200],
                        confirmed_by=self.confirmed_by, duration_seconds=self.duration_seconds, **self.extra)
             else:
                 log.error("%s", detail)
-                record(outcome, state, u, outcome=True, sink=sink, reason=detail[:200], to=to[:200] or None)
+                record(outcome, state, u, required=False, outcome=True, sink=sink, reason=detail[:200],
+                       to=to[:200] or None)
         return {outcome[1] for outcome in self.outcomes}
 
     def abandon(self, why: str) -> None:
@@ -210,8 +211,8 @@ class Record:
     def __init__(self, audit: AuditLog, publish: Callable[[Event], None]) -> None:
         self.audit, self.publish = audit, publish
 
-    def __call__(self, kind: EventKind, state: State, utterance: str | None, required: bool = False,
-                 outcome: bool = False, **fields) -> bool:
+    def __call__(self, kind: EventKind, state: State, utterance: str | None, required: bool, outcome: bool,
+                 **fields) -> bool:
         """Audit, log and publish one decision; False when the audit log could not take it."""
         try:
             (self.audit.record_outcome if outcome else self.audit.record)(kind, utterance=utterance, **fields)
