@@ -56,6 +56,14 @@ def configured_client(settings: MqttConfig, client_id: str) -> paho.Client:
         client.username_pw_set(settings.username,
                                read_password(settings.password_file) if settings.password_file else None)
     if settings.tls:
+        for key in ("ca_file", "cert_file", "key_file"):  # named one by one: paho's error names none
+            path = getattr(settings, key)
+            if path:
+                try:
+                    Path(path).open("rb").close()
+                except OSError as e:
+                    raise ConfigError(f"[mqtt] {key} = {path!r}: cannot be read ({e.strerror}); fix the path or "
+                                      "its permissions") from None
         try:
             client.tls_set(ca_certs=settings.ca_file or None, certfile=settings.cert_file or None,
                            keyfile=settings.key_file or None)

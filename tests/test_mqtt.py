@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mqtt_broker import Broker, Subscriber
 
-from guard import audit, config
+from guard import audit, config, mqtt
 from guard.audit import AuditLog
 from guard.commands import CommandError, parse_command
 from guard.daemon import Daemon, RunOptions
@@ -369,6 +369,19 @@ def test_password_auth_and_a_private_password_file(tmp_path, quiet_wav):
 
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def test_a_missing_tls_file_is_one_config_error_for_the_daemon_and_for_guard_status(tmp_path):
+    """Every client is built by one function: `guard status` and `guard forget` name the bad file and the keys
+    to fix, as `guard run` does, instead of paho's traceback."""
+    settings = config.MqttConfig(host="127.0.0.1", tls=True, ca_file=str(tmp_path / "nowhere.pem"))
+    expected = r"^\[mqtt\] ca_file = '.*/nowhere\.pem': cannot be read \(No such file or directory\); fix the path"
+    with pytest.raises(ConfigError, match=expected):
+        MqttLink(settings, DEVICE, lambda by, verb: None, None)
+    with pytest.raises(ConfigError, match=expected):
+        mqtt.read_status(settings, DEVICE)
+    with pytest.raises(ConfigError, match=expected):
+        mqtt.forget(settings, DEVICE, None)
 
 
 def test_tls_with_a_test_ca(tmp_path, quiet_wav):
