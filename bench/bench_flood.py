@@ -130,7 +130,7 @@ class Rig:
         self.daemon = Daemon(cfg, RunOptions(str(wav), "mock", publish=self._event), parts.detector(cfg))
         def held() -> None:  # gpiozero's own callback, timed, then posted as the daemon posts it
             self.held_at.append(time.perf_counter())
-            self.daemon._post_move(ButtonMove.HELD)
+            self.daemon.post_move(ButtonMove.HELD)
         self.daemon.button._button.when_held = held
         self.thread = threading.Thread(target=self.daemon.run, daemon=True)
         self.commander = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="commander")

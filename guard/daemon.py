@@ -125,7 +125,7 @@ class Daemon:
         self.clock = AudioClock() if options.fast else time.monotonic
         device_id = config.device.resolved_id()
         self.audit = AuditLog(config.audit.resolved_path(), device_id)
-        self.mqtt = MqttLink(config.mqtt, device_id, self._post_command, self.audit,
+        self.mqtt = MqttLink(config.mqtt, device_id, self.post_command, self.audit,
                              config.audit.resolved_path().parent / "mqtt-discovered") \
             if config.mqtt.host else None
         self.speaker = Speaker(config.audio.output_device) if config.audio.output_device else None
@@ -133,7 +133,7 @@ class Daemon:
         self.satellite = AssistSatellite(config.wyoming, device_id, self.inbox.post, list(config.wake.models),
                                          self.speaker) if config.wyoming.uri else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite)
-        self.pin_factory, self.button, self.led = parts.gpio(config, options.gpio, self._post_move)
+        self.pin_factory, self.button, self.led = parts.gpio(config, options.gpio, self.post_move)
         self.deliveries = Deliveries(self.inbox.post)
         self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
                          accepts={name: sink.confirm for name, sink in config.sinks.items()},
@@ -156,11 +156,11 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.event(event)
 
-    def _post_move(self, move: ButtonMove) -> None:
+    def post_move(self, move: ButtonMove) -> None:
         """The button moved (gpiozero's thread), stamped with the time it happened."""
         self.inbox.post(ButtonMoved(move, self.clock()))
 
-    def _post_command(self, by: str, verb: str) -> None:
+    def post_command(self, by: str, verb: str) -> None:
         """A remote command (paho's thread)."""
         self.inbox.post(Command(by, verb))
 

@@ -85,12 +85,11 @@ class Delivery:
         for sink, outcome, detail, to in self.outcomes:
             if outcome is EventKind.RELEASED:
                 log.info("released %s to %s (%s)", u, sink, detail)
-                record(EventKind.RELEASED, state, u, required=False, outcome=True, sink=sink, to=to[:200],
+                record(EventKind.RELEASED, state, u, outcome=True, sink=sink, to=to[:200],
                        confirmed_by=self.confirmed_by, duration_seconds=self.duration_seconds, **self.extra)
             else:
                 log.error("%s", detail)
-                record(outcome, state, u, required=False, outcome=True, sink=sink, reason=detail[:200],
-                       to=to[:200] or None)
+                record(outcome, state, u, outcome=True, sink=sink, reason=detail[:200], to=to[:200] or None)
         return {outcome[1] for outcome in self.outcomes}
 
     def abandon(self, why: str) -> None:
@@ -208,12 +207,16 @@ class Record:
     may spend the room the log keeps for it.
     """
 
-    def __init__(self, audit: AuditLog, publish: Callable[[Event], None]) -> None:
-        self.audit, self.publish = audit, publish
+    def __init__(self, audit: AuditLog, publish: Callable[[Event], None],
+                 holding: Callable[[], str | None] = lambda: None) -> None:
+        self.audit, self.publish, self.holding = audit, publish, holding
 
-    def __call__(self, kind: EventKind, state: State, utterance: str | None, required: bool, outcome: bool,
-                 **fields) -> bool:
-        """Audit, log and publish one decision; False when the audit log could not take it."""
+    def __call__(self, kind: EventKind, state: State, utterance: str | None = None, required: bool = False,
+                 outcome: bool = False, **fields) -> bool:
+        """Audit, log and publish one decision about `utterance` (default: the one held now); False when the
+        audit log could not take it."""
+        if utterance is None:
+            utterance = self.holding()
         try:
             (self.audit.record_outcome if outcome else self.audit.record)(kind, utterance=utterance, **fields)
             recorded = True
@@ -245,10 +248,9 @@ class Gate:
         audit: the decision log, written before each decision takes effect.
         accepts: per sink name, which consents release to it ("button", "voice"); default button only.
         confirmation: the enrolled spoken phrase, or None (then only the button consents).
-        publish: receives every Event (printing, MQTT).
-        show: receives the pattern the LED should show.
+        publish, show, set_listening: where decisions go: every Event (printing, MQTT), the LED's pattern, the
+            microphone opened (True) or closed (False).
         deliver: runs a Delivery and then hands it back to `delivered` on the loop; default: right here.
-        set_listening: opens (True) or closes (False) the microphone.
         clock: monotonic seconds.
     """
 
@@ -262,7 +264,7 @@ class Gate:
         self.settings = settings
         self.detector = detector
         self.policy = ConsentPolicy(sinks, accepts or {})
-        self.record = Record(audit, publish)
+        self.record = Record(audit, publish, holding=lambda: self._utterance.id if self._utterance else None)
         self.confirmation = confirmation if self.policy.eligible("voice") else None
         self.held = Held(pre_roll_seconds, settings, detector, self.confirmation)
         self._show, self._set_listening, self.clock = show, set_listening, clock
@@ -302,9 +304,7 @@ class Gate:
         self.held.begin()
         self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
         self.press.close()  # no consent window until this utterance's pending is shown
-        second = {} if wake.second_opinion is None else {"second_opinion": round(wake.second_opinion, 4)}
-        if not self._record(EventKind.WAKE, State.CAPTURING, required=True, model=wake.model,
-                            score=round(wake.score, 4), threshold=wake.threshold, **second):
+        if not self.record(EventKind.WAKE, State.CAPTURING, required=True, **wake.on_record()):
             self.fault("the audit log cannot take the wake record; nothing is captured")
             return
         self._enter(State.CAPTURING)
@@ -319,7 +319,7 @@ class Gate:
         if self.confirmation is not None:
             self.confirmation.reset()  # only what is said from now on can confirm
         levels = self.held.end.levels
-        if not self._record(EventKind.PENDING, State.PENDING, required=True, duration_seconds=self.held.seconds(),
+        if not self.record(EventKind.PENDING, State.PENDING, required=True, duration_seconds=self.held.seconds(),
                             talker_dbfs=levels.talker_dbfs, room_dbfs=levels.room_dbfs):
             self.fault("the audit log cannot take the pending record; the utterance is wiped")
             return
@@ -362,7 +362,7 @@ class Gate:
         if not eligible:
             self._discard("no sink configured" if not self.policy.all else f"no sink accepts {confirmed_by} consent")
             return
-        if not self._record(EventKind.RELEASING, self.state, required=True, sink=",".join(s.name for s in eligible),
+        if not self.record(EventKind.RELEASING, self.state, required=True, sink=",".join(s.name for s in eligible),
                             confirmed_by=confirmed_by, duration_seconds=self.held.seconds(), **extra):
             self.fault("the audit log cannot take the release record; nothing was released")
             return
@@ -386,13 +386,13 @@ class Gate:
             if self.state is State.IDLE:  # show it, unless a new utterance is already held
                 self._show_fault(reason, utterance=u, outcome=True)
             else:
-                self._record(EventKind.FAULT, self.state, utterance=u, outcome=True, reason=reason)
+                self.record(EventKind.FAULT, self.state, utterance=u, outcome=True, reason=reason)
         else:
-            self._record(EventKind.DISCARDED, self.state, utterance=u, outcome=True, reason="every sink failed",
+            self.record(EventKind.DISCARDED, self.state, utterance=u, outcome=True, reason="every sink failed",
                          duration_seconds=delivery.duration_seconds)
 
     def _discard(self, reason: str) -> None:
-        self._record(EventKind.DISCARDED, State.IDLE, reason=reason, duration_seconds=self.held.seconds())
+        self.record(EventKind.DISCARDED, State.IDLE, reason=reason, duration_seconds=self.held.seconds())
         self.held.wipe()
         self._utterance = None
         self._enter(State.IDLE)
@@ -439,7 +439,7 @@ class Gate:
     def refuse(self, by: str, reason: str, **fields) -> None:
         """Put a request that was not acted on (it would have made the device less private) on the record;
         `fields` say who asked (peer) and how often (count), for refusals counted by their source."""
-        self._record(EventKind.REFUSED, self.state, by=by, reason=reason[:200], **fields)
+        self.record(EventKind.REFUSED, self.state, by=by, reason=reason[:200], **fields)
 
     def cancel(self, by: str) -> None:
         """Discard the utterance being captured or waiting for consent, now."""
@@ -451,22 +451,18 @@ class Gate:
         if self.state in (State.CAPTURING, State.PENDING):
             self._discard(f"wiped by {by}")
         self.held.wipe()
-        self._record(EventKind.WIPED, self.state, by=by)
+        self.record(EventKind.WIPED, self.state, by=by)
 
     def fault(self, reason: str, lasting: bool = False) -> None:
-        """Something broke: close the utterance's record, wipe, show the fault, keep serving.
-
-        A fault is shown for FAULT_SHOW_SECONDS, or, when `lasting` (a failed
-        microphone), until `recovered`. A muted guard stays muted (its
-        microphone closed); the fault is only recorded.
-        """
+        """Something broke: close the utterance's record, wipe, and show the fault for FAULT_SHOW_SECONDS (or,
+        when `lasting`, until `recovered`); keep serving. A muted guard stays muted: the fault is only recorded."""
         if self.state in (State.CAPTURING, State.PENDING) and self._utterance is not None:
-            self._record(EventKind.DISCARDED, State.FAULT, reason=f"fault: {reason}"[:200],
+            self.record(EventKind.DISCARDED, State.FAULT, reason=f"fault: {reason}"[:200],
                          duration_seconds=self.held.seconds())
         self.held.wipe()
         self._utterance = None
         if self.state is State.MUTED:
-            self._record(EventKind.FAULT, State.MUTED, reason=reason[:200])
+            self.record(EventKind.FAULT, State.MUTED, reason=reason[:200])
             return
         self._show_fault(reason[:200], math.inf if lasting else FAULT_SHOW_SECONDS)
 
@@ -491,15 +487,8 @@ class Gate:
         return self.held.is_zero()
 
     def _decide(self, kind: EventKind, state: State, **fields) -> None:
-        self._record(kind, state, **fields)
+        self.record(kind, state, **fields)
         self._enter(state)
-
-    def _record(self, kind: EventKind, state: State, required: bool = False, utterance: str | None = None,
-                outcome: bool = False, **fields) -> bool:
-        """Put a decision on the record (see `Record`), naming the utterance held unless told another."""
-        if utterance is None and self._utterance is not None:
-            utterance = self._utterance.id
-        return self.record(kind, state, utterance, required, outcome, **fields)
 
     def _enter(self, state: State, show: LedPattern | None = None) -> None:
         self.state = state

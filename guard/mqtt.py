@@ -199,7 +199,7 @@ class MqttLink:
         client.on_connect = self._on_connect if main else self._on_mute_connect
         if main:
             client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
+        client.on_message = self.on_message
         return client
 
     # -- lifecycle ----------------------------------------------------------------
@@ -355,7 +355,8 @@ class MqttLink:
     # -- inbound --------------------------------------------------------------------
 
     @_never_raises
-    def _on_message(self, client, userdata, message) -> None:
+    def on_message(self, client, userdata, message) -> None:
+        """Each inbound message, from paho's thread (of either connection): a command, or refused and counted."""
         try:
             topic = message.topic
         except UnicodeDecodeError:

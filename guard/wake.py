@@ -87,6 +87,11 @@ class Detection:
     threshold: float
     second_opinion: float | None = None  # openWakeWord's score that agreed, when micro's fell short
 
+    def on_record(self) -> dict[str, str | float]:
+        """What of it the wake record and event carry (scores to 4 places)."""
+        second = {} if self.second_opinion is None else {"second_opinion": round(self.second_opinion, 4)}
+        return {"model": self.model, "score": round(self.score, 4), "threshold": self.threshold, **second}
+
 
 class FeatureExtractor:
     """Audio frames in, openWakeWord embeddings (96 floats per 80 ms) out, in fixed buffers.

@@ -64,12 +64,12 @@ class Subscriber:
         for key, value in connect.items():
             getattr(self.client, key)(*value)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
-        self.client.on_message = self._on_message
+        self.client.on_message = self.on_message
         self.client.reconnect_delay_set(0.2, 1)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
-    def _on_message(self, client, userdata, message) -> None:
+    def on_message(self, client, userdata, message) -> None:
         with self._lock:
             self.messages.append((message.topic, message.payload, message.retain))
 

@@ -37,14 +37,14 @@ def link():
 
 def test_each_verb_reaches_the_gate_once(link):
     for verb in ("mute", "unmute", "cancel", "wipe"):
-        link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/{verb}"))
-    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/remote_mute", b"ON"))
+        link.on_message(None, None, _message(f"guard/{DEVICE}/cmd/{verb}"))
+    link.on_message(None, None, _message(f"guard/{DEVICE}/cmd/remote_mute", b"ON"))
     assert link.heard == ["mute", "unmute", "cancel", "wipe", "mute"] and link.errors == []
 
 
 def test_a_refused_message_is_answered_and_never_reaches_the_gate(link):
-    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/release"))
-    link._on_message(None, None, _message(b"guard/\xff/cmd/mute"))
+    link.on_message(None, None, _message(f"guard/{DEVICE}/cmd/release"))
+    link.on_message(None, None, _message(b"guard/\xff/cmd/mute"))
     assert link.heard == []
     assert link.errors == ["unknown command 'release'; known: mute, unmute, cancel, wipe, remote_mute",
                            "a message with a topic that is not UTF-8 was refused"]
@@ -52,7 +52,7 @@ def test_a_refused_message_is_answered_and_never_reaches_the_gate(link):
 
 def test_messages_for_others_are_ignored_silently(link):
     for topic in ("guard/other/cmd/mute", "homeassistant/status", "hermes/hotword/toggleOff"):
-        link._on_message(None, None, _message(topic, b"{}" if "hermes" in topic else b"offline"))
+        link.on_message(None, None, _message(topic, b"{}" if "hermes" in topic else b"offline"))
     assert link.heard == [] and link.errors == []
 
 
@@ -60,29 +60,29 @@ def test_home_assistant_coming_online_gets_discovery_at_most_every_10_s(link):
     sent = []
     link.publish_discovery = lambda: sent.append(time.monotonic())
     for payload in (b"offline", b"online!", b"online\n", b""):
-        link._on_message(None, None, _message("homeassistant/status", payload))
+        link.on_message(None, None, _message("homeassistant/status", payload))
     assert sent == [], "only exactly 'online' asks for discovery"
     for _ in range(3):
-        link._on_message(None, None, _message("homeassistant/status", b"online"))
-    link._on_message(None, None, _message("homeassistant/status", b"offline"))
+        link.on_message(None, None, _message("homeassistant/status", b"online"))
+    link.on_message(None, None, _message("homeassistant/status", b"offline"))
     assert len(sent) == 1
     off = mqtt.MqttLink(config.MqttConfig(host="127.0.0.1", discovery=False), DEVICE, lambda by, verb: None, None)
     off.publish_discovery = lambda: sent.append(0)
-    off._on_message(None, None, _message("homeassistant/status", b"online"))
+    off.on_message(None, None, _message("homeassistant/status", b"online"))
     assert len(sent) == 1, "discovery = false publishes nothing"
 
 
 def test_commands_over_the_rate_are_counted_once_and_a_mute_always_acts(link):
     for _ in range(commands.COMMANDS_PER_MINUTE + 5):
-        link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
-    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/mute"))
+        link.on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
+    link.on_message(None, None, _message(f"guard/{DEVICE}/cmd/mute"))
     assert link.heard == ["cancel"] * commands.COMMANDS_PER_MINUTE + ["mute"]
     assert link.errors == [f"over {commands.COMMANDS_PER_MINUTE} remote commands a minute: ignoring the excess"]
     link.rate.recent.clear()  # a minute later
-    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/wipe"))
+    link.on_message(None, None, _message(f"guard/{DEVICE}/cmd/wipe"))
     assert link.heard[-1] == "wipe"
     assert link.errors[-1] == f"5 remote command(s) over {commands.COMMANDS_PER_MINUTE}/min were ignored"
-    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/wipe"))
+    link.on_message(None, None, _message(f"guard/{DEVICE}/cmd/wipe"))
     assert len(link.errors) == 2, "the excess is reported once"
 
 
@@ -91,7 +91,7 @@ def test_a_rate_window_is_the_last_minute(link, monkeypatch):
     link.rate.clock = lambda: now[0]
 
     def command() -> None:
-        link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
+        link.on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel"))
     command()  # the oldest, at 100 s
     now[0] = 130.0
     for _ in range(commands.COMMANDS_PER_MINUTE - 1):
@@ -113,8 +113,8 @@ def test_a_callback_that_raises_never_stops_the_link(link, caplog):
     def explode(by, verb):
         raise RuntimeError("the gate's queue broke")
     link.on_command = explode
-    link._on_message(None, None, _message(f"guard/{DEVICE}/cmd/mute"))  # returns: paho's thread lives
-    assert "MQTT _on_message failed; the link keeps running" in caplog.text
+    link.on_message(None, None, _message(f"guard/{DEVICE}/cmd/mute"))  # returns: paho's thread lives
+    assert "MQTT on_message failed; the link keeps running" in caplog.text
 
 
 # -- the daemon ---------------------------------------------------------------------------------------
@@ -162,10 +162,10 @@ def test_muting_zeroes_and_drops_every_queued_frame(daemon):
     for seed in range(5):
         daemon.audio.post(_loud(seed))
     queued = [message.samples for message in daemon.inbox.peek(Lane.FRAMES)]
-    daemon._set_listening(False)
-    assert daemon.inbox.empty() and not daemon.listening.is_set()
+    serve(daemon, Command("remote", "mute"))  # served before the frames, which it drops
+    assert daemon.inbox.empty() and not daemon.listening.is_set() and daemon.gate.state is State.MUTED
     assert all(not q.any() for q in queued)
-    daemon._set_listening(True)
+    serve(daemon, Command("remote", "unmute"))
     assert daemon.listening.is_set()
 
 
@@ -245,15 +245,15 @@ def test_invariant7_a_hermes_payload_over_the_limit_is_refused_before_any_json_i
     monkeypatch.setattr(hermes, "asr_session", lambda payload, device: parsed.append(len(payload)))
     link.settings = config.MqttConfig(host="127.0.0.1", hermes=True)
     big = b'{"siteId": "kitchen", "sessionId": "' + b"x" * (100 * 1024 * 1024) + b'"}'
-    link._on_message(None, None, _message("hermes/asr/startListening", big))
-    link._on_message(None, None, _message("hermes/hotword/toggleOff", big))
+    link.on_message(None, None, _message("hermes/asr/startListening", big))
+    link.on_message(None, None, _message("hermes/hotword/toggleOff", big))
     assert parsed == [] and link.heard == []
     assert link.errors == [f"payload of {len(big)} bytes on 'hermes/asr/startListening' is over 1024"], \
         "refused once per kind; the second is counted, reported with the count when the minute ends"
     link.refusals.close()
     assert link.errors[1] == f"1 more like this in 60 s: payload of {len(big)} bytes on " \
                              "'hermes/hotword/toggleOff' is over 1024"
-    link._on_message(None, None, _message("hermes/asr/startListening", b'{"siteId": "kitchen", "sessionId": "s"}'))
+    link.on_message(None, None, _message("hermes/asr/startListening", b'{"siteId": "kitchen", "sessionId": "s"}'))
     assert parsed == [len(b'{"siteId": "kitchen", "sessionId": "s"}')], "a small one is still read"
 
 
@@ -262,10 +262,10 @@ def test_invariant7_the_button_is_served_before_any_waiting_network_message(daem
     lane is bounded and counts what it drops."""
     from guard.inbox import REMOTE_MESSAGES
     for _ in range(REMOTE_MESSAGES + 10):
-        daemon._post_command("remote", "cancel")
+        daemon.post_command("remote", "cancel")
     daemon.audio.post(_loud(1))
-    daemon._post_move(ButtonMove.HELD)
-    daemon._post_command("remote", "mute")
+    daemon.post_move(ButtonMove.HELD)
+    daemon.post_command("remote", "mute")
     assert daemon.inbox.dropped == 10 and daemon.inbox.size(Lane.REMOTE) == REMOTE_MESSAGES
     first, second = daemon.inbox.get(0), daemon.inbox.get(0)
     assert isinstance(first, ButtonMoved) and first.move is ButtonMove.HELD

@@ -432,8 +432,8 @@ class _RhasspyDialogue(Subscriber):
         self.sessions = 0
         super().__init__(port, ["hermes/#", f"{ROOT}/event/#"])
 
-    def _on_message(self, client, userdata, message) -> None:
-        super()._on_message(client, userdata, message)
+    def on_message(self, client, userdata, message) -> None:
+        super().on_message(client, userdata, message)
         if message.topic == f"hermes/hotword/{DEVICE}/detected":
             self.sessions += 1
             client.publish("hermes/hotword/toggleOff", json.dumps({"siteId": DEVICE, "reason": "dialogueSession"}),
@@ -570,7 +570,7 @@ def test_malformed_messages_never_stop_remote_mute(tmp_path, broker, quiet_wav):
         sub.publish("hermes/hotword/toggleOff", "[" * 100000)
         assert sub.wait_for(lambda: "error" in _events(sub))
         rogue = paho.MQTTMessage(topic=b"guard/\xff\xfe/cmd/mute")
-        daemon.mqtt._on_message(daemon.mqtt.client, None, rogue)  # paho's own message object, as its thread would
+        daemon.mqtt.on_message(daemon.mqtt.client, None, rogue)  # paho's own message object, as its thread would
         assert sub.wait_for(lambda: _events(sub).count("error") == 2)
         sub.publish(f"{ROOT}/cmd/mute", "")
         assert sub.wait_for(lambda: daemon.gate.state is State.MUTED), "remote mute still works"

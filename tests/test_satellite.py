@@ -122,7 +122,7 @@ def test_a_pause_mutes_and_requests_to_listen_are_refused(tmp_path, quiet_wav):
         home_assistant.send(PauseSatellite().event())
         assert until(lambda: daemon.gate.state is State.MUTED and daemon.gate.muted_by == "assist")
         assert not daemon.listening.is_set(), "the microphone is closed"
-        daemon._post_command("remote", "unmute")  # an MQTT unmute cannot lift Home Assistant's pause
+        daemon.post_command("remote", "unmute")  # an MQTT unmute cannot lift Home Assistant's pause
         home_assistant.send(Detect(names=["alexa"]).event(),
                             RunPipeline(start_stage=PipelineStage.WAKE, end_stage=PipelineStage.TTS).event(),
                             RunSatellite().event())
