@@ -355,6 +355,22 @@ class WyomingConfig:
 
 
 @dataclass(frozen=True)
+class EsphomeConfig:
+    """[esphome]: be a device Home Assistant's ESPHome integration adds, keyed with the owner's encryption key."""
+
+    port: int = field(default=0, metadata=_doc(
+        "the ESPHome API's port (6053 is ESPHome's own); 0: off", 0, 65535))
+    host: str = field(default="0.0.0.0", metadata=_doc(
+        "the address it listens on; every client must hold the key (Noise encryption), others are refused"))
+    key_file: str = field(default="", metadata=_doc(
+        "the 32-byte key Home Assistant asks for when it adds the device, made by guard esphome-key; "
+        "empty: esphome.key in the state directory"))
+
+    def resolved_key_file(self) -> Path:
+        return Path(self.key_file).expanduser() if self.key_file else state_dir() / "esphome.key"
+
+
+@dataclass(frozen=True)
 class SinkConfig:
     """[sinks.NAME]: one place released audio may go. Only this file can name one."""
 
@@ -385,6 +401,7 @@ class Config:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     wyoming: WyomingConfig = field(default_factory=WyomingConfig)
+    esphome: EsphomeConfig = field(default_factory=EsphomeConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     sinks: dict[str, SinkConfig] = field(default_factory=dict)

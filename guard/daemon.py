@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from guard import health, parts, sinks
+from guard import esphome, health, parts, sinks
 from guard.audit import AuditLog
 from guard.config import Config
 from guard.dsp import FRAME_SECONDS
 from guard.errors import ExitStatus
+from guard.esphome import EsphomeServer
 from guard.gate import Delivery, Gate
 from guard.inbox import (
     ButtonMove,
@@ -41,7 +42,7 @@ from guard.mqtt import MqttLink
 from guard.satellite import AssistSatellite
 from guard.sound import Chimes, Speaker
 from guard.systemd import Notifier
-from guard.vocabulary import Event, LedPattern, State
+from guard.vocabulary import Event, EventKind, LedPattern, State
 from guard.wake import WakeDetector
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,9 @@ class Daemon:
         self.chimes = Chimes(self.speaker, config.audio.chime_volume) if config.audio.chimes else None
         self.satellite = AssistSatellite(config.wyoming, device_id, self.inbox.post, list(config.wake.models),
                                          self.speaker) if config.wyoming.uri else None
+        self.esphome = EsphomeServer(esphome.read_key(config.esphome.resolved_key_file()), device_id,
+                                     self.inbox.post, config.esphome.host, config.esphome.port) \
+            if config.esphome.port else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite)
         self.pin_factory, self.button, self.led = parts.gpio(config, options.gpio, self.post_move)
         self.deliveries = Deliveries(self.inbox.post)
@@ -155,6 +159,8 @@ class Daemon:
         self.options.publish(event)
         if self.mqtt is not None:
             self.mqtt.event(event)
+        if self.esphome is not None and event.kind in (EventKind.MUTED, EventKind.UNMUTED):
+            self.esphome.show_muted(event.kind is EventKind.MUTED)
 
     def post_move(self, move: ButtonMove) -> None:
         """The button moved (gpiozero's thread), stamped with the time it happened."""
@@ -207,6 +213,8 @@ class Daemon:
             self.mqtt.start()
         if self.satellite is not None:
             self.satellite.start()
+        if self.esphome is not None:
+            self.esphome.start()
         reader = threading.Thread(target=self.audio.read, name="audio", daemon=True)
         reader.start()
         self.audio.listening_again()
@@ -233,6 +241,8 @@ class Daemon:
                     self._handle(message)
             if self.mqtt is not None:
                 self.mqtt.stop()
+            if self.esphome is not None:
+                self.esphome.stop()
             self._close()
 
     def step(self) -> None:

@@ -1,0 +1,346 @@
+"""Home Assistant's ESPHome native API, encrypted: the guard as a device Home Assistant adds with the owner's key.
+
+Every connection speaks Noise (Noise_NNpsk0_25519_ChaChaPoly_SHA256) keyed with a 32-byte key only the
+owner holds. A client with another key, or in plain text, gets one refusal frame and is closed before any
+message of its own is read. The messages are aioesphomeapi's protobuf definitions, the ones Home
+Assistant's ESPHome integration speaks. Home Assistant's mute switch may only make the guard more private:
+its "off" lifts only its own mute (the gate refuses the rest). Nothing here reads the microphone or
+releases audio.
+"""
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from aioesphomeapi import api_pb2
+from aioesphomeapi.core import MESSAGE_TYPE_TO_PROTO
+from cryptography.exceptions import InvalidTag
+from google.protobuf.message import DecodeError, Message
+from noise.connection import NoiseConnection
+
+from guard import __version__
+from guard.errors import ConfigError
+from guard.inbox import Command
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = b"Noise_NNpsk0_25519_ChaChaPoly_SHA256"
+PROLOGUE = b"NoiseAPIInit\x00\x00"  # what ESPHome devices and aioesphomeapi mix into the handshake
+KEY_BYTES = 32
+HUB = "esphome"  # who an ESPHome client's mute is by, in the audit log and the state
+MUTE_KEY = 1  # the mute switch's entity key
+MAX_FRAME_BYTES = 65535  # a Noise frame's two-byte length; Home Assistant's messages are far smaller
+API_VERSION = (1, 10)
+MAX_CONNECTIONS = 4  # Home Assistant holds one; a reconnect may briefly hold a second
+HANDSHAKE_SECONDS = 10.0  # a client that has not proven the key by then is dropped
+IDLE_SECONDS = 90.0  # Home Assistant pings every 20 s; a silent connection is gone
+MESSAGE_TYPES = {proto: number for number, proto in MESSAGE_TYPE_TO_PROTO.items()}
+
+
+class Refused(Exception):
+    """A connection that is not let in: what it is told (one frame) and why, for the log."""
+
+    def __init__(self, reply: bytes, reason: str) -> None:
+        super().__init__(reason)
+        self.reply = reply
+
+
+def new_key() -> str:
+    """A fresh key, base64 as Home Assistant asks for it."""
+    return base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()
+
+
+def write_key(path: Path) -> str:
+    """Write a fresh key to `path` (mode 600, never over an existing one) and return it."""
+    key = new_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"{path}: a key is already there; Home Assistant holds it. Delete the file first to "
+                          "make a new one (Home Assistant will then ask for the new key)") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+    return key
+
+
+def read_key(path: Path) -> bytes:
+    """The owner's key: 32 bytes in base64, in a file no one but its owner can read."""
+    try:
+        if os.stat(path).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(f"{path}: the ESPHome key file is readable by group or others; run: chmod 600 {path}")
+        text = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the ESPHome key ({e.strerror}); make one with: guard esphome-key "
+                          "(or fix [esphome] key_file)") from None
+    try:
+        key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) != KEY_BYTES:
+        raise ConfigError(f"{path}: not an ESPHome key (32 bytes in base64); make one with: guard esphome-key")
+    return key
+
+
+def device_mac(device_id: str) -> str:
+    """A stable, locally administered MAC address for the device id: Home Assistant keys a device by it."""
+    digest = bytearray(hashlib.sha256(device_id.encode()).digest()[:6])
+    digest[0] = (digest[0] | 0x02) & 0xFE  # locally administered, unicast
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+def _frame(body: bytes) -> bytes:
+    return bytes((0x01, len(body) >> 8, len(body) & 0xFF)) + body
+
+
+class NoiseResponder:
+    """One connection's Noise, the server's side: hello, handshake, then encrypted messages.
+
+    Args:
+        key: the owner's 32-byte key.
+        name: the device name the hello announces.
+        mac: the device's MAC address the hello announces.
+    """
+
+    def __init__(self, key: bytes, name: str, mac: str) -> None:
+        self.name, self.mac = name, mac
+        self._noise = NoiseConnection.from_name(PROTOCOL)
+        self._noise.set_as_responder()
+        self._noise.set_psks(key)
+        self._noise.set_prologue(PROLOGUE)
+        self._noise.start_handshake()
+        self._buffer = bytearray()
+        self._step = self._hello
+        self.ready = False
+
+    def receive(self, data: bytes) -> tuple[bytes, list[tuple[int, bytes]]]:
+        """Bytes from the client: what to send back, and the (type, payload) messages they completed.
+
+        Raises:
+            Refused: a plain-text client, a wrong key, or a frame that is not ESPHome's.
+        """
+        self._buffer += data
+        replies, messages = [], []
+        try:
+            for frame in self._frames():
+                replies.append(self._step(frame, messages))
+        except Refused as e:  # what was answered before the refusal goes first (the hello)
+            e.reply = b"".join(replies) + e.reply
+            raise
+        return b"".join(replies), messages
+
+    def _frames(self) -> Iterator[bytes]:
+        while len(self._buffer) >= 3:
+            if self._buffer[0] != 0x01:
+                why = "a plain-text client" if self._buffer[0] == 0x00 else "not an ESPHome client"
+                raise Refused(_frame(b"\x01Bad indicator byte"), f"{why}; only the encrypted API is served")
+            size = self._buffer[1] << 8 | self._buffer[2]
+            if len(self._buffer) < 3 + size:
+                return
+            frame = bytes(self._buffer[3:3 + size])
+            del self._buffer[:3 + size]
+            yield frame
+
+    def _hello(self, frame: bytes, messages: list) -> bytes:
+        self._step = self._handshake
+        return _frame(b"\x01" + self.name.encode() + b"\x00" + self.mac.encode() + b"\x00")
+
+    def _handshake(self, frame: bytes, messages: list) -> bytes:
+        if not frame or frame[0] != 0x00:
+            raise Refused(_frame(b"\x01Bad handshake"), "a handshake that is not Noise's")
+        try:
+            self._noise.read_message(frame[1:])
+        except InvalidTag:
+            raise Refused(_frame(b"\x01Handshake MAC failure"), "a client without the owner's key") from None
+        except Exception as e:  # noqa: BLE001 - noiseprotocol raises several kinds for a malformed message
+            raise Refused(_frame(b"\x01Bad handshake"), f"a malformed handshake ({type(e).__name__})") from None
+        self._step = self._message
+        self.ready = True
+        return _frame(b"\x00" + self._noise.write_message())
+
+    def _message(self, frame: bytes, messages: list) -> bytes:
+        try:
+            plain = self._noise.decrypt(frame)
+        except InvalidTag:
+            raise Refused(b"", "a message that does not decrypt with the session's key") from None
+        if len(plain) < 4:
+            raise Refused(b"", "a message shorter than its header")
+        messages.append((plain[0] << 8 | plain[1], bytes(plain[4:])))
+        return b""
+
+    def seal(self, message: Message) -> bytes:
+        """One message, encrypted and framed."""
+        data = message.SerializeToString()
+        number = MESSAGE_TYPES[type(message)]
+        return _frame(self._noise.encrypt(bytes((number >> 8, number & 0xFF, len(data) >> 8, len(data) & 0xFF))
+                                          + data))
+
+
+class EsphomeServer:
+    """The guard as an ESPHome device: device info, its entities and their states, and their commands.
+
+    Serves in a thread of its own with its own asyncio loop, like the Wyoming satellite.
+
+    Args:
+        key: the owner's 32-byte key.
+        device_id: the device name Home Assistant shows, and what its MAC address is derived from.
+        post: the loop's inbox: a mute switch turned on or off posts Command(HUB, "mute"/"unmute").
+        host, port: where to listen (ESPHome's port is 6053).
+        handshake_seconds: how long a new connection has to prove the key.
+    """
+
+    def __init__(self, key: bytes, device_id: str, post: Callable[[Command], object],
+                 host: str = "0.0.0.0", port: int = 6053, handshake_seconds: float = HANDSHAKE_SECONDS) -> None:
+        self.key, self.device_id, self.post = key, device_id, post
+        self.host, self.port, self.handshake_seconds = host, port, handshake_seconds
+        self.mac = device_mac(device_id)
+        self.muted = False  # what the mute switch shows: the guard is muted, by anyone
+        self._connections: set[_Connection] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="esphome", daemon=True)
+        self._server: asyncio.base_events.Server | None = None
+        self.serving = threading.Event()  # set once clients can connect
+
+    def start(self) -> None:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._accept, self.host, self.port), self._loop).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.serving.set()
+        log.info("ESPHome API on %s:%d (encrypted)", self.host, self.port)
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _close(self) -> None:
+        self._server.close()
+        for connection in list(self._connections):
+            connection.close()
+        await self._server.wait_closed()
+
+    def show_muted(self, muted: bool) -> None:
+        """The guard's mute changed (by anyone): the switch shows it on every connection."""
+        self.muted = muted
+        self._loop.call_soon_threadsafe(self._broadcast, self._mute_state())
+
+    def _broadcast(self, message: Message) -> None:
+        for connection in list(self._connections):
+            connection.send(message)
+
+    def _mute_state(self) -> api_pb2.SwitchStateResponse:
+        return api_pb2.SwitchStateResponse(key=MUTE_KEY, state=self.muted)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= MAX_CONNECTIONS:
+            log.warning("ESPHome API: %s refused: %d connections already open", writer.get_extra_info("peername"),
+                        MAX_CONNECTIONS)
+            writer.close()
+            return
+        connection = _Connection(self, reader, writer)
+        self._connections.add(connection)
+        try:
+            await connection.serve()
+        finally:
+            self._connections.discard(connection)
+
+    def answer(self, message: Message) -> list[Message]:
+        """What the device says to one message; a switch command also posts to the loop."""
+        match message:
+            case api_pb2.HelloRequest():
+                return [api_pb2.HelloResponse(api_version_major=API_VERSION[0], api_version_minor=API_VERSION[1],
+                                              server_info=f"pi-guard {__version__}", name=self.device_id)]
+            case api_pb2.AuthenticationRequest():
+                return [api_pb2.AuthenticationResponse()]
+            case api_pb2.PingRequest():
+                return [api_pb2.PingResponse()]
+            case api_pb2.DeviceInfoRequest():
+                return [self._device_info()]
+            case api_pb2.ListEntitiesRequest():
+                return [api_pb2.ListEntitiesSwitchResponse(
+                    object_id="mute", key=MUTE_KEY, name="Mute", icon="mdi:microphone-off"),
+                    api_pb2.ListEntitiesDoneResponse()]
+            case api_pb2.SubscribeStatesRequest():
+                return [self._mute_state()]
+            case api_pb2.SwitchCommandRequest(key=key, state=state) if key == MUTE_KEY:
+                self.post(Command(HUB, "mute" if state else "unmute"))
+        return []
+
+    def _device_info(self) -> api_pb2.DeviceInfoResponse:
+        return api_pb2.DeviceInfoResponse(
+            uses_password=False, name=self.device_id, friendly_name=f"pi-guard {self.device_id}",
+            mac_address=self.mac, esphome_version=f"pi-guard {__version__}", model="pi-guard",
+            manufacturer="pi-guard", project_name="pi-guard.privacy-guard", project_version=__version__,
+            api_encryption_supported=True)
+
+
+class _Connection:
+    """One client: refused and closed unless it speaks Noise with the owner's key."""
+
+    def __init__(self, server: EsphomeServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server, self.reader, self.writer = server, reader, writer
+        self.noise = NoiseResponder(server.key, server.device_id, server.mac)
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+
+    async def serve(self) -> None:
+        try:
+            while data := await asyncio.wait_for(self.reader.read(MAX_FRAME_BYTES), self._patience()):
+                reply, messages = self.noise.receive(data)
+                if reply:
+                    self.writer.write(reply)
+                for number, payload in messages:
+                    if not self._handle(number, payload):
+                        return
+        except Refused as e:
+            log.warning("ESPHome API: %s refused: %s", self.peer, e)
+            if e.reply:
+                self.writer.write(e.reply)
+        except TimeoutError:
+            log.warning("ESPHome API: %s dropped: %s", self.peer, "silent" if self.noise.ready else
+                        f"no key proven in {self.server.handshake_seconds:g} s")
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.close()
+
+    def _patience(self) -> float:
+        return IDLE_SECONDS if self.noise.ready else self.server.handshake_seconds
+
+    def _handle(self, number: int, payload: bytes) -> bool:
+        """Answer one message; False when the client said goodbye."""
+        kind = MESSAGE_TYPE_TO_PROTO.get(number)
+        if kind is None:
+            return True
+        try:
+            message = kind.FromString(payload)
+        except DecodeError:
+            log.warning("ESPHome API: %s sent a malformed %s; ignored", self.peer, kind.__name__)
+            return True
+        if isinstance(message, api_pb2.DisconnectRequest):
+            self.send(api_pb2.DisconnectResponse())
+            return False
+        for answer in self.server.answer(message):
+            self.send(answer)
+        return True
+
+    def send(self, message: Message) -> None:
+        if self.noise.ready and not self.writer.is_closing():
+            self.writer.write(self.noise.seal(message))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()

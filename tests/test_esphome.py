@@ -1,0 +1,202 @@
+"""The ESPHome API server against aioesphomeapi's own client, as Home Assistant's ESPHome integration uses it:
+with the owner's key it reads the device and its mute switch; without it, or in plain text, it gets nothing."""
+
+import asyncio
+import base64
+import os
+import socket
+import threading
+
+import pytest
+from aioesphomeapi import APIClient, InvalidEncryptionKeyAPIError, RequiresEncryptionAPIError
+from conftest import daemon_config, until
+
+from guard import audit, config, esphome
+from guard.daemon import Daemon, RunOptions
+from guard.errors import ConfigError
+from guard.esphome import EsphomeServer
+from guard.inbox import Command
+from guard.vocabulary import State
+from guard.wake import WakeDetector
+
+
+@pytest.fixture
+def server():
+    key = esphome.new_key()
+    posted: list[Command] = []
+    served = EsphomeServer(base64.b64decode(key), "kitchen", posted.append, host="127.0.0.1", port=0,
+                           handshake_seconds=1.0)
+    served.start()
+    served.key_text, served.posted = key, posted
+    yield served
+    served.stop()
+
+
+def _talk(server, key: str | None, steps):
+    """Connect as Home Assistant does, run `steps(client)`, disconnect; returns what steps returned."""
+    async def talk():
+        client = APIClient("127.0.0.1", server.port, None, noise_psk=key)
+        await asyncio.wait_for(client.connect(login=True), 10)
+        try:
+            return await steps(client)
+        finally:
+            await client.disconnect()
+    return asyncio.run(talk())
+
+
+def test_home_assistants_client_with_the_key_reads_the_device_and_its_mute_switch(server):
+    async def steps(client):
+        info = await client.device_info()
+        entities, _ = await client.list_entities_services()
+        states = []
+        client.subscribe_states(states.append)
+        await asyncio.sleep(0.2)
+        return info, entities, states
+
+    info, entities, states = _talk(server, server.key_text, steps)
+    assert info.name == "kitchen" and info.mac_address == server.mac and info.api_encryption_supported
+    assert [(e.object_id, e.key, type(e).__name__) for e in entities] == [("mute", 1, "SwitchInfo")]
+    assert [(s.key, s.state) for s in states] == [(1, False)]
+
+
+def test_the_mute_switch_posts_mutes_and_shows_the_guards_mute_whoever_made_it(server):
+    async def steps(client):
+        states = []
+        client.subscribe_states(states.append)
+        client.switch_command(esphome.MUTE_KEY, True)
+        client.switch_command(esphome.MUTE_KEY, False)
+        client.switch_command(99, True)  # no such entity: nothing happens
+        await asyncio.sleep(0.2)
+        server.show_muted(True)  # the button muted the guard
+        await asyncio.sleep(0.2)
+        return states
+
+    states = _talk(server, server.key_text, steps)
+    assert server.posted == [Command("esphome", "mute"), Command("esphome", "unmute")]
+    assert [s.state for s in states] == [False, True], "the switch shows the guard's mute, not what was asked"
+
+
+def test_a_client_with_another_key_is_refused_before_any_message(server, caplog):
+    with pytest.raises(InvalidEncryptionKeyAPIError):
+        _talk(server, esphome.new_key(), lambda client: asyncio.sleep(0))
+    assert server.posted == []
+    assert "without the owner's key" in caplog.text
+
+
+def test_a_plain_text_client_is_refused(server, caplog):
+    with pytest.raises(RequiresEncryptionAPIError):
+        _talk(server, None, lambda client: asyncio.sleep(0))
+    assert server.posted == [] and "plain-text client" in caplog.text
+
+
+def test_a_stranger_sending_garbage_gets_one_refusal_and_the_server_keeps_serving(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as stranger:
+        stranger.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        assert stranger.recv(100) == b"\x01\x00\x13\x01Bad indicator byte"
+        assert stranger.recv(100) == b"", "closed after the refusal"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as huge:
+        huge.sendall(b"\x01\xff\xff" + b"\x00" * 1000)  # announces 64 KiB and never sends it
+    info = _talk(server, server.key_text, lambda client: client.device_info())
+    assert info.name == "kitchen"
+
+
+def test_connections_that_never_prove_the_key_are_limited_and_dropped(server, caplog):
+    silent = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(esphome.MAX_CONNECTIONS)]
+    try:
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        assert extra.recv(10) == b"", "one more than the limit is closed at once"
+        extra.close()
+        for sock in silent:
+            assert sock.recv(10) == b"", "each silent one is dropped after the handshake time"
+        assert caplog.text.count("no key proven in 1 s") == esphome.MAX_CONNECTIONS
+        info = _talk(server, server.key_text, lambda client: client.device_info())
+        assert info.name == "kitchen", "the owner's client gets in once they are gone"
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_the_key_file_is_written_once_read_back_and_refused_when_others_can_read_it(tmp_path):
+    path = tmp_path / "esphome.key"
+    key = esphome.write_key(path)
+    assert len(base64.b64decode(key)) == 32 and oct(path.stat().st_mode & 0o777) == "0o600"
+    assert esphome.read_key(path) == base64.b64decode(key)
+    with pytest.raises(ConfigError, match="a key is already there"):
+        esphome.write_key(path)
+    os.chmod(path, 0o640)
+    with pytest.raises(ConfigError, match="readable by group or others; run: chmod 600"):
+        esphome.read_key(path)
+    os.chmod(path, 0o600)
+    path.write_text("not a key\n")
+    with pytest.raises(ConfigError, match="not an ESPHome key"):
+        esphome.read_key(path)
+    with pytest.raises(ConfigError, match="cannot read the ESPHome key .*guard esphome-key"):
+        esphome.read_key(tmp_path / "missing.key")
+
+
+def test_the_mac_address_is_stable_locally_administered_and_differs_per_device():
+    mac = esphome.device_mac("kitchen")
+    assert mac == esphome.device_mac("kitchen") != esphome.device_mac("hall")
+    first = int(mac.split(":")[0], 16)
+    assert first & 0x02 and not first & 0x01
+
+
+def _guard_with_esphome(tmp_path, quiet_wav):
+    """A real daemon (file source at real-time pace, mock pins) serving the ESPHome API on a free port."""
+    key_file = tmp_path / "esphome.key"
+    key = esphome.write_key(key_file)
+    cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=_free_port(), host="127.0.0.1",
+                                                               key_file=str(key_file)))
+    daemon = Daemon(cfg, RunOptions(str(quiet_wav), "mock"), WakeDetector(cfg.wake.settings()))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    assert daemon.esphome.serving.wait(10)
+    return daemon, thread, key, cfg
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_home_assistants_mute_switch_mutes_a_running_guard_and_cannot_lift_a_button_mute(tmp_path, quiet_wav):
+    daemon, thread, key, cfg = _guard_with_esphome(tmp_path, quiet_wav)
+    try:
+        async def mute_then_unmute(client):
+            states = []
+            client.subscribe_states(states.append)
+            client.switch_command(esphome.MUTE_KEY, True)
+            assert await asyncio.to_thread(until, lambda: daemon.gate.state is State.MUTED)
+            client.switch_command(esphome.MUTE_KEY, False)
+            assert await asyncio.to_thread(until, lambda: daemon.gate.state is State.IDLE)
+            await asyncio.sleep(0.3)
+            return [s.state for s in states]
+
+        shown = _talk(daemon.esphome, key, mute_then_unmute)
+        assert shown == [False, True, False], "the switch shows what the gate did"
+        pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+        pin.drive_low()  # a long press: the button's own mute
+        assert until(lambda: daemon.gate.state is State.MUTED and daemon.gate.muted_by == "button")
+        pin.drive_high()
+
+        async def unmute(client):
+            client.switch_command(esphome.MUTE_KEY, False)
+            log = tmp_path / "audit.jsonl"
+            assert await asyncio.to_thread(until, lambda: any(r["event"] == "refused" for r in audit.read(log)))
+
+        _talk(daemon.esphome, key, unmute)
+        assert daemon.gate.state is State.MUTED and daemon.gate.muted_by == "button"
+        records = audit.read(tmp_path / "audit.jsonl")
+        assert [(r["event"], r.get("by")) for r in records if r["event"] in ("muted", "unmuted", "refused")] == [
+            ("muted", "esphome"), ("unmuted", "esphome"), ("muted", "button"), ("refused", "esphome")]
+    finally:
+        daemon.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_guard_run_without_the_key_file_says_how_to_make_one(tmp_path, quiet_wav):
+    cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=6053, key_file=str(tmp_path / "none.key")))
+    with pytest.raises(ConfigError, match=r"none\.key: cannot read the ESPHome key .*guard esphome-key"):
+        Daemon(cfg, RunOptions(str(quiet_wav), "mock"), WakeDetector(cfg.wake.settings()))
