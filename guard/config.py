@@ -362,6 +362,8 @@ class EsphomeConfig:
         "the ESPHome API's port (6053 is ESPHome's own); 0: off", 0, 65535))
     host: str = field(default="0.0.0.0", metadata=_doc(
         "the address it listens on; every client must hold the key (Noise encryption), others are refused"))
+    zeroconf: bool = field(default=True, metadata=_doc(
+        "announce the device on the local network (_esphomelib._tcp), so Home Assistant offers to add it"))
     key_file: str = field(default="", metadata=_doc(
         "the 32-byte key Home Assistant asks for when it adds the device, made by guard esphome-key; "
         "empty: esphome.key in the state directory"))

@@ -134,7 +134,8 @@ class Daemon:
         self.satellite = AssistSatellite(config.wyoming, device_id, self.inbox.post, list(config.wake.models),
                                          self.speaker) if config.wyoming.uri else None
         self.esphome = EsphomeServer(esphome.read_key(config.esphome.resolved_key_file()), device_id,
-                                     self.inbox.post, config.esphome.host, config.esphome.port) \
+                                     self.inbox.post, config.esphome.host, config.esphome.port,
+                                     announce=config.esphome.zeroconf) \
             if config.esphome.port else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite)
         self.pin_factory, self.button, self.led = parts.gpio(config, options.gpio, self.post_move)

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import secrets
+import socket
 import stat
 import threading
 from collections.abc import Callable, Iterator
@@ -26,9 +27,10 @@ from aioesphomeapi.core import MESSAGE_TYPE_TO_PROTO
 from cryptography.exceptions import InvalidTag
 from google.protobuf.message import DecodeError, Message
 from noise.connection import NoiseConnection
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from guard import __version__
-from guard.errors import ConfigError
+from guard.errors import ConfigError, GuardError
 from guard.inbox import Command
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ MAX_CONNECTIONS = 4  # Home Assistant holds one; a reconnect may briefly hold a 
 HANDSHAKE_SECONDS = 10.0  # a client that has not proven the key by then is dropped
 IDLE_SECONDS = 90.0  # Home Assistant pings every 20 s; a silent connection is gone
 MESSAGE_TYPES = {proto: number for number, proto in MESSAGE_TYPE_TO_PROTO.items()}
+SERVICE_TYPE = "_esphomelib._tcp.local."  # what Home Assistant's ESPHome integration browses for
+MDNS_GROUP = "224.0.0.251"
 
 
 class Refused(Exception):
@@ -196,12 +200,15 @@ class EsphomeServer:
         post: the loop's inbox: a mute switch turned on or off posts Command(HUB, "mute"/"unmute").
         host, port: where to listen (ESPHome's port is 6053).
         handshake_seconds: how long a new connection has to prove the key.
+        announce: announce the device on the local network (mDNS), so Home Assistant offers to add it.
     """
 
     def __init__(self, key: bytes, device_id: str, post: Callable[[Command], object],
-                 host: str = "0.0.0.0", port: int = 6053, handshake_seconds: float = HANDSHAKE_SECONDS) -> None:
+                 host: str = "0.0.0.0", port: int = 6053, handshake_seconds: float = HANDSHAKE_SECONDS,
+                 announce: bool = False) -> None:
         self.key, self.device_id, self.post = key, device_id, post
-        self.host, self.port, self.handshake_seconds = host, port, handshake_seconds
+        self.host, self.port, self.handshake_seconds, self.announce = host, port, handshake_seconds, announce
+        self._zeroconf: AsyncZeroconf | None = None
         self.mac = device_mac(device_id)
         self.muted = False  # what the mute switch shows: the guard is muted, by anyone
         self._connections: set[_Connection] = set()
@@ -211,12 +218,41 @@ class EsphomeServer:
         self.serving = threading.Event()  # set once clients can connect
 
     def start(self) -> None:
+        """Listen now (a taken port fails here, at start), then serve in a thread of its own."""
         self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._accept, self.host, self.port), self._loop).result(10)
+        try:
+            self._server = asyncio.run_coroutine_threadsafe(
+                asyncio.start_server(self._accept, self.host, self.port), self._loop).result(10)
+        except OSError as e:
+            self.stop()
+            raise GuardError(f"[esphome] port {self.port}: cannot listen on {self.host} ({e.strerror or e})") \
+                from None
         self.port = self._server.sockets[0].getsockname()[1]
         self.serving.set()
         log.info("ESPHome API on %s:%d (encrypted)", self.host, self.port)
+        if self.announce:
+            asyncio.run_coroutine_threadsafe(self._announce(), self._loop)
+
+    def service_info(self, address: str) -> AsyncServiceInfo:
+        """What the device says of itself on the local network: Home Assistant keys it by `mac` and asks for
+        the key because `api_encryption` names the protocol."""
+        return AsyncServiceInfo(
+            SERVICE_TYPE, f"{self.device_id}.{SERVICE_TYPE}", server=f"{self.device_id}.local.",
+            addresses=[socket.inet_aton(address)], port=self.port,
+            properties={"mac": self.mac.replace(":", "").lower(), "version": __version__, "platform": "pi-guard",
+                        "friendly_name": f"pi-guard {self.device_id}", "api_encryption": PROTOCOL.decode()})
+
+    async def _announce(self) -> None:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # the address mDNS would leave from
+                probe.connect((MDNS_GROUP, 1))
+                address = probe.getsockname()[0]
+            self._zeroconf = AsyncZeroconf()
+            await self._zeroconf.async_register_service(self.service_info(address))
+            log.info("ESPHome device announced on the local network as %s at %s", self.device_id, address)
+        except Exception as e:  # noqa: BLE001 - no multicast route, no network yet: it can still be added by host
+            log.warning("ESPHome device not announced on the local network (%s); add it in Home Assistant by "
+                        "host and port", e)
 
     def stop(self) -> None:
         if not self._thread.is_alive():
@@ -227,6 +263,9 @@ class EsphomeServer:
         self._thread.join(5)
 
     async def _close(self) -> None:
+        if self._zeroconf is not None:
+            with contextlib.suppress(Exception):
+                await self._zeroconf.async_close()
         self._server.close()
         for connection in list(self._connections):
             connection.close()

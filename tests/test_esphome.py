@@ -13,7 +13,7 @@ from conftest import daemon_config, until
 
 from guard import audit, config, esphome
 from guard.daemon import Daemon, RunOptions
-from guard.errors import ConfigError
+from guard.errors import ConfigError, GuardError
 from guard.esphome import EsphomeServer
 from guard.inbox import Command
 from guard.vocabulary import State
@@ -146,7 +146,7 @@ def _guard_with_esphome(tmp_path, quiet_wav):
     key_file = tmp_path / "esphome.key"
     key = esphome.write_key(key_file)
     cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=_free_port(), host="127.0.0.1",
-                                                               key_file=str(key_file)))
+                                                               key_file=str(key_file), zeroconf=False))
     daemon = Daemon(cfg, RunOptions(str(quiet_wav), "mock"), WakeDetector(cfg.wake.settings()))
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
@@ -200,3 +200,20 @@ def test_guard_run_without_the_key_file_says_how_to_make_one(tmp_path, quiet_wav
     cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=6053, key_file=str(tmp_path / "none.key")))
     with pytest.raises(ConfigError, match=r"none\.key: cannot read the ESPHome key .*guard esphome-key"):
         Daemon(cfg, RunOptions(str(quiet_wav), "mock"), WakeDetector(cfg.wake.settings()))
+
+
+def test_the_announcement_names_the_mac_and_the_encryption_home_assistant_asks_the_key_for(server):
+    info = server.service_info("192.0.2.7")
+    assert (info.type, info.name, info.server, info.port) == (
+        "_esphomelib._tcp.local.", "kitchen._esphomelib._tcp.local.", "kitchen.local.", server.port)
+    assert info.parsed_addresses() == ["192.0.2.7"]
+    properties = {k.decode(): v.decode() for k, v in info.properties.items()}
+    assert properties["mac"] == server.mac.replace(":", "").lower()  # the form Home Assistant normalizes
+    assert properties["api_encryption"] == "Noise_NNpsk0_25519_ChaChaPoly_SHA256"
+
+
+def test_a_taken_port_is_one_clear_error_at_start(server):
+    taken = EsphomeServer(base64.b64decode(server.key_text), "hall", lambda c: None, "127.0.0.1", server.port)
+    with pytest.raises(GuardError, match=rf"^\[esphome\] port {server.port}: cannot listen on 127\.0\.0\.1 "):
+        taken.start()
+    assert not taken.serving.is_set()
