@@ -379,14 +379,15 @@ class SinkConfig:
     type: str = field(default="directory", metadata=_doc(
         "directory (a WAV file per release), command (the WAV on its stdin), mqtt (guard/<id>/audio/<utterance>) "
         "hermes (Rhasspy's ASR: hermes/audioServer/<id>/audioFrame; needs [mqtt] hermes = true) "
-        "or wyoming (Home Assistant Assist, through the [wyoming] satellite)",
-        parse=lambda v: _choice(v, ("directory", "command", "mqtt", "hermes", "wyoming"))))
+        "wyoming (Home Assistant Assist, through the [wyoming] satellite) or esphome (Home Assistant Assist, "
+        "through the encrypted [esphome] API)",
+        parse=lambda v: _choice(v, ("directory", "command", "mqtt", "hermes", "wyoming", "esphome"))))
     path: str = field(default="", metadata=_doc("directory sink: the folder the WAV files go to"))
     command: tuple[str, ...] = field(default=(), metadata=_doc(
         'command sink: argv, run without a shell, e.g. ["/usr/local/bin/upload", "--quiet"]'))
     timeout_seconds: float = field(default=30.0, metadata=_doc(
         "command sink: killed after this long; mqtt and hermes sinks: wait this long for the broker's ack; "
-        "wyoming sink: for the audio to be written to Home Assistant", 1, 600))
+        "wyoming and esphome sinks: for the audio to be written to Home Assistant", 1, 600))
     confirm: tuple[str, ...] = field(default=("button",), metadata=_doc(
         'which consent releases to this sink: ["button"] or ["button", "voice"] (voice needs guard enroll)',
         parse=_parse_confirm))
@@ -527,6 +528,8 @@ def parse(raw: dict, source: str) -> Config:
         if sink.type == "wyoming" and not config.wyoming.uri:
             raise ConfigError(f"{source}: [sinks.{name}] is a wyoming sink; it needs [wyoming] uri, "
                               'e.g. "tcp://0.0.0.0:10700"')
+        if sink.type == "esphome" and not config.esphome.port:
+            raise ConfigError(f"{source}: [sinks.{name}] is an esphome sink; it needs [esphome] port, e.g. 6053")
         if sink.type == "hermes" and not config.mqtt.hermes:
             raise ConfigError(f"{source}: [sinks.{name}] is a hermes sink; it needs [mqtt] hermes = true, "
                               "so that Rhasspy hears of the wake and starts listening")

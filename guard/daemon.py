@@ -137,7 +137,7 @@ class Daemon:
                                      self.inbox.post, config.esphome.host, config.esphome.port,
                                      announce=config.esphome.zeroconf) \
             if config.esphome.port else None
-        self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite)
+        self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite, self.esphome)
         self.pin_factory, self.button, self.led = parts.gpio(config, options.gpio, self.post_move)
         self.deliveries = Deliveries(self.inbox.post)
         self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,

@@ -4,13 +4,15 @@ Every connection speaks Noise (Noise_NNpsk0_25519_ChaChaPoly_SHA256) keyed with 
 owner holds. A client with another key, or in plain text, gets one refusal frame and is closed before any
 message of its own is read. The messages are aioesphomeapi's protobuf definitions, the ones Home
 Assistant's ESPHome integration speaks. Home Assistant's mute switch may only make the guard more private:
-its "off" lifts only its own mute (the gate refuses the rest). Nothing here reads the microphone or
-releases audio.
+its "off" lifts only its own mute (the gate refuses the rest). A released request to a `type = "esphome"`
+sink, and nothing else, becomes a voice-assistant run with exactly its samples (the request, the audio,
+its end) on the connection that subscribed to voice assistant; nothing here reads the microphone.
 """
 
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import hashlib
 import logging
@@ -30,7 +32,7 @@ from noise.connection import NoiseConnection
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from guard import __version__
-from guard.errors import ConfigError, GuardError
+from guard.errors import ConfigError, DeliveryUncertain, GuardError
 from guard.inbox import Command
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,9 @@ MAX_CONNECTIONS = 4  # Home Assistant holds one; a reconnect may briefly hold a 
 HANDSHAKE_SECONDS = 10.0  # a client that has not proven the key by then is dropped
 IDLE_SECONDS = 90.0  # Home Assistant pings every 20 s; a silent connection is gone
 MESSAGE_TYPES = {proto: number for number, proto in MESSAGE_TYPE_TO_PROTO.items()}
+VOICE_ASSISTANT, API_AUDIO = 1 << 0, 1 << 2  # voice_assistant_feature_flags: audio over this connection
+SAMPLES_PER_CHUNK = 1024  # 64 ms, as ESPHome's voice assistant sends
+ANSWER_SECONDS = 5.0  # how long Home Assistant may take to accept a voice-assistant run
 SERVICE_TYPE = "_esphomelib._tcp.local."  # what Home Assistant's ESPHome integration browses for
 MDNS_GROUP = "224.0.0.251"
 
@@ -211,6 +216,8 @@ class EsphomeServer:
         self._zeroconf: AsyncZeroconf | None = None
         self.mac = device_mac(device_id)
         self.muted = False  # what the mute switch shows: the guard is muted, by anyone
+        self._hub: _Connection | None = None  # the connection that subscribed to voice assistant: Home Assistant
+        self._accepted: asyncio.Future | None = None  # Home Assistant's answer to the run being started
         self._connections: set[_Connection] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="esphome", daemon=True)
@@ -276,12 +283,71 @@ class EsphomeServer:
         self.muted = muted
         self._loop.call_soon_threadsafe(self._broadcast, self._mute_state())
 
+    def hub(self) -> str:
+        """Who a release would go to now: "Home Assistant (host:port)", or "" when none subscribed."""
+        hub = self._hub
+        return f"Home Assistant ({hub.peer})" if hub else ""
+
+    def send(self, audio: bytes | bytearray | memoryview, timeout_seconds: float) -> str:
+        """Run Home Assistant's voice assistant on this released audio (16 kHz mono 16-bit PCM); from the
+        delivery thread.
+
+        Returns:
+            who received it: "Home Assistant (host:port)".
+        """
+        to = self.hub() or "Home Assistant (not connected)"
+        future = asyncio.run_coroutine_threadsafe(self._stream(audio), self._loop)
+        try:
+            return future.result(timeout_seconds)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise DeliveryUncertain(f"{to} did not take the audio within {timeout_seconds:g} s; part of it may "
+                                    "have arrived") from None
+
+    async def _stream(self, audio: bytes | bytearray | memoryview) -> str:
+        hub = self._hub
+        if hub is None:
+            raise GuardError("Home Assistant has not subscribed to the ESPHome API's voice assistant; nothing "
+                             "was sent")
+        to = f"Home Assistant ({hub.peer})"
+        self._accepted = self._loop.create_future()
+        await hub.write(api_pb2.VoiceAssistantRequest(start=True,
+                                                      audio_settings=api_pb2.VoiceAssistantAudioSettings()))
+        try:
+            answer = await asyncio.wait_for(self._accepted, ANSWER_SECONDS)
+        except (TimeoutError, ConnectionError):
+            raise GuardError(f"{to} did not accept the voice-assistant run in {ANSWER_SECONDS:g} s; nothing was "
+                             "sent") from None
+        if answer.error or answer.port:  # port: it wants the audio over UDP, which the guard never sends
+            await hub.write(api_pb2.VoiceAssistantRequest(start=False))
+            why = "refused the run" if answer.error else f"asked for the audio on UDP port {answer.port}"
+            raise GuardError(f"{to} {why}; nothing was sent")
+        view, sent, step = memoryview(audio).cast("B"), 0, 2 * SAMPLES_PER_CHUNK
+        try:
+            for start in range(0, len(view), step):
+                await hub.write(api_pb2.VoiceAssistantAudio(data=bytes(view[start:start + step])))
+                sent += 1
+            await hub.write(api_pb2.VoiceAssistantAudio(end=True))
+        except (OSError, ConnectionError, RuntimeError) as e:
+            if not sent:
+                raise GuardError(f"{to}: the connection failed ({e}); no audio was sent") from None
+            raise DeliveryUncertain(f"{to}: the connection failed after {sent} chunk(s) ({e}); part of the "
+                                    "audio may have arrived") from None
+        return to
+
     def _broadcast(self, message: Message) -> None:
         for connection in list(self._connections):
             connection.send(message)
 
     def _mute_state(self) -> api_pb2.SwitchStateResponse:
         return api_pb2.SwitchStateResponse(key=MUTE_KEY, state=self.muted)
+
+    def gone(self, connection: "_Connection") -> None:
+        self._connections.discard(connection)
+        if self._hub is connection:
+            self._hub = None
+            if self._accepted is not None and not self._accepted.done():
+                self._accepted.set_exception(ConnectionError("Home Assistant disconnected"))
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= MAX_CONNECTIONS:
@@ -294,11 +360,20 @@ class EsphomeServer:
         try:
             await connection.serve()
         finally:
-            self._connections.discard(connection)
+            self.gone(connection)
 
-    def answer(self, message: Message) -> list[Message]:
+    def answer(self, connection: "_Connection", message: Message) -> list[Message]:
         """What the device says to one message; a switch command also posts to the loop."""
         match message:
+            case api_pb2.SubscribeVoiceAssistantRequest(subscribe=subscribe):
+                if subscribe:
+                    self._hub = connection
+                    log.info("ESPHome API: Home Assistant (%s) subscribed to voice assistant", connection.peer)
+                elif self._hub is connection:
+                    self._hub = None
+            case api_pb2.VoiceAssistantResponse() if connection is self._hub:
+                if self._accepted is not None and not self._accepted.done():
+                    self._accepted.set_result(message)
             case api_pb2.HelloRequest():
                 return [api_pb2.HelloResponse(api_version_major=API_VERSION[0], api_version_minor=API_VERSION[1],
                                               server_info=f"pi-guard {__version__}", name=self.device_id)]
@@ -323,7 +398,7 @@ class EsphomeServer:
             uses_password=False, name=self.device_id, friendly_name=f"pi-guard {self.device_id}",
             mac_address=self.mac, esphome_version=f"pi-guard {__version__}", model="pi-guard",
             manufacturer="pi-guard", project_name="pi-guard.privacy-guard", project_version=__version__,
-            api_encryption_supported=True)
+            api_encryption_supported=True, voice_assistant_feature_flags=VOICE_ASSISTANT | API_AUDIO)
 
 
 class _Connection:
@@ -372,13 +447,20 @@ class _Connection:
         if isinstance(message, api_pb2.DisconnectRequest):
             self.send(api_pb2.DisconnectResponse())
             return False
-        for answer in self.server.answer(message):
+        for answer in self.server.answer(self, message):
             self.send(answer)
         return True
 
     def send(self, message: Message) -> None:
         if self.noise.ready and not self.writer.is_closing():
             self.writer.write(self.noise.seal(message))
+
+    async def write(self, message: Message) -> None:
+        """Send and wait until the socket took it (a release streams at the pace Home Assistant reads)."""
+        if self.writer.is_closing():
+            raise ConnectionError("the connection is closed")
+        self.writer.write(self.noise.seal(message))
+        await self.writer.drain()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):

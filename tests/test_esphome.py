@@ -6,10 +6,13 @@ import base64
 import os
 import socket
 import threading
+import time
+import wave
 
 import pytest
+import speech
 from aioesphomeapi import APIClient, InvalidEncryptionKeyAPIError, RequiresEncryptionAPIError
-from conftest import daemon_config, until
+from conftest import consent_window_open, daemon_config, until
 
 from guard import audit, config, esphome
 from guard.daemon import Daemon, RunOptions
@@ -217,3 +220,106 @@ def test_a_taken_port_is_one_clear_error_at_start(server):
     with pytest.raises(GuardError, match=rf"^\[esphome\] port {server.port}: cannot listen on 127\.0\.0\.1 "):
         taken.start()
     assert not taken.serving.is_set()
+
+
+@pytest.fixture(scope="module")
+def two_requests_wav(tmp_path_factory):
+    audio = speech.two_requests("turn off the kitchen light", "what is my bank password")
+    return speech.write_wav(tmp_path_factory.mktemp("esphome") / "two.wav", audio)
+
+
+class HomeAssistantVoice:
+    """aioesphomeapi's client subscribed to voice assistant, as Home Assistant's ESPHome satellite is: it accepts
+    each run (audio over the API) and keeps what arrives, in order, in its own thread and loop."""
+
+    def __init__(self, port: int, key: str) -> None:
+        self.runs: list[str] = []  # "start", then one "audio" per chunk, then "end" (or "abort")
+        self.audio = bytearray()
+        self.started_at: float | None = None
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._serve(port, key),), daemon=True)
+        self._thread.start()
+
+    async def _serve(self, port: int, key: str) -> None:
+        client = APIClient("127.0.0.1", port, None, noise_psk=key)
+        await client.connect(login=True)
+        self.info = await client.device_info()
+
+        async def start(conversation_id, flags, audio_settings, wake_word_phrase):
+            self.runs.append("start")
+            self.started_at = time.monotonic()
+            return 0  # the audio over this connection
+
+        async def audio(data, data2=None):
+            self.runs.append("audio")
+            self.audio += data
+
+        async def stop(abort):
+            self.runs.append("abort" if abort else "end")
+
+        client.subscribe_voice_assistant(handle_start=start, handle_stop=stop, handle_audio=audio)
+        self.ready.set()
+        await asyncio.to_thread(self._stop.wait)
+        await client.disconnect()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_home_assistant_hears_exactly_the_released_request_over_the_encrypted_api(tmp_path, two_requests_wav):
+    """The first request is released by a press, the second times out: Home Assistant's voice assistant gets
+    one run with the first request's samples, after the releasing record, then its end; nothing of the second."""
+    key_file = tmp_path / "esphome.key"
+    key = esphome.write_key(key_file)
+    cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=_free_port(), host="127.0.0.1",
+                                                               key_file=str(key_file), zeroconf=False),
+                        sinks={"box": config.SinkConfig(path=str(tmp_path / "sink")),
+                               "assist": config.SinkConfig(type="esphome")})
+    releasing: list[float] = []
+
+    def press_on_first_pending(event) -> None:
+        if event.kind == "releasing":
+            releasing.append(time.monotonic())
+        if event.kind == "pending" and not releasing:
+            threading.Thread(target=press, daemon=True).start()
+
+    def press() -> None:
+        until(lambda: consent_window_open(daemon), 5)
+        pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+        pin.drive_low()
+        pin.drive_high()
+
+    daemon = Daemon(cfg, RunOptions(str(two_requests_wav), "mock", publish=press_on_first_pending),
+                    WakeDetector(cfg.wake.settings()))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    assert daemon.esphome.serving.wait(10)
+    home_assistant = HomeAssistantVoice(daemon.esphome.port, key)
+    try:
+        assert home_assistant.ready.wait(10)
+        assert home_assistant.info.voice_assistant_feature_flags == esphome.VOICE_ASSISTANT | esphome.API_AUDIO
+        thread.join(60)
+        assert not thread.is_alive()
+    finally:
+        home_assistant.close()
+    records = audit.read(tmp_path / "audit.jsonl")
+    released = [r for r in records if r["event"] == "released" and r["sink"] == "assist"]
+    assert len(released) == 1 and released[0]["to"].startswith("Home Assistant (127.0.0.1:")
+    assert [r["reason"] for r in records if r["event"] == "discarded"] == ["timeout"], "the second timed out"
+    runs = home_assistant.runs
+    assert runs[0] == "start" and runs[-1] == "end" and set(runs[1:-1]) == {"audio"}, "one run, then its end"
+    with wave.open(str(next((tmp_path / "sink").glob("*.wav")))) as w:
+        assert bytes(home_assistant.audio) == w.readframes(w.getnframes()), "exactly the released samples"
+    assert home_assistant.started_at > releasing[0], "nothing reaches Home Assistant before the release record"
+
+
+def test_a_release_with_no_home_assistant_subscribed_is_recorded_as_failed():
+    sent = EsphomeServer(b"k" * 32, "kitchen", lambda c: None, "127.0.0.1", 0)
+    sent.start()
+    try:
+        with pytest.raises(GuardError, match="not subscribed to the ESPHome API's voice assistant; nothing was sent"):
+            sent.send(b"\x00\x01" * 1600, 5.0)
+    finally:
+        sent.stop()
