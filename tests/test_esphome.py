@@ -232,7 +232,8 @@ class HomeAssistantVoice:
     """aioesphomeapi's client subscribed to voice assistant, as Home Assistant's ESPHome satellite is: it accepts
     each run (audio over the API) and keeps what arrives, in order, in its own thread and loop."""
 
-    def __init__(self, port: int, key: str) -> None:
+    def __init__(self, port: int, key: str, answer: int | None = 0) -> None:
+        self.answer = answer  # 0: the audio over this connection; a UDP port; None: refuse the run
         self.runs: list[str] = []  # "start", then one "audio" per chunk, then "end" (or "abort")
         self.audio = bytearray()
         self.started_at: float | None = None
@@ -249,7 +250,7 @@ class HomeAssistantVoice:
         async def start(conversation_id, flags, audio_settings, wake_word_phrase):
             self.runs.append("start")
             self.started_at = time.monotonic()
-            return 0  # the audio over this connection
+            return self.answer
 
         async def audio(data, data2=None):
             self.runs.append("audio")
@@ -323,3 +324,31 @@ def test_a_release_with_no_home_assistant_subscribed_is_recorded_as_failed():
             sent.send(b"\x00\x01" * 1600, 5.0)
     finally:
         sent.stop()
+
+
+@pytest.mark.parametrize("answer, why", [(12345, "asked for the audio on UDP port 12345"), (None, "refused the run")])
+def test_a_run_home_assistant_does_not_take_over_this_connection_sends_nothing_and_is_ended(server, answer, why):
+    home_assistant = HomeAssistantVoice(server.port, server.key_text, answer=answer)
+    try:
+        assert home_assistant.ready.wait(10) and until(lambda: server.hub() != "")
+        with pytest.raises(GuardError, match=rf"^Home Assistant \(127\.0\.0\.1:\d+\) {why}; nothing was sent$"):
+            server.send(b"\x01\x02" * 1600, 5.0)
+        assert until(lambda: home_assistant.runs[-1:] == ["abort"]), "the run it started is ended"
+        assert "audio" not in home_assistant.runs and home_assistant.audio == b""
+    finally:
+        home_assistant.close()
+
+
+def test_the_latest_subscriber_is_the_one_hub_and_the_others_hear_nothing(server):
+    first = HomeAssistantVoice(server.port, server.key_text)
+    assert first.ready.wait(10) and until(lambda: server.hub() != "")
+    first_hub = server.hub()
+    second = HomeAssistantVoice(server.port, server.key_text)
+    try:
+        assert second.ready.wait(10) and until(lambda: server.hub() not in ("", first_hub))
+        to = server.send(b"\x01\x02" * 1600, 5.0)
+        assert until(lambda: second.runs[-1:] == ["end"])
+        assert to == server.hub() and bytes(second.audio) == b"\x01\x02" * 1600 and first.runs == []
+    finally:
+        first.close()
+        second.close()
