@@ -36,12 +36,14 @@ from guard.inbox import (
     Refusal,
     SourceFailed,
     Stop,
+    TimerHeard,
 )
 from guard.microphone import Microphone
 from guard.mqtt import MqttLink
 from guard.satellite import AssistSatellite
 from guard.sound import Chimes, Speaker
 from guard.systemd import Notifier
+from guard.timers import Ringer, Timer, Timers
 from guard.vocabulary import Event, EventKind, LedPattern, State
 from guard.wake import WakeDetector
 
@@ -153,6 +155,10 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.health = self.health
         self.notifier = Notifier()
+        self.timers = Timers(self._ring, self.clock)
+        self.ringer = Ringer(self.speaker, config.audio.chime_volume) if self.speaker else None
+        self._pattern = LedPattern.IDLE  # what the gate wants the LED to show (a ring shows over it)
+        self._swallowing = False  # the press that stopped a ring: its up (and a long hold) go nowhere
 
     def _publish(self, event: Event) -> None:
         if self.chimes is not None:
@@ -176,8 +182,16 @@ class Daemon:
         if self.satellite is not None:
             held = pattern is LedPattern.PENDING_VOICE
             (self.satellite.playback_held.set if held else self.satellite.playback_held.clear)()
-        if self.led is not None:
+        self._pattern = pattern
+        if self.led is not None and not self.timers.ringing:
             self.led.show(pattern)
+
+    def _ring(self, on: bool) -> None:
+        """A finished timer rings (on), or its ring stopped: the LED shows it over the gate's pattern."""
+        if self.led is not None:
+            self.led.show(LedPattern.TIMER if on else self._pattern)
+        if self.ringer is not None:
+            (self.ringer.start if on else self.ringer.stop)()
 
     def _set_listening(self, on: bool) -> None:
         if on:
@@ -244,6 +258,8 @@ class Daemon:
                 self.mqtt.stop()
             if self.esphome is not None:
                 self.esphome.stop()
+            if self.ringer is not None:
+                self.ringer.stop()
             self._close()
 
     def step(self) -> None:
@@ -252,6 +268,7 @@ class Daemon:
         try:
             self._handle(message)
             self.gate.tick()
+            self.timers.tick()
             self.notifier.watchdog(self.audio.alive())
             self._report_dropped()
             self.audio.check(idle=self.gate.state is State.IDLE)
@@ -274,6 +291,8 @@ class Daemon:
         match message:
             case Frame(samples, generation):
                 self._hear(samples, generation)
+            case ButtonMoved(move) if self.timers.ringing or self._swallowing:
+                self._stop_ring(move)
             case ButtonMoved(ButtonMove.DOWN, at):
                 self.gate.button_down(at)
             case ButtonMoved(ButtonMove.UP, at):
@@ -285,11 +304,21 @@ class Daemon:
                  "wipe": self.gate.wipe}[verb](by)
             case Refusal(by, peer, kind, reason, count):
                 self.gate.refuse(by, f"{kind}: {reason}", peer=peer, count=count)
+            case TimerHeard(kind, timer_id, name, total, left):
+                self.timers.heard(kind, Timer(timer_id, name, total, left))
             case SourceFailed(reason, generation):
                 self.audio.failed(reason, generation)
             case Delivered(delivery):
                 self.deliveries.recorded(delivery)
                 self.gate.delivered(delivery)
+
+    def _stop_ring(self, move: ButtonMove) -> None:
+        """A press while a timer rings only stops the ring: the gate never hears it, so it releases nothing."""
+        if move is ButtonMove.DOWN:
+            self.timers.stop("the button")
+            self._swallowing = True
+        elif move is ButtonMove.UP:
+            self._swallowing = False
 
     def _hear(self, samples: np.ndarray, generation: int) -> None:
         self.audio.heard(samples, generation)

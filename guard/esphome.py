@@ -33,7 +33,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from guard import __version__
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
-from guard.inbox import Command
+from guard.inbox import Command, TimerHeard
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ MAX_CONNECTIONS = 4  # Home Assistant holds one; a reconnect may briefly hold a 
 HANDSHAKE_SECONDS = 10.0  # a client that has not proven the key by then is dropped
 IDLE_SECONDS = 90.0  # Home Assistant pings every 20 s; a silent connection is gone
 MESSAGE_TYPES = {proto: number for number, proto in MESSAGE_TYPE_TO_PROTO.items()}
-VOICE_ASSISTANT, API_AUDIO = 1 << 0, 1 << 2  # voice_assistant_feature_flags: audio over this connection
+VOICE_ASSISTANT, API_AUDIO, TIMERS = 1 << 0, 1 << 2, 1 << 3  # voice_assistant_feature_flags
+TIMER_EVENTS = ("started", "updated", "cancelled", "finished")  # VoiceAssistantTimerEvent, in its order
 SAMPLES_PER_CHUNK = 1024  # 64 ms, as ESPHome's voice assistant sends
 ANSWER_SECONDS = 5.0  # how long Home Assistant may take to accept a voice-assistant run
 SERVICE_TYPE = "_esphomelib._tcp.local."  # what Home Assistant's ESPHome integration browses for
@@ -389,6 +390,10 @@ class EsphomeServer:
                     api_pb2.ListEntitiesDoneResponse()]
             case api_pb2.SubscribeStatesRequest():
                 return [self._mute_state()]
+            case api_pb2.VoiceAssistantTimerEventResponse(event_type=kind) if kind < len(TIMER_EVENTS):
+                m = message
+                self.post(TimerHeard(TIMER_EVENTS[kind], m.timer_id[:64], m.name[:64], m.total_seconds,
+                                     m.seconds_left))
             case api_pb2.SwitchCommandRequest(key=key, state=state) if key == MUTE_KEY:
                 self.post(Command(HUB, "mute" if state else "unmute"))
         return []
@@ -398,7 +403,7 @@ class EsphomeServer:
             uses_password=False, name=self.device_id, friendly_name=f"pi-guard {self.device_id}",
             mac_address=self.mac, esphome_version=f"pi-guard {__version__}", model="pi-guard",
             manufacturer="pi-guard", project_name="pi-guard.privacy-guard", project_version=__version__,
-            api_encryption_supported=True, voice_assistant_feature_flags=VOICE_ASSISTANT | API_AUDIO)
+            api_encryption_supported=True, voice_assistant_feature_flags=VOICE_ASSISTANT | API_AUDIO | TIMERS)
 
 
 class _Connection:

@@ -4,17 +4,21 @@ with the owner's key it reads the device and its mute switch; without it, or in 
 import asyncio
 import base64
 import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 import wave
 
+import numpy as np
 import pytest
 import speech
 from aioesphomeapi import APIClient, InvalidEncryptionKeyAPIError, RequiresEncryptionAPIError
-from conftest import consent_window_open, daemon_config, until
+from aioesphomeapi.model import VoiceAssistantTimerEventType
+from conftest import GUARD, alsa_home, consent_window_open, daemon_config, until
 
-from guard import audit, config, esphome
+from guard import audit, config, esphome, timers
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ConfigError, GuardError
 from guard.esphome import EsphomeServer
@@ -300,7 +304,8 @@ def test_home_assistant_hears_exactly_the_released_request_over_the_encrypted_ap
     home_assistant = HomeAssistantVoice(daemon.esphome.port, key)
     try:
         assert home_assistant.ready.wait(10)
-        assert home_assistant.info.voice_assistant_feature_flags == esphome.VOICE_ASSISTANT | esphome.API_AUDIO
+        flags = home_assistant.info.voice_assistant_feature_flags
+        assert flags == esphome.VOICE_ASSISTANT | esphome.API_AUDIO | esphome.TIMERS
         thread.join(60)
         assert not thread.is_alive()
     finally:
@@ -352,3 +357,62 @@ def test_the_latest_subscriber_is_the_one_hub_and_the_others_hear_nothing(server
     finally:
         first.close()
         second.close()
+
+
+def test_a_timer_home_assistant_says_finished_rings_on_the_speaker_until_the_guard_stops(tmp_path, quiet_wav):
+    """`guard run` with an ALSA `file` PCM as its speaker: Home Assistant starts a timer and says it finished;
+    what plays is the ring, again and again, from the moment it finished; it stops with the guard."""
+    played = tmp_path / "played.raw"
+    env = alsa_home(tmp_path / "home", tmp_path / "none.raw")
+    (tmp_path / "home" / ".asoundrc").write_text(
+        f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
+    key_file = tmp_path / "esphome.key"
+    key = esphome.write_key(key_file)
+    port = _free_port()
+    toml = tmp_path / "guard.toml"
+    toml.write_text(f'[device]\nid = "kitchen"\n[audio]\noutput_device = "speaker"\n'
+                    f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
+                    f'[esphome]\nport = {port}\nhost = "127.0.0.1"\nkey_file = "{key_file}"\nzeroconf = false\n')
+    guard = subprocess.Popen([str(GUARD), "--config", str(toml), "run", "--source", str(quiet_wav), "--gpio", "none"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert until(lambda: guard.poll() is not None or _accepts(port), 60), "the ESPHome API never listened"
+        assert guard.poll() is None, guard.communicate()[1]
+
+        async def timer(client):
+            finished = VoiceAssistantTimerEventType.VOICE_ASSISTANT_TIMER_FINISHED
+            client.send_voice_assistant_timer_event(VoiceAssistantTimerEventType.VOICE_ASSISTANT_TIMER_STARTED,
+                                                    "t1", "tea", 1, 1, True)
+            await asyncio.sleep(1.0)  # Home Assistant keeps the time
+            client.send_voice_assistant_timer_event(finished, "t1", "tea", 1, 0, False)
+            await asyncio.to_thread(until, lambda: played.exists() and played.stat().st_size > 4 * 16000 * 2, 20)
+
+        _talk_to(port, key, timer)
+    finally:
+        guard.send_signal(signal.SIGTERM)
+        _, stderr = guard.communicate(timeout=30)
+    assert guard.returncode == 0, stderr
+    out = np.frombuffer(played.read_bytes(), "<i2")
+    ring = timers.ring_sound(0.5)
+    lead = np.flatnonzero(ring)[0]  # the beep's window starts at zero
+    first = np.flatnonzero(out)[0] - lead
+    assert np.array_equal(out[first:first + len(ring)], ring), "the ring, sample for sample"
+    second = first + len(ring) + np.flatnonzero(out[first + len(ring):])[0] - lead
+    assert np.array_equal(out[second:second + len(ring)], ring), "and again, until stopped"
+    assert "tea" not in stderr, "the timer's name is not logged"
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _talk_to(port: int, key: str, steps):
+    async def talk():
+        client = APIClient("127.0.0.1", port, None, noise_psk=key)
+        await asyncio.wait_for(client.connect(login=True), 10)
+        try:
+            return await steps(client)
+        finally:
+            await client.disconnect()
+    return asyncio.run(talk())
