@@ -137,7 +137,7 @@ class Daemon:
                                          self.speaker) if config.wyoming.uri else None
         self.esphome = EsphomeServer(esphome.read_key(config.esphome.resolved_key_file()), device_id,
                                      self.inbox.post, config.esphome.host, config.esphome.port,
-                                     announce=config.esphome.zeroconf) \
+                                     announce=config.esphome.zeroconf, speaker=self.speaker) \
             if config.esphome.port else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite, self.esphome)
         self.pin_factory, self.button, self.led = parts.gpio(config, options.gpio, self.post_move)
@@ -179,9 +179,10 @@ class Daemon:
 
     def _show(self, pattern: LedPattern) -> None:
         """The LED shows the pattern; while a spoken confirmation is awaited nothing from the hub plays."""
-        if self.satellite is not None:
-            held = pattern is LedPattern.PENDING_VOICE
-            (self.satellite.playback_held.set if held else self.satellite.playback_held.clear)()
+        held = pattern is LedPattern.PENDING_VOICE
+        for hub in (self.satellite, self.esphome):
+            if hub is not None:
+                (hub.playback_held.set if held else hub.playback_held.clear)()
         self._pattern = pattern
         if self.led is not None and not self.timers.ringing:
             self.led.show(pattern)

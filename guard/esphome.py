@@ -15,12 +15,16 @@ import binascii
 import concurrent.futures
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import secrets
 import socket
 import stat
 import threading
+import urllib.parse
+import urllib.request
+import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,6 +36,7 @@ from noise.connection import NoiseConnection
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from guard import __version__
+from guard.dsp import RATE_HZ
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
 from guard.inbox import Command, TimerHeard
 
@@ -48,7 +53,10 @@ MAX_CONNECTIONS = 4  # Home Assistant holds one; a reconnect may briefly hold a 
 HANDSHAKE_SECONDS = 10.0  # a client that has not proven the key by then is dropped
 IDLE_SECONDS = 90.0  # Home Assistant pings every 20 s; a silent connection is gone
 MESSAGE_TYPES = {proto: number for number, proto in MESSAGE_TYPE_TO_PROTO.items()}
-VOICE_ASSISTANT, API_AUDIO, TIMERS = 1 << 0, 1 << 2, 1 << 3  # voice_assistant_feature_flags
+VOICE_ASSISTANT, API_AUDIO, TIMERS, ANNOUNCE = 1 << 0, 1 << 2, 1 << 3, 1 << 4  # voice_assistant_feature_flags
+SPEAKER_KEY = 2  # the media player entity: what Home Assistant announces and answers through
+MAX_MEDIA_BYTES = 16 * 1024 * 1024  # a sound Home Assistant asks the guard to fetch and play (16 MB: 8 min at 16 kHz)
+FETCH_SECONDS = 10.0
 TIMER_EVENTS = ("started", "updated", "cancelled", "finished")  # VoiceAssistantTimerEvent, in its order
 SAMPLES_PER_CHUNK = 1024  # 64 ms, as ESPHome's voice assistant sends
 ANSWER_SECONDS = 5.0  # how long Home Assistant may take to accept a voice-assistant run
@@ -207,14 +215,17 @@ class EsphomeServer:
         host, port: where to listen (ESPHome's port is 6053).
         handshake_seconds: how long a new connection has to prove the key.
         announce: announce the device on the local network (mDNS), so Home Assistant offers to add it.
+        speaker: where announcements and answers play ([audio] output_device), or None.
     """
 
     def __init__(self, key: bytes, device_id: str, post: Callable[[Command], object],
                  host: str = "0.0.0.0", port: int = 6053, handshake_seconds: float = HANDSHAKE_SECONDS,
-                 announce: bool = False) -> None:
+                 announce: bool = False, speaker=None) -> None:
         self.key, self.device_id, self.post = key, device_id, post
         self.host, self.port, self.handshake_seconds, self.announce = host, port, handshake_seconds, announce
         self._zeroconf: AsyncZeroconf | None = None
+        self.speaker = speaker
+        self.playback_held = threading.Event()  # set while a spoken confirmation is awaited: nothing plays
         self.mac = device_mac(device_id)
         self.muted = False  # what the mute switch shows: the guard is muted, by anyone
         self._hub: _Connection | None = None  # the connection that subscribed to voice assistant: Home Assistant
@@ -387,9 +398,14 @@ class EsphomeServer:
             case api_pb2.ListEntitiesRequest():
                 return [api_pb2.ListEntitiesSwitchResponse(
                     object_id="mute", key=MUTE_KEY, name="Mute", icon="mdi:microphone-off"),
+                    *([self._speaker_entity()] if self.speaker is not None else []),
                     api_pb2.ListEntitiesDoneResponse()]
             case api_pb2.SubscribeStatesRequest():
-                return [self._mute_state()]
+                return [self._mute_state(), *([self._speaker_state(False)] if self.speaker is not None else [])]
+            case api_pb2.VoiceAssistantAnnounceRequest(media_id=url):
+                self._loop.create_task(self._announce(connection, url))
+            case api_pb2.MediaPlayerCommandRequest(key=key, has_media_url=True, media_url=url) if key == SPEAKER_KEY:
+                self._loop.create_task(self._announce(None, url))
             case api_pb2.VoiceAssistantTimerEventResponse(event_type=kind) if kind < len(TIMER_EVENTS):
                 m = message
                 self.post(TimerHeard(TIMER_EVENTS[kind], m.timer_id[:64], m.name[:64], m.total_seconds,
@@ -398,12 +414,63 @@ class EsphomeServer:
                 self.post(Command(HUB, "mute" if state else "unmute"))
         return []
 
+    def features(self) -> int:
+        """What Home Assistant's voice assistant may ask of the device: announcements only with a speaker."""
+        return VOICE_ASSISTANT | API_AUDIO | TIMERS | (ANNOUNCE if self.speaker is not None else 0)
+
+    def _speaker_entity(self) -> api_pb2.ListEntitiesMediaPlayerResponse:
+        """The speaker as Home Assistant's media player: it converts what it sends to 16 kHz mono WAV."""
+        formats = [api_pb2.MediaPlayerSupportedFormat(format="wav", sample_rate=RATE_HZ, num_channels=1,
+                                                      purpose=purpose, sample_bytes=2)
+                   for purpose in (api_pb2.MEDIA_PLAYER_FORMAT_PURPOSE_DEFAULT,
+                                   api_pb2.MEDIA_PLAYER_FORMAT_PURPOSE_ANNOUNCEMENT)]
+        return api_pb2.ListEntitiesMediaPlayerResponse(object_id="speaker", key=SPEAKER_KEY, name="Speaker",
+                                                      supported_formats=formats)
+
+    def _speaker_state(self, playing: bool) -> api_pb2.MediaPlayerStateResponse:
+        state = api_pb2.MEDIA_PLAYER_STATE_ANNOUNCING if playing else api_pb2.MEDIA_PLAYER_STATE_IDLE
+        return api_pb2.MediaPlayerStateResponse(key=SPEAKER_KEY, state=state, volume=1.0)
+
+    async def _announce(self, connection: "_Connection | None", url: str) -> None:
+        """Fetch a WAV Home Assistant serves and play it; never while a spoken confirmation is awaited
+        (nothing the guard plays can confirm). An announcement is answered with whether it played."""
+        played = False
+        if self.speaker is None:
+            log.warning("ESPHome API: an announcement was not played: no [audio] output_device")
+        elif self.playback_held.is_set():
+            log.warning("ESPHome API: an announcement was not played: a spoken confirmation is awaited")
+        else:
+            self._broadcast(self._speaker_state(True))
+            try:
+                await self._loop.run_in_executor(None, self._fetch_and_play, url)
+                played = True
+            except (GuardError, OSError, EOFError, wave.Error) as e:
+                log.warning("ESPHome API: an announcement was not played: %s", e)
+            self._broadcast(self._speaker_state(False))
+        if connection is not None:
+            connection.send(api_pb2.VoiceAssistantAnnounceFinished(success=played))
+
+    def _fetch_and_play(self, url: str) -> None:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise GuardError(f"{url[:80]!r} is not an http(s) URL")
+        with urllib.request.urlopen(url, timeout=FETCH_SECONDS) as response:  # noqa: S310 - http(s) only, above
+            data = response.read(MAX_MEDIA_BYTES + 1)
+        if len(data) > MAX_MEDIA_BYTES:
+            raise GuardError(f"{url[:80]}: over {MAX_MEDIA_BYTES // (1024 * 1024)} MB")
+        with wave.open(io.BytesIO(data)) as w:
+            rate, width, channels, frames = w.getframerate(), w.getsampwidth(), w.getnchannels(), w.readframes(-1)
+        self.speaker.start(rate, width, channels)
+        try:
+            self.speaker.write(frames)
+        finally:
+            self.speaker.stop()
+
     def _device_info(self) -> api_pb2.DeviceInfoResponse:
         return api_pb2.DeviceInfoResponse(
             uses_password=False, name=self.device_id, friendly_name=f"pi-guard {self.device_id}",
             mac_address=self.mac, esphome_version=f"pi-guard {__version__}", model="pi-guard",
             manufacturer="pi-guard", project_name="pi-guard.privacy-guard", project_version=__version__,
-            api_encryption_supported=True, voice_assistant_feature_flags=VOICE_ASSISTANT | API_AUDIO | TIMERS)
+            api_encryption_supported=True, voice_assistant_feature_flags=self.features())
 
 
 class _Connection:

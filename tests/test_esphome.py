@@ -3,6 +3,7 @@ with the owner's key it reads the device and its mute switch; without it, or in 
 
 import asyncio
 import base64
+import http.server
 import os
 import signal
 import socket
@@ -416,3 +417,94 @@ def _talk_to(port: int, key: str, steps):
         finally:
             await client.disconnect()
     return asyncio.run(talk())
+
+
+def _serve_file(path, hits: list | None = None) -> tuple[http.server.HTTPServer, str]:
+    """A local HTTP server for one file, as Home Assistant serves a converted announcement; `hits` gets each GET."""
+    class One(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the standard library's name
+            if hits is not None:
+                hits.append(self.path)
+            body = path.read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/x-wav")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), One)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/announce.wav"
+
+
+def test_an_announcement_plays_sample_for_sample_and_is_reported_finished(tmp_path, quiet_wav):
+    """Home Assistant's announcement (a WAV its own server hands out, in the format the guard's media player
+    declares) is fetched, played on the output device exactly, and answered with success."""
+    played = tmp_path / "played.raw"
+    env = alsa_home(tmp_path / "home", tmp_path / "none.raw")
+    (tmp_path / "home" / ".asoundrc").write_text(
+        f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
+    t = np.arange(int(16000 * 1.2)) / 16000
+    announcement = (6000 * np.sin(2 * np.pi * 523 * t) + 500).astype(np.int16)  # no zero at either end
+    wav = speech.write_wav(tmp_path / "announce.wav", announcement)
+    httpd, url = _serve_file(wav)
+    key_file = tmp_path / "esphome.key"
+    key = esphome.write_key(key_file)
+    port = _free_port()
+    toml = tmp_path / "guard.toml"
+    toml.write_text(f'[device]\nid = "kitchen"\n[audio]\noutput_device = "speaker"\n'
+                    f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
+                    f'[esphome]\nport = {port}\nhost = "127.0.0.1"\nkey_file = "{key_file}"\nzeroconf = false\n')
+    guard = subprocess.Popen([str(GUARD), "--config", str(toml), "run", "--source", str(quiet_wav), "--gpio", "none"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert until(lambda: guard.poll() is not None or _accepts(port), 60), "the ESPHome API never listened"
+
+        async def announce(client):
+            info = await client.device_info()
+            entities, _ = await client.list_entities_services()
+            finished = await client.send_voice_assistant_announcement_await_response(url, 20)
+            return info, entities, finished
+
+        info, entities, finished = _talk_to(port, key, announce)
+    finally:
+        httpd.shutdown()
+        guard.send_signal(signal.SIGTERM)
+        _, stderr = guard.communicate(timeout=30)
+    assert guard.returncode == 0, stderr
+    assert info.voice_assistant_feature_flags & esphome.ANNOUNCE
+    speaker, = [e for e in entities if e.object_id == "speaker"]
+    assert [(f.format, f.sample_rate, f.num_channels, f.sample_bytes) for f in speaker.supported_formats] == [
+        ("wav", 16000, 1, 2)] * 2
+    assert finished.success
+    out = np.frombuffer(played.read_bytes(), "<i2")
+    assert np.array_equal(np.trim_zeros(out), announcement), "what played is exactly what Home Assistant served"
+
+
+def test_nothing_is_announced_while_a_spoken_confirmation_is_awaited_and_only_http_is_fetched(tmp_path):
+    """While the LED shows pending with voice, an announcement is answered "not played" and not even fetched
+    (nothing the guard plays can confirm); a file:// URL is never read."""
+    hits: list[str] = []
+    httpd, url = _serve_file(speech.write_wav(tmp_path / "a.wav", speech.silence(0.5)), hits)
+    secret = tmp_path / "secret.wav"
+    speech.write_wav(secret, speech.silence(0.5))
+    served = EsphomeServer(b"k" * 32, "kitchen", lambda c: None, "127.0.0.1", 0, speaker=object())  # never played
+    served.start()
+    key = base64.b64encode(b"k" * 32).decode()
+    try:
+        async def announce(client):
+            served.playback_held.set()
+            held = await client.send_voice_assistant_announcement_await_response(url, 10)
+            served.playback_held.clear()
+            local = await client.send_voice_assistant_announcement_await_response(f"file://{secret}", 10)
+            return held, local
+
+        held, local = _talk_to(served.port, key, announce)
+    finally:
+        served.stop()
+        httpd.shutdown()
+    assert not held.success and hits == [], "not fetched while a spoken confirmation is awaited"
+    assert not local.success
