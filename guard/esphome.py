@@ -402,6 +402,11 @@ class EsphomeServer:
                     api_pb2.ListEntitiesDoneResponse()]
             case api_pb2.SubscribeStatesRequest():
                 return [self._mute_state(), *([self._speaker_state(False)] if self.speaker is not None else [])]
+            case api_pb2.VoiceAssistantEventResponse(event_type=api_pb2.VOICE_ASSISTANT_TTS_END, data=data) \
+                    if connection is self._hub and self.speaker is not None:
+                url = next((d.value for d in data if d.name == "url"), "")
+                if url:  # Assist's spoken answer to a released request, converted to the speaker's format
+                    self._loop.create_task(self._announce(None, url))
             case api_pb2.VoiceAssistantAnnounceRequest(media_id=url):
                 self._loop.create_task(self._announce(connection, url))
             case api_pb2.MediaPlayerCommandRequest(key=key, has_media_url=True, media_url=url) if key == SPEAKER_KEY:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import speech
 from aioesphomeapi import APIClient, InvalidEncryptionKeyAPIError, RequiresEncryptionAPIError
-from aioesphomeapi.model import VoiceAssistantTimerEventType
+from aioesphomeapi.model import VoiceAssistantEventType, VoiceAssistantTimerEventType
 from conftest import GUARD, alsa_home, consent_window_open, daemon_config, until
 
 from guard import audit, config, esphome, timers
@@ -265,9 +265,14 @@ class HomeAssistantVoice:
             self.runs.append("abort" if abort else "end")
 
         client.subscribe_voice_assistant(handle_start=start, handle_stop=stop, handle_audio=audio)
+        self._client, self._loop = client, asyncio.get_running_loop()
         self.ready.set()
         await asyncio.to_thread(self._stop.wait)
         await client.disconnect()
+
+    def event(self, kind, data: dict[str, str]) -> None:
+        """A pipeline event as Home Assistant sends it during a run (TTS_END carries the answer's URL)."""
+        self._loop.call_soon_threadsafe(self._client.send_voice_assistant_event, kind, data)
 
     def close(self) -> None:
         self._stop.set()
@@ -508,3 +513,47 @@ def test_nothing_is_announced_while_a_spoken_confirmation_is_awaited_and_only_ht
         httpd.shutdown()
     assert not held.success and hits == [], "not fetched while a spoken confirmation is awaited"
     assert not local.success
+
+
+class RecordingSpeaker:
+    """Stands in for the PortAudio speaker (whose real path the announcement test runs): keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.played = bytearray()
+        self.formats: list[tuple[int, int, int]] = []
+        self.done = threading.Event()
+
+    def start(self, rate: int, width: int, channels: int) -> None:
+        self.formats.append((rate, width, channels))
+
+    def write(self, audio: bytes) -> None:
+        self.played += audio
+
+    def stop(self) -> None:
+        self.done.set()
+
+
+def test_assists_spoken_answer_plays_only_from_the_hub(tmp_path):
+    answer = (3000 * np.sin(np.arange(8000) / 5) + 200).astype(np.int16)
+    httpd, url = _serve_file(speech.write_wav(tmp_path / "answer.wav", answer))
+    speaker = RecordingSpeaker()
+    served = EsphomeServer(b"k" * 32, "kitchen", lambda c: None, "127.0.0.1", 0, speaker=speaker)
+    served.start()
+    key = base64.b64encode(b"k" * 32).decode()
+    tts_end = VoiceAssistantEventType.VOICE_ASSISTANT_TTS_END
+    try:
+        async def not_the_hub(client):  # a connection that never subscribed to voice assistant
+            client.send_voice_assistant_event(tts_end, {"url": url})
+            await asyncio.sleep(0.5)
+
+        _talk_to(served.port, key, not_the_hub)
+        assert not speaker.done.is_set(), "an answer from a connection that is not the hub is not played"
+        home_assistant = HomeAssistantVoice(served.port, key)
+        assert home_assistant.ready.wait(10) and until(lambda: served.hub() != "")
+        home_assistant.event(tts_end, {"url": url})
+        assert speaker.done.wait(10)
+        home_assistant.close()
+    finally:
+        served.stop()
+        httpd.shutdown()
+    assert speaker.formats == [(16000, 2, 1)] and bytes(speaker.played) == answer.tobytes()
