@@ -584,8 +584,8 @@ def load(explicit: str | None = None) -> tuple[Config, Path | None]:
 
 
 def _check_trust(path: Path, config: Config) -> None:
-    """The config, every file and folder a sink depends on, and the broker's TLS files may be changed only by
-    root or this user, all the way up (see trust.py)."""
+    """The config, every file and folder a sink depends on, the broker's TLS files and the ESPHome key may be
+    changed only by root or this user, all the way up (see trust.py)."""
     problem = trust.untrusted(path)
     if problem:
         raise ConfigError(problem)
@@ -598,6 +598,8 @@ def _check_trust(path: Path, config: Config) -> None:
     if config.mqtt.host and config.mqtt.tls:  # the CA decides which broker is believed to be the broker
         named += [(f"[mqtt] {key}", trust.untrusted(Path(getattr(config.mqtt, key)).expanduser()))
                   for key in ("ca_file", "cert_file", "key_file") if getattr(config.mqtt, key)]
+    if config.esphome.port:  # whoever holds the key is Home Assistant, the one that receives released requests
+        named.append(("[esphome] key_file", trust.untrusted(config.esphome.resolved_key_file())))
     for key, problem in named:
         if problem:
             raise ConfigError(f"{path}: {key}: {problem}")

@@ -557,3 +557,23 @@ def test_assists_spoken_answer_plays_only_from_the_hub(tmp_path):
         served.stop()
         httpd.shutdown()
     assert speaker.formats == [(16000, 2, 1)] and bytes(speaker.played) == answer.tobytes()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another owner needs root (CI runs as root)")
+def test_a_key_file_another_account_could_replace_is_refused_at_start(tmp_path):
+    """Whoever holds the key is Home Assistant, which receives released requests: the key file is judged by the
+    same trust rules as a sink's folder."""
+    folder = tmp_path / "state"
+    folder.mkdir(mode=0o755)
+    key_file = folder / "esphome.key"
+    esphome.write_key(key_file)
+    toml = tmp_path / "guard.toml"
+    toml.write_text(f'[esphome]\nport = 6053\nkey_file = "{key_file}"\n')
+    assert config.load(str(toml))[0].esphome.port == 6053
+    os.chown(folder, 65534, 65534)
+    try:
+        refused = rf"\[esphome\] key_file: {folder} \(on the way to {key_file}\): owned by"
+        with pytest.raises(ConfigError, match=refused):
+            config.load(str(toml))
+    finally:
+        os.chown(folder, 0, 0)
