@@ -13,7 +13,7 @@ import os
 import re
 import socket
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ def engine_for(name: str, engine: str) -> str:
 
 
 SYSTEM_CONFIG = Path("/etc/guard/guard.toml")
+CHECKOUT_MODELS = Path(__file__).resolve().parent.parent / "models"  # a checkout's models/, beside guard/
 
 
 def _doc(text: str, lo: float | None = None, hi: float | None = None, **extra: Any) -> dict:
@@ -230,7 +231,9 @@ class WakeConfig:
         "skipped ones through the features (up to 3.2 s; 9.6 s with micro) and the "
         "newest through the models (what each remembers, at most 2 s), so no wake is lost or late; "
         "-120: never rest", -120, 0))
-    models_dir: str = field(default="", metadata=_doc("folder of your own .onnx models, used by name; empty: none"))
+    models_dir: str = field(default="", metadata=_doc(
+        "folder of your own .onnx models, used by name; empty: models/ beside the config file in use "
+        "(/etc/guard/models for the service), else a checkout's models/"))
     overrides: dict = field(default_factory=dict, metadata=_doc(
         "per-model engine, threshold, patience_frames, refractory_seconds: [wake.overrides.alexa]"))
 
@@ -568,7 +571,7 @@ def load(explicit: str | None = None) -> tuple[Config, Path | None]:
     """Find, read and validate the config; returns it and the file it came from."""
     path = find_path(explicit)
     if path is None:
-        return Config(), None
+        return _with_models_dir(Config(), None), None
     try:
         with path.open("rb") as f:
             raw = tomllib.load(f)
@@ -578,9 +581,19 @@ def load(explicit: str | None = None) -> tuple[Config, Path | None]:
         raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    config = parse(raw, str(path))
+    config = _with_models_dir(parse(raw, str(path)), path)
     _check_trust(path, config)
     return config, path
+
+
+def _with_models_dir(config: Config, path: Path | None) -> Config:
+    """An empty [wake] models_dir becomes the `models` folder beside the config file, else a checkout's."""
+    if config.wake.models_dir:
+        return config
+    for folder in ([path.parent / "models"] if path else []) + [CHECKOUT_MODELS]:
+        if folder.is_dir():
+            return replace(config, wake=replace(config.wake, models_dir=str(folder)))
+    return config
 
 
 def _check_trust(path: Path, config: Config) -> None:
