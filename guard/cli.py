@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import __version__, audit, config, confirm, confusables, demo, models, mqtt, parts, sinks
+from guard import __version__, audit, config, confirm, confusables, demo, esphome, models, mqtt, parts, sinks
 from guard.audio import list_devices
 from guard.config import ENGINES
 from guard.daemon import Daemon, RunOptions, serve
@@ -191,6 +191,17 @@ def cmd_forget(args: argparse.Namespace) -> int:
     cleared = mqtt.forget(cfg.mqtt, device_id, cfg.audit.resolved_path().parent / "mqtt-discovered")
     print(f"{device_id}: cleared {len(cleared)} retained topics on {cfg.mqtt.host}:{cfg.mqtt.port}; "
           "Home Assistant removes the device and its entities")
+    return ExitStatus.OK
+
+
+def cmd_esphome_key(args: argparse.Namespace) -> int:
+    cfg, _ = config.load(args.config)
+    path = cfg.esphome.resolved_key_file()
+    key = esphome.write_key(path)
+    print(key)
+    print(f"written to {path} (mode 600). In Home Assistant: Settings > Devices & services > Add integration > "
+          f"ESPHome, host: this Pi's address, port: {cfg.esphome.port or 6053}; paste the key above when it asks "
+          "for the encryption key.", file=sys.stderr)
     return ExitStatus.OK
 
 
@@ -469,6 +480,12 @@ def _build_verbs(verbs) -> list[argparse.ArgumentParser]:
                                           "retiring a guard; sudo ./install.sh --uninstall runs it for you. A "
                                           "guard still running announces itself again.")
     forget.set_defaults(func=cmd_forget)
+
+    key = verbs.add_parser("esphome-key", help="make the key Home Assistant's ESPHome integration asks for",
+                           description="Write a fresh 32-byte encryption key to [esphome] key_file (mode 600, "
+                                       "never over an existing one) and print it for Home Assistant. Only a "
+                                       "client holding it can talk to the guard's ESPHome API.")
+    key.set_defaults(func=cmd_esphome_key)
 
     trail = verbs.add_parser("audit", help="show or verify the audit log",
                              description="Show the hash-chained log of every wake, release, discard and "

@@ -13,7 +13,7 @@ import os
 import re
 import socket
 import tomllib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ def engine_for(name: str, engine: str) -> str:
 
 
 SYSTEM_CONFIG = Path("/etc/guard/guard.toml")
+CHECKOUT_MODELS = Path(__file__).resolve().parent.parent / "models"  # a checkout's models/, beside guard/
 
 
 def _doc(text: str, lo: float | None = None, hi: float | None = None, **extra: Any) -> dict:
@@ -230,7 +231,9 @@ class WakeConfig:
         "skipped ones through the features (up to 3.2 s; 9.6 s with micro) and the "
         "newest through the models (what each remembers, at most 2 s), so no wake is lost or late; "
         "-120: never rest", -120, 0))
-    models_dir: str = field(default="", metadata=_doc("folder of your own .onnx models, used by name; empty: none"))
+    models_dir: str = field(default="", metadata=_doc(
+        "folder of your own .onnx models, used by name; empty: models/ beside the config file in use "
+        "(/etc/guard/models for the service), else a checkout's models/"))
     overrides: dict = field(default_factory=dict, metadata=_doc(
         "per-model engine, threshold, patience_frames, refractory_seconds: [wake.overrides.alexa]"))
 
@@ -355,20 +358,39 @@ class WyomingConfig:
 
 
 @dataclass(frozen=True)
+class EsphomeConfig:
+    """[esphome]: be a device Home Assistant's ESPHome integration adds, keyed with the owner's encryption key."""
+
+    port: int = field(default=0, metadata=_doc(
+        "the ESPHome API's port (6053 is ESPHome's own); 0: off", 0, 65535))
+    host: str = field(default="0.0.0.0", metadata=_doc(
+        "the address it listens on; every client must hold the key (Noise encryption), others are refused"))
+    zeroconf: bool = field(default=True, metadata=_doc(
+        "announce the device on the local network (_esphomelib._tcp), so Home Assistant offers to add it"))
+    key_file: str = field(default="", metadata=_doc(
+        "the 32-byte key Home Assistant asks for when it adds the device, made by guard esphome-key; "
+        "empty: esphome.key in the state directory"))
+
+    def resolved_key_file(self) -> Path:
+        return Path(self.key_file).expanduser() if self.key_file else state_dir() / "esphome.key"
+
+
+@dataclass(frozen=True)
 class SinkConfig:
     """[sinks.NAME]: one place released audio may go. Only this file can name one."""
 
     type: str = field(default="directory", metadata=_doc(
         "directory (a WAV file per release), command (the WAV on its stdin), mqtt (guard/<id>/audio/<utterance>) "
         "hermes (Rhasspy's ASR: hermes/audioServer/<id>/audioFrame; needs [mqtt] hermes = true) "
-        "or wyoming (Home Assistant Assist, through the [wyoming] satellite)",
-        parse=lambda v: _choice(v, ("directory", "command", "mqtt", "hermes", "wyoming"))))
+        "wyoming (Home Assistant Assist, through the [wyoming] satellite) or esphome (Home Assistant Assist, "
+        "through the encrypted [esphome] API)",
+        parse=lambda v: _choice(v, ("directory", "command", "mqtt", "hermes", "wyoming", "esphome"))))
     path: str = field(default="", metadata=_doc("directory sink: the folder the WAV files go to"))
     command: tuple[str, ...] = field(default=(), metadata=_doc(
         'command sink: argv, run without a shell, e.g. ["/usr/local/bin/upload", "--quiet"]'))
     timeout_seconds: float = field(default=30.0, metadata=_doc(
         "command sink: killed after this long; mqtt and hermes sinks: wait this long for the broker's ack; "
-        "wyoming sink: for the audio to be written to Home Assistant", 1, 600))
+        "wyoming and esphome sinks: for the audio to be written to Home Assistant", 1, 600))
     confirm: tuple[str, ...] = field(default=("button",), metadata=_doc(
         'which consent releases to this sink: ["button"] or ["button", "voice"] (voice needs guard enroll)',
         parse=_parse_confirm))
@@ -385,6 +407,7 @@ class Config:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     wyoming: WyomingConfig = field(default_factory=WyomingConfig)
+    esphome: EsphomeConfig = field(default_factory=EsphomeConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     confirm: ConfirmConfig = field(default_factory=ConfirmConfig)
     sinks: dict[str, SinkConfig] = field(default_factory=dict)
@@ -508,6 +531,8 @@ def parse(raw: dict, source: str) -> Config:
         if sink.type == "wyoming" and not config.wyoming.uri:
             raise ConfigError(f"{source}: [sinks.{name}] is a wyoming sink; it needs [wyoming] uri, "
                               'e.g. "tcp://0.0.0.0:10700"')
+        if sink.type == "esphome" and not config.esphome.port:
+            raise ConfigError(f"{source}: [sinks.{name}] is an esphome sink; it needs [esphome] port, e.g. 6053")
         if sink.type == "hermes" and not config.mqtt.hermes:
             raise ConfigError(f"{source}: [sinks.{name}] is a hermes sink; it needs [mqtt] hermes = true, "
                               "so that Rhasspy hears of the wake and starts listening")
@@ -546,7 +571,7 @@ def load(explicit: str | None = None) -> tuple[Config, Path | None]:
     """Find, read and validate the config; returns it and the file it came from."""
     path = find_path(explicit)
     if path is None:
-        return Config(), None
+        return _with_models_dir(Config(), None), None
     try:
         with path.open("rb") as f:
             raw = tomllib.load(f)
@@ -556,14 +581,24 @@ def load(explicit: str | None = None) -> tuple[Config, Path | None]:
         raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    config = parse(raw, str(path))
+    config = _with_models_dir(parse(raw, str(path)), path)
     _check_trust(path, config)
     return config, path
 
 
+def _with_models_dir(config: Config, path: Path | None) -> Config:
+    """An empty [wake] models_dir becomes the `models` folder beside the config file, else a checkout's."""
+    if config.wake.models_dir:
+        return config
+    for folder in ([path.parent / "models"] if path else []) + [CHECKOUT_MODELS]:
+        if folder.is_dir():
+            return replace(config, wake=replace(config.wake, models_dir=str(folder)))
+    return config
+
+
 def _check_trust(path: Path, config: Config) -> None:
-    """The config, every file and folder a sink depends on, and the broker's TLS files may be changed only by
-    root or this user, all the way up (see trust.py)."""
+    """The config, every file and folder a sink depends on, the broker's TLS files and the ESPHome key may be
+    changed only by root or this user, all the way up (see trust.py)."""
     problem = trust.untrusted(path)
     if problem:
         raise ConfigError(problem)
@@ -576,6 +611,8 @@ def _check_trust(path: Path, config: Config) -> None:
     if config.mqtt.host and config.mqtt.tls:  # the CA decides which broker is believed to be the broker
         named += [(f"[mqtt] {key}", trust.untrusted(Path(getattr(config.mqtt, key)).expanduser()))
                   for key in ("ca_file", "cert_file", "key_file") if getattr(config.mqtt, key)]
+    if config.esphome.port:  # whoever holds the key is Home Assistant, the one that receives released requests
+        named.append(("[esphome] key_file", trust.untrusted(config.esphome.resolved_key_file())))
     for key, problem in named:
         if problem:
             raise ConfigError(f"{path}: {key}: {problem}")

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from guard import health, parts, sinks
+from guard import esphome, health, parts, sinks
 from guard.audit import AuditLog
 from guard.config import Config
 from guard.dsp import FRAME_SECONDS
 from guard.errors import ExitStatus
+from guard.esphome import EsphomeServer
 from guard.gate import Delivery, Gate
 from guard.inbox import (
     ButtonMove,
@@ -35,13 +36,15 @@ from guard.inbox import (
     Refusal,
     SourceFailed,
     Stop,
+    TimerHeard,
 )
 from guard.microphone import Microphone
 from guard.mqtt import MqttLink
 from guard.satellite import AssistSatellite
 from guard.sound import Chimes, Speaker
 from guard.systemd import Notifier
-from guard.vocabulary import Event, LedPattern, State
+from guard.timers import Ringer, Timer, Timers
+from guard.vocabulary import Event, EventKind, LedPattern, State
 from guard.wake import WakeDetector
 
 log = logging.getLogger(__name__)
@@ -132,7 +135,11 @@ class Daemon:
         self.chimes = Chimes(self.speaker, config.audio.chime_volume) if config.audio.chimes else None
         self.satellite = AssistSatellite(config.wyoming, device_id, self.inbox.post, list(config.wake.models),
                                          self.speaker) if config.wyoming.uri else None
-        self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite)
+        self.esphome = EsphomeServer(esphome.read_key(config.esphome.resolved_key_file()), device_id,
+                                     self.inbox.post, config.esphome.host, config.esphome.port,
+                                     announce=config.esphome.zeroconf, speaker=self.speaker) \
+            if config.esphome.port else None
+        self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite, self.esphome)
         self.pin_factory, self.button, self.led = parts.gpio(config, options.gpio, self.post_move)
         self.deliveries = Deliveries(self.inbox.post)
         self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
@@ -148,6 +155,10 @@ class Daemon:
         if self.mqtt is not None:
             self.mqtt.health = self.health
         self.notifier = Notifier()
+        self.timers = Timers(self._ring, self.clock)
+        self.ringer = Ringer(self.speaker, config.audio.chime_volume) if self.speaker else None
+        self._pattern = LedPattern.IDLE  # what the gate wants the LED to show (a ring shows over it)
+        self._swallowing = False  # the press that stopped a ring: its up (and a long hold) go nowhere
 
     def _publish(self, event: Event) -> None:
         if self.chimes is not None:
@@ -155,6 +166,8 @@ class Daemon:
         self.options.publish(event)
         if self.mqtt is not None:
             self.mqtt.event(event)
+        if self.esphome is not None and event.kind in (EventKind.MUTED, EventKind.UNMUTED):
+            self.esphome.show_muted(event.kind is EventKind.MUTED)
 
     def post_move(self, move: ButtonMove) -> None:
         """The button moved (gpiozero's thread), stamped with the time it happened."""
@@ -166,11 +179,20 @@ class Daemon:
 
     def _show(self, pattern: LedPattern) -> None:
         """The LED shows the pattern; while a spoken confirmation is awaited nothing from the hub plays."""
-        if self.satellite is not None:
-            held = pattern is LedPattern.PENDING_VOICE
-            (self.satellite.playback_held.set if held else self.satellite.playback_held.clear)()
-        if self.led is not None:
+        held = pattern is LedPattern.PENDING_VOICE
+        for hub in (self.satellite, self.esphome):
+            if hub is not None:
+                (hub.playback_held.set if held else hub.playback_held.clear)()
+        self._pattern = pattern
+        if self.led is not None and not self.timers.ringing:
             self.led.show(pattern)
+
+    def _ring(self, on: bool) -> None:
+        """A finished timer rings (on), or its ring stopped: the LED shows it over the gate's pattern."""
+        if self.led is not None:
+            self.led.show(LedPattern.TIMER if on else self._pattern)
+        if self.ringer is not None:
+            (self.ringer.start if on else self.ringer.stop)()
 
     def _set_listening(self, on: bool) -> None:
         if on:
@@ -207,6 +229,8 @@ class Daemon:
             self.mqtt.start()
         if self.satellite is not None:
             self.satellite.start()
+        if self.esphome is not None:
+            self.esphome.start()
         reader = threading.Thread(target=self.audio.read, name="audio", daemon=True)
         reader.start()
         self.audio.listening_again()
@@ -233,6 +257,10 @@ class Daemon:
                     self._handle(message)
             if self.mqtt is not None:
                 self.mqtt.stop()
+            if self.esphome is not None:
+                self.esphome.stop()
+            if self.ringer is not None:
+                self.ringer.stop()
             self._close()
 
     def step(self) -> None:
@@ -241,6 +269,7 @@ class Daemon:
         try:
             self._handle(message)
             self.gate.tick()
+            self.timers.tick()
             self.notifier.watchdog(self.audio.alive())
             self._report_dropped()
             self.audio.check(idle=self.gate.state is State.IDLE)
@@ -263,6 +292,8 @@ class Daemon:
         match message:
             case Frame(samples, generation):
                 self._hear(samples, generation)
+            case ButtonMoved(move) if self.timers.ringing or self._swallowing:
+                self._stop_ring(move)
             case ButtonMoved(ButtonMove.DOWN, at):
                 self.gate.button_down(at)
             case ButtonMoved(ButtonMove.UP, at):
@@ -274,11 +305,21 @@ class Daemon:
                  "wipe": self.gate.wipe}[verb](by)
             case Refusal(by, peer, kind, reason, count):
                 self.gate.refuse(by, f"{kind}: {reason}", peer=peer, count=count)
+            case TimerHeard(kind, timer_id, name, total, left):
+                self.timers.heard(kind, Timer(timer_id, name, total, left))
             case SourceFailed(reason, generation):
                 self.audio.failed(reason, generation)
             case Delivered(delivery):
                 self.deliveries.recorded(delivery)
                 self.gate.delivered(delivery)
+
+    def _stop_ring(self, move: ButtonMove) -> None:
+        """A press while a timer rings only stops the ring: the gate never hears it, so it releases nothing."""
+        if move is ButtonMove.DOWN:
+            self.timers.stop("the button")
+            self._swallowing = True
+        elif move is ButtonMove.UP:
+            self._swallowing = False
 
     def _hear(self, samples: np.ndarray, generation: int) -> None:
         self.audio.heard(samples, generation)

@@ -23,9 +23,11 @@ PATTERNS: dict[LedPattern, tuple[float, float] | tuple | None] = {
     LedPattern.PENDING_VOICE: (0.45, 0.15),  # mostly on: also listening for the spoken confirmation
     LedPattern.MUTED: (),
     LedPattern.FAULT: (0.05, 0.95),
+    LedPattern.TIMER: (1.0, 0.25),  # long on, short off: unlike any consent pattern
 }
 COLOURS = {LedPattern.CAPTURING: (0, 0, 1), LedPattern.PENDING: (1, 0.5, 0), LedPattern.PENDING_VOICE: (0, 1, 1),
-           LedPattern.MUTED: (1, 0, 0), LedPattern.FAULT: (1, 0, 0), LedPattern.RELEASED: (0, 1, 0)}
+           LedPattern.MUTED: (1, 0, 0), LedPattern.FAULT: (1, 0, 0), LedPattern.RELEASED: (0, 1, 0),
+           LedPattern.TIMER: (1, 1, 1)}
 RELEASED_FLASHES = 3
 
 

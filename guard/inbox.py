@@ -66,6 +66,18 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class TimerHeard:
+    """What Home Assistant said of a timer (the ESPHome server's or the satellite's thread): started, updated,
+    cancelled or finished."""
+
+    kind: str
+    timer_id: str
+    name: str
+    total_seconds: int
+    seconds_left: int
+
+
+@dataclass(frozen=True)
 class SourceFailed:
     """The microphone or file failed (the audio thread); `generation` names the stream that failed."""
 
@@ -93,7 +105,7 @@ class Frame:
     generation: int
 
 
-Message = ButtonMoved | Command | Refusal | SourceFailed | Delivered | Stop | Frame
+Message = ButtonMoved | Command | Refusal | TimerHeard | SourceFailed | Delivered | Stop | Frame
 
 
 def lane_of(message: Message) -> Lane:
@@ -103,7 +115,7 @@ def lane_of(message: Message) -> Lane:
             return Lane.URGENT
         case SourceFailed() | Delivered():
             return Lane.LOCAL
-        case Command() | Refusal():
+        case Command() | Refusal() | TimerHeard():
             return Lane.REMOTE
         case Frame():
             return Lane.FRAMES

@@ -26,13 +26,14 @@ from wyoming.ping import Ping, Pong
 from wyoming.pipeline import PipelineStage, RunPipeline
 from wyoming.satellite import PauseSatellite, RunSatellite
 from wyoming.snd import Played
+from wyoming.timer import TimerCancelled, TimerFinished, TimerStarted, TimerUpdated
 from wyoming.wake import Detect
 
 from guard import __version__
 from guard.config import WyomingConfig
 from guard.dsp import RATE_HZ
 from guard.errors import DeliveryUncertain, GuardError
-from guard.inbox import Command, Refusal
+from guard.inbox import Command, Refusal, TimerHeard
 from guard.refusals import RefusalTally
 from guard.sound import Speaker
 
@@ -249,6 +250,8 @@ class AssistSatellite:
                                                                "after a local act of consent")
         elif AudioStart.is_type(event.type) or AudioChunk.is_type(event.type) or AudioStop.is_type(event.type):
             await self._answer(connection, event)
+        elif connection is self._hub and (timer := _timer(event)) is not None:
+            self.post(timer)
         elif Error.is_type(event.type):
             log.warning("Home Assistant: %s", Error.from_event(event).text[:200])
         else:
@@ -348,3 +351,18 @@ class _Connection:
 
     def close(self) -> None:
         self.writer.transport.abort()
+
+
+def _timer(event: Event) -> TimerHeard | None:
+    """A Wyoming timer event as the loop takes it, or None if the event is not one."""
+    if TimerStarted.is_type(event.type):
+        t = TimerStarted.from_event(event)
+        return TimerHeard("started", t.id[:64], (t.name or "")[:64], t.total_seconds, t.total_seconds)
+    if TimerUpdated.is_type(event.type):
+        u = TimerUpdated.from_event(event)
+        return TimerHeard("updated", u.id[:64], "", u.total_seconds, u.total_seconds)
+    if TimerCancelled.is_type(event.type):
+        return TimerHeard("cancelled", TimerCancelled.from_event(event).id[:64], "", 0, 0)
+    if TimerFinished.is_type(event.type):
+        return TimerHeard("finished", TimerFinished.from_event(event).id[:64], "", 0, 0)
+    return None

@@ -239,12 +239,13 @@ def _sent_by(name: str, send: Callable[..., str], *args) -> str:
         raise SinkError(f"sink {name}: {e}") from None
 
 
-class WyomingSink:
-    """Runs a Home Assistant Assist pipeline from speech-to-text on each release, through the satellite.
+class AssistSink:
+    """Runs a Home Assistant Assist pipeline from speech-to-text on each release, through the Wyoming satellite
+    or the ESPHome API.
 
     Args:
         name: the sink's name in the config.
-        send: the satellite's `send(pcm, timeout_seconds) -> peer`.
+        send: the satellite's (or ESPHome server's) `send(pcm, timeout_seconds) -> peer`.
         timeout_seconds: how long writing the audio to Home Assistant may take.
         hub: who the satellite would send to now, for the record of a release that may have arrived.
     """
@@ -266,7 +267,7 @@ class WyomingSink:
         return _sent_by(self.name, self.send, memoryview(wav)[WAV_HEADER_BYTES:], self.timeout_seconds)
 
 
-Sink = DirectorySink | CommandSink | MqttSink | HermesSink | WyomingSink
+Sink = DirectorySink | CommandSink | MqttSink | HermesSink | AssistSink
 
 
 class MqttSender(Protocol):
@@ -280,7 +281,7 @@ class MqttSender(Protocol):
 
 
 class AssistSender(Protocol):
-    """What the Wyoming sink needs of the satellite (satellite.AssistSatellite)."""
+    """What an Assist sink needs of the satellite (satellite.AssistSatellite) or the ESPHome server."""
 
     def send(self, audio: memoryview, timeout_seconds: float) -> str: ...
 
@@ -288,9 +289,9 @@ class AssistSender(Protocol):
 
 
 def build(sinks: dict[str, SinkConfig], device_id: str, mqtt: MqttSender | None = None,
-          assist: AssistSender | None = None) -> list[Sink]:
-    """The configured sinks, in config order (config refuses mqtt and hermes sinks without [mqtt], and
-    wyoming sinks without [wyoming])."""
+          assist: AssistSender | None = None, esphome: AssistSender | None = None) -> list[Sink]:
+    """The configured sinks, in config order (config refuses mqtt and hermes sinks without [mqtt], wyoming
+    sinks without [wyoming], and esphome sinks without [esphome])."""
     built: list[Sink] = []
     for name, c in sinks.items():
         if c.type == "directory":
@@ -300,8 +301,9 @@ def build(sinks: dict[str, SinkConfig], device_id: str, mqtt: MqttSender | None 
         elif c.type == "hermes":
             built.append(HermesSink(name, mqtt and mqtt.send_hermes_audio, c.timeout_seconds,
                                     f"{mqtt and mqtt.url}/hermes/audioServer/{device_id}/audioFrame"))
-        elif c.type == "wyoming":
-            built.append(WyomingSink(name, assist and assist.send, c.timeout_seconds, assist and assist.hub))
+        elif c.type in ("wyoming", "esphome"):
+            via = assist if c.type == "wyoming" else esphome
+            built.append(AssistSink(name, via and via.send, c.timeout_seconds, via and via.hub))
         else:
             built.append(MqttSink(name, mqtt and mqtt.send_audio, c.timeout_seconds,
                                   f"{mqtt and mqtt.url}/guard/{device_id}/audio/"))

@@ -40,7 +40,7 @@ class EventKind(StrEnum):
 
 
 class LedPattern(StrEnum):
-    """What the LED shows: one per state, and two that are not states."""
+    """What the LED shows: one per state, and three that are not states."""
 
     IDLE = "idle"
     CAPTURING = "capturing"
@@ -49,6 +49,7 @@ class LedPattern(StrEnum):
     RELEASED = "released"  # a short flash after a release, then dark
     MUTED = "muted"
     FAULT = "fault"
+    TIMER = "timer"  # a finished timer rings; a press stops it and releases nothing
 
     @classmethod
     def of(cls, state: State) -> "LedPattern":

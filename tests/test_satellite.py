@@ -24,6 +24,7 @@ from wyoming.info import Info
 from wyoming.pipeline import PipelineStage, RunPipeline
 from wyoming.satellite import PauseSatellite, RunSatellite
 from wyoming.snd import Played
+from wyoming.timer import TimerFinished, TimerStarted
 from wyoming.tts import Synthesize
 from wyoming.wake import Detect
 
@@ -31,7 +32,7 @@ from guard import audit, config
 from guard.daemon import Daemon, RunOptions
 from guard.sound import read_chime
 from guard.vocabulary import Event as GateEvent
-from guard.vocabulary import State
+from guard.vocabulary import LedPattern, State
 from guard.wake import WakeDetector
 
 
@@ -296,3 +297,30 @@ def test_home_assistants_own_satellite_code_gets_only_the_released_request_and_i
     assert [e.kind for _, e in records["discarded"]] == ["discarded"], "the second request was wiped"
     out_samples = np.frombuffer(played.read_bytes(), "<i2")
     assert np.array_equal(np.trim_zeros(out_samples), answer), "the answer Home Assistant streamed is what played"
+
+
+def test_a_timer_finished_on_the_wyoming_path_rings_on_the_led_until_a_press(tmp_path, quiet_wav):
+    """Home Assistant sends Wyoming satellites timer events too: the hub's finished timer rings (the LED here,
+    no speaker configured) and the press that stops it releases and mutes nothing."""
+    cfg = _config(tmp_path, free_port())
+    daemon = _daemon(cfg, quiet_wav, lambda e: None)
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    port = int(cfg.wyoming.uri.rsplit(":", 1)[1])
+    try:
+        home_assistant = HomeAssistant(port)
+        assert until(lambda: daemon.satellite.connected)
+        home_assistant.send(TimerStarted(id="t1", total_seconds=1, name="eggs").event())
+        assert until(lambda: "t1" in daemon.timers.active)
+        home_assistant.send(TimerFinished(id="t1").event())
+        assert until(lambda: daemon.timers.ringing and daemon.led.showing is LedPattern.TIMER)
+        pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+        pin.drive_low()
+        pin.drive_high()
+        assert until(lambda: not daemon.timers.ringing and daemon.led.showing is LedPattern.IDLE)
+        home_assistant.close()
+    finally:
+        daemon.stop()
+        thread.join(10)
+    assert daemon.gate.state is State.IDLE
+    assert not any(r["event"] in ("muted", "releasing") for r in audit.read(tmp_path / "audit.jsonl"))

@@ -102,6 +102,7 @@ def _mode(path: Path) -> str:
 def test_system_install_lands_with_the_right_modes_and_is_idempotent(staged):
     assert _mode(staged / "etc/guard/guard.toml") == "640"
     assert _mode(staged / "etc/guard") == "750"
+    assert _mode(staged / "etc/guard/models") == "755", "the owner's own wake-word models go here"
     assert _mode(staged / "var/lib/guard") == "700"
     assert _mode(staged / "etc/guard/mqtt-password") == "600"
     assert (staged / "etc/systemd/system/guard.service").read_bytes() == (ROOT / "systemd/guard.service").read_bytes()

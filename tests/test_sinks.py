@@ -19,12 +19,12 @@ from guard import config
 from guard.errors import DeliveryUncertain, GuardError, SinkError
 from guard.sinks import (
     COMMAND_PATH,
+    AssistSink,
     CommandSink,
     DirectorySink,
     HermesSink,
     MqttSink,
     Utterance,
-    WyomingSink,
     build,
 )
 from guard.wav import encode_wav
@@ -217,7 +217,7 @@ def test_a_hermes_or_wyoming_release_that_may_have_arrived_is_uncertain_one_not_
 
     def refused(audio, timeout):
         raise GuardError("not connected")
-    for sink in (HermesSink, WyomingSink):
+    for sink in (HermesSink, AssistSink):
         with pytest.raises(DeliveryUncertain, match=r"^sink a: part may have arrived in 3 s$"):
             sink("a", uncertain, 3.0).deliver(encode_wav(SAMPLES), UTTERANCE)
         with pytest.raises(SinkError, match=r"^sink a: not connected$") as e:
@@ -228,7 +228,7 @@ def test_a_hermes_or_wyoming_release_that_may_have_arrived_is_uncertain_one_not_
 
 def test_a_wyoming_release_hands_the_satellite_exactly_the_samples():
     got = []
-    peer = WyomingSink("assist", lambda pcm, t: got.append((bytes(pcm), t)) or "Home Assistant (h:1)", 5.0).deliver(
+    peer = AssistSink("assist", lambda pcm, t: got.append((bytes(pcm), t)) or "Home Assistant (h:1)", 5.0).deliver(
         encode_wav(SAMPLES), UTTERANCE)
     assert peer == "Home Assistant (h:1)" and got == [(SAMPLES.astype("<i2").tobytes(), 5.0)]
 
@@ -247,7 +247,7 @@ def test_sinks_from_a_config_file_are_built_by_their_type(tmp_path):
                                          '[mqtt]\nhost = "localhost"\nhermes = true\n')
     cfg, _ = config.load(str(tmp_path / "guard.toml"))
     assert [type(s).__name__ for s in build(cfg.sinks, "k", MQTT, ASSIST)] == [
-        "DirectorySink", "CommandSink", "MqttSink", "HermesSink", "WyomingSink"]
+        "DirectorySink", "CommandSink", "MqttSink", "HermesSink", "AssistSink"]
 
 
 def test_sinks_are_built_in_config_order_with_their_settings(tmp_path, monkeypatch):
@@ -258,7 +258,7 @@ def test_sinks_are_built_in_config_order_with_their_settings(tmp_path, monkeypat
                    "h": config.SinkConfig(type="hermes", timeout_seconds=4.0),
                    "w": config.SinkConfig(type="wyoming", timeout_seconds=5.0)}, "kitchen", MQTT, ASSIST)
     assert [type(s).__name__ for s in sinks] == [
-        "CommandSink", "DirectorySink", "MqttSink", "HermesSink", "WyomingSink"]
+        "CommandSink", "DirectorySink", "MqttSink", "HermesSink", "AssistSink"]
     assert [s.name for s in sinks] == ["z", "a", "m", "h", "w"]
     assert (sinks[3].send, sinks[3].timeout_seconds, sinks[4].send, sinks[4].timeout_seconds) == (len, 4.0, repr, 5.0)
     assert sinks[2].destination() == "mqtt://broker:1883/guard/kitchen/audio/"
