@@ -27,6 +27,7 @@ from guard.gate import Delivery, Gate
 from guard.inbox import (
     ButtonMove,
     ButtonMoved,
+    ChooseWakeWords,
     Command,
     Delivered,
     Frame,
@@ -137,7 +138,8 @@ class Daemon:
                                          self.speaker) if config.wyoming.uri else None
         self.esphome = EsphomeServer(esphome.read_key(config.esphome.resolved_key_file()), device_id,
                                      self.inbox.post, config.esphome.host, config.esphome.port,
-                                     announce=config.esphome.zeroconf, speaker=self.speaker) \
+                                     announce=config.esphome.zeroconf, speaker=self.speaker,
+                                     wake_words=config.wake.models) \
             if config.esphome.port else None
         self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite, self.esphome)
         self.pin_factory, self.button, self.led = parts.gpio(config, options.gpio, self.post_move)
@@ -305,6 +307,8 @@ class Daemon:
                  "wipe": self.gate.wipe}[verb](by)
             case Refusal(by, peer, kind, reason, count):
                 self.gate.refuse(by, f"{kind}: {reason}", peer=peer, count=count)
+            case ChooseWakeWords(by, names):
+                self._choose_wake_words(by, names)
             case TimerHeard(kind, timer_id, name, total, left):
                 self.timers.heard(kind, Timer(timer_id, name, total, left))
             case SourceFailed(reason, generation):
@@ -312,6 +316,15 @@ class Daemon:
             case Delivered(delivery):
                 self.deliveries.recorded(delivery)
                 self.gate.delivered(delivery)
+
+    def _choose_wake_words(self, by: str, names: tuple[str, ...]) -> None:
+        """Listen for these of the configured wake words only (others are ignored); the change is on the record."""
+        configured = self.config.wake.models
+        chosen = tuple(name for name in configured if name in names)
+        self.gate.record(EventKind.WAKE_WORDS, self.gate.state, by=by, model=",".join(chosen) or "none")
+        self.gate.detector.active = frozenset(chosen)
+        if self.esphome is not None:
+            self.esphome.show_wake_words(chosen)
 
     def _stop_ring(self, move: ButtonMove) -> None:
         """A press while a timer rings only stops the ring: the gate never hears it, so it releases nothing."""

@@ -38,7 +38,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 from guard import __version__
 from guard.dsp import RATE_HZ
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
-from guard.inbox import Command, TimerHeard
+from guard.inbox import ChooseWakeWords, Command, TimerHeard
 
 log = logging.getLogger(__name__)
 
@@ -216,15 +216,17 @@ class EsphomeServer:
         handshake_seconds: how long a new connection has to prove the key.
         announce: announce the device on the local network (mDNS), so Home Assistant offers to add it.
         speaker: where announcements and answers play ([audio] output_device), or None.
+        wake_words: the configured wake words, the only ones Home Assistant may choose among.
     """
 
     def __init__(self, key: bytes, device_id: str, post: Callable[[Command], object],
                  host: str = "0.0.0.0", port: int = 6053, handshake_seconds: float = HANDSHAKE_SECONDS,
-                 announce: bool = False, speaker=None) -> None:
+                 announce: bool = False, speaker=None, wake_words: tuple[str, ...] = ()) -> None:
         self.key, self.device_id, self.post = key, device_id, post
         self.host, self.port, self.handshake_seconds, self.announce = host, port, handshake_seconds, announce
         self._zeroconf: AsyncZeroconf | None = None
         self.speaker = speaker
+        self.wake_words, self.active_wake_words = wake_words, wake_words
         self.playback_held = threading.Event()  # set while a spoken confirmation is awaited: nothing plays
         self.mac = device_mac(device_id)
         self.muted = False  # what the mute switch shows: the guard is muted, by anyone
@@ -407,6 +409,10 @@ class EsphomeServer:
                 url = next((d.value for d in data if d.name == "url"), "")
                 if url:  # Assist's spoken answer to a released request, converted to the speaker's format
                     self._loop.create_task(self._announce(None, url))
+            case api_pb2.VoiceAssistantConfigurationRequest():
+                return [self._wake_word_configuration()]
+            case api_pb2.VoiceAssistantSetConfiguration(active_wake_words=names):
+                self.post(ChooseWakeWords(HUB, tuple(str(name)[:64] for name in names[:len(self.wake_words)])))
             case api_pb2.VoiceAssistantAnnounceRequest(media_id=url):
                 self._loop.create_task(self._announce(connection, url))
             case api_pb2.MediaPlayerCommandRequest(key=key, has_media_url=True, media_url=url) if key == SPEAKER_KEY:
@@ -418,6 +424,17 @@ class EsphomeServer:
             case api_pb2.SwitchCommandRequest(key=key, state=state) if key == MUTE_KEY:
                 self.post(Command(HUB, "mute" if state else "unmute"))
         return []
+
+    def show_wake_words(self, active: tuple[str, ...]) -> None:
+        """The loop chose these (a subset of the configured ones): the next configuration request says so."""
+        self.active_wake_words = active
+
+    def _wake_word_configuration(self) -> api_pb2.VoiceAssistantConfigurationResponse:
+        return api_pb2.VoiceAssistantConfigurationResponse(
+            available_wake_words=[api_pb2.VoiceAssistantWakeWord(
+                id=name, wake_word=name.replace("_", " ").title(), trained_languages=["en"])
+                for name in self.wake_words],
+            active_wake_words=list(self.active_wake_words), max_active_wake_words=len(self.wake_words))
 
     def features(self) -> int:
         """What Home Assistant's voice assistant may ask of the device: announcements only with a speaker."""

@@ -66,6 +66,14 @@ class Refusal:
 
 
 @dataclass(frozen=True)
+class ChooseWakeWords:
+    """Which of the configured wake words to listen for (the ESPHome server's thread), and who chose."""
+
+    by: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class TimerHeard:
     """What Home Assistant said of a timer (the ESPHome server's or the satellite's thread): started, updated,
     cancelled or finished."""
@@ -105,7 +113,7 @@ class Frame:
     generation: int
 
 
-Message = ButtonMoved | Command | Refusal | TimerHeard | SourceFailed | Delivered | Stop | Frame
+Message = ButtonMoved | Command | Refusal | ChooseWakeWords | TimerHeard | SourceFailed | Delivered | Stop | Frame
 
 
 def lane_of(message: Message) -> Lane:
@@ -115,7 +123,7 @@ def lane_of(message: Message) -> Lane:
             return Lane.URGENT
         case SourceFailed() | Delivered():
             return Lane.LOCAL
-        case Command() | Refusal() | TimerHeard():
+        case Command() | Refusal() | ChooseWakeWords() | TimerHeard():
             return Lane.REMOTE
         case Frame():
             return Lane.FRAMES

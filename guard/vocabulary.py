@@ -35,6 +35,7 @@ class EventKind(StrEnum):
     WIPED = "wiped"
     FAULT = "fault"
     RECOVERED = "recovered"
+    WAKE_WORDS = "wake-words"  # which of the configured wake words are listened for changed
     ERROR = "error"  # the MQTT link's own: a rejected or failed message, never the gate's
     SEALED = "sealed"  # the audit log's own: a line torn by a crash, sealed at the next start
 

@@ -394,6 +394,7 @@ class WakeDetector:
         self.vad = VoiceGate(vad_threshold) if vad_threshold > 0 else None
         self.rest_below_dbfs = rest_below_dbfs
         self.room = RoomFloor() if rest_below_dbfs is not None else None
+        self.active: frozenset[str] | None = None  # the wake words that wake; None: every configured one
         replay = max([REPLAY_FRAMES[w.engine] for w in wake_words] + [w.replay_frames for w in self.words])
         asks = any(w.second is not None for w in self.words)
         kept = max(replay if rest_below_dbfs is not None else 0, SECOND_OPINION_FRAMES if asks else 0)
@@ -427,7 +428,7 @@ class WakeDetector:
                 word.rest()
             return []
         self._push(frame)
-        detections = self._score()
+        detections = [d for d in self._score() if self.active is None or d.model in self.active]
         self.resting = self._quiet_run >= REST_AFTER_FRAMES and not keep_awake
         self._skipped = 0
         return detections

@@ -3,6 +3,7 @@ with the owner's key it reads the device and its mute switch; without it, or in 
 
 import asyncio
 import base64
+import dataclasses
 import http.server
 import os
 import signal
@@ -577,3 +578,35 @@ def test_a_key_file_another_account_could_replace_is_refused_at_start(tmp_path):
             config.load(str(toml))
     finally:
         os.chown(folder, 0, 0)
+
+
+def test_home_assistant_chooses_among_the_configured_wake_words_and_the_choice_is_recorded(tmp_path, quiet_wav):
+    """The wake-word choice offers the owner's configured words only; a word Home Assistant makes up is ignored;
+    a word turned off no longer wakes the guard; each choice is in the audit log."""
+    key_file = tmp_path / "esphome.key"
+    key = esphome.write_key(key_file)
+    cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=_free_port(), host="127.0.0.1",
+                                                               key_file=str(key_file), zeroconf=False))
+    cfg = dataclasses.replace(cfg, wake=dataclasses.replace(cfg.wake, models=("alexa", "hey_jarvis")))
+    daemon = Daemon(cfg, RunOptions(str(quiet_wav), "mock"), WakeDetector(cfg.wake.settings()))
+    thread = threading.Thread(target=daemon.run, daemon=True)
+    thread.start()
+    try:
+        assert daemon.esphome.serving.wait(10)
+
+        async def choose(client):
+            offered = await client.get_voice_assistant_configuration(10)
+            await client.set_voice_assistant_configuration(["hey_jarvis", "ok_google"])
+            assert await asyncio.to_thread(until, lambda: daemon.esphome.active_wake_words == ("hey_jarvis",))
+            return offered, await client.get_voice_assistant_configuration(10)
+
+        offered, after = _talk_to(daemon.esphome.port, key, choose)
+    finally:
+        daemon.stop()
+        thread.join(10)
+    assert [w.id for w in offered.available_wake_words] == ["alexa", "hey_jarvis"]
+    assert offered.active_wake_words == ["alexa", "hey_jarvis"] and after.active_wake_words == ["hey_jarvis"]
+    chose = [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "wake-words"]
+    assert [(r["by"], r["model"]) for r in chose] == [("esphome", "hey_jarvis")]
+    frames = speech.frames(speech.wake_clip("alexa", "en")[0])
+    assert not [d for f in frames for d in daemon.gate.detector.process(f)], "alexa no longer wakes it"
