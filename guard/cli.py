@@ -23,6 +23,7 @@ from guard.config import ENGINES
 from guard.daemon import Daemon, RunOptions, serve
 from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, level_dbfs
 from guard.errors import ExitStatus, GuardError, UsageError
+from guard.hardware import spi_problem
 from guard.process import forbid_core_dumps
 from guard.progress import Progress
 from guard.vocabulary import Event
@@ -329,7 +330,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _run_time_problems(cfg: config.Config) -> list[str]:
-    """What `guard run` would trip over with this config: models, sink folders and programs, secret files."""
+    """What `guard run` would trip over with this config: models, sink folders and programs, secret files, the
+    ESPHome key, the APA102 LEDs' SPI device."""
     problems = []
     try:
         for name in cfg.wake.models:
@@ -342,6 +344,12 @@ def _run_time_problems(cfg: config.Config) -> list[str]:
             mqtt.read_password(cfg.mqtt.password_file)
         except GuardError as e:
             problems.append(str(e))
+    if cfg.esphome.port:
+        try:
+            esphome.read_key(cfg.esphome.resolved_key_file())
+        except GuardError as e:
+            problems.append(str(e))
+    problems += [p for p in (spi_problem(cfg.gpio),) if p]
     return problems
 
 

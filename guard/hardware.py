@@ -4,10 +4,13 @@ Callbacks here only post the button's moves to the daemon's inbox; the gate deci
 what a press means.
 """
 
+import os
+import threading
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
-from gpiozero import LED, PWMLED, RGBLED, Button
+from gpiozero import LED, PWMLED, RGBLED, Button, Device, SPIDevice
 from gpiozero.exc import BadPinFactory, GPIOZeroError
 
 from guard.config import GpioConfig
@@ -78,6 +81,116 @@ class ConsentButton:
 
     def close(self) -> None:
         self._button.close()
+
+
+def spi_problem(gpio: GpioConfig, dev: Path = Path("/dev")) -> str | None:
+    """Why the APA102 LEDs could not be driven here, with the fix; None when their SPI device is usable."""
+    if gpio.led_type != "apa102":
+        return None
+    node = dev / f"spidev{gpio.spi_bus}.{gpio.spi_device}"
+    if not node.exists():
+        return (f'[gpio] led_type = "apa102": {node} is missing; enable SPI: add dtparam=spi=on to '
+                "/boot/firmware/config.txt and reboot (or check [gpio] spi_bus and spi_device)")
+    if not os.access(node, os.R_OK | os.W_OK):
+        return (f'[gpio] led_type = "apa102": {node} is not usable by this user; add it to the spi group: '
+                "sudo usermod -aG spi $USER (then log in again)")
+    return None
+
+
+class _Spi(SPIDevice):
+    """gpiozero's SPI interface (hardware SPI through lgpio on a Pi; bit-banged mock pins in tests)."""
+
+    def __init__(self, port: int, device: int, pin_factory) -> None:
+        # gpiozero's software SPI bus (the mock's) asks for a default factory without passing its own on;
+        # lend it ours for the moment it is built, so that --gpio mock needs no Pi
+        lent = pin_factory is not None and Device.pin_factory is None
+        if lent:
+            Device.pin_factory = pin_factory
+        try:
+            super().__init__(port=port, device=device, pin_factory=pin_factory)
+        finally:
+            if lent:
+                Device.pin_factory = None
+
+    def write(self, data: bytes) -> None:
+        self._spi.transfer(list(data))
+
+
+def apa102_frame(colour: tuple[float, float, float], count: int, brightness: int) -> bytes:
+    """What the LEDs are sent to show one colour (red, green, blue in 0-1): a start frame of four zero bytes,
+    then per LED 0xE0 | brightness (5 bits), blue, green, red, then an end frame of 0xFF bytes (one per
+    16 LEDs, at least four)."""
+    red, green, blue = (round(255 * c) for c in colour)
+    led = bytes((0xE0 | brightness, blue, green, red)) if any(colour) else bytes((0xE0, 0, 0, 0))
+    return bytes(4) + led * count + b"\xff" * max(4, (count + 15) // 16)
+
+
+class Apa102Leds:
+    """The APA102 LEDs of a ReSpeaker 2-Mic (3) or 4-Mic (12) HAT, on SPI: every LED shows a pattern's colour,
+    blinking as a single LED would (the same timings).
+
+    Args:
+        settings: the [gpio] table (led_count, led_brightness, spi_bus, spi_device, led_power_pin).
+        factory: gpiozero pin factory.
+    """
+
+    def __init__(self, settings: GpioConfig, factory) -> None:
+        self.count, self.brightness = settings.led_count, settings.led_brightness
+        where = f"/dev/spidev{settings.spi_bus}.{settings.spi_device}"
+        self._spi = _device(lambda: _Spi(port=settings.spi_bus, device=settings.spi_device, pin_factory=factory),
+                            f"APA102 LEDs on {where}", "enable SPI (dtparam=spi=on in config.txt) and check "
+                            "[gpio] spi_bus and spi_device")
+        self._power = None
+        if settings.led_power_pin >= 0:
+            self._power = _device(lambda: LED(settings.led_power_pin, pin_factory=factory),
+                                  f"LED power on GPIO{settings.led_power_pin}", "fix [gpio] led_power_pin")
+            self._power.on()
+        self._stop = threading.Event()
+        self._blinker: threading.Thread | None = None
+        self.showing = LedPattern.IDLE
+        self.write(apa102_frame((0, 0, 0), self.count, self.brightness))
+
+    def write(self, frame: bytes) -> None:
+        self._spi.write(frame)
+
+    def show(self, state: LedPattern) -> None:
+        self._stop_blinking()
+        self.showing = state
+        colour = COLOURS.get(state, (0, 0, 0))
+        lit = apa102_frame(colour, self.count, self.brightness)
+        self.write(lit)
+        timing = PATTERNS.get(state)
+        if state is LedPattern.RELEASED:
+            timing = (0.05, 0.05)
+        if timing:  # blinking: on, off, on, ... in a thread; steady (()) and dark (None) need no thread
+            dark = apa102_frame((0, 0, 0), self.count, self.brightness)
+            flashes = RELEASED_FLASHES if state is LedPattern.RELEASED else None
+            self._stop.clear()
+            self._blinker = threading.Thread(target=self._blink, args=(lit, dark, timing, flashes), daemon=True)
+            self._blinker.start()
+
+    def _blink(self, lit: bytes, dark: bytes, timing: tuple[float, float], flashes: int | None) -> None:
+        on_seconds, off_seconds = timing
+        done = 0
+        while not self._stop.wait(on_seconds):
+            self.write(dark)
+            done += 1
+            if flashes is not None and done >= flashes or self._stop.wait(off_seconds):
+                return
+            self.write(lit)
+
+    def _stop_blinking(self) -> None:
+        self._stop.set()
+        if self._blinker is not None:
+            self._blinker.join(2)
+            self._blinker = None
+
+    def close(self) -> None:
+        self._stop_blinking()
+        self.write(apa102_frame((0, 0, 0), self.count, self.brightness))
+        self._spi.close()
+        if self._power is not None:
+            self._power.close()
 
 
 class StatusLed:

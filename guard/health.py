@@ -23,8 +23,7 @@ def lines(config: Config, gpio_mode: str, gate: Gate, audio: Microphone, mqtt_on
         "audio": audio.health(),
         "models": ", ".join(f"{w.name} ({w.settings.engine}, threshold {w.threshold:g})" for w in words),
         "buffers": buffers(gate),
-        "gpio": GPIO_MODES.get(gpio_mode, f"button GPIO{config.gpio.button_pin}, "
-                                          f"{config.gpio.led_type} LED GPIO{list(config.gpio.led_pins)}"),
+        "gpio": GPIO_MODES.get(gpio_mode, f"button GPIO{config.gpio.button_pin}, " + _led(config.gpio)),
         "mqtt": f"{config.mqtt.host}:{config.mqtt.port}" if mqtt_on else "off",
         "assist satellite": _satellite(config, satellite),
         "sinks": ", ".join(f"{s.name} ({type(s).__name__}, by {' or '.join(gate.policy.accepted_by(s))})"
@@ -53,3 +52,9 @@ def buffers(gate: Gate) -> str:
                "raise LimitMEMLOCK or grant CAP_IPC_LOCK")
     log.warning("mlock refused: %s", problem)
     return problem
+
+
+def _led(gpio) -> str:
+    if gpio.led_type == "apa102":
+        return f"{gpio.led_count} APA102 LEDs on /dev/spidev{gpio.spi_bus}.{gpio.spi_device}"
+    return f"{gpio.led_type} LED GPIO{list(gpio.led_pins)}"

@@ -14,7 +14,7 @@ from guard.audio import MicSource
 from guard.config import AudioConfig, Config
 from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
 from guard.errors import UsageError
-from guard.hardware import ConsentButton, StatusLed, pin_factory
+from guard.hardware import Apa102Leds, ConsentButton, StatusLed, pin_factory
 from guard.inbox import ButtonMove
 from guard.wake import WakeDetector
 
@@ -47,7 +47,7 @@ def microphone(audio: AudioConfig) -> MicSource:
 
 
 def gpio(cfg: Config, mode: str, on_move: Callable[[ButtonMove], None]) \
-        -> tuple[object | None, ConsentButton | None, StatusLed | None]:
+        -> tuple[object | None, ConsentButton | None, StatusLed | Apa102Leds | None]:
     """The pin factory (tests press its mock pins), the consent button and the status LED; none with
     `--gpio none`, which the config must allow (a voice consent needs the LED to show pending)."""
     if mode == "none":
@@ -59,7 +59,8 @@ def gpio(cfg: Config, mode: str, on_move: Callable[[ButtonMove], None]) \
         log.warning("no GPIO (--gpio none): nothing can be released by button; every utterance is wiped")
         return None, None, None
     factory = pin_factory(mode)
-    return factory, ConsentButton(cfg.gpio, on_move, factory), StatusLed(cfg.gpio, factory)
+    led = Apa102Leds(cfg.gpio, factory) if cfg.gpio.led_type == "apa102" else StatusLed(cfg.gpio, factory)
+    return factory, ConsentButton(cfg.gpio, on_move, factory), led
 
 
 def spoken_confirmation(cfg: Config) -> SpokenConfirmation | None:
