@@ -23,7 +23,7 @@ from guard.config import ENGINES
 from guard.daemon import Daemon, RunOptions, serve
 from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS, RATE_HZ, level_dbfs
 from guard.errors import ExitStatus, GuardError, UsageError
-from guard.hardware import spi_problem
+from guard.hardware import spi_problem, usb_ring_problem
 from guard.process import forbid_core_dumps
 from guard.progress import Progress
 from guard.vocabulary import Event
@@ -331,7 +331,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def _run_time_problems(cfg: config.Config) -> list[str]:
     """What `guard run` would trip over with this config: models, sink folders and programs, secret files, the
-    ESPHome key, the APA102 LEDs' SPI device."""
+    ESPHome key, the APA102 LEDs' SPI device, the USB array's ring."""
     problems = []
     try:
         for name in cfg.wake.models:
@@ -349,7 +349,7 @@ def _run_time_problems(cfg: config.Config) -> list[str]:
             esphome.read_key(cfg.esphome.resolved_key_file())
         except GuardError as e:
             problems.append(str(e))
-    problems += [p for p in (spi_problem(cfg.gpio),) if p]
+    problems += [p for p in (spi_problem(cfg.gpio), usb_ring_problem(cfg.gpio)) if p]
     return problems
 
 

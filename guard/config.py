@@ -278,14 +278,15 @@ class GpioConfig:
     bounce_seconds: float = field(default=0.05, metadata=_doc("contact bounce ignored", 0, 0.5))
     long_press_seconds: float = field(default=2.0, metadata=_doc("hold this long to mute or unmute", 0.2, 10))
     led_type: str = field(default="plain", metadata=_doc(
-        "plain, pwm or rgb on GPIO pins; apa102: the ReSpeaker 2-Mic and 4-Mic HATs' LEDs on SPI",
-        parse=lambda v: _choice(v, ("plain", "pwm", "rgb", "apa102"))))
+        "plain, pwm or rgb on GPIO pins; apa102: the ReSpeaker 2-Mic and 4-Mic HATs' LEDs on SPI; "
+        "usb-ring: the ReSpeaker USB Mic Array v2.0's ring", parse=lambda v: _choice(
+            v, ("plain", "pwm", "rgb", "apa102", "usb-ring"))))
     led_pins: tuple[int, ...] = field(default=(27,), metadata=_doc(
         "BCM pin of the LED; rgb takes three: [red, green, blue]", parse=_parse_pins))
     led_active_high: bool = field(default=True, metadata=_doc("false for an LED wired from 3V3 to the pin"))
     led_count: int = field(default=3, metadata=_doc(
         "apa102: how many LEDs (ReSpeaker 2-Mic HAT 3, 4-Mic HAT 12)", 1, 255))
-    led_brightness: int = field(default=8, metadata=_doc("apa102: brightness of every LED (1-31)", 1, 31))
+    led_brightness: int = field(default=8, metadata=_doc("apa102, usb-ring: brightness of every LED (1-31)", 1, 31))
     spi_bus: int = field(default=0, metadata=_doc("apa102: the SPI bus (/dev/spidevBUS.DEVICE)", 0, 6))
     spi_device: int = field(default=1, metadata=_doc(
         "apa102: the SPI chip select; the ReSpeaker HATs use 1", 0, 3))

@@ -4,6 +4,7 @@ Callbacks here only post the button's moves to the daemon's inbox; the gate deci
 what a press means.
 """
 
+import logging
 import os
 import threading
 import warnings
@@ -17,6 +18,8 @@ from guard.config import GpioConfig
 from guard.errors import DeviceError
 from guard.inbox import ButtonMove
 from guard.vocabulary import LedPattern
+
+log = logging.getLogger(__name__)
 
 # on/off seconds per pattern for a one-colour LED; None is off, () is steady on.
 PATTERNS: dict[LedPattern, tuple[float, float] | tuple | None] = {
@@ -125,9 +128,53 @@ def apa102_frame(colour: tuple[float, float, float], count: int, brightness: int
     return bytes(4) + led * count + b"\xff" * max(4, (count + 15) // 16)
 
 
-class Apa102Leds:
-    """The APA102 LEDs of a ReSpeaker 2-Mic (3) or 4-Mic (12) HAT, on SPI: every LED shows a pattern's colour,
-    blinking as a single LED would (the same timings).
+class ColourLights:
+    """LEDs that take a colour as data (a HAT's APA102s, a USB array's ring): each pattern shows in its colour,
+    blinking with a single LED's timings, in a thread of its own. Subclasses say how a colour is sent."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._blinker: threading.Thread | None = None
+        self.showing = LedPattern.IDLE
+
+    def light(self, colour: tuple[float, float, float]) -> None:
+        raise NotImplementedError
+
+    def show(self, state: LedPattern) -> None:
+        self._stop_blinking()
+        self.showing = state
+        colour = COLOURS.get(state, (0, 0, 0))
+        self.light(colour)
+        timing = (0.05, 0.05) if state is LedPattern.RELEASED else PATTERNS.get(state)
+        if timing:  # blinking: on, off, on, ... in a thread; steady (()) and dark (None) need no thread
+            flashes = RELEASED_FLASHES if state is LedPattern.RELEASED else None
+            self._stop.clear()
+            self._blinker = threading.Thread(target=self._blink, args=(colour, timing, flashes), daemon=True)
+            self._blinker.start()
+
+    def _blink(self, colour: tuple[float, float, float], timing: tuple[float, float], flashes: int | None) -> None:
+        on_seconds, off_seconds = timing
+        done = 0
+        while not self._stop.wait(on_seconds):
+            self.light((0, 0, 0))
+            done += 1
+            if flashes is not None and done >= flashes or self._stop.wait(off_seconds):
+                return
+            self.light(colour)
+
+    def _stop_blinking(self) -> None:
+        self._stop.set()
+        if self._blinker is not None:
+            self._blinker.join(2)
+            self._blinker = None
+
+    def close(self) -> None:
+        self._stop_blinking()
+        self.light((0, 0, 0))
+
+
+class Apa102Leds(ColourLights):
+    """The APA102 LEDs of a ReSpeaker 2-Mic (3) or 4-Mic (12) HAT, on SPI: every LED shows the pattern's colour.
 
     Args:
         settings: the [gpio] table (led_count, led_brightness, spi_bus, spi_device, led_power_pin).
@@ -135,6 +182,7 @@ class Apa102Leds:
     """
 
     def __init__(self, settings: GpioConfig, factory) -> None:
+        super().__init__()
         self.count, self.brightness = settings.led_count, settings.led_brightness
         where = f"/dev/spidev{settings.spi_bus}.{settings.spi_device}"
         self._spi = _device(lambda: _Spi(port=settings.spi_bus, device=settings.spi_device, pin_factory=factory),
@@ -145,52 +193,71 @@ class Apa102Leds:
             self._power = _device(lambda: LED(settings.led_power_pin, pin_factory=factory),
                                   f"LED power on GPIO{settings.led_power_pin}", "fix [gpio] led_power_pin")
             self._power.on()
-        self._stop = threading.Event()
-        self._blinker: threading.Thread | None = None
-        self.showing = LedPattern.IDLE
-        self.write(apa102_frame((0, 0, 0), self.count, self.brightness))
+        self.light((0, 0, 0))
 
-    def write(self, frame: bytes) -> None:
-        self._spi.write(frame)
-
-    def show(self, state: LedPattern) -> None:
-        self._stop_blinking()
-        self.showing = state
-        colour = COLOURS.get(state, (0, 0, 0))
-        lit = apa102_frame(colour, self.count, self.brightness)
-        self.write(lit)
-        timing = PATTERNS.get(state)
-        if state is LedPattern.RELEASED:
-            timing = (0.05, 0.05)
-        if timing:  # blinking: on, off, on, ... in a thread; steady (()) and dark (None) need no thread
-            dark = apa102_frame((0, 0, 0), self.count, self.brightness)
-            flashes = RELEASED_FLASHES if state is LedPattern.RELEASED else None
-            self._stop.clear()
-            self._blinker = threading.Thread(target=self._blink, args=(lit, dark, timing, flashes), daemon=True)
-            self._blinker.start()
-
-    def _blink(self, lit: bytes, dark: bytes, timing: tuple[float, float], flashes: int | None) -> None:
-        on_seconds, off_seconds = timing
-        done = 0
-        while not self._stop.wait(on_seconds):
-            self.write(dark)
-            done += 1
-            if flashes is not None and done >= flashes or self._stop.wait(off_seconds):
-                return
-            self.write(lit)
-
-    def _stop_blinking(self) -> None:
-        self._stop.set()
-        if self._blinker is not None:
-            self._blinker.join(2)
-            self._blinker = None
+    def light(self, colour: tuple[float, float, float]) -> None:
+        self._spi.write(apa102_frame(colour, self.count, self.brightness))
 
     def close(self) -> None:
-        self._stop_blinking()
-        self.write(apa102_frame((0, 0, 0), self.count, self.brightness))
+        super().close()
         self._spi.close()
         if self._power is not None:
             self._power.close()
+
+
+RESPEAKER_USB = (0x2886, 0x0018)  # ReSpeaker USB Mic Array v2.0 (USB vendor, product)
+RING_MONO, RING_BRIGHTNESS = 0x01, 0x20  # its vendor requests: one colour on all 12 LEDs; brightness 0-31
+RING_REQUEST_TYPE = 0x40  # host to device, vendor, recipient device
+RING_INDEX = 0x1C
+RING_TIMEOUT_MS = 1000
+
+
+def usb_ring_problem(gpio: GpioConfig, backend=None) -> str | None:
+    """Why the USB array's ring could not be driven here, with the fix; None when it is there."""
+    if gpio.led_type != "usb-ring":
+        return None
+    import usb.core
+
+    try:
+        found = usb.core.find(idVendor=RESPEAKER_USB[0], idProduct=RESPEAKER_USB[1], backend=backend)
+    except usb.core.NoBackendError:
+        return '[gpio] led_type = "usb-ring": no libusb here; install it: sudo apt-get install libusb-1.0-0'
+    if found is None:
+        return ('[gpio] led_type = "usb-ring": no ReSpeaker USB Mic Array v2.0 (USB 2886:0018) is plugged in; '
+                "plug it in, or choose another [gpio] led_type")
+    return None
+
+
+class UsbRing(ColourLights):
+    """The 12-LED ring of a ReSpeaker USB Mic Array v2.0, driven by its USB vendor requests (found by its USB
+    id): the whole ring shows the pattern's colour.
+
+    Args:
+        settings: the [gpio] table (led_brightness).
+        backend: pyusb's backend (libusb on a Pi; a stand-in in tests).
+    """
+
+    def __init__(self, settings: GpioConfig, backend=None) -> None:
+        super().__init__()
+        problem = usb_ring_problem(settings, backend)
+        if problem:
+            raise DeviceError(problem)
+        import usb.core
+
+        self._usb_error = usb.core.USBError
+        self._device = usb.core.find(idVendor=RESPEAKER_USB[0], idProduct=RESPEAKER_USB[1], backend=backend)
+        self._send(RING_BRIGHTNESS, [settings.led_brightness])
+        self.light((0, 0, 0))
+
+    def light(self, colour: tuple[float, float, float]) -> None:
+        self._send(RING_MONO, [*(round(255 * c) for c in colour), 0])
+
+    def _send(self, request: int, data: list[int]) -> None:
+        try:
+            self._device.ctrl_transfer(RING_REQUEST_TYPE, 0, request, RING_INDEX, data, RING_TIMEOUT_MS)
+        except self._usb_error as e:  # unplugged, or no permission: the LED is news, never a reason to stop
+            log.warning("ReSpeaker USB ring not updated (%s); if it is permission, install "
+                        "firmware_config/udev/99-guard-gpio.rules", e)
 
 
 class StatusLed:

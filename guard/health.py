@@ -55,6 +55,8 @@ def buffers(gate: Gate) -> str:
 
 
 def _led(gpio) -> str:
+    if gpio.led_type == "usb-ring":
+        return "the ReSpeaker USB Mic Array v2.0's ring (USB 2886:0018)"
     if gpio.led_type == "apa102":
         return f"{gpio.led_count} APA102 LEDs on /dev/spidev{gpio.spi_bus}.{gpio.spi_device}"
     return f"{gpio.led_type} LED GPIO{list(gpio.led_pins)}"

@@ -14,7 +14,7 @@ from guard.audio import MicSource
 from guard.config import AudioConfig, Config
 from guard.confirm import EnrollError, Enrolment, SpokenConfirmation
 from guard.errors import UsageError
-from guard.hardware import Apa102Leds, ConsentButton, StatusLed, pin_factory
+from guard.hardware import Apa102Leds, ConsentButton, StatusLed, UsbRing, pin_factory
 from guard.inbox import ButtonMove
 from guard.wake import WakeDetector
 
@@ -47,7 +47,7 @@ def microphone(audio: AudioConfig) -> MicSource:
 
 
 def gpio(cfg: Config, mode: str, on_move: Callable[[ButtonMove], None]) \
-        -> tuple[object | None, ConsentButton | None, StatusLed | Apa102Leds | None]:
+        -> tuple[object | None, ConsentButton | None, StatusLed | Apa102Leds | UsbRing | None]:
     """The pin factory (tests press its mock pins), the consent button and the status LED; none with
     `--gpio none`, which the config must allow (a voice consent needs the LED to show pending)."""
     if mode == "none":
@@ -59,7 +59,8 @@ def gpio(cfg: Config, mode: str, on_move: Callable[[ButtonMove], None]) \
         log.warning("no GPIO (--gpio none): nothing can be released by button; every utterance is wiped")
         return None, None, None
     factory = pin_factory(mode)
-    led = Apa102Leds(cfg.gpio, factory) if cfg.gpio.led_type == "apa102" else StatusLed(cfg.gpio, factory)
+    led = {"apa102": lambda: Apa102Leds(cfg.gpio, factory), "usb-ring": lambda: UsbRing(cfg.gpio)}.get(
+        cfg.gpio.led_type, lambda: StatusLed(cfg.gpio, factory))()
     return factory, ConsentButton(cfg.gpio, on_move, factory), led
 
 
