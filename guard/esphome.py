@@ -39,6 +39,7 @@ from guard import __version__
 from guard.dsp import RATE_HZ
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
 from guard.inbox import ChooseWakeWords, Command, TimerHeard
+from guard.vocabulary import TimerKind
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ VOICE_ASSISTANT, API_AUDIO, TIMERS, ANNOUNCE = 1 << 0, 1 << 2, 1 << 3, 1 << 4  #
 SPEAKER_KEY = 2  # the media player entity: what Home Assistant announces and answers through
 MAX_MEDIA_BYTES = 16 * 1024 * 1024  # a sound Home Assistant asks the guard to fetch and play (16 MB: 8 min at 16 kHz)
 FETCH_SECONDS = 10.0
-TIMER_EVENTS = ("started", "updated", "cancelled", "finished")  # VoiceAssistantTimerEvent, in its order
+TIMER_EVENTS = tuple(TimerKind)  # VoiceAssistantTimerEvent's values, in its order
 SAMPLES_PER_CHUNK = 1024  # 64 ms, as ESPHome's voice assistant sends
 ANSWER_SECONDS = 5.0  # how long Home Assistant may take to accept a voice-assistant run
 SERVICE_TYPE = "_esphomelib._tcp.local."  # what Home Assistant's ESPHome integration browses for
@@ -203,6 +204,63 @@ class NoiseResponder:
                                           + data))
 
 
+class MediaPlayer:
+    """The speaker as Home Assistant's media player: it declares 16 kHz mono WAV, so Home Assistant converts
+    announcements and Assist's answers to it; each is fetched over http(s) and played, never while a spoken
+    confirmation is awaited (nothing the guard plays may confirm).
+
+    Args:
+        speaker: [audio] output_device's Speaker.
+        broadcast: tells every connection the player's state.
+    """
+
+    def __init__(self, speaker, broadcast: Callable[[Message], None]) -> None:
+        self.speaker, self.broadcast = speaker, broadcast
+        self.held = threading.Event()  # set while a spoken confirmation is awaited: nothing plays
+
+    def entity(self) -> api_pb2.ListEntitiesMediaPlayerResponse:
+        formats = [api_pb2.MediaPlayerSupportedFormat(format="wav", sample_rate=RATE_HZ, num_channels=1,
+                                                      purpose=purpose, sample_bytes=2)
+                   for purpose in (api_pb2.MEDIA_PLAYER_FORMAT_PURPOSE_DEFAULT,
+                                   api_pb2.MEDIA_PLAYER_FORMAT_PURPOSE_ANNOUNCEMENT)]
+        return api_pb2.ListEntitiesMediaPlayerResponse(object_id="speaker", key=SPEAKER_KEY, name="Speaker",
+                                                      supported_formats=formats)
+
+    def state(self, playing: bool) -> api_pb2.MediaPlayerStateResponse:
+        state = api_pb2.MEDIA_PLAYER_STATE_ANNOUNCING if playing else api_pb2.MEDIA_PLAYER_STATE_IDLE
+        return api_pb2.MediaPlayerStateResponse(key=SPEAKER_KEY, state=state, volume=1.0)
+
+    async def play(self, url: str) -> bool:
+        """Fetch and play one sound; True when it played."""
+        if self.held.is_set():
+            log.warning("ESPHome API: a sound was not played: a spoken confirmation is awaited")
+            return False
+        self.broadcast(self.state(True))
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._fetch_and_play, url)
+            return True
+        except (GuardError, OSError, EOFError, wave.Error) as e:
+            log.warning("ESPHome API: a sound was not played: %s", e)
+            return False
+        finally:
+            self.broadcast(self.state(False))
+
+    def _fetch_and_play(self, url: str) -> None:
+        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+            raise GuardError(f"{url[:80]!r} is not an http(s) URL")
+        with urllib.request.urlopen(url, timeout=FETCH_SECONDS) as response:  # noqa: S310 - http(s) only, above
+            data = response.read(MAX_MEDIA_BYTES + 1)
+        if len(data) > MAX_MEDIA_BYTES:
+            raise GuardError(f"{url[:80]}: over {MAX_MEDIA_BYTES // (1024 * 1024)} MB")
+        with wave.open(io.BytesIO(data)) as w:
+            rate, width, channels, frames = w.getframerate(), w.getsampwidth(), w.getnchannels(), w.readframes(-1)
+        self.speaker.start(rate, width, channels)
+        try:
+            self.speaker.write(frames)
+        finally:
+            self.speaker.stop()
+
+
 class EsphomeServer:
     """The guard as an ESPHome device: device info, its entities and their states, and their commands.
 
@@ -225,9 +283,9 @@ class EsphomeServer:
         self.key, self.device_id, self.post = key, device_id, post
         self.host, self.port, self.handshake_seconds, self.announce = host, port, handshake_seconds, announce
         self._zeroconf: AsyncZeroconf | None = None
-        self.speaker = speaker
+        self.media = MediaPlayer(speaker, self._broadcast) if speaker is not None else None
         self.wake_words, self.active_wake_words = wake_words, wake_words
-        self.playback_held = threading.Event()  # set while a spoken confirmation is awaited: nothing plays
+        self.playback_held = self.media.held if self.media else threading.Event()  # set: nothing plays
         self.mac = device_mac(device_id)
         self.muted = False  # what the mute switch shows: the guard is muted, by anyone
         self._hub: _Connection | None = None  # the connection that subscribed to voice assistant: Home Assistant
@@ -252,7 +310,7 @@ class EsphomeServer:
         self.serving.set()
         log.info("ESPHome API on %s:%d (encrypted)", self.host, self.port)
         if self.announce:
-            asyncio.run_coroutine_threadsafe(self._announce(), self._loop)
+            asyncio.run_coroutine_threadsafe(self._advertise(), self._loop)
 
     def service_info(self, address: str) -> AsyncServiceInfo:
         """What the device says of itself on the local network: Home Assistant keys it by `mac` and asks for
@@ -263,7 +321,7 @@ class EsphomeServer:
             properties={"mac": self.mac.replace(":", "").lower(), "version": __version__, "platform": "pi-guard",
                         "friendly_name": f"pi-guard {self.device_id}", "api_encryption": PROTOCOL.decode()})
 
-    async def _announce(self) -> None:
+    async def _advertise(self) -> None:
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # the address mDNS would leave from
                 probe.connect((MDNS_GROUP, 1))
@@ -400,23 +458,24 @@ class EsphomeServer:
             case api_pb2.ListEntitiesRequest():
                 return [api_pb2.ListEntitiesSwitchResponse(
                     object_id="mute", key=MUTE_KEY, name="Mute", icon="mdi:microphone-off"),
-                    *([self._speaker_entity()] if self.speaker is not None else []),
+                    *([self.media.entity()] if self.media else []),
                     api_pb2.ListEntitiesDoneResponse()]
             case api_pb2.SubscribeStatesRequest():
-                return [self._mute_state(), *([self._speaker_state(False)] if self.speaker is not None else [])]
+                return [self._mute_state(), *([self.media.state(False)] if self.media else [])]
             case api_pb2.VoiceAssistantEventResponse(event_type=api_pb2.VOICE_ASSISTANT_TTS_END, data=data) \
-                    if connection is self._hub and self.speaker is not None:
+                    if connection is self._hub and self.media is not None:
                 url = next((d.value for d in data if d.name == "url"), "")
                 if url:  # Assist's spoken answer to a released request, converted to the speaker's format
-                    self._loop.create_task(self._announce(None, url))
+                    self._loop.create_task(self.media.play(url))
             case api_pb2.VoiceAssistantConfigurationRequest():
                 return [self._wake_word_configuration()]
             case api_pb2.VoiceAssistantSetConfiguration(active_wake_words=names):
                 self.post(ChooseWakeWords(HUB, tuple(str(name)[:64] for name in names[:len(self.wake_words)])))
             case api_pb2.VoiceAssistantAnnounceRequest(media_id=url):
                 self._loop.create_task(self._announce(connection, url))
-            case api_pb2.MediaPlayerCommandRequest(key=key, has_media_url=True, media_url=url) if key == SPEAKER_KEY:
-                self._loop.create_task(self._announce(None, url))
+            case api_pb2.MediaPlayerCommandRequest(key=key, has_media_url=True, media_url=url) \
+                    if key == SPEAKER_KEY and self.media is not None:
+                self._loop.create_task(self.media.play(url))
             case api_pb2.VoiceAssistantTimerEventResponse(event_type=kind) if kind < len(TIMER_EVENTS):
                 m = message
                 self.post(TimerHeard(TIMER_EVENTS[kind], m.timer_id[:64], m.name[:64], m.total_seconds,
@@ -438,54 +497,14 @@ class EsphomeServer:
 
     def features(self) -> int:
         """What Home Assistant's voice assistant may ask of the device: announcements only with a speaker."""
-        return VOICE_ASSISTANT | API_AUDIO | TIMERS | (ANNOUNCE if self.speaker is not None else 0)
+        return VOICE_ASSISTANT | API_AUDIO | TIMERS | (ANNOUNCE if self.media is not None else 0)
 
-    def _speaker_entity(self) -> api_pb2.ListEntitiesMediaPlayerResponse:
-        """The speaker as Home Assistant's media player: it converts what it sends to 16 kHz mono WAV."""
-        formats = [api_pb2.MediaPlayerSupportedFormat(format="wav", sample_rate=RATE_HZ, num_channels=1,
-                                                      purpose=purpose, sample_bytes=2)
-                   for purpose in (api_pb2.MEDIA_PLAYER_FORMAT_PURPOSE_DEFAULT,
-                                   api_pb2.MEDIA_PLAYER_FORMAT_PURPOSE_ANNOUNCEMENT)]
-        return api_pb2.ListEntitiesMediaPlayerResponse(object_id="speaker", key=SPEAKER_KEY, name="Speaker",
-                                                      supported_formats=formats)
-
-    def _speaker_state(self, playing: bool) -> api_pb2.MediaPlayerStateResponse:
-        state = api_pb2.MEDIA_PLAYER_STATE_ANNOUNCING if playing else api_pb2.MEDIA_PLAYER_STATE_IDLE
-        return api_pb2.MediaPlayerStateResponse(key=SPEAKER_KEY, state=state, volume=1.0)
-
-    async def _announce(self, connection: "_Connection | None", url: str) -> None:
-        """Fetch a WAV Home Assistant serves and play it; never while a spoken confirmation is awaited
-        (nothing the guard plays can confirm). An announcement is answered with whether it played."""
-        played = False
-        if self.speaker is None:
+    async def _announce(self, connection: "_Connection", url: str) -> None:
+        """An announcement: played if there is a speaker, and answered with whether it was."""
+        played = await self.media.play(url) if self.media is not None else False
+        if self.media is None:
             log.warning("ESPHome API: an announcement was not played: no [audio] output_device")
-        elif self.playback_held.is_set():
-            log.warning("ESPHome API: an announcement was not played: a spoken confirmation is awaited")
-        else:
-            self._broadcast(self._speaker_state(True))
-            try:
-                await self._loop.run_in_executor(None, self._fetch_and_play, url)
-                played = True
-            except (GuardError, OSError, EOFError, wave.Error) as e:
-                log.warning("ESPHome API: an announcement was not played: %s", e)
-            self._broadcast(self._speaker_state(False))
-        if connection is not None:
-            connection.send(api_pb2.VoiceAssistantAnnounceFinished(success=played))
-
-    def _fetch_and_play(self, url: str) -> None:
-        if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-            raise GuardError(f"{url[:80]!r} is not an http(s) URL")
-        with urllib.request.urlopen(url, timeout=FETCH_SECONDS) as response:  # noqa: S310 - http(s) only, above
-            data = response.read(MAX_MEDIA_BYTES + 1)
-        if len(data) > MAX_MEDIA_BYTES:
-            raise GuardError(f"{url[:80]}: over {MAX_MEDIA_BYTES // (1024 * 1024)} MB")
-        with wave.open(io.BytesIO(data)) as w:
-            rate, width, channels, frames = w.getframerate(), w.getsampwidth(), w.getnchannels(), w.readframes(-1)
-        self.speaker.start(rate, width, channels)
-        try:
-            self.speaker.write(frames)
-        finally:
-            self.speaker.stop()
+        connection.send(api_pb2.VoiceAssistantAnnounceFinished(success=played))
 
     def _device_info(self) -> api_pb2.DeviceInfoResponse:
         return api_pb2.DeviceInfoResponse(

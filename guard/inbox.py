@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
+    from guard.vocabulary import TimerKind
+
 
 class Lane(IntEnum):
     """Which messages are served first; a lower lane is always emptied before a higher one."""
@@ -78,7 +80,7 @@ class TimerHeard:
     """What Home Assistant said of a timer (the ESPHome server's or the satellite's thread): started, updated,
     cancelled or finished."""
 
-    kind: str
+    kind: "TimerKind"
     timer_id: str
     name: str
     total_seconds: int

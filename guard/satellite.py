@@ -36,6 +36,7 @@ from guard.errors import DeliveryUncertain, GuardError
 from guard.inbox import Command, Refusal, TimerHeard
 from guard.refusals import RefusalTally
 from guard.sound import Speaker
+from guard.vocabulary import TimerKind
 
 log = logging.getLogger(__name__)
 
@@ -357,12 +358,12 @@ def _timer(event: Event) -> TimerHeard | None:
     """A Wyoming timer event as the loop takes it, or None if the event is not one."""
     if TimerStarted.is_type(event.type):
         t = TimerStarted.from_event(event)
-        return TimerHeard("started", t.id[:64], (t.name or "")[:64], t.total_seconds, t.total_seconds)
+        return TimerHeard(TimerKind.STARTED, t.id[:64], (t.name or "")[:64], t.total_seconds, t.total_seconds)
     if TimerUpdated.is_type(event.type):
         u = TimerUpdated.from_event(event)
-        return TimerHeard("updated", u.id[:64], "", u.total_seconds, u.total_seconds)
+        return TimerHeard(TimerKind.UPDATED, u.id[:64], "", u.total_seconds, u.total_seconds)
     if TimerCancelled.is_type(event.type):
-        return TimerHeard("cancelled", TimerCancelled.from_event(event).id[:64], "", 0, 0)
+        return TimerHeard(TimerKind.CANCELLED, TimerCancelled.from_event(event).id[:64], "", 0, 0)
     if TimerFinished.is_type(event.type):
-        return TimerHeard("finished", TimerFinished.from_event(event).id[:64], "", 0, 0)
+        return TimerHeard(TimerKind.FINISHED, TimerFinished.from_event(event).id[:64], "", 0, 0)
     return None

@@ -15,12 +15,12 @@ import numpy as np
 
 from guard.dsp import RATE_HZ
 from guard.errors import DeviceError
+from guard.vocabulary import TimerKind
 
 log = logging.getLogger(__name__)
 
 RING_SECONDS = 120.0  # a ring nobody stops ends by itself
 TIMERS_KEPT = 32  # Home Assistant's timers for this device; more are forgotten, oldest first
-STARTED, UPDATED, CANCELLED, FINISHED = "started", "updated", "cancelled", "finished"
 
 
 @dataclass(frozen=True)
@@ -59,18 +59,18 @@ class Timers:
     def ringing(self) -> bool:
         return self.ringing_until is not None
 
-    def heard(self, kind: str, timer: Timer) -> None:
+    def heard(self, kind: TimerKind, timer: Timer) -> None:
         """What Home Assistant said of one timer."""
-        if kind in (STARTED, UPDATED):
+        if kind in (TimerKind.STARTED, TimerKind.UPDATED):
             self.active.pop(timer.id, None)
             self.active[timer.id] = timer
             while len(self.active) > TIMERS_KEPT:
                 self.active.pop(next(iter(self.active)))
             log.info("timer %s %s: %d s left", timer.id, kind, timer.seconds_left)
-        elif kind == CANCELLED:
+        elif kind is TimerKind.CANCELLED:
             self.active.pop(timer.id, None)
             log.info("timer %s cancelled", timer.id)
-        elif kind == FINISHED:
+        elif kind is TimerKind.FINISHED:
             self.active.pop(timer.id, None)
             log.info("timer %s finished: ringing until a press stops it (at most %g s)", timer.id, RING_SECONDS)
             if not self.ringing:

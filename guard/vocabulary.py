@@ -57,6 +57,15 @@ class LedPattern(StrEnum):
         return cls(state.value)
 
 
+class TimerKind(StrEnum):
+    """What Home Assistant says of one of its timers (over the ESPHome API or the Wyoming satellite)."""
+
+    STARTED = "started"
+    UPDATED = "updated"
+    CANCELLED = "cancelled"
+    FINISHED = "finished"
+
+
 @dataclass(frozen=True)
 class Event:
     """Something the hub may know: never audio, only what happened and to which utterance."""

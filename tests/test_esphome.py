@@ -610,3 +610,18 @@ def test_home_assistant_chooses_among_the_configured_wake_words_and_the_choice_i
     assert [(r["by"], r["model"]) for r in chose] == [("esphome", "hey_jarvis")]
     frames = speech.frames(speech.wake_clip("alexa", "en")[0])
     assert not [d for f in frames for d in daemon.gate.detector.process(f)], "alexa no longer wakes it"
+
+
+def test_with_the_announcement_on_it_starts_and_says_whether_the_network_heard_it(caplog):
+    """zeroconf = true is the default: the announcement runs beside the server (a first version called the media
+    player's method of the same name here, and every default start failed)."""
+    served = EsphomeServer(b"k" * 32, "kitchen", lambda c: None, "127.0.0.1", 0, announce=True)
+    with caplog.at_level("INFO"):
+        served.start()
+        try:
+            assert served.serving.is_set()
+            assert until(lambda: "ESPHome device announced" in caplog.text or "not announced" in caplog.text, 20)
+            info = _talk(served, base64.b64encode(b"k" * 32).decode(), lambda client: client.device_info())
+            assert info.name == "kitchen"
+        finally:
+            served.stop()

@@ -11,7 +11,7 @@ from guard.daemon import Daemon, RunOptions
 from guard.dsp import FRAME_SAMPLES
 from guard.inbox import ButtonMove, ButtonMoved, TimerHeard
 from guard.timers import Timer, Timers
-from guard.vocabulary import LedPattern, State
+from guard.vocabulary import LedPattern, State, TimerKind
 from guard.wake import WakeDetector
 
 
@@ -26,12 +26,12 @@ class Clock:
 def test_a_finished_timer_rings_once_until_stopped_or_the_limit_passes():
     rings, clock = [], Clock()
     kept = Timers(rings.append, clock)
-    kept.heard("started", Timer("t1", "pasta", 600, 600))
-    kept.heard("started", Timer("t2", "", 60, 60))
-    kept.heard("cancelled", Timer("t2", "", 0, 0))
+    kept.heard(TimerKind.STARTED, Timer("t1", "pasta", 600, 600))
+    kept.heard(TimerKind.STARTED, Timer("t2", "", 60, 60))
+    kept.heard(TimerKind.CANCELLED, Timer("t2", "", 0, 0))
     assert list(kept.active) == ["t1"] and rings == []
-    kept.heard("finished", Timer("t1", "", 0, 0))
-    kept.heard("finished", Timer("t3", "", 0, 0))  # a second one while ringing: still one ring
+    kept.heard(TimerKind.FINISHED, Timer("t1", "", 0, 0))
+    kept.heard(TimerKind.FINISHED, Timer("t3", "", 0, 0))  # a second one while ringing: still one ring
     assert rings == [True] and kept.ringing and kept.active == {}
     clock.seconds += timers.RING_SECONDS - 1
     kept.tick()
@@ -39,7 +39,7 @@ def test_a_finished_timer_rings_once_until_stopped_or_the_limit_passes():
     clock.seconds += 1
     kept.tick()
     assert rings == [True, False] and not kept.ringing
-    kept.heard("finished", Timer("t4", "", 0, 0))
+    kept.heard(TimerKind.FINISHED, Timer("t4", "", 0, 0))
     kept.stop("the button")
     assert rings == [True, False, True, False]
 
@@ -47,7 +47,7 @@ def test_a_finished_timer_rings_once_until_stopped_or_the_limit_passes():
 def test_no_more_timers_are_kept_than_the_bound():
     kept = Timers(lambda on: None, Clock())
     for i in range(timers.TIMERS_KEPT + 5):
-        kept.heard("started", Timer(f"t{i}", "", 60, 60))
+        kept.heard(TimerKind.STARTED, Timer(f"t{i}", "", 60, 60))
     assert len(kept.active) == timers.TIMERS_KEPT and "t0" not in kept.active and "t36" in kept.active
 
 
@@ -61,8 +61,8 @@ def test_the_ring_is_three_beeps_then_quiet_and_never_clips():
 def test_a_timer_name_is_never_logged(caplog):
     kept = Timers(lambda on: None, Clock())
     with caplog.at_level("INFO"):
-        kept.heard("started", Timer("t1", "call the bank about my loan", 600, 600))
-        kept.heard("finished", Timer("t1", "call the bank about my loan", 0, 0))
+        kept.heard(TimerKind.STARTED, Timer("t1", "call the bank about my loan", 600, 600))
+        kept.heard(TimerKind.FINISHED, Timer("t1", "call the bank about my loan", 0, 0))
     assert "t1" in caplog.text and "bank" not in caplog.text
 
 
@@ -111,7 +111,7 @@ def _pending(daemon) -> None:
 
 
 def test_a_finished_timer_shows_on_the_led_and_a_press_stops_it_and_nothing_else(daemon):
-    serve(daemon, TimerHeard("finished", "t1", "", 0, 0))
+    serve(daemon, TimerHeard(TimerKind.FINISHED, "t1", "", 0, 0))
     assert daemon.timers.ringing and daemon.led.showing is LedPattern.TIMER
     _press(daemon)
     assert not daemon.timers.ringing and daemon.led.showing is LedPattern.IDLE
@@ -121,7 +121,7 @@ def test_a_finished_timer_shows_on_the_led_and_a_press_stops_it_and_nothing_else
 def test_invariant1_the_press_that_stops_a_ring_never_releases_a_pending_request(daemon, tmp_path):
     _pending(daemon)
     daemon.clock.seconds += 0.5
-    serve(daemon, TimerHeard("finished", "t1", "", 0, 0))
+    serve(daemon, TimerHeard(TimerKind.FINISHED, "t1", "", 0, 0))
     assert daemon.led.showing is LedPattern.TIMER and daemon.gate.state is State.PENDING
     _press(daemon)
     assert daemon.gate.state is State.PENDING and not daemon.timers.ringing
@@ -133,14 +133,14 @@ def test_invariant1_the_press_that_stops_a_ring_never_releases_a_pending_request
 
 
 def test_a_long_press_that_stops_a_ring_does_not_mute(daemon):
-    serve(daemon, TimerHeard("finished", "t1", "", 0, 0))
+    serve(daemon, TimerHeard(TimerKind.FINISHED, "t1", "", 0, 0))
     serve(daemon, ButtonMoved(ButtonMove.DOWN, daemon.clock()), ButtonMoved(ButtonMove.HELD, daemon.clock()),
           ButtonMoved(ButtonMove.UP, daemon.clock()))
     assert daemon.gate.state is State.IDLE and not daemon.timers.ringing
 
 
 def test_a_ring_nobody_stops_ends_by_itself(daemon):
-    serve(daemon, TimerHeard("finished", "t1", "", 0, 0))
+    serve(daemon, TimerHeard(TimerKind.FINISHED, "t1", "", 0, 0))
     daemon.clock.seconds += timers.RING_SECONDS
     daemon.step()
     assert not daemon.timers.ringing and daemon.led.showing is LedPattern.IDLE
