@@ -269,7 +269,8 @@ class EsphomeServer:
     Args:
         key: the owner's 32-byte key.
         device_id: the device name Home Assistant shows, and what its MAC address is derived from.
-        post: the loop's inbox: a mute switch turned on or off posts Command(HUB, "mute"/"unmute").
+        post: the loop's inbox: the mute switch's Command(HUB, "mute"/"unmute"), Home Assistant's timer events
+            (TimerHeard) and wake-word choice (ChooseWakeWords).
         host, port: where to listen (ESPHome's port is 6053).
         handshake_seconds: how long a new connection has to prove the key.
         announce: announce the device on the local network (mDNS), so Home Assistant offers to add it.
@@ -277,7 +278,7 @@ class EsphomeServer:
         wake_words: the configured wake words, the only ones Home Assistant may choose among.
     """
 
-    def __init__(self, key: bytes, device_id: str, post: Callable[[Command], object],
+    def __init__(self, key: bytes, device_id: str, post: Callable[[Command | TimerHeard | ChooseWakeWords], object],
                  host: str = "0.0.0.0", port: int = 6053, handshake_seconds: float = HANDSHAKE_SECONDS,
                  announce: bool = False, speaker=None, wake_words: tuple[str, ...] = ()) -> None:
         self.key, self.device_id, self.post = key, device_id, post
