@@ -11,7 +11,7 @@ import speech
 from guard import commands, config, hermes, mqtt
 from guard.config import WakeModelSettings
 from guard.daemon import Daemon, RunOptions
-from guard.inbox import ButtonMove, ButtonMoved, Command, Delivered, Frame, Lane, SourceFailed, Stop
+from guard.inbox import ButtonMove, ButtonMoved, Command, Delivered, Frame, Inbox, Lane, SourceFailed, Stop
 from guard.vocabulary import State
 from guard.wake import WakeDetector
 
@@ -283,3 +283,22 @@ def test_unmuting_a_microphone_that_is_still_failing_shows_the_fault_again(daemo
     assert daemon.gate.state is State.MUTED
     serve(daemon, Command("remote", "unmute"))
     assert daemon.gate.state is State.FAULT and daemon.audio.down == "PortAudio: device unavailable"
+
+
+def test_only_the_network_lane_is_bounded_and_a_dropped_message_says_so():
+    """The button, the guard's own news and audio frames are never dropped, however many wait; a network peer's
+    request beyond the bound is refused with False and counted."""
+    inbox = Inbox(remote_limit=4)
+    for i in range(10):
+        assert inbox.post(ButtonMoved(ButtonMove.DOWN, float(i)))
+        assert inbox.post(SourceFailed("gone", i))
+        assert inbox.post(Frame(np.zeros(1280, np.int16), i))
+    assert [inbox.post(Command("remote", "cancel")) for _ in range(6)] == [True] * 4 + [False] * 2
+    assert (inbox.size(Lane.URGENT), inbox.size(Lane.LOCAL), inbox.size(Lane.FRAMES)) == (10, 10, 10)
+    assert inbox.size(Lane.REMOTE) == 4 and inbox.dropped == 2
+
+
+def test_the_size_limit_lets_a_command_of_exactly_the_limit_through(link):
+    link.on_message(None, None, _message(f"guard/{DEVICE}/cmd/cancel", b"x" * commands.MAX_COMMAND_BYTES))
+    link.on_message(None, None, _message(f"guard/{DEVICE}/cmd/wipe", b"x" * (commands.MAX_COMMAND_BYTES + 1)))
+    assert link.heard == ["cancel"] and len(link.errors) == 1 and "is over 1024" in link.errors[0]
