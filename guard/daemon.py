@@ -180,8 +180,13 @@ class Daemon:
         self.inbox.post(Command(by, verb))
 
     def _show(self, pattern: LedPattern) -> None:
-        """The LED shows the pattern; while a spoken confirmation is awaited nothing from the hub plays."""
-        held = pattern is LedPattern.PENDING_VOICE
+        """The LED shows the pattern; while a spoken confirmation is awaited nothing from the hub plays.
+
+        The hold starts with the capture, not with pending: frames heard while the pending record is being
+        written are listened to once pending begins, so a sound the hub started then could reach the
+        listener (a fresh-clone run under load played 0.7 s of the enrolled phrase in that gap)."""
+        voice = self.gate.confirmation is not None
+        held = pattern is LedPattern.PENDING_VOICE or (voice and pattern is LedPattern.CAPTURING)
         for hub in (self.satellite, self.esphome):
             if hub is not None:
                 (hub.playback_held.set if held else hub.playback_held.clear)()
