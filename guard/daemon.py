@@ -147,7 +147,7 @@ class Daemon:
         self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
                          accepts={name: sink.confirm for name, sink in config.sinks.items()},
                          confirmation=parts.spoken_confirmation(config), publish=self._publish,
-                         show=self._show, set_listening=self._set_listening,
+                         show=self._show, set_listening=self._set_listening, hold_playback=self._hold_playback,
                          clock=self.clock, deliver=self.deliveries.put)
         self.health: dict[str, str] = {}
         self.audio = Microphone(config.audio, options.source, options.fast, self.inbox, self.listening,
@@ -180,19 +180,15 @@ class Daemon:
         self.inbox.post(Command(by, verb))
 
     def _show(self, pattern: LedPattern) -> None:
-        """The LED shows the pattern; while a spoken confirmation is awaited nothing from the hub plays.
-
-        The hold starts with the capture, not with pending: frames heard while the pending record is being
-        written are listened to once pending begins, so a sound the hub started then could reach the
-        listener (a fresh-clone run under load played 0.7 s of the enrolled phrase in that gap)."""
-        voice = self.gate.confirmation is not None
-        held = pattern is LedPattern.PENDING_VOICE or (voice and pattern is LedPattern.CAPTURING)
-        for hub in (self.satellite, self.esphome):
-            if hub is not None:
-                (hub.playback_held.set if held else hub.playback_held.clear)()
         self._pattern = pattern
         if self.led is not None and not self.timers.ringing:
             self.led.show(pattern)
+
+    def _hold_playback(self, held: bool) -> None:
+        """Nothing from a hub plays while held (the gate decides when: a spoken confirmation may follow)."""
+        for hub in (self.satellite, self.esphome):
+            if hub is not None:
+                (hub.playback_held.set if held else hub.playback_held.clear)()
 
     def _ring(self, on: bool) -> None:
         """A finished timer rings (on), or its ring stopped: the LED shows it over the gate's pattern."""

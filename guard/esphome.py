@@ -12,7 +12,6 @@ its end) on the connection that subscribed to voice assistant; nothing here read
 import asyncio
 import base64
 import binascii
-import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -38,6 +37,7 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 from guard import __version__
 from guard.dsp import RATE_HZ
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
+from guard.hubloop import release_on
 from guard.inbox import ChooseWakeWords, Command, TimerHeard
 from guard.vocabulary import TimerKind
 
@@ -368,14 +368,8 @@ class EsphomeServer:
         Returns:
             who received it: "Home Assistant (host:port)".
         """
-        to = self.hub() or "Home Assistant (not connected)"
-        future = asyncio.run_coroutine_threadsafe(self._stream(audio), self._loop)
-        try:
-            return future.result(timeout_seconds)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise DeliveryUncertain(f"{to} did not take the audio within {timeout_seconds:g} s; part of it may "
-                                    "have arrived") from None
+        return release_on(self._loop, self._stream(audio), timeout_seconds,
+                          self.hub() or "Home Assistant (not connected)")
 
     async def _stream(self, audio: bytes | bytearray | memoryview) -> str:
         hub = self._hub

@@ -250,6 +250,7 @@ class Gate:
         confirmation: the enrolled spoken phrase, or None (then only the button consents).
         publish, show, set_listening: where decisions go: every Event (printing, MQTT), the LED's pattern, the
             microphone opened (True) or closed (False).
+        hold_playback: True while nothing from a hub may play (a spoken confirmation may be awaited), else False.
         deliver: runs a Delivery and then hands it back to `delivered` on the loop; default: right here.
         clock: monotonic seconds.
     """
@@ -259,6 +260,7 @@ class Gate:
                  confirmation: SpokenConfirmation | None = None, publish: Callable[[Event], None] = lambda e: None,
                  show: Callable[[LedPattern], None] = lambda s: None,
                  set_listening: Callable[[bool], None] = lambda b: None,
+                 hold_playback: Callable[[bool], None] = lambda b: None,
                  clock: Callable[[], float] = time.monotonic,
                  deliver: Callable[[Delivery], None] | None = None) -> None:
         self.settings = settings
@@ -268,6 +270,7 @@ class Gate:
         self.confirmation = confirmation if self.policy.eligible("voice") else None
         self.held = Held(pre_roll_seconds, settings, detector, self.confirmation)
         self._show, self._set_listening, self.clock = show, set_listening, clock
+        self._hold_playback = hold_playback
         self._deliver = deliver or self._deliver_here
         self.state = State.IDLE
         self.muted_by: str | None = None
@@ -491,5 +494,11 @@ class Gate:
         self._enter(state)
 
     def _enter(self, state: State, show: LedPattern | None = None) -> None:
+        """The state changes; while a spoken confirmation may follow, nothing from a hub plays.
+
+        The hold starts with the capture, not with pending: frames heard while the pending record is being
+        written are listened to once pending begins, so a sound a hub started then could reach the listener
+        (a fresh-clone run under load played 0.7 s of the enrolled phrase in that gap)."""
         self.state = state
+        self._hold_playback(self.confirmation is not None and state in (State.CAPTURING, State.PENDING))
         self._show(show or LedPattern.of(state))

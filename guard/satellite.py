@@ -12,7 +12,6 @@ and counted. Nothing here reads the microphone.
 """
 
 import asyncio
-import concurrent.futures
 import json
 import logging
 import threading
@@ -33,6 +32,7 @@ from guard import __version__
 from guard.config import WyomingConfig
 from guard.dsp import RATE_HZ
 from guard.errors import DeliveryUncertain, GuardError
+from guard.hubloop import release_on
 from guard.inbox import Command, Refusal, TimerHeard
 from guard.refusals import RefusalTally
 from guard.sound import Speaker
@@ -202,14 +202,8 @@ class AssistSatellite:
         Returns:
             who received it: "Home Assistant (host:port)".
         """
-        hub = self._hub
-        future = asyncio.run_coroutine_threadsafe(self._stream(audio), self._loop)
-        try:
-            return future.result(timeout_seconds)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise DeliveryUncertain(f"Home Assistant ({hub.peer if hub else 'not connected'}) did not take the "
-                                    f"audio within {timeout_seconds:g} s; part of it may have arrived") from None
+        return release_on(self._loop, self._stream(audio), timeout_seconds,
+                          self.hub() or "Home Assistant (not connected)")
 
     async def _stream(self, audio: bytes | bytearray | memoryview) -> str:
         connection = self._hub

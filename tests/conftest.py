@@ -6,6 +6,8 @@ import dataclasses
 import fcntl
 import os
 import pty
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +20,9 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin
 import speech
 
 from guard import config
+from guard.config import WakeModelSettings
+from guard.daemon import Daemon, RunOptions
+from guard.wake import WakeDetector
 
 ROOT = Path(__file__).resolve().parent.parent
 GUARD = ROOT / ".venv" / "bin" / "guard"
@@ -80,6 +85,34 @@ def daemon_config(tmp_path: Path, **sections) -> config.Config:
         **sections})
 
 
+@pytest.fixture(scope="module")
+def detector():
+    """The alexa detector, loaded once per test module; a test that feeds it wipes it first or after."""
+    return WakeDetector([WakeModelSettings("alexa")])
+
+
+@pytest.fixture
+def daemon(tmp_path, detector):
+    """A daemon driven step by step through its inbox (no threads started): a file source, mock pins, an
+    audit log and a directory sink "box" in `tmp_path`, and a clock the test moves (`daemon.clock.seconds`)."""
+    wav = speech.write_wav(tmp_path / "quiet.wav", speech.silence(5))
+    sink = tmp_path / "sink"
+    sink.mkdir(exist_ok=True)
+    cfg = config.Config(audit=config.AuditConfig(str(tmp_path / "audit.jsonl")),
+                        sinks={"box": config.SinkConfig(path=str(sink))})
+    daemon = Daemon(cfg, RunOptions(str(wav), "mock", fast=True), detector)  # fast: its clock is the test's
+    daemon.audit.open()
+    yield daemon
+    daemon.audit.close()
+
+
+def serve(daemon, *messages) -> None:
+    """Post each message to the inbox and let the loop serve it, as paho's or gpiozero's thread would."""
+    for message in messages:
+        assert daemon.inbox.post(message)
+        daemon.step()
+
+
 def alsa_home(home: Path, raw: Path, pcm: str = "guardtest") -> dict[str, str]:
     """An environment whose HOME declares an ALSA `file` PCM that captures from `raw`.
 
@@ -91,6 +124,57 @@ def alsa_home(home: Path, raw: Path, pcm: str = "guardtest") -> dict[str, str]:
         f'pcm.{pcm} {{\n  type file\n  slave.pcm "null"\n  file "/dev/null"\n'
         f'  infile "{raw}"\n  format "raw"\n}}\n')
     return {**os.environ, "HOME": str(home)}
+
+
+def speaker_home(home: Path, played: Path) -> dict[str, str]:
+    """An environment whose HOME declares an ALSA `file` PCM "speaker" that keeps what is played, raw, in
+    `played`: the real PortAudio output path without a sound card."""
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".asoundrc").write_text(
+        f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
+    return {**os.environ, "HOME": str(home)}
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+class GuardServing:
+    """`guard run` on `source` at its real pace without pins, its speaker a file (`played`), serving the hub
+    that `section` of guard.toml configures on `port`; ready once the port accepts. `with` stops it (SIGTERM)."""
+
+    def __init__(self, tmp_path: Path, source: Path, section: str, port: int, env: dict[str, str] | None = None,
+                 preexec_fn=None) -> None:
+        self.played, self.audit, self.port = tmp_path / "played.raw", tmp_path / "audit.jsonl", port
+        toml = tmp_path / "guard.toml"
+        toml.write_text(f'[device]\nid = "{DEVICE}"\n[audio]\noutput_device = "speaker"\n'
+                        f'[audit]\npath = "{self.audit}"\n{section}')
+        self.process = subprocess.Popen(
+            [str(GUARD), "--config", str(toml), "run", "--source", str(source), "--gpio", "none"],
+            env=speaker_home(tmp_path / "home", self.played) | (env or {}), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+        self.stderr = ""
+        try:
+            assert until(lambda: self.process.poll() is not None or listening(port), 60), f"nothing on port {port}"
+            assert self.process.poll() is None, self.process.communicate()[1]
+        except BaseException:
+            self.process.kill()
+            self.process.communicate()
+            raise
+
+    def stop(self) -> str:
+        """Stop as systemd does; returns what the guard logged."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            _, self.stderr = self.process.communicate(timeout=30)
+        return self.stderr
+
+    def __enter__(self) -> "GuardServing":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def run_guard_on_a_terminal(*args: str, env: dict[str, str] | None = None, timeout: float = 300

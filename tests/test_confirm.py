@@ -18,13 +18,13 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 
 from guard import audit, confirm, confusables, voiceprint
 from guard.audit import AuditLog
-from guard.config import GateConfig, WakeModelSettings
+from guard.config import GateConfig
 from guard.daemon import AudioClock
 from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.gate import Gate
 from guard.sinks import DirectorySink
 from guard.vocabulary import State
-from guard.wake import FeatureExtractor, WakeDetector
+from guard.wake import FeatureExtractor
 
 PHRASE = "please send it now, guard"
 VOICE = "en-us+m2"  # in neither confusables.CALIBRATION_VOICES nor COHORT_VOICES, like a real person
@@ -116,11 +116,6 @@ def test_damaged_templates_fail_closed(tmp_path, content):
     path.write_bytes(content)
     with pytest.raises(confirm.EnrollError, match="damaged confirmation templates"):
         confirm.Enrolment.load(path)
-
-
-@pytest.fixture(scope="module")
-def detector():
-    return WakeDetector([WakeModelSettings("alexa")])
 
 
 def _gate(tmp_path, detector, enrolment, accepts, settings=None):

@@ -6,14 +6,11 @@ import time
 import numpy as np
 import paho.mqtt.client as paho
 import pytest
-import speech
+from conftest import serve
 
 from guard import commands, config, hermes, mqtt
-from guard.config import WakeModelSettings
-from guard.daemon import Daemon, RunOptions
 from guard.inbox import ButtonMove, ButtonMoved, Command, Delivered, Frame, Inbox, Lane, SourceFailed, Stop
 from guard.vocabulary import State
-from guard.wake import WakeDetector
 
 DEVICE = "kitchen"
 
@@ -120,21 +117,6 @@ def test_a_callback_that_raises_never_stops_the_link(link, caplog):
 # -- the daemon ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def detector():
-    return WakeDetector([WakeModelSettings("alexa")])
-
-
-@pytest.fixture
-def daemon(tmp_path, detector):
-    wav = speech.write_wav(tmp_path / "quiet.wav", speech.silence(5))
-    cfg = config.Config(audit=config.AuditConfig(str(tmp_path / "audit.jsonl")))
-    daemon = Daemon(cfg, RunOptions(str(wav), "mock"), detector)
-    daemon.audit.open()
-    yield daemon
-    daemon.audit.close()
-
-
 def _loud(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(-20000, 20000, 1280).astype(np.int16)
 
@@ -174,13 +156,6 @@ def test_stop_drains_too(daemon):
     queued = daemon.inbox.peek(Lane.FRAMES)[0].samples
     daemon._drain()
     assert daemon.inbox.empty() and not queued.any()
-
-
-def serve(daemon, *messages) -> None:
-    """Post each message to the inbox and let the loop serve it, as paho's or gpiozero's thread would."""
-    for message in messages:
-        assert daemon.inbox.post(message)
-        daemon.step()
 
 
 def test_each_remote_verb_reaches_its_gate_action(daemon):

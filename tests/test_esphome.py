@@ -6,9 +6,7 @@ import base64
 import dataclasses
 import http.server
 import os
-import signal
 import socket
-import subprocess
 import threading
 import time
 import wave
@@ -18,7 +16,8 @@ import pytest
 import speech
 from aioesphomeapi import APIClient, InvalidEncryptionKeyAPIError, RequiresEncryptionAPIError
 from aioesphomeapi.model import VoiceAssistantEventType, VoiceAssistantTimerEventType
-from conftest import GUARD, alsa_home, consent_window_open, daemon_config, until
+from conftest import GuardServing, consent_window_open, daemon_config, until
+from mqtt_broker import free_port
 
 from guard import audit, config, esphome, timers
 from guard.daemon import Daemon, RunOptions
@@ -150,27 +149,23 @@ def test_the_mac_address_is_stable_locally_administered_and_differs_per_device()
     assert first & 0x02 and not first & 0x01
 
 
-def _guard_with_esphome(tmp_path, quiet_wav):
-    """A real daemon (file source at real-time pace, mock pins) serving the ESPHome API on a free port."""
+def _daemon_with_esphome(tmp_path, source, publish=lambda event: None, models=("alexa",), **sections):
+    """A real daemon (file source at real-time pace, mock pins) serving the ESPHome API on a free port with a
+    fresh key; `sections` as daemon_config's. Returns it, its running thread, the key and its config."""
     key_file = tmp_path / "esphome.key"
     key = esphome.write_key(key_file)
-    cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=_free_port(), host="127.0.0.1",
-                                                               key_file=str(key_file), zeroconf=False))
-    daemon = Daemon(cfg, RunOptions(str(quiet_wav), "mock"), WakeDetector(cfg.wake.settings()))
+    cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=free_port(), host="127.0.0.1",
+                                                               key_file=str(key_file), zeroconf=False), **sections)
+    cfg = dataclasses.replace(cfg, wake=dataclasses.replace(cfg.wake, models=models))
+    daemon = Daemon(cfg, RunOptions(str(source), "mock", publish=publish), WakeDetector(cfg.wake.settings()))
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     assert daemon.esphome.serving.wait(10)
     return daemon, thread, key, cfg
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_home_assistants_mute_switch_mutes_a_running_guard_and_cannot_lift_a_button_mute(tmp_path, quiet_wav):
-    daemon, thread, key, cfg = _guard_with_esphome(tmp_path, quiet_wav)
+    daemon, thread, key, cfg = _daemon_with_esphome(tmp_path, quiet_wav)
     try:
         async def mute_then_unmute(client):
             states = []
@@ -283,12 +278,6 @@ class HomeAssistantVoice:
 def test_home_assistant_hears_exactly_the_released_request_over_the_encrypted_api(tmp_path, two_requests_wav):
     """The first request is released by a press, the second times out: Home Assistant's voice assistant gets
     one run with the first request's samples, after the releasing record, then its end; nothing of the second."""
-    key_file = tmp_path / "esphome.key"
-    key = esphome.write_key(key_file)
-    cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=_free_port(), host="127.0.0.1",
-                                                               key_file=str(key_file), zeroconf=False),
-                        sinks={"box": config.SinkConfig(path=str(tmp_path / "sink")),
-                               "assist": config.SinkConfig(type="esphome")})
     releasing: list[float] = []
 
     def press_on_first_pending(event) -> None:
@@ -303,11 +292,9 @@ def test_home_assistant_hears_exactly_the_released_request_over_the_encrypted_ap
         pin.drive_low()
         pin.drive_high()
 
-    daemon = Daemon(cfg, RunOptions(str(two_requests_wav), "mock", publish=press_on_first_pending),
-                    WakeDetector(cfg.wake.settings()))
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
-    assert daemon.esphome.serving.wait(10)
+    daemon, thread, key, cfg = _daemon_with_esphome(
+        tmp_path, two_requests_wav, press_on_first_pending,
+        sinks={"box": config.SinkConfig(path=str(tmp_path / "sink")), "assist": config.SinkConfig(type="esphome")})
     home_assistant = HomeAssistantVoice(daemon.esphome.port, key)
     try:
         assert home_assistant.ready.wait(10)
@@ -369,23 +356,9 @@ def test_the_latest_subscriber_is_the_one_hub_and_the_others_hear_nothing(server
 def test_a_timer_home_assistant_says_finished_rings_on_the_speaker_until_the_guard_stops(tmp_path, quiet_wav):
     """`guard run` with an ALSA `file` PCM as its speaker: Home Assistant starts a timer and says it finished;
     what plays is the ring, again and again, from the moment it finished; it stops with the guard."""
-    played = tmp_path / "played.raw"
-    env = alsa_home(tmp_path / "home", tmp_path / "none.raw")
-    (tmp_path / "home" / ".asoundrc").write_text(
-        f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
-    key_file = tmp_path / "esphome.key"
-    key = esphome.write_key(key_file)
-    port = _free_port()
-    toml = tmp_path / "guard.toml"
-    toml.write_text(f'[device]\nid = "kitchen"\n[audio]\noutput_device = "speaker"\n'
-                    f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
-                    f'[esphome]\nport = {port}\nhost = "127.0.0.1"\nkey_file = "{key_file}"\nzeroconf = false\n')
-    guard = subprocess.Popen([str(GUARD), "--config", str(toml), "run", "--source", str(quiet_wav), "--gpio", "none"],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        assert until(lambda: guard.poll() is not None or _accepts(port), 60), "the ESPHome API never listened"
-        assert guard.poll() is None, guard.communicate()[1]
-
+    guard, key = _serving_esphome(tmp_path, quiet_wav)
+    played = guard.played
+    with guard:
         async def timer(client):
             finished = VoiceAssistantTimerEventType.VOICE_ASSISTANT_TIMER_FINISHED
             client.send_voice_assistant_timer_event(VoiceAssistantTimerEventType.VOICE_ASSISTANT_TIMER_STARTED,
@@ -394,11 +367,8 @@ def test_a_timer_home_assistant_says_finished_rings_on_the_speaker_until_the_gua
             client.send_voice_assistant_timer_event(finished, "t1", "tea", 1, 0, False)
             await asyncio.to_thread(until, lambda: played.exists() and played.stat().st_size > 4 * 16000 * 2, 20)
 
-        _talk_to(port, key, timer)
-    finally:
-        guard.send_signal(signal.SIGTERM)
-        _, stderr = guard.communicate(timeout=30)
-    assert guard.returncode == 0, stderr
+        _talk_to(guard.port, key, timer)
+    assert guard.process.returncode == 0, guard.stderr
     out = np.frombuffer(played.read_bytes(), "<i2")
     ring = timers.ring_sound(0.5)
     lead = np.flatnonzero(ring)[0]  # the beep's window starts at zero
@@ -406,12 +376,16 @@ def test_a_timer_home_assistant_says_finished_rings_on_the_speaker_until_the_gua
     assert np.array_equal(out[first:first + len(ring)], ring), "the ring, sample for sample"
     second = first + len(ring) + np.flatnonzero(out[first + len(ring):])[0] - lead
     assert np.array_equal(out[second:second + len(ring)], ring), "and again, until stopped"
-    assert "tea" not in stderr, "the timer's name is not logged"
+    assert "tea" not in guard.stderr, "the timer's name is not logged"
 
 
-def _accepts(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+def _serving_esphome(tmp_path, source) -> tuple[GuardServing, str]:
+    """`guard run` (GuardServing) with the ESPHome API on a free port and a fresh key; returns it and the key."""
+    key_file = tmp_path / "esphome.key"
+    key = esphome.write_key(key_file)
+    port = free_port()
+    return GuardServing(tmp_path, source, f'[esphome]\nport = {port}\nhost = "127.0.0.1"\nkey_file = "{key_file}"\n'
+                                          'zeroconf = false\n', port), key
 
 
 def _talk_to(port: int, key: str, steps):
@@ -449,44 +423,29 @@ def _serve_file(path, hits: list | None = None) -> tuple[http.server.HTTPServer,
 def test_an_announcement_plays_sample_for_sample_and_is_reported_finished(tmp_path, quiet_wav):
     """Home Assistant's announcement (a WAV its own server hands out, in the format the guard's media player
     declares) is fetched, played on the output device exactly, and answered with success."""
-    played = tmp_path / "played.raw"
-    env = alsa_home(tmp_path / "home", tmp_path / "none.raw")
-    (tmp_path / "home" / ".asoundrc").write_text(
-        f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
     t = np.arange(int(16000 * 1.2)) / 16000
     announcement = (6000 * np.sin(2 * np.pi * 523 * t) + 500).astype(np.int16)  # no zero at either end
     wav = speech.write_wav(tmp_path / "announce.wav", announcement)
     httpd, url = _serve_file(wav)
-    key_file = tmp_path / "esphome.key"
-    key = esphome.write_key(key_file)
-    port = _free_port()
-    toml = tmp_path / "guard.toml"
-    toml.write_text(f'[device]\nid = "kitchen"\n[audio]\noutput_device = "speaker"\n'
-                    f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
-                    f'[esphome]\nport = {port}\nhost = "127.0.0.1"\nkey_file = "{key_file}"\nzeroconf = false\n')
-    guard = subprocess.Popen([str(GUARD), "--config", str(toml), "run", "--source", str(quiet_wav), "--gpio", "none"],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    guard, key = _serving_esphome(tmp_path, quiet_wav)
     try:
-        assert until(lambda: guard.poll() is not None or _accepts(port), 60), "the ESPHome API never listened"
-
         async def announce(client):
             info = await client.device_info()
             entities, _ = await client.list_entities_services()
             finished = await client.send_voice_assistant_announcement_await_response(url, 20)
             return info, entities, finished
 
-        info, entities, finished = _talk_to(port, key, announce)
+        info, entities, finished = _talk_to(guard.port, key, announce)
     finally:
         httpd.shutdown()
-        guard.send_signal(signal.SIGTERM)
-        _, stderr = guard.communicate(timeout=30)
-    assert guard.returncode == 0, stderr
+        guard.stop()
+    assert guard.process.returncode == 0, guard.stderr
     assert info.voice_assistant_feature_flags & esphome.ANNOUNCE
     speaker, = [e for e in entities if e.object_id == "speaker"]
     assert [(f.format, f.sample_rate, f.num_channels, f.sample_bytes) for f in speaker.supported_formats] == [
         ("wav", 16000, 1, 2)] * 2
     assert finished.success
-    out = np.frombuffer(played.read_bytes(), "<i2")
+    out = np.frombuffer(guard.played.read_bytes(), "<i2")
     assert np.array_equal(np.trim_zeros(out), announcement), "what played is exactly what Home Assistant served"
 
 
@@ -583,17 +542,8 @@ def test_a_key_file_another_account_could_replace_is_refused_at_start(tmp_path):
 def test_home_assistant_chooses_among_the_configured_wake_words_and_the_choice_is_recorded(tmp_path, quiet_wav):
     """The wake-word choice offers the owner's configured words only; a word Home Assistant makes up is ignored;
     a word turned off no longer wakes the guard; each choice is in the audit log."""
-    key_file = tmp_path / "esphome.key"
-    key = esphome.write_key(key_file)
-    cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=_free_port(), host="127.0.0.1",
-                                                               key_file=str(key_file), zeroconf=False))
-    cfg = dataclasses.replace(cfg, wake=dataclasses.replace(cfg.wake, models=("alexa", "hey_jarvis")))
-    daemon = Daemon(cfg, RunOptions(str(quiet_wav), "mock"), WakeDetector(cfg.wake.settings()))
-    thread = threading.Thread(target=daemon.run, daemon=True)
-    thread.start()
+    daemon, thread, key, cfg = _daemon_with_esphome(tmp_path, quiet_wav, models=("alexa", "hey_jarvis"))
     try:
-        assert daemon.esphome.serving.wait(10)
-
         async def choose(client):
             offered = await client.get_voice_assistant_configuration(10)
             await client.set_voice_assistant_configuration(["hey_jarvis", "ok_google"])

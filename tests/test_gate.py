@@ -32,11 +32,6 @@ PRE_ROLL_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
-def detector():
-    return WakeDetector([WakeModelSettings("alexa")])
-
-
-@pytest.fixture(scope="module")
 def request_audio() -> np.ndarray:
     """'Alexa, what time is it', then quiet: one utterance the gate captures and holds."""
     audio = np.concatenate([speech.silence(1.0), speech.say("Alexa"), speech.silence(0.3),
@@ -1124,3 +1119,25 @@ def test_an_abandoned_delivery_calls_uncertain_only_the_sinks_it_had_not_finishe
     runner.join(10)
     assert sorted((sink, str(outcome)) for sink, outcome, _, _ in delivery.outcomes) == [
         ("archive", "released"), ("slow", "release-unknown")]
+
+
+@pytest.mark.parametrize("voice", [True, False])
+def test_a_hub_is_held_silent_from_the_capture_to_the_end_of_pending_only_when_a_spoken_confirmation_may_follow(
+        tmp_path, request_audio, voice):
+    """The gate holds a hub's playback from the capture's start (frames heard while pending is recorded are
+    listened to once it begins) to the end of pending; with the button alone nothing is ever held."""
+    clock, holds = AudioClock(), []
+    gate = Gate(GateConfig(pending_timeout_seconds=2.0), WakeDetector([WakeModelSettings("alexa")]),
+                PRE_ROLL_SECONDS, [DirectorySink("box", tmp_path, "test")], AuditLog(tmp_path / "audit.jsonl", "t"),
+                accepts={"box": ("button", "voice") if voice else ("button",)}, confirmation=_NeverConfirms(),
+                hold_playback=lambda held: holds.append((held, gate.state)), clock=clock)
+    heard = np.concatenate([request_audio, np.zeros(16000 * 3, np.int16)])
+    for frame in heard[:len(heard) // FRAME_SAMPLES * FRAME_SAMPLES].reshape(-1, FRAME_SAMPLES):
+        gate.feed(frame.copy())
+        clock.seconds += FRAME_SECONDS
+        gate.tick()
+    states = [state for _, state in holds]
+    assert State.CAPTURING in states and State.PENDING in states and states[-1] is State.IDLE  # timed out
+    assert all(held is (voice and state in (State.CAPTURING, State.PENDING)) for held, state in holds)
+    gate.mute("button")
+    assert holds[-1] == (False, State.MUTED)

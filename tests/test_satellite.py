@@ -5,7 +5,6 @@ after its record; its pause mutes; its requests to listen are refused; its spoke
 import contextlib
 import dataclasses
 import json
-import signal
 import socket
 import subprocess
 import threading
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import speech
 from assist import HomeAssistant
-from conftest import DEVICE, GUARD, alsa_home, consent_window_open, daemon_config, until
+from conftest import DEVICE, GUARD, GuardServing, alsa_home, consent_window_open, daemon_config, until
 from mqtt_broker import free_port
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.info import Info
@@ -176,11 +175,6 @@ def test_a_stranger_or_garbage_never_takes_the_satellite(tmp_path, quiet_wav):
     assert daemon.gate.state is State.IDLE
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _tone(rate: int, seconds: float) -> np.ndarray:
     """A spoken answer stand-in whose first and last samples are not zero (so the padding a device adds shows)."""
     t = np.arange(int(rate * seconds)) / rate
@@ -191,21 +185,10 @@ def _tone(rate: int, seconds: float) -> np.ndarray:
 def test_the_spoken_answer_plays_on_the_output_device(tmp_path, quiet_wav):
     """`guard run` opens a real PortAudio output (an ALSA `file` PCM that keeps what is played); Home Assistant
     streams an answer at 22050 Hz as it does; the samples played are the samples sent, then `played` comes back."""
-    played = tmp_path / "played.raw"
-    env = alsa_home(tmp_path / "home", tmp_path / "none.raw")
-    (tmp_path / "home" / ".asoundrc").write_text(
-        f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "{played}"\n  format "raw"\n}}\n')
     port = free_port()
-    toml = tmp_path / "guard.toml"
-    toml.write_text(f'[device]\nid = "{DEVICE}"\n[audio]\noutput_device = "speaker"\n'
-                    f'[audit]\npath = "{tmp_path / "audit.jsonl"}"\n'
-                    f'[wyoming]\nuri = "tcp://127.0.0.1:{port}"\nzeroconf = false\n')
-    guard = subprocess.Popen([str(GUARD), "--config", str(toml), "run", "--source", str(quiet_wav), "--gpio", "none"],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     answer = _tone(22050, 1.5)
-    try:
-        assert until(lambda: guard.poll() is not None or _listening(port), 60), "the satellite never listened"
-        assert guard.poll() is None, guard.communicate()[1]
+    with GuardServing(tmp_path, quiet_wav, f'[wyoming]\nuri = "tcp://127.0.0.1:{port}"\nzeroconf = false\n',
+                      port) as guard:
         home_assistant = HomeAssistant(port)
         pieces = [answer[i:i + 1024] for i in range(0, len(answer), 1024)]
         home_assistant.send(Synthesize(text="The kitchen light is off").event(),
@@ -214,11 +197,8 @@ def test_the_spoken_answer_plays_on_the_output_device(tmp_path, quiet_wav):
                             AudioStop().event())
         assert until(lambda: home_assistant.types()[-1:] == [Played().event().type], 20), home_assistant.types()
         home_assistant.close()
-    finally:
-        guard.send_signal(signal.SIGTERM)
-        _, stderr = guard.communicate(timeout=30)
-    assert guard.returncode == 0, stderr
-    out = np.frombuffer(played.read_bytes(), "<i2")
+    assert guard.process.returncode == 0, guard.stderr
+    out = np.frombuffer(guard.played.read_bytes(), "<i2")
     assert np.array_equal(np.trim_zeros(out), answer), "what played is exactly what Home Assistant sent"
 
 

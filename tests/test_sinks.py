@@ -1,5 +1,6 @@
 """Sinks on their own: what arrives, and that a failed or killed release leaves nothing half-done behind."""
 
+import asyncio
 import io
 import os
 import re
@@ -17,6 +18,7 @@ from conftest import fill, until
 
 from guard import config
 from guard.errors import DeliveryUncertain, GuardError, SinkError
+from guard.hubloop import release_on
 from guard.sinks import (
     COMMAND_PATH,
     AssistSink,
@@ -268,3 +270,30 @@ def test_sinks_are_built_in_config_order_with_their_settings(tmp_path, monkeypat
     assert sinks[0].argv == ("/bin/cat",) and sinks[0].timeout_seconds == 7.0 and sinks[0].device_id == "kitchen"
     assert sinks[1].folder == tmp_path / "box" and sinks[1].device_id == "kitchen"
     assert sinks[2].send is print and sinks[2].timeout_seconds == 3.0
+
+
+def test_a_release_to_a_hub_that_outlasts_its_time_may_have_arrived_and_is_stopped_there():
+    """A Home Assistant server's release runs on its own loop: done in time, it names the receiver; out of
+    time, it is uncertain (part may have arrived), names who and how long, and its coroutine is cancelled."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    cancelled = threading.Event()
+
+    async def stream(seconds: float) -> str:
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "Home Assistant (h:1)"
+
+    try:
+        assert release_on(loop, stream(0.0), 5.0, "Home Assistant (h:1)") == "Home Assistant (h:1)"
+        with pytest.raises(DeliveryUncertain, match=r"^Home Assistant \(h:2\) did not take the audio within 0\.2 s; "
+                                                    r"part of it may have arrived$"):
+            release_on(loop, stream(60.0), 0.2, "Home Assistant (h:2)")
+        assert cancelled.wait(5), "the stream stops once its time is out"
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

@@ -6,16 +6,14 @@ import asyncio
 import json
 import os
 import resource
-import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from assist import HomeAssistant
-from conftest import DEVICE, GUARD, alsa_home, run_guard, until
+from conftest import DEVICE, GuardServing, run_guard, until
 from mqtt_broker import free_port
 from test_service import NotifyListener
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -217,38 +215,20 @@ def _fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-class Guard:
+class Guard(GuardServing):
     """`guard run` on a long quiet file with a satellite on loopback, a file speaker, and a notify socket."""
 
     def __init__(self, tmp_path: Path, quiet_wav: Path, allowed: str = '["127.0.0.1"]', nofile: int = 1024) -> None:
-        self.played = tmp_path / "played.raw"
-        env = alsa_home(tmp_path / "home", tmp_path / "none.raw")
-        (tmp_path / "home" / ".asoundrc").write_text(
-            f'pcm.speaker {{\n  type file\n  slave.pcm "null"\n  file "{self.played}"\n  format "raw"\n}}\n')
         self.notify = NotifyListener(tmp_path / "notify.sock")
-        env |= {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"}
-        self.port = free_port()
-        self.audit = tmp_path / "audit.jsonl"
-        toml = tmp_path / "guard.toml"
-        toml.write_text(f'[device]\nid = "{DEVICE}"\n[audio]\noutput_device = "speaker"\n'
-                        f'[audit]\npath = "{self.audit}"\n[wyoming]\nuri = "tcp://127.0.0.1:{self.port}"\n'
-                        f'zeroconf = false\nallowed_hosts = {allowed}\n')
-        self.process = subprocess.Popen(
-            [str(GUARD), "--config", str(toml), "run", "--source", str(quiet_wav), "--gpio", "none"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
-        assert until(lambda: self.process.poll() is not None or _listening(self.port), 60)
-        assert self.process.poll() is None, self.process.communicate()[1]
+        port = free_port()
+        super().__init__(tmp_path, quiet_wav, f'[wyoming]\nuri = "tcp://127.0.0.1:{port}"\nzeroconf = false\n'
+                                              f'allowed_hosts = {allowed}\n', port,
+                         env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "2000000"},
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
         assert until(lambda: self.notify.pings(0) >= 1, 10), "the watchdog pings once it runs"
 
     def stop(self) -> str:
-        self.process.send_signal(signal.SIGTERM)
-        _, stderr = self.process.communicate(timeout=30)
+        stderr = super().stop()
         self.notify.close()
         return stderr
 

@@ -2,17 +2,14 @@
 passes; the press that stops a ring releases nothing, even with a request pending."""
 
 import numpy as np
-import pytest
 import speech
+from conftest import serve
 
-from guard import audit, config, timers
-from guard.config import WakeModelSettings
-from guard.daemon import Daemon, RunOptions
+from guard import audit, timers
 from guard.dsp import FRAME_SAMPLES
 from guard.inbox import ButtonMove, ButtonMoved, TimerHeard
 from guard.timers import Timer, Timers
 from guard.vocabulary import LedPattern, State, TimerKind
-from guard.wake import WakeDetector
 
 
 class Clock:
@@ -67,30 +64,6 @@ def test_a_timer_name_is_never_logged(caplog):
 
 
 # -- in the daemon --------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def detector():
-    return WakeDetector([WakeModelSettings("alexa")])
-
-
-@pytest.fixture
-def daemon(tmp_path, detector):
-    wav = speech.write_wav(tmp_path / "quiet.wav", speech.silence(5))
-    sink = tmp_path / "sink"
-    sink.mkdir()
-    cfg = config.Config(audit=config.AuditConfig(str(tmp_path / "audit.jsonl")),
-                        sinks={"box": config.SinkConfig(path=str(sink))})
-    daemon = Daemon(cfg, RunOptions(str(wav), "mock", fast=True), detector)
-    daemon.audit.open()
-    yield daemon
-    daemon.audit.close()
-
-
-def serve(daemon, *messages) -> None:
-    for message in messages:
-        assert daemon.inbox.post(message)
-        daemon.step()
 
 
 def _press(daemon) -> None:
