@@ -30,6 +30,7 @@ from guard.inbox import (
     ChooseWakeWords,
     Command,
     Delivered,
+    FollowUp,
     Frame,
     Inbox,
     Lane,
@@ -312,6 +313,8 @@ class Daemon:
                 self._choose_wake_words(by, names)
             case TimerHeard(kind, timer_id, name, total, left):
                 self.timers.heard(kind, Timer(timer_id, name, total, left))
+            case FollowUp(by, prompt_seconds):
+                self.gate.follow_up(by, prompt_seconds)
             case SourceFailed(reason, generation):
                 self.audio.failed(reason, generation)
             case Delivered(delivery):

@@ -25,6 +25,7 @@ FURTHEST_FROM_TALKER_DB = 10.0  # even in a silent room, frames this far under t
 STRAY_FRAMES = 1  # background peaks a quiet second may hold and still end the request
 NEIGHBOUR_FRAMES = 5  # a frame is the talker's when another was this close before it (400 ms): syllables come in runs
 TAIL_FRAMES = 3  # kept after the talker's last frame: the fading end of a word (240 ms)
+ANSWER_WAIT_SECONDS = 8.0  # how long a hub's question waits for its answer to begin
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class EndOfSpeech:
         self._length = 0  # samples of the request so far, pre-roll included
         self._talker_end = 0  # samples up to the end of the talker's last frame
         self._last_talker = -math.inf  # the request's frame count at the talker's last frame
+        self._question = False  # this capture is the answer to a hub's question, not a request after a wake word
+        self._waiting = 0  # frames a question's answer may still take to begin (0: it began, or no question)
 
     def hear(self, frame_dbfs: float) -> None:
         """The level of a frame heard while listening for a wake word: the room, and then the wake word itself."""
@@ -81,6 +84,27 @@ class EndOfSpeech:
         self._recent.clear()
         self._length = self._talker_end = pre_roll_samples
         self._last_talker = -math.inf
+        self._question, self._waiting = False, 0
+
+    def answer(self, prompt_seconds: float) -> None:
+        """A hub asked a question whose prompt just played; no wake word taught the talker's level, so a frame
+        NEAREST_TO_TALKER_DB over the room's loud moments before the prompt is the answer's. It must begin
+        within ANSWER_WAIT_SECONDS."""
+        prompt = round(prompt_seconds / FRAME_SECONDS)
+        heard = list(self._heard)
+        room_levels = heard[:len(heard) - prompt] if prompt else heard
+        room = float(np.percentile(room_levels, LOUD_PERCENTILE)) if room_levels else self.floor_dbfs
+        threshold = round(max(room + NEAREST_TO_TALKER_DB, self.floor_dbfs), 1)
+        self.levels = Levels(threshold, round(room, 1), threshold)  # the talker: the least a frame of theirs is
+        self._recent.clear()
+        self._length = self._talker_end = 0
+        self._last_talker = -math.inf
+        self._question, self._waiting = True, round(ANSWER_WAIT_SECONDS / FRAME_SECONDS)
+
+    @property
+    def unanswered(self) -> bool:
+        """A question whose answer never began."""
+        return self._question and self._last_talker == -math.inf
 
     def push(self, frame_dbfs: float) -> bool:
         """The level of the request's next frame; True once the talker has stopped."""
@@ -92,6 +116,9 @@ class EndOfSpeech:
             if frame - self._last_talker <= NEIGHBOUR_FRAMES:  # a lone peak does not stretch the release
                 self._talker_end = self._length
             self._last_talker = frame
+        if self._waiting:  # a question: quiet frames before its answer begins do not end it
+            self._waiting = 0 if talker else self._waiting - 1
+            return not talker and self._waiting == 0
         return not talker and len(self._recent) == self.window and sum(self._recent) <= STRAY_FRAMES
 
     def kept_samples(self) -> int:

@@ -38,7 +38,7 @@ from guard import __version__
 from guard.dsp import RATE_HZ
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
 from guard.hubloop import release_on
-from guard.inbox import ChooseWakeWords, Command, TimerHeard
+from guard.inbox import ChooseWakeWords, Command, FollowUp, TimerHeard
 from guard.vocabulary import TimerKind
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ MAX_CONNECTIONS = 4  # Home Assistant holds one; a reconnect may briefly hold a 
 HANDSHAKE_SECONDS = 10.0  # a client that has not proven the key by then is dropped
 IDLE_SECONDS = 90.0  # Home Assistant pings every 20 s; a silent connection is gone
 MESSAGE_TYPES = {proto: number for number, proto in MESSAGE_TYPE_TO_PROTO.items()}
-VOICE_ASSISTANT, API_AUDIO, TIMERS, ANNOUNCE = 1 << 0, 1 << 2, 1 << 3, 1 << 4  # voice_assistant_feature_flags
+VOICE_ASSISTANT, API_AUDIO, TIMERS, ANNOUNCE, START_CONVERSATION = 1 << 0, 1 << 2, 1 << 3, 1 << 4, 1 << 5  # flags
 SPEAKER_KEY = 2  # the media player entity: what Home Assistant announces and answers through
 MAX_MEDIA_BYTES = 16 * 1024 * 1024  # a sound Home Assistant asks the guard to fetch and play (16 MB: 8 min at 16 kHz)
 FETCH_SECONDS = 10.0
@@ -230,22 +230,21 @@ class MediaPlayer:
         state = api_pb2.MEDIA_PLAYER_STATE_ANNOUNCING if playing else api_pb2.MEDIA_PLAYER_STATE_IDLE
         return api_pb2.MediaPlayerStateResponse(key=SPEAKER_KEY, state=state, volume=1.0)
 
-    async def play(self, url: str) -> bool:
-        """Fetch and play one sound; True when it played."""
+    async def play(self, url: str) -> float | None:
+        """Fetch and play one sound; how many seconds played, or None when it did not."""
         if self.held.is_set():
             log.warning("ESPHome API: a sound was not played: a spoken confirmation is awaited")
-            return False
+            return None
         self.broadcast(self.state(True))
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self._fetch_and_play, url)
-            return True
+            return await asyncio.get_running_loop().run_in_executor(None, self._fetch_and_play, url)
         except (GuardError, OSError, EOFError, wave.Error) as e:
             log.warning("ESPHome API: a sound was not played: %s", e)
-            return False
+            return None
         finally:
             self.broadcast(self.state(False))
 
-    def _fetch_and_play(self, url: str) -> None:
+    def _fetch_and_play(self, url: str) -> float:
         if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
             raise GuardError(f"{url[:80]!r} is not an http(s) URL")
         with urllib.request.urlopen(url, timeout=FETCH_SECONDS) as response:  # noqa: S310 - http(s) only, above
@@ -259,6 +258,7 @@ class MediaPlayer:
             self.speaker.write(frames)
         finally:
             self.speaker.stop()
+        return len(frames) / (rate * width * channels)
 
 
 class EsphomeServer:
@@ -466,8 +466,9 @@ class EsphomeServer:
                 return [self._wake_word_configuration()]
             case api_pb2.VoiceAssistantSetConfiguration(active_wake_words=names):
                 self.post(ChooseWakeWords(HUB, tuple(str(name)[:64] for name in names[:len(self.wake_words)])))
-            case api_pb2.VoiceAssistantAnnounceRequest(media_id=url):
-                self._loop.create_task(self._announce(connection, url))
+            case api_pb2.VoiceAssistantAnnounceRequest(media_id=url, preannounce_media_id=chime,
+                                                       start_conversation=ask):
+                self._loop.create_task(self._announce(connection, chime, url, ask and connection is self._hub))
             case api_pb2.MediaPlayerCommandRequest(key=key, has_media_url=True, media_url=url) \
                     if key == SPEAKER_KEY and self.media is not None:
                 self._loop.create_task(self.media.play(url))
@@ -491,15 +492,23 @@ class EsphomeServer:
             active_wake_words=list(self.active_wake_words), max_active_wake_words=len(self.wake_words))
 
     def features(self) -> int:
-        """What Home Assistant's voice assistant may ask of the device: announcements only with a speaker."""
-        return VOICE_ASSISTANT | API_AUDIO | TIMERS | (ANNOUNCE if self.media is not None else 0)
+        """What Home Assistant's voice assistant may ask of the device: announcements and questions only with a
+        speaker (a question nobody heard has no answer)."""
+        spoken = ANNOUNCE | START_CONVERSATION if self.media is not None else 0
+        return VOICE_ASSISTANT | API_AUDIO | TIMERS | spoken
 
-    async def _announce(self, connection: "_Connection", url: str) -> None:
-        """An announcement: played if there is a speaker, and answered with whether it was."""
-        played = await self.media.play(url) if self.media is not None else False
+    async def _announce(self, connection: "_Connection", chime: str, url: str, ask: bool) -> None:
+        """An announcement (after its chime), answered with whether it played; a question (`ask`, from the hub
+        only) then has its answer captured under the gate's rules."""
         if self.media is None:
             log.warning("ESPHome API: an announcement was not played: no [audio] output_device")
-        connection.send(api_pb2.VoiceAssistantAnnounceFinished(success=played))
+            connection.send(api_pb2.VoiceAssistantAnnounceFinished(success=False))
+            return
+        rang = await self.media.play(chime) if chime else 0.0
+        played = await self.media.play(url)
+        connection.send(api_pb2.VoiceAssistantAnnounceFinished(success=played is not None))
+        if ask and played is not None:
+            self.post(FollowUp(HUB, (rang or 0.0) + played))
 
     def _device_info(self) -> api_pb2.DeviceInfoResponse:
         return api_pb2.DeviceInfoResponse(

@@ -28,7 +28,7 @@ from guard.errors import AuditError, DeliveryUncertain, SinkError
 from guard.ringbuffer import CaptureBuffer, RingBuffer
 from guard.sinks import Sink, Utterance
 from guard.vocabulary import Event, EventKind, LedPattern, State
-from guard.wake import Detection, WakeDetector
+from guard.wake import WakeDetector
 from guard.wav import encode_wav
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,13 @@ class Held:
         self.capture.load(self.ring)
         self.ring.wipe()
         self.end.start(len(self.capture))
+
+    def answer(self, prompt_seconds: float) -> None:
+        """A hub's question: the capture starts empty (the pre-roll is the prompt and what came before), and the
+        ring is wiped."""
+        self.capture.wipe()
+        self.ring.wipe()
+        self.end.answer(prompt_seconds)
 
     def add(self, frame: np.ndarray, frame_dbfs: float) -> bool:
         """A frame of the request; False once the request is complete (full, or its talker stopped)."""
@@ -296,19 +303,28 @@ class Gate:
             return
         if self.state is State.IDLE:
             if detections:
-                self._start_capture(max(detections, key=lambda d: d.score))
+                wake = max(detections, key=lambda d: d.score)
+                self._start_capture(EventKind.WAKE, self.held.begin, **wake.on_record())
         elif self.state is State.CAPTURING and not self.held.add(frame, level):
             self.end_capture()
         if detections and self.state is not State.CAPTURING:
             log.debug("wake %s ignored while %s", detections[0].model, self.state)
 
-    def _start_capture(self, wake: Detection) -> None:
+    def follow_up(self, by: str, prompt_seconds: float) -> None:
+        """A hub asked a question and its prompt has played: the answer is captured as a request after a wake word
+        is, and leaves only on a local consent; refused unless the guard is idle (a mute or a held request wins)."""
+        if self.state is not State.IDLE:
+            self.refuse(by, f"follow-up: the guard is {self.state}")
+            return
+        self._start_capture(EventKind.FOLLOW_UP, lambda: self.held.answer(prompt_seconds), by=by)
+
+    def _start_capture(self, kind: EventKind, begin: Callable[[], None], **fields) -> None:
         heard_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        self.held.begin()
+        begin()
         self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
         self.press.close()  # no consent window until this utterance's pending is shown
-        if not self.record(EventKind.WAKE, State.CAPTURING, required=True, **wake.on_record()):
-            self.fault("the audit log cannot take the wake record; nothing is captured")
+        if not self.record(kind, State.CAPTURING, required=True, **fields):
+            self.fault(f"the audit log cannot take the {kind} record; nothing is captured")
             return
         self._enter(State.CAPTURING)
 
@@ -318,6 +334,9 @@ class Gate:
         if self.state is not State.CAPTURING:
             return
         self.held.close()
+        if self.held.end.unanswered:
+            self._discard("unanswered")
+            return
         self.press.forget()
         if self.confirmation is not None:
             self.confirmation.reset()  # only what is said from now on can confirm

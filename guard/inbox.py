@@ -88,6 +88,15 @@ class TimerHeard:
 
 
 @dataclass(frozen=True)
+class FollowUp:
+    """Home Assistant asked a question and its prompt has played (the ESPHome server's thread): capture the
+    answer as after a wake word; it leaves only on a local consent, like any request."""
+
+    by: str
+    prompt_seconds: float  # how long the question played: the room is measured from before it
+
+
+@dataclass(frozen=True)
 class SourceFailed:
     """The microphone or file failed (the audio thread); `generation` names the stream that failed."""
 
@@ -115,7 +124,8 @@ class Frame:
     generation: int
 
 
-Message = ButtonMoved | Command | Refusal | ChooseWakeWords | TimerHeard | SourceFailed | Delivered | Stop | Frame
+Message = (ButtonMoved | Command | Refusal | ChooseWakeWords | TimerHeard | FollowUp | SourceFailed | Delivered | Stop
+           | Frame)
 
 
 def lane_of(message: Message) -> Lane:
@@ -125,7 +135,7 @@ def lane_of(message: Message) -> Lane:
             return Lane.URGENT
         case SourceFailed() | Delivered():
             return Lane.LOCAL
-        case Command() | Refusal() | ChooseWakeWords() | TimerHeard():
+        case Command() | Refusal() | ChooseWakeWords() | TimerHeard() | FollowUp():
             return Lane.REMOTE
         case Frame():
             return Lane.FRAMES

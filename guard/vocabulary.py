@@ -23,6 +23,7 @@ class EventKind(StrEnum):
     """What happened; the same words in events, MQTT topics (`event/<kind>`) and the audit log."""
 
     WAKE = "wake"
+    FOLLOW_UP = "follow-up"  # a hub's question was asked: the answer is captured as after a wake word
     PENDING = "pending"
     RELEASING = "releasing"
     RELEASED = "released"

@@ -13,8 +13,8 @@ from conftest import consent_window_open, until
 
 from guard import audit, config
 from guard.daemon import Daemon, RunOptions
-from guard.dsp import FRAME_SAMPLES, level_dbfs
-from guard.endpoint import EndOfSpeech, Levels, learn
+from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
+from guard.endpoint import ANSWER_WAIT_SECONDS, TAIL_FRAMES, EndOfSpeech, Levels, learn
 
 RATE = 16000
 
@@ -214,3 +214,30 @@ def test_a_lone_loud_frame_right_after_the_wake_word_does_not_stretch_the_releas
     end = _after_a_wake()
     _push(end, [-20.0] + [-60.0] * 13)
     assert end.kept_samples() == (25 + 3) * FRAME_SAMPLES
+
+
+def test_a_questions_answer_is_measured_against_the_room_before_the_prompt_not_the_prompt():
+    """No wake word teaches the talker's level after a hub's question: the room is what was heard before the
+    prompt played (the prompt's echo would set the bar above a person's answer)."""
+    end = EndOfSpeech(1.0, -45.0)
+    for level in [-60.0] * 100 + [-20.0] * 25:  # 8 s of a quiet room, then 2 s of the prompt on the speaker
+        end.hear(level)
+    end.answer(2.0)
+    assert end.levels.room_dbfs == -60.0 and end.levels.threshold_dbfs == -45.0  # the floor, over room + 3 dB
+    end.answer(0.0)  # measured with the prompt in it: the answer would have to beat the prompt
+    assert end.levels.threshold_dbfs == -17.0
+
+
+def test_a_question_waits_for_its_answer_then_ends_when_the_talker_stops_or_unanswered():
+    end = EndOfSpeech(1.0, -45.0)
+    end.answer(0.0)
+    wait = round(ANSWER_WAIT_SECONDS / FRAME_SECONDS)
+    assert not any(end.push(-70.0) for _ in range(wait - 1)), "quiet before the answer does not end it"
+    assert end.push(-70.0) and end.unanswered
+    end.answer(0.0)
+    assert not any(end.push(level) for level in [-70.0] * 30 + [-20.0] * 20)
+    ended = [end.push(-70.0) for _ in range(round(1.0 / FRAME_SECONDS))]
+    assert ended[-1] and not any(ended[:-1]) and not end.unanswered
+    assert end.kept_samples() == (30 + 20 + TAIL_FRAMES) * FRAME_SAMPLES, "from the question to the answer's fade"
+    end.start(0)
+    assert not end.unanswered, "a request after a wake word is never a question"

@@ -20,6 +20,7 @@ from conftest import GuardServing, consent_window_open, daemon_config, until
 from mqtt_broker import free_port
 
 from guard import audit, config, esphome, timers
+from guard import daemon as daemon_module
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ConfigError, GuardError
 from guard.esphome import EsphomeServer
@@ -266,6 +267,11 @@ class HomeAssistantVoice:
         await asyncio.to_thread(self._stop.wait)
         await client.disconnect()
 
+    def ask(self, url: str):
+        """Home Assistant's "start conversation": the prompt's URL, then listen; returns the device's answer."""
+        return asyncio.run_coroutine_threadsafe(self._client.send_voice_assistant_announcement_await_response(
+            url, 20, start_conversation=True), self._loop).result(30)
+
     def event(self, kind, data: dict[str, str]) -> None:
         """A pipeline event as Home Assistant sends it during a run (TTS_END carries the answer's URL)."""
         self._loop.call_soon_threadsafe(self._client.send_voice_assistant_event, kind, data)
@@ -492,6 +498,9 @@ class RecordingSpeaker:
     def stop(self) -> None:
         self.done.set()
 
+    def close(self) -> None:
+        pass
+
 
 def test_assists_spoken_answer_plays_only_from_the_hub(tmp_path):
     answer = (3000 * np.sin(np.arange(8000) / 5) + 200).astype(np.int16)
@@ -575,3 +584,42 @@ def test_with_the_announcement_on_it_starts_and_says_whether_the_network_heard_i
             assert info.name == "kitchen"
         finally:
             served.stop()
+
+
+def test_a_question_home_assistant_asks_is_answered_only_after_a_press(tmp_path, monkeypatch):
+    """Home Assistant's "start conversation": its prompt plays, the answer is captured without a wake word, held
+    pending, and reaches Home Assistant as a voice-assistant run only after a press, sample for sample."""
+    speaker = RecordingSpeaker()
+    monkeypatch.setattr(daemon_module, "Speaker", lambda device: speaker)
+    answer = np.concatenate([speech.silence(7.0), speech.say("pasta please"), speech.silence(20.0)])
+    source = speech.write_wav(tmp_path / "answer.wav", answer)
+    prompt = speech.write_wav(tmp_path / "prompt.wav", (4000 * np.sin(np.arange(8000) / 5)).astype(np.int16))
+    httpd, url = _serve_file(prompt)
+    pending = threading.Event()
+    daemon, thread, key, cfg = _daemon_with_esphome(
+        tmp_path, source, lambda event: event.kind == "pending" and pending.set(),
+        audio=dataclasses.replace(config.AudioConfig(), output_device="speaker"),
+        sinks={"box": config.SinkConfig(path=str(tmp_path / "sink")), "assist": config.SinkConfig(type="esphome")})
+    home_assistant = HomeAssistantVoice(daemon.esphome.port, key)
+    try:
+        assert home_assistant.ready.wait(10)
+        assert home_assistant.info.voice_assistant_feature_flags & esphome.START_CONVERSATION
+        finished = home_assistant.ask(url)
+        assert finished.success and bytes(speaker.played) == prompt.read_bytes()[44:], "the prompt played first"
+        assert pending.wait(30), [r["event"] for r in audit.read(tmp_path / "audit.jsonl")]
+        assert home_assistant.runs == [] and not list((tmp_path / "sink").iterdir()), "nothing before a press"
+        assert until(lambda: consent_window_open(daemon), 5)
+        pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+        pin.drive_low()
+        pin.drive_high()
+        assert until(lambda: home_assistant.runs[-1:] == ["end"], 20), home_assistant.runs
+    finally:
+        httpd.shutdown()
+        home_assistant.close()
+        daemon.stop()
+        thread.join(10)
+    records = audit.read(tmp_path / "audit.jsonl")
+    assert [(r["event"], r.get("by")) for r in records][:2] == [("follow-up", "esphome"), ("pending", None)]
+    with wave.open(str(next((tmp_path / "sink").glob("*.wav")))) as w:
+        released = w.readframes(w.getnframes())
+    assert bytes(home_assistant.audio) == released and 1.0 < len(released) / 32000 < 10.0

@@ -20,6 +20,7 @@ from guard.audit import AuditLog
 from guard.config import GateConfig, GpioConfig, WakeModelSettings
 from guard.daemon import AudioClock
 from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
+from guard.endpoint import ANSWER_WAIT_SECONDS
 from guard.errors import AuditError
 from guard.gate import Delivery, Gate
 from guard.hardware import ConsentButton, StatusLed
@@ -1141,3 +1142,54 @@ def test_a_hub_is_held_silent_from_the_capture_to_the_end_of_pending_only_when_a
     assert all(held is (voice and state in (State.CAPTURING, State.PENDING)) for held, state in holds)
     gate.mute("button")
     assert holds[-1] == (False, State.MUTED)
+
+
+def test_a_hubs_question_captures_only_the_answer_and_it_leaves_only_on_a_press(rig):
+    """Home Assistant asked a question and its prompt played: the answer is captured (not the prompt, nor what
+    came before), held pending like a request after a wake word, and released only by a press after pending."""
+    r = rig()
+    prompt = _frames(np.concatenate([speech.say("what would you like for dinner"), speech.silence(0.2)])).ravel()
+    r.feed(np.concatenate([_frames(speech.silence(3.0)).ravel(), prompt]))
+    r.gate.follow_up("esphome", len(prompt) / 16000)
+    assert r.gate.state is State.CAPTURING and r.kinds() == [EventKind.FOLLOW_UP]
+    r.press()  # before pending: never consent
+    answer = _frames(np.concatenate([speech.silence(1.0), speech.say("pasta please"), speech.silence(1.6)])).ravel()
+    r.feed(answer)
+    assert r.gate.state is State.PENDING and r.released_files() == []
+    r.wait(0.5)
+    r.press()
+    released, = r.released_files()
+    with wave.open(str(released)) as w:
+        samples = np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    assert 1.0 < len(samples) / 16000 < len(answer) / 16000
+    assert np.array_equal(samples, answer[:len(samples)]), "the answer from the moment the question ended, only"
+    records = audit.read(r.audit_path)
+    assert [(x["event"], x.get("by")) for x in records][:2] == [("follow-up", "esphome"), ("pending", None)]
+    assert r.gate.is_wiped()
+
+
+def test_a_question_nobody_answers_is_discarded_and_leaves_nothing_to_press_for(rig):
+    r = rig()
+    r.feed(_frames(speech.silence(2.0)).ravel())
+    r.gate.follow_up("esphome", 0.0)
+    r.feed(_frames(speech.silence(ANSWER_WAIT_SECONDS + 0.5)).ravel())
+    assert r.gate.state is State.IDLE and r.kinds() == [EventKind.FOLLOW_UP, EventKind.DISCARDED]
+    assert r.events[-1].reason == "unanswered" and r.gate.is_wiped()
+    r.press()
+    assert r.released_files() == []
+
+
+def test_a_question_is_refused_while_muted_or_while_a_request_is_held(rig, request_audio):
+    """A mute and a held request win over a hub's question: it is on the record as refused, nothing changes."""
+    r = rig()
+    r.gate.mute("button")
+    r.gate.follow_up("esphome", 1.0)
+    assert r.gate.state is State.MUTED and r.gate.muted_by == "button"
+    r.gate.unmute("button")
+    r.feed(request_audio)
+    held = r.gate.held.capture.view().copy()
+    r.gate.follow_up("esphome", 1.0)
+    assert r.gate.state is State.PENDING and np.array_equal(r.gate.held.capture.view(), held)
+    refused = [x for x in audit.read(r.audit_path) if x["event"] == "refused"]
+    assert [(x["by"], x["reason"]) for x in refused] == [("esphome", "follow-up: the guard is muted"),
+                                                         ("esphome", "follow-up: the guard is pending")]
