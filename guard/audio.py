@@ -5,6 +5,7 @@ live in numpy buffers that `wipe()` zeroes.
 """
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,8 +14,11 @@ from math import ceil
 
 import numpy as np
 
+from guard import boards
 from guard.dsp import FRAME_SECONDS, Converter
 from guard.errors import DeviceError
+
+log = logging.getLogger(__name__)
 
 NATIVE_RATES_HZ = (16000, 48000, 44100)  # tried in this order when the config names none
 
@@ -28,6 +32,7 @@ class SoundDevice:
     channels: int
     default_rate_hz: int
     rates_hz: tuple[int, ...]
+    board: str | None = None  # a board the guard knows (boards.py), by its name
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -74,8 +79,10 @@ def _channels(info: dict, output: bool) -> int:
 
 def _describe(pa, pyaudio, info: dict, output: bool) -> SoundDevice:
     index = int(info["index"])
+    board = None if output else boards.recognise(str(info["name"]), _channels(info, output))
     return SoundDevice(index, str(info["name"]), _channels(info, output),
-                       int(info["defaultSampleRate"]), _supported_rates(pa, pyaudio, index, 1, output))
+                       int(info["defaultSampleRate"]), _supported_rates(pa, pyaudio, index, 1, output),
+                       board.name if board else None)
 
 
 def list_devices(output: bool = False) -> list[SoundDevice]:
@@ -140,6 +147,11 @@ class MicSource:
         try:
             self.info = find_device(self._pa, device)
             self.name = str(self.info["name"])
+            board = boards.recognise(self.name, int(self.info["maxInputChannels"]))
+            if board is not None and (channels, channel) == (1, None) and board.channels > 1:
+                channels, channel = board.channels, board.channel
+                log.info("%s: %s; opening %d channels and keeping channel %s ([audio] channels and channel "
+                         "choose otherwise)", self.name, board.name, channels, channel)
             if channels > self.info["maxInputChannels"]:
                 raise DeviceError(f"{self.name}: has {self.info['maxInputChannels']} input channels, "
                                   f"not {channels}; fix [audio] channels")

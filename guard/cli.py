@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from guard import __version__, audit, config, confirm, confusables, demo, esphome, models, mqtt, parts, sinks
+from guard import __version__, audit, boards, config, confirm, confusables, demo, esphome, models, mqtt, parts, sinks
 from guard.audio import list_devices
 from guard.config import ENGINES
 from guard.daemon import Daemon, RunOptions, serve
@@ -128,6 +128,9 @@ def cmd_devices(args: argparse.Namespace) -> int:
         else:
             rates = ", ".join(str(r) for r in d.rates_hz) or f"{d.default_rate_hz} only"
             print(f"{d.index:3}  {d.name}  ({d.channels} ch; mono int16 at {rates} Hz)")
+            if d.board:
+                config = boards.recognise(d.name, d.channels).config.replace("\n", "; ")
+                print(f"     {d.board}: {config}")
     if not devices and not args.json:
         print("no output devices; plug in a speaker or check `aplay -l`" if args.output else
               "no input devices; plug in a microphone or check `arecord -l`", file=sys.stderr)

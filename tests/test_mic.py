@@ -58,3 +58,26 @@ def test_a_missing_microphone_is_named_with_a_way_forward(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("guard: error: no input device matches 'ReSpeaker'; `guard devices` lists them")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_usb_arrays_6_channel_firmware_is_named_and_its_processed_channel_0_is_opened_by_default(tmp_path):
+    """The ReSpeaker USB Mic Array v2.0 with its 6-channel firmware (card ArrayUAC10): `guard devices` names it
+    with its config lines, and with [audio] channels and channel left alone the guard keeps channel 0 (the
+    processed beam), not a mix of the raw microphones."""
+    jarvis = np.concatenate([speech.silence(0.5), speech.say("hey Jarvis", "en+f4"), speech.silence(2)])
+    alexa = np.concatenate([speech.silence(0.5), speech.say("Alexa"), speech.silence(2)])[:len(jarvis)]
+    six = np.zeros((len(jarvis), 6), np.int16)
+    six[:, 0] = jarvis
+    six[:len(alexa), 1:5] = alexa[:, None]  # the raw microphones hear something else
+    raw = tmp_path / "capture.raw"
+    raw.write_bytes(six.astype("<i2").tobytes())
+    env = alsa_home(tmp_path / "home", raw, pcm="ArrayUAC10")
+    listed = run_guard("devices", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "ReSpeaker USB Mic Array v2.0 (6-channel firmware" in listed.stdout and 'led_type = "usb-ring"' in \
+        listed.stdout
+    (tmp_path / "guard.toml").write_text('[audio]\ndevice = "ArrayUAC10"\n[wake]\nmodels = ["alexa", "hey_jarvis"]\n')
+    result = run_guard("listen", "--seconds", "4", env={**env, "GUARD_CONFIG": str(tmp_path / "guard.toml")})
+    assert result.returncode == 0, result.stderr
+    assert "opening 6 channels and keeping channel 0" in result.stderr
+    assert [line.split()[1] for line in result.stdout.splitlines()] == ["hey_jarvis"]
