@@ -13,8 +13,8 @@ usage: ./install.sh [--dev]
 
   (no option)  install guard into ./.venv (needs portaudio19-dev, espeak-ng, gcc, python3-dev: installed via apt
                when root or sudo)
-  --dev        also install the test tools: mosquitto, sox, alsa-utils, openssl, bubblewrap, systemd (apt) and pytest, ruff,
-               hypothesis, openwakeword (the reference the wake scores are tested against)
+  --dev        also install the test tools: mosquitto, sox, alsa-utils, openssl, bubblewrap, systemd, g++ (apt) and pytest,
+               ruff, hypothesis, openwakeword (the reference the wake scores are tested against)
   --system     install the hardened systemd service into /opt/guard (see script/install-system --help)
 
 Then: .venv/bin/guard --help
@@ -49,7 +49,8 @@ command -v "$python" >/dev/null || fail "no $python; install Python 3.11 (sudo a
 packages=(portaudio19-dev espeak-ng)  # espeak-ng: guard enroll synthesizes confusables
 "$python" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 packages+=(gcc python3-dev)  # PyAudio has no Linux wheel at all: it is built here, against portaudio19-dev
-[ "$dev" = 1 ] && packages+=(mosquitto sox alsa-utils openssl bubblewrap systemd)  # bubblewrap: the unit emulation; systemd: systemd-analyze
+[ "$dev" = 1 ] && packages+=(mosquitto sox alsa-utils openssl bubblewrap systemd g++)  # bubblewrap: the unit emulation;
+# systemd: systemd-analyze; g++: Home Assistant 2025 (the tests' client on Python 3.13) builds pymicro-vad, pyspeex-noise
 
 missing=()
 if command -v dpkg-query >/dev/null; then

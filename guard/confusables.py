@@ -7,6 +7,7 @@ plus the exact phrase in a cohort of synthetic voices for the speaker check.
 Everything is synthetic speech; nothing of the user's audio passes through here.
 """
 
+import functools
 import re
 import subprocess
 from dataclasses import dataclass
@@ -40,9 +41,21 @@ class PhraseError(UsageError):
     """A confirmation phrase too short or too common to be safe."""
 
 
+@functools.cache
+def espeak_repeatable() -> tuple[str, ...]:
+    """The option that makes espeak-ng say the same text the same way every time: 1.52 (Debian 13) adds random
+    breath noise to some voices unless given -D, which 1.51 (Debian 12) does not know and does not need."""
+    try:
+        told = subprocess.run([ESPEAK, "--help"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return ("-D",) if re.search(r"^-D\s", told, re.MULTILINE) else ()
+
+
 def _espeak(args: list[str], text: str) -> bytes:
     try:
-        return subprocess.run([ESPEAK, *args, text], check=True, capture_output=True, timeout=30).stdout
+        return subprocess.run([ESPEAK, *espeak_repeatable(), *args, text], check=True, capture_output=True,
+                              timeout=30).stdout
     except FileNotFoundError:
         raise UsageError(f"{ESPEAK} not found: enrolment synthesizes what the phrase must never be mistaken "
                          "for; install it: sudo apt-get install espeak-ng") from None

@@ -252,23 +252,31 @@ def consent_window_open(daemon) -> bool:
     return daemon.led.showing.startswith("pending") and expires is not None and expires != float("inf")
 
 
-# the newest HA for Python 3.11, its MQTT client, and what its Wyoming satellite code and that code's
-# dependencies (assist_pipeline, conversation, tts, ffmpeg, http) list in their manifests
-HOME_ASSISTANT = ("homeassistant==2024.3.3", "paho-mqtt==1.6.1", "wyoming==1.5.3", "webrtc-noise-gain==1.2.3",
-                  "hassil==1.6.1", "home-assistant-intents==2024.3.12", "mutagen==1.47.0", "ha-ffmpeg==3.1.0",
-                  "aiohttp_cors==0.7.0", "aiohttp-fast-url-dispatcher==0.3.0", "aiohttp-zlib-ng==0.3.1")
+# Home Assistant's own code as the client, per Python: on 3.11 (Bookworm) the newest HA for it, its MQTT
+# client, and what its Wyoming satellite code and that code's dependencies (assist_pipeline, conversation, tts,
+# ffmpeg, http) list in their manifests; on 3.13 (Trixie) the newest HA for it, whose own requirements hold the
+# rest, its MQTT and Wyoming clients, and the aioesphomeapi its ESPHome integration pins
+HOME_ASSISTANT = {
+    (3, 11): ("homeassistant==2024.3.3", "paho-mqtt==1.6.1", "wyoming==1.5.3", "webrtc-noise-gain==1.2.3",
+              "hassil==1.6.1", "home-assistant-intents==2024.3.12", "mutagen==1.47.0", "ha-ffmpeg==3.1.0",
+              "aiohttp_cors==0.7.0", "aiohttp-fast-url-dispatcher==0.3.0", "aiohttp-zlib-ng==0.3.1"),
+    (3, 13): ("homeassistant==2025.4.4", "paho-mqtt==2.1.0", "wyoming==1.5.4", "aioesphomeapi==29.9.0"),
+}
 
 
 @pytest.fixture(scope="session")
 def home_assistant_python() -> str:
     """Home Assistant's own Python, in a venv of its own (.venv-ha, made once: a few minutes)."""
+    pins = HOME_ASSISTANT.get(sys.version_info[:2])
+    if pins is None:
+        pytest.fail(f"no Home Assistant is pinned for Python {sys.version.split()[0]}: add one to HOME_ASSISTANT")
     venv = Path(__file__).resolve().parent.parent / ".venv-ha"
     stamp = venv / "guard-stamp"
     with open(venv.with_name(".venv-ha.lock"), "w") as lock:  # two test runs at once must not clear each other's
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (stamp.exists() and stamp.read_text() == " ".join(HOME_ASSISTANT)):
+        if not (stamp.exists() and stamp.read_text() == " ".join(pins)):
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
-            subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", *HOME_ASSISTANT],
+            subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", *pins],
                            check=True, timeout=1800)
-            stamp.write_text(" ".join(HOME_ASSISTANT))
+            stamp.write_text(" ".join(pins))
     return str(venv / "bin/python")

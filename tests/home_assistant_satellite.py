@@ -1,7 +1,10 @@
-"""Home Assistant's own Wyoming satellite code (`homeassistant.components.wyoming.satellite`) as a guard's client.
+"""Home Assistant's own Wyoming satellite code as a guard's client: `wyoming.satellite.WyomingSatellite` up to
+HA 2024.x (Python 3.11), `wyoming.assist_satellite.WyomingAssistSatellite` (an Assist satellite entity) after.
 
 Run by Home Assistant's own Python (.venv-ha, made by the `home_assistant_python` fixture). Only the Assist
-pipeline is stood in for (it needs speech-to-text engines): it keeps what HA's satellite code hands it and, when
+pipeline is stood in for (it needs speech-to-text engines), and for the entity the few parts of a running HA it
+reaches for (its config entry's tasks, the entity registry, its state): the pipeline keeps what HA's satellite
+code hands it and, when
 given an answer WAV, lets that code stream it back as text-to-speech. Writes, as they happen:
 OUT/runs.jsonl (one line per pipeline run: stages, bytes, the monotonic time of its first audio) and
 OUT/run-N.raw (the audio of run N, as HA's speech-to-text would get it).
@@ -21,7 +24,6 @@ from homeassistant.components.assist_pipeline import PipelineEvent, PipelineEven
 from homeassistant.components.assist_pipeline import select as pipeline_select
 from homeassistant.components.wyoming.data import WyomingService
 from homeassistant.components.wyoming.devices import SatelliteDevice
-from homeassistant.components.wyoming.satellite import WyomingSatellite
 from homeassistant.core import HomeAssistant
 from wyoming.info import Info
 
@@ -48,15 +50,40 @@ def _stand_in_pipeline(out: Path, answer: bytes | None):
         return "wav", answer
 
     assist_pipeline.async_pipeline_from_audio_stream = run_pipeline
+    try:  # HA 2024.10 on: the Assist satellite entity calls it from its own module
+        from homeassistant.components.assist_satellite import entity as satellite_entity
+        satellite_entity.async_pipeline_from_audio_stream = run_pipeline
+    except ImportError:
+        pass
     assist_pipeline.async_get_pipeline = lambda hass, pipeline_id: types.SimpleNamespace(name="test", language="en")
     pipeline_select.get_chosen_pipeline = lambda hass, domain, satellite_id: None
     tts.async_get_media_source_audio = media_source_audio
 
 
+def _satellite(hass: HomeAssistant, service: WyomingService, device: SatelliteDevice):
+    try:
+        from homeassistant.components.wyoming.satellite import WyomingSatellite
+    except ImportError:  # HA 2024.10 on: an Assist satellite entity of a config entry
+        from homeassistant.components.wyoming import assist_satellite
+        from homeassistant.components.wyoming.assist_satellite import WyomingAssistSatellite
+
+        entry = types.SimpleNamespace(
+            async_create_background_task=lambda hass, target, name: hass.async_create_background_task(target, name))
+        satellite = WyomingAssistSatellite(hass, service, device, entry)
+        satellite.hass, satellite.entity_id = hass, "assist_satellite.guard"
+        satellite.platform = types.SimpleNamespace(config_entry=entry)
+        satellite.async_write_ha_state = lambda: None
+        satellite._resolve_pipeline = lambda: None  # the preferred pipeline, with no select entity registered
+        satellite._resolve_vad_sensitivity = lambda: 1.0
+        assist_satellite.intent.async_register_timer_handler = lambda hass, device_id, handler: lambda: None
+        return satellite
+    return WyomingSatellite(hass, service, device)
+
+
 async def main(host: str, port: int, out: Path, answer: bytes | None) -> None:
     _stand_in_pipeline(out, answer)
     hass = HomeAssistant(str(out / "config"))
-    satellite = WyomingSatellite(hass, WyomingService(host, port, Info()), SatelliteDevice("guard", "guard"))
+    satellite = _satellite(hass, WyomingService(host, port, Info()), SatelliteDevice("guard", "guard"))
     (out / "ready").touch()
     await satellite.run()
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from guard.confusables import espeak_repeatable
+
 RATE_HZ = 16000
 VOICES = ("en", "en-us", "en+m3", "en-us+f2", "en-gb-x-rp", "en+f4")
 WAKE_PHRASES = {"alexa": "Alexa", "hey_jarvis": "hey Jarvis"}
@@ -18,9 +20,10 @@ SPEECH_LEVEL = 300  # samples above this magnitude count as voiced when finding 
 
 
 def say(text: str, voice: str = "en", speed_wpm: int = 160, pitch: int = 50) -> np.ndarray:
-    """Speak `text` with espeak-ng; returns 16 kHz mono int16 samples, the same every time (sox -R)."""
-    espeak = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-p", str(pitch), "--stdout", text],
-                            check=True, capture_output=True).stdout
+    """Speak `text` with espeak-ng; returns 16 kHz mono int16 samples, the same every time (espeak-ng -D where it
+    has random breath noise, sox -R)."""
+    espeak = subprocess.run(["espeak-ng", *espeak_repeatable(), "-v", voice, "-s", str(speed_wpm), "-p", str(pitch),
+                             "--stdout", text], check=True, capture_output=True).stdout
     raw = subprocess.run(["sox", "-R", "-t", "wav", "-", "-t", "raw", "-r", str(RATE_HZ), "-e", "signed", "-b", "16",
                           "-c", "1", "-"], input=espeak, check=True, capture_output=True).stdout
     return np.frombuffer(raw, np.int16).copy()
