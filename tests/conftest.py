@@ -255,12 +255,16 @@ def consent_window_open(daemon) -> bool:
 # Home Assistant's own code as the client, per Python: on 3.11 (Bookworm) the newest HA for it, its MQTT
 # client, and what its Wyoming satellite code and that code's dependencies (assist_pipeline, conversation, tts,
 # ffmpeg, http) list in their manifests; on 3.13 (Trixie) the newest HA for it, whose own requirements hold the
-# rest, its MQTT and Wyoming clients, and the aioesphomeapi its ESPHome integration pins
+# rest, its MQTT and Wyoming clients, and what its ESPHome integration and that one's dependencies (bluetooth,
+# usb) list
 HOME_ASSISTANT = {
     (3, 11): ("homeassistant==2024.3.3", "paho-mqtt==1.6.1", "wyoming==1.5.3", "webrtc-noise-gain==1.2.3",
               "hassil==1.6.1", "home-assistant-intents==2024.3.12", "mutagen==1.47.0", "ha-ffmpeg==3.1.0",
               "aiohttp_cors==0.7.0", "aiohttp-fast-url-dispatcher==0.3.0", "aiohttp-zlib-ng==0.3.1"),
-    (3, 13): ("homeassistant==2025.4.4", "paho-mqtt==2.1.0", "wyoming==1.5.4", "aioesphomeapi==29.9.0"),
+    (3, 13): ("homeassistant==2025.4.4", "paho-mqtt==2.1.0", "wyoming==1.5.4", "aioesphomeapi==29.9.0",
+              "esphome-dashboard-api==1.2.3", "bleak-esphome==2.12.0", "bleak==0.22.3", "bleak-retry-connector==3.9.0",
+              "bluetooth-adapters==0.21.4", "bluetooth-auto-recovery==1.4.5", "bluetooth-data-tools==1.26.5",
+              "dbus-fast==2.43.0", "habluetooth==3.37.0", "aiousbwatcher==1.1.1", "pyserial==3.5"),
 }
 
 

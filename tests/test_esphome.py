@@ -5,11 +5,15 @@ import asyncio
 import base64
 import dataclasses
 import http.server
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import wave
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -623,3 +627,56 @@ def test_a_question_home_assistant_asks_is_answered_only_after_a_press(tmp_path,
     with wave.open(str(next((tmp_path / "sink").glob("*.wav")))) as w:
         released = w.readframes(w.getnframes())
     assert bytes(home_assistant.audio) == released and 1.0 < len(released) / 32000 < 10.0
+
+
+if sys.version_info >= (3, 13):  # HA's ESPHome Assist satellite (2024.10 on) needs the HA of Trixie's Python
+    def test_home_assistants_own_esphome_satellite_code_gets_only_the_released_request(tmp_path, home_assistant_python):
+        """Home Assistant's `EsphomeAssistSatellite` itself (tests/home_assistant_esphome.py, in .venv-ha), over
+        aioesphomeapi with the key: of two requests only the pressed one reaches its speech-to-text, sample for
+        sample and after the release record; nothing of the other."""
+        out = tmp_path / "ha"
+        out.mkdir()
+        key_file = tmp_path / "esphome.key"
+        key, port = esphome.write_key(key_file), free_port()
+        client = subprocess.Popen([home_assistant_python, str(Path(__file__).with_name("home_assistant_esphome.py")),
+                                   "127.0.0.1", str(port), key, str(out)], stderr=subprocess.PIPE, text=True)
+        releasing: list[float] = []
+
+        def press_on_first_pending(event) -> None:
+            if event.kind == "releasing":
+                releasing.append(time.monotonic())
+            if event.kind == "pending" and not releasing:
+                threading.Thread(target=press, daemon=True).start()
+
+        def press() -> None:
+            until(lambda: consent_window_open(daemon), 5)
+            pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+            pin.drive_low()
+            pin.drive_high()
+
+        try:
+            assert until(lambda: (out / "imported").exists() or client.poll() is not None, 120), "HA never loaded"
+            audio = speech.two_requests("turn off the kitchen light", "what is my bank password", lead=6.0, gap=4.0,
+                                        tail=4.0)
+            cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=port, host="127.0.0.1",
+                                                                       key_file=str(key_file), zeroconf=False),
+                                sinks={"box": config.SinkConfig(path=str(tmp_path / "sink")),
+                                       "assist": config.SinkConfig(type="esphome")})
+            daemon = Daemon(cfg, RunOptions(str(speech.write_wav(tmp_path / "two.wav", audio)), "mock",
+                                            publish=press_on_first_pending), WakeDetector(cfg.wake.settings()))
+            thread = threading.Thread(target=daemon.run, daemon=True)
+            thread.start()
+            assert until(lambda: (out / "ready").exists() or client.poll() is not None, 30), "HA never subscribed"
+            thread.join(60)
+            assert not thread.is_alive()
+        finally:
+            client.terminate()
+            _, stderr = client.communicate(timeout=30)
+        ran = out / "runs.jsonl"
+        runs = [json.loads(line) for line in ran.read_text().splitlines()] if ran.exists() else []
+        assert len(runs) == 1, f"one pipeline run, the released request's: {runs}\n{stderr[-3000:]}"
+        assert (runs[0]["start_stage"], runs[0]["end_stage"]) == ("stt", "tts")
+        with wave.open(str(next((tmp_path / "sink").glob("*.wav")))) as w:
+            assert (out / "run-1.raw").read_bytes() == w.readframes(w.getnframes()), "exactly the released request"
+        assert runs[0]["first_audio"] > releasing[0], "no audio before the release record"
+        assert [r["reason"] for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "discarded"] == ["timeout"]
