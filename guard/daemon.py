@@ -169,8 +169,8 @@ class Daemon:
         self.options.publish(event)
         if self.mqtt is not None:
             self.mqtt.event(event)
-        if self.esphome is not None and event.kind in (EventKind.MUTED, EventKind.UNMUTED):
-            self.esphome.show_muted(event.kind is EventKind.MUTED)
+        if self.esphome is not None:
+            self.esphome.show(event.state)
 
     def post_move(self, move: ButtonMove) -> None:
         """The button moved (gpiozero's thread), stamped with the time it happened."""

@@ -39,7 +39,7 @@ from guard.dsp import RATE_HZ
 from guard.errors import ConfigError, DeliveryUncertain, GuardError
 from guard.hubloop import release_on
 from guard.inbox import ChooseWakeWords, Command, FollowUp, TimerHeard
-from guard.vocabulary import TimerKind
+from guard.vocabulary import State, TimerKind
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ PROLOGUE = b"NoiseAPIInit\x00\x00"  # what ESPHome devices and aioesphomeapi mix
 KEY_BYTES = 32
 HUB = "esphome"  # who an ESPHome client's mute is by, in the audit log and the state
 MUTE_KEY = 1  # the mute switch's entity key
+STATE_KEY = 3  # the State text sensor: idle, capturing, pending, muted or fault
 MAX_FRAME_BYTES = 65535  # a Noise frame's two-byte length; Home Assistant's messages are far smaller
 API_VERSION = (1, 10)
 MAX_CONNECTIONS = 4  # Home Assistant holds one; a reconnect may briefly hold a second
@@ -288,7 +289,7 @@ class EsphomeServer:
         self.wake_words, self.active_wake_words = wake_words, wake_words
         self.playback_held = self.media.held if self.media else threading.Event()  # set: nothing plays
         self.mac = device_mac(device_id)
-        self.muted = False  # what the mute switch shows: the guard is muted, by anyone
+        self.state = State.IDLE  # what the State sensor shows; the mute switch is on while it is muted, by anyone
         self._hub: _Connection | None = None  # the connection that subscribed to voice assistant: Home Assistant
         self._accepted: asyncio.Future | None = None  # Home Assistant's answer to the run being started
         self._connections: set[_Connection] = set()
@@ -351,10 +352,15 @@ class EsphomeServer:
             connection.close()
         await self._server.wait_closed()
 
-    def show_muted(self, muted: bool) -> None:
-        """The guard's mute changed (by anyone): the switch shows it on every connection."""
-        self.muted = muted
-        self._loop.call_soon_threadsafe(self._broadcast, self._mute_state())
+    def show(self, state: State) -> None:
+        """The guard's state after an event: the State sensor shows it, and the mute switch whether it is muted
+        (by anyone), on every connection."""
+        if state is self.state:
+            return
+        was_muted, self.state = self.state is State.MUTED, state
+        self._loop.call_soon_threadsafe(self._broadcast, self._state_text())
+        if was_muted is not (state is State.MUTED):
+            self._loop.call_soon_threadsafe(self._broadcast, self._mute_state())
 
     def hub(self) -> str:
         """Who a release would go to now: "Home Assistant (host:port)", or "" when none subscribed."""
@@ -407,7 +413,10 @@ class EsphomeServer:
             connection.send(message)
 
     def _mute_state(self) -> api_pb2.SwitchStateResponse:
-        return api_pb2.SwitchStateResponse(key=MUTE_KEY, state=self.muted)
+        return api_pb2.SwitchStateResponse(key=MUTE_KEY, state=self.state is State.MUTED)
+
+    def _state_text(self) -> api_pb2.TextSensorStateResponse:
+        return api_pb2.TextSensorStateResponse(key=STATE_KEY, state=str(self.state))
 
     def gone(self, connection: "_Connection") -> None:
         self._connections.discard(connection)
@@ -453,10 +462,12 @@ class EsphomeServer:
             case api_pb2.ListEntitiesRequest():
                 return [api_pb2.ListEntitiesSwitchResponse(
                     object_id="mute", key=MUTE_KEY, name="Mute", icon="mdi:microphone-off"),
+                    api_pb2.ListEntitiesTextSensorResponse(object_id="state", key=STATE_KEY, name="State",
+                                                          icon="mdi:shield-lock"),
                     *([self.media.entity()] if self.media else []),
                     api_pb2.ListEntitiesDoneResponse()]
             case api_pb2.SubscribeStatesRequest():
-                return [self._mute_state(), *([self.media.state(False)] if self.media else [])]
+                return [self._mute_state(), self._state_text(), *([self.media.state(False)] if self.media else [])]
             case api_pb2.VoiceAssistantEventResponse(event_type=api_pb2.VOICE_ASSISTANT_TTS_END, data=data) \
                     if connection is self._hub and self.media is not None:
                 url = next((d.value for d in data if d.name == "url"), "")

@@ -68,8 +68,9 @@ def test_home_assistants_client_with_the_key_reads_the_device_and_its_mute_switc
 
     info, entities, states = _talk(server, server.key_text, steps)
     assert info.name == "kitchen" and info.mac_address == server.mac and info.api_encryption_supported
-    assert [(e.object_id, e.key, type(e).__name__) for e in entities] == [("mute", 1, "SwitchInfo")]
-    assert [(s.key, s.state) for s in states] == [(1, False)]
+    assert [(e.object_id, e.key, type(e).__name__) for e in entities] == [("mute", 1, "SwitchInfo"),
+                                                                          ("state", 3, "TextSensorInfo")]
+    assert [(s.key, s.state) for s in states] == [(1, False), (3, "idle")]
 
 
 def test_the_mute_switch_posts_mutes_and_shows_the_guards_mute_whoever_made_it(server):
@@ -80,13 +81,19 @@ def test_the_mute_switch_posts_mutes_and_shows_the_guards_mute_whoever_made_it(s
         client.switch_command(esphome.MUTE_KEY, False)
         client.switch_command(99, True)  # no such entity: nothing happens
         await asyncio.sleep(0.2)
-        server.show_muted(True)  # the button muted the guard
+        server.show(State.MUTED)  # the button muted the guard
+        server.show(State.MUTED)  # a record made while muted: nothing new to show
+        server.show(State.IDLE)
+        server.show(State.CAPTURING)
         await asyncio.sleep(0.2)
         return states
 
     states = _talk(server, server.key_text, steps)
     assert server.posted == [Command("esphome", "mute"), Command("esphome", "unmute")]
-    assert [s.state for s in states] == [False, True], "the switch shows the guard's mute, not what was asked"
+    switch = [s.state for s in states if s.key == esphome.MUTE_KEY]
+    assert switch == [False, True, False], "the switch shows the guard's mute, not what was asked"
+    shown = [s.state for s in states if s.key == esphome.STATE_KEY]
+    assert shown == ["idle", "muted", "idle", "capturing"], "the State sensor follows the guard"
 
 
 def test_a_client_with_another_key_is_refused_before_any_message(server, caplog):
@@ -180,7 +187,7 @@ def test_home_assistants_mute_switch_mutes_a_running_guard_and_cannot_lift_a_but
             client.switch_command(esphome.MUTE_KEY, False)
             assert await asyncio.to_thread(until, lambda: daemon.gate.state is State.IDLE)
             await asyncio.sleep(0.3)
-            return [s.state for s in states]
+            return [s.state for s in states if s.key == esphome.MUTE_KEY]
 
         shown = _talk(daemon.esphome, key, mute_then_unmute)
         assert shown == [False, True, False], "the switch shows what the gate did"
