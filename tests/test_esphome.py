@@ -380,7 +380,8 @@ def test_a_timer_home_assistant_says_finished_rings_on_the_speaker_until_the_gua
             finished = VoiceAssistantTimerEventType.VOICE_ASSISTANT_TIMER_FINISHED
             client.send_voice_assistant_timer_event(VoiceAssistantTimerEventType.VOICE_ASSISTANT_TIMER_STARTED,
                                                     "t1", "tea", 1, 1, True)
-            await asyncio.sleep(1.0)  # Home Assistant keeps the time
+            await asyncio.sleep(1.5)  # Home Assistant keeps the time: nothing rings until it says finished
+            assert not played.exists() or played.stat().st_size == 0, "rang before Home Assistant said finished"
             client.send_voice_assistant_timer_event(finished, "t1", "tea", 1, 0, False)
             await asyncio.to_thread(until, lambda: played.exists() and played.stat().st_size > 4 * 16000 * 2, 20)
 
