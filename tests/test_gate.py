@@ -1179,8 +1179,9 @@ def test_a_question_nobody_answers_is_discarded_and_leaves_nothing_to_press_for(
     assert r.released_files() == []
 
 
-def test_a_question_is_refused_while_muted_or_while_a_request_is_held(rig, request_audio):
-    """A mute and a held request win over a hub's question: it is on the record as refused, nothing changes."""
+def test_a_question_is_refused_unless_the_guard_is_idle(rig, request_audio):
+    """A mute, a held or captured request and a fault win over a hub's question: it is on the record as refused,
+    nothing changes."""
     r = rig()
     r.gate.mute("button")
     r.gate.follow_up("esphome", 1.0)
@@ -1190,6 +1191,16 @@ def test_a_question_is_refused_while_muted_or_while_a_request_is_held(rig, reque
     held = r.gate.held.capture.view().copy()
     r.gate.follow_up("esphome", 1.0)
     assert r.gate.state is State.PENDING and np.array_equal(r.gate.held.capture.view(), held)
+    r.gate.cancel("button")
+    r.gate.follow_up("esphome", 1.0)
+    r.gate.follow_up("esphome", 1.0)  # a second question while the first's answer is captured
+    assert r.gate.state is State.CAPTURING
+    r.gate.cancel("button")
+    r.gate.fault("the microphone stopped")
+    r.gate.follow_up("esphome", 1.0)
+    assert r.gate.state is State.FAULT
     refused = [x for x in audit.read(r.audit_path) if x["event"] == "refused"]
     assert [(x["by"], x["reason"]) for x in refused] == [("esphome", "follow-up: the guard is muted"),
-                                                         ("esphome", "follow-up: the guard is pending")]
+                                                         ("esphome", "follow-up: the guard is pending"),
+                                                         ("esphome", "follow-up: the guard is capturing"),
+                                                         ("esphome", "follow-up: the guard is fault")]
