@@ -275,16 +275,21 @@ def test_read_errors_that_a_reopen_cures_cost_under_a_second_however_many_come_i
 
 def test_a_microphone_that_keeps_failing_soon_after_it_is_back_is_one_fault_not_a_record_per_flap(tmp_path):
     """Seven failures a second apart, each cured by a restart: the first fault and its recovery are recorded at
-    once; the second comes too soon after, so the guard waits for 10 s of unbroken sound before it is back."""
+    once; the second comes too soon after, so the guard waits for 10 s of unbroken sound before it is back.
+    On a loaded machine the loop may not see sound between two flaps (a failure is served before the frames
+    queued ahead of it): then all seven are one fault, and it is back when sound comes. Never a record per
+    flap (the rule itself, on a test clock: tests/test_microphone.py)."""
     process, log = _flaky_guard(tmp_path, "flapping", np.int16(120))
     events = _events_when(log, ["fault", "recovered", "fault", "recovered"], 45)
     time.sleep(2)
     code, stderr = _stop(process)
     assert code == 0, stderr
-    assert [r["event"] for r in audit.read(log)] == events == ["fault", "recovered", "fault", "recovered"], stderr
+    records = audit.read(log)
+    assert [r["event"] for r in records] == events, stderr
+    assert events in (["fault", "recovered"] * 2, ["fault", "recovered"]), stderr
     assert stderr.count("stream opened") == 1 + 7  # a quick restart after each failure, no backoff
-    second_fault, back = audit.read(log)[2:]
-    assert _seconds_between(second_fault, back) >= FLAP_SECONDS, "sound for 10 s after the last flap"
+    if len(events) == 4:  # the loop saw it back between two flaps
+        assert _seconds_between(records[2], records[3]) >= FLAP_SECONDS, "sound for 10 s after the last flap"
 
 
 def test_a_microphone_that_opens_but_never_reads_is_dropped_and_retried_with_backoff(tmp_path):
