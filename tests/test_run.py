@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import speech
-from conftest import GUARD, ROOT, alsa_home, consent_window_open, run_guard
+from conftest import GUARD, ROOT, alsa_home, consent_window_open, run_guard, until
 
 from guard import audit
 from guard.microphone import FLAP_SECONDS, READ_RETRIES
@@ -249,7 +250,7 @@ def _stop(process: subprocess.Popen) -> tuple[int, str]:
 
 def test_a_microphone_error_is_a_fault_until_the_microphone_is_opened_afresh(tmp_path):
     process, log = _flaky_guard(tmp_path, "error", np.int16(120))
-    events = _events_when(log, ["fault", "recovered"], 30)
+    events = _events_when(log, ["fault", "recovered"], 60)
     code, stderr = _stop(process)
     assert events == ["fault", "recovered"], stderr
     assert code == 0, stderr
@@ -263,7 +264,7 @@ def test_a_microphone_error_is_a_fault_until_the_microphone_is_opened_afresh(tmp
 def test_read_errors_that_a_reopen_cures_cost_under_a_second_however_many_come_in_a_row(tmp_path):
     """Five failed reads in a row (each reopen works): once this was 18 s of deafness, backoff at every error."""
     process, log = _flaky_guard(tmp_path, "glitches", np.int16(120))
-    events = _events_when(log, ["fault", "recovered"], 30)
+    events = _events_when(log, ["fault", "recovered"], 60)
     code, stderr = _stop(process)
     assert events == ["fault", "recovered"], stderr
     assert code == 0, stderr
@@ -280,7 +281,7 @@ def test_a_microphone_that_keeps_failing_soon_after_it_is_back_is_one_fault_not_
     queued ahead of it): then all seven are one fault, and it is back when sound comes. Never a record per
     flap (the rule itself, on a test clock: tests/test_microphone.py)."""
     process, log = _flaky_guard(tmp_path, "flapping", np.int16(120))
-    events = _events_when(log, ["fault", "recovered", "fault", "recovered"], 45)
+    events = _events_when(log, ["fault", "recovered", "fault", "recovered"], 60)
     time.sleep(2)
     code, stderr = _stop(process)
     assert code == 0, stderr
@@ -294,7 +295,7 @@ def test_a_microphone_that_keeps_failing_soon_after_it_is_back_is_one_fault_not_
 
 def test_a_microphone_that_opens_but_never_reads_is_dropped_and_retried_with_backoff(tmp_path):
     process, log = _flaky_guard(tmp_path, "broken", np.int16(120))
-    assert _events_when(log, ["fault"], 20) == ["fault"]
+    assert _events_when(log, ["fault"], 60) == ["fault"]
     time.sleep(6)
     assert process.poll() is None, "a failing microphone does not end the guard"
     code, stderr = _stop(process)
@@ -306,7 +307,7 @@ def test_a_microphone_that_opens_but_never_reads_is_dropped_and_retried_with_bac
 
 def test_a_microphone_delivering_zeros_is_reopened_with_backoff_and_recorded_once(tmp_path):
     process, log = _flaky_guard(tmp_path, "none", np.int16(0))
-    events = _events_when(log, ["fault"], 20)
+    events = _events_when(log, ["fault"], 60)
     time.sleep(8)  # zeros go on: attempts after 1, 2 and 5 s
     assert process.poll() is None, "a failing microphone does not end the guard"
     code, stderr = _stop(process)
@@ -318,11 +319,11 @@ def test_a_microphone_delivering_zeros_is_reopened_with_backoff_and_recorded_onc
 
 def test_a_microphone_missing_at_start_is_waited_for(tmp_path):
     process, log = _flaky_guard(tmp_path, "never", np.int16(120), declared=False)
-    assert _events_when(log, ["fault"], 20) == ["fault"]
+    assert _events_when(log, ["fault"], 60) == ["fault"]
     missing = r"(no microphone found; plug one in|no input device matches 'guardtest')"  # no sound card / others
     assert re.match(f"audio source failed: {missing}.*; retrying$", audit.read(log)[0]["reason"])
     (tmp_path / "asoundrc.later").rename(tmp_path / "home" / ".asoundrc")  # plugged in
-    events = _events_when(log, ["fault", "recovered"], 40)
+    events = _events_when(log, ["fault", "recovered"], 60)
     code, stderr = _stop(process)
     assert events == ["fault", "recovered"], stderr
     assert code == 0, stderr
@@ -341,11 +342,17 @@ def test_a_microphone_read_that_never_returns_exits_1_for_systemd(tmp_path):
 
 def test_stop_takes_under_10_s_while_a_microphone_read_hangs(tmp_path):
     process, _ = _flaky_guard(tmp_path, "hang", np.int16(120))
-    time.sleep(4)  # the read hangs from 2 s of audio on, well before the 10 s that make it a failure
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(process.stderr), daemon=True)
+    reader.start()
+    assert until(lambda: any("guarding as" in line for line in said), 120), "".join(said)  # a loaded machine: slow
+    time.sleep(3)  # the read hangs from 2 s of audio on, well before the 10 s that make it a failure
     started = time.monotonic()
-    code, stderr = _stop(process)
-    assert time.monotonic() - started < 10, stderr
-    assert code == 0, stderr
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(20)
+    assert time.monotonic() - started < 10, "".join(said)
+    reader.join(5)
+    assert code == 0, "".join(said)
 
 
 def test_core_dumps_are_forbidden_even_outside_systemd():
