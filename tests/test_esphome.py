@@ -20,7 +20,7 @@ import pytest
 import speech
 from aioesphomeapi import APIClient, InvalidEncryptionKeyAPIError, RequiresEncryptionAPIError
 from aioesphomeapi.model import VoiceAssistantEventType, VoiceAssistantTimerEventType
-from conftest import GuardServing, consent_window_open, daemon_config, until
+from conftest import GuardServing, consent_window_open, daemon_config, speaker_home, until
 from mqtt_broker import free_port
 
 from guard import audit, config, esphome, timers
@@ -395,6 +395,40 @@ def test_a_timer_home_assistant_says_finished_rings_on_the_speaker_until_the_gua
     second = first + len(ring) + np.flatnonzero(out[first + len(ring):])[0] - lead
     assert np.array_equal(out[second:second + len(ring)], ring), "and again, until stopped"
     assert "tea" not in guard.stderr, "the timer's name is not logged"
+
+
+def test_a_ringing_timer_home_assistant_finished_stops_at_a_press_that_releases_nothing(tmp_path, monkeypatch,
+                                                                                         quiet_wav):
+    """The same ring through PortAudio on an ALSA `file` speaker, in a daemon with a button: a press stops it
+    (the speaker stays silent after), and that press releases nothing and mutes nothing."""
+    played = tmp_path / "played.raw"
+    speaker_home(tmp_path, played)
+    monkeypatch.setenv("HOME", str(tmp_path))  # each sound opens PortAudio afresh, which reads this .asoundrc
+    daemon, thread, key, cfg = _daemon_with_esphome(
+        tmp_path, quiet_wav, audio=dataclasses.replace(config.AudioConfig(), output_device="speaker"))
+    try:
+        async def timer(client):
+            client.send_voice_assistant_timer_event(VoiceAssistantTimerEventType.VOICE_ASSISTANT_TIMER_STARTED,
+                                                    "t1", "tea", 1, 1, True)
+            client.send_voice_assistant_timer_event(VoiceAssistantTimerEventType.VOICE_ASSISTANT_TIMER_FINISHED,
+                                                    "t1", "tea", 1, 0, False)
+            await asyncio.to_thread(until, lambda: played.exists() and played.stat().st_size > 3 * 16000 * 2, 20)
+
+        _talk_to(daemon.esphome.port, key, timer)
+        assert daemon.timers.ringing
+        pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+        pin.drive_low()
+        pin.drive_high()
+        assert until(lambda: not daemon.timers.ringing, 5), "the press stopped the ring"
+        time.sleep(0.5)  # the beep that was playing ends
+        size = played.stat().st_size
+        time.sleep(2.0)  # a ring repeats every 1.5 s
+        assert played.stat().st_size == size, "nothing more plays"
+        assert daemon.gate.state is State.IDLE
+    finally:
+        daemon.stop()
+        thread.join(10)
+    assert not [r for r in audit.read(tmp_path / "audit.jsonl") if r["event"] in ("releasing", "muted")]
 
 
 def _serving_esphome(tmp_path, source) -> tuple[GuardServing, str]:
