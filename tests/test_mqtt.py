@@ -482,7 +482,8 @@ def test_rhasspy_hears_exactly_the_released_request_and_nothing_else(tmp_path, b
 
 @pytest.mark.parametrize("payload", [
     b"", b"[" * 50000, b"\xff\xfe", b"[]", b'"session"', b'{"siteId": "kitchen"}',
-    b'{"siteId": "bedroom", "sessionId": "s"}', b'{"siteId": "kitchen", "sessionId": 7}',
+    b'{"siteId": "bedroom", "sessionId": "s"}', b'{"siteId": "patio", "sessionId": "s"}',
+    b'{"sessionId": "s"}', b'{"siteId": "kitchen", "sessionId": 7}',
     b'{"siteId": "kitchen", "sessionId": ""}', b'{"siteId": "kitchen", "sessionId": "a\\u0000b"}',
     json.dumps({"siteId": DEVICE, "sessionId": "x" * 201}).encode(),
 ])
@@ -490,8 +491,11 @@ def test_an_odd_start_listening_names_no_session(payload):
     assert asr_session(payload, DEVICE) is None
 
 
-def test_a_start_listening_for_this_site_names_its_session():
-    assert asr_session(b'{"siteId": "kitchen", "sessionId": "abc-1", "stopOnSilence": true}', DEVICE) == "abc-1"
+@pytest.mark.parametrize("session", ["abc-1", "s", "x" * 200])
+def test_a_start_listening_for_this_site_names_its_session(session):
+    """Any printable sessionId of 1 to 200 characters, whatever else the message holds."""
+    payload = json.dumps({"siteId": DEVICE, "sessionId": session, "stopOnSilence": True}).encode()
+    assert asr_session(payload, DEVICE) == session
 
 
 def test_status_reads_the_state_from_the_broker(tmp_path, broker, two_requests_wav):
