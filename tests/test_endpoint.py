@@ -219,19 +219,28 @@ def test_a_lone_loud_frame_right_after_the_wake_word_does_not_stretch_the_releas
 def test_a_questions_answer_is_measured_against_the_room_before_the_prompt_not_the_prompt():
     """No wake word teaches the talker's level after a hub's question: the room is what was heard before the
     prompt played (the prompt's echo would set the bar above a person's answer)."""
-    end = EndOfSpeech(1.0, -45.0)
-    for level in [-60.0] * 100 + [-20.0] * 25:  # 8 s of a quiet room, then 2 s of the prompt on the speaker
+    end = EndOfSpeech(1.0, -80.0)
+    for level in [-70.06] * 50 + [-50.06] * 50 + [-20.0] * 30:  # 8 s of the room, then 2.4 s of the prompt
         end.hear(level)
-    end.answer(2.0)
-    assert end.levels.room_dbfs == -60.0 and end.levels.threshold_dbfs == -45.0  # the floor, over room + 3 dB
+    end.answer(2.4)
+    assert (end.levels.room_dbfs, end.levels.threshold_dbfs) == (-50.1, -47.1)  # the room's loud moments + 3 dB
     end.answer(0.0)  # measured with the prompt in it: the answer would have to beat the prompt
     assert end.levels.threshold_dbfs == -17.0
+    short = EndOfSpeech(1.0, -80.0)
+    for level in [-70.0] * 9 + [-20.0] * 3:  # a prompt of exactly three frames
+        short.hear(level)
+    short.answer(0.24)
+    assert short.levels.threshold_dbfs == -67.0, "all three of the prompt's frames are left out"
+    quiet = EndOfSpeech(1.0, -45.0)
+    quiet.answer(0.0)
+    assert quiet.levels.threshold_dbfs == -42.0, "nothing heard yet: 3 dB over the floor"
 
 
 def test_a_question_waits_for_its_answer_then_ends_when_the_talker_stops_or_unanswered():
     end = EndOfSpeech(1.0, -45.0)
     end.answer(0.0)
-    wait = round(ANSWER_WAIT_SECONDS / FRAME_SECONDS)
+    wait = 100  # 8 s of 80 ms frames, as docs/home-assistant.md says
+    assert pytest.approx(wait) == ANSWER_WAIT_SECONDS / FRAME_SECONDS
     assert not any(end.push(-70.0) for _ in range(wait - 1)), "quiet before the answer does not end it"
     assert end.push(-70.0) and end.unanswered
     end.answer(0.0)
