@@ -292,26 +292,35 @@ class HomeAssistantVoice:
         self._thread.join(10)
 
 
-def test_home_assistant_hears_exactly_the_released_request_over_the_encrypted_api(tmp_path, two_requests_wav):
-    """The first request is released by a press, the second times out: Home Assistant's voice assistant gets
-    one run with the first request's samples, after the releasing record, then its end; nothing of the second."""
-    releasing: list[float] = []
+class PressOnFirstPending:
+    """A publish callback: presses the daemon's button once the first request is pending (from a thread, as a
+    person would), and notes when each release was recorded (`releasing`)."""
 
-    def press_on_first_pending(event) -> None:
+    def __init__(self) -> None:
+        self.releasing: list[float] = []
+        self.daemon: Daemon | None = None  # set once the daemon is built
+
+    def __call__(self, event) -> None:
         if event.kind == "releasing":
-            releasing.append(time.monotonic())
-        if event.kind == "pending" and not releasing:
-            threading.Thread(target=press, daemon=True).start()
+            self.releasing.append(time.monotonic())
+        if event.kind == "pending" and not self.releasing:
+            threading.Thread(target=self._press, daemon=True).start()
 
-    def press() -> None:
-        until(lambda: consent_window_open(daemon), 5)
-        pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
+    def _press(self) -> None:
+        until(lambda: consent_window_open(self.daemon), 5)
+        pin = self.daemon.pin_factory.pin(self.daemon.config.gpio.button_pin)
         pin.drive_low()
         pin.drive_high()
 
+
+def test_home_assistant_hears_exactly_the_released_request_over_the_encrypted_api(tmp_path, two_requests_wav):
+    """The first request is released by a press, the second times out: Home Assistant's voice assistant gets
+    one run with the first request's samples, after the releasing record, then its end; nothing of the second."""
+    presser = PressOnFirstPending()
     daemon, thread, key, cfg = _daemon_with_esphome(
-        tmp_path, two_requests_wav, press_on_first_pending,
+        tmp_path, two_requests_wav, presser,
         sinks={"box": config.SinkConfig(path=str(tmp_path / "sink")), "assist": config.SinkConfig(type="esphome")})
+    presser.daemon = daemon
     home_assistant = HomeAssistantVoice(daemon.esphome.port, key)
     try:
         assert home_assistant.ready.wait(10)
@@ -329,7 +338,7 @@ def test_home_assistant_hears_exactly_the_released_request_over_the_encrypted_ap
     assert runs[0] == "start" and runs[-1] == "end" and set(runs[1:-1]) == {"audio"}, "one run, then its end"
     with wave.open(str(next((tmp_path / "sink").glob("*.wav")))) as w:
         assert bytes(home_assistant.audio) == w.readframes(w.getnframes()), "exactly the released samples"
-    assert home_assistant.started_at > releasing[0], "nothing reaches Home Assistant before the release record"
+    assert home_assistant.started_at > presser.releasing[0], "nothing reaches Home Assistant before the release record"
 
 
 def test_a_release_with_no_home_assistant_subscribed_is_recorded_as_failed():
@@ -682,20 +691,7 @@ if sys.version_info >= (3, 13):  # HA's ESPHome Assist satellite (2024.10 on) ne
         key, port = esphome.write_key(key_file), free_port()
         client = subprocess.Popen([home_assistant_python, str(Path(__file__).with_name("home_assistant_esphome.py")),
                                    "127.0.0.1", str(port), key, str(out)], stderr=subprocess.PIPE, text=True)
-        releasing: list[float] = []
-
-        def press_on_first_pending(event) -> None:
-            if event.kind == "releasing":
-                releasing.append(time.monotonic())
-            if event.kind == "pending" and not releasing:
-                threading.Thread(target=press, daemon=True).start()
-
-        def press() -> None:
-            until(lambda: consent_window_open(daemon), 5)
-            pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
-            pin.drive_low()
-            pin.drive_high()
-
+        presser = PressOnFirstPending()
         try:
             assert until(lambda: (out / "imported").exists() or client.poll() is not None, 120), "HA never loaded"
             audio = speech.two_requests("turn off the kitchen light", "what is my bank password", lead=6.0, gap=4.0,
@@ -705,7 +701,8 @@ if sys.version_info >= (3, 13):  # HA's ESPHome Assist satellite (2024.10 on) ne
                                 sinks={"box": config.SinkConfig(path=str(tmp_path / "sink")),
                                        "assist": config.SinkConfig(type="esphome")})
             daemon = Daemon(cfg, RunOptions(str(speech.write_wav(tmp_path / "two.wav", audio)), "mock",
-                                            publish=press_on_first_pending), WakeDetector(cfg.wake.settings()))
+                                            publish=presser), WakeDetector(cfg.wake.settings()))
+            presser.daemon = daemon
             thread = threading.Thread(target=daemon.run, daemon=True)
             thread.start()
             assert until(lambda: (out / "ready").exists() or client.poll() is not None, 30), "HA never subscribed"
@@ -720,5 +717,5 @@ if sys.version_info >= (3, 13):  # HA's ESPHome Assist satellite (2024.10 on) ne
         assert (runs[0]["start_stage"], runs[0]["end_stage"]) == ("stt", "tts")
         with wave.open(str(next((tmp_path / "sink").glob("*.wav")))) as w:
             assert (out / "run-1.raw").read_bytes() == w.readframes(w.getnframes()), "exactly the released request"
-        assert runs[0]["first_audio"] > releasing[0], "no audio before the release record"
+        assert runs[0]["first_audio"] > presser.releasing[0], "no audio before the release record"
         assert [r["reason"] for r in audit.read(tmp_path / "audit.jsonl") if r["event"] == "discarded"] == ["timeout"]
