@@ -39,8 +39,8 @@ import speech  # noqa: E402
 from mqtt_broker import Broker, free_port  # noqa: E402
 
 from guard import config, parts  # noqa: E402
-from guard.daemon import Daemon, RunOptions  # noqa: E402
-from guard.inbox import ButtonMove  # noqa: E402
+from guard.assembly import assemble  # noqa: E402
+from guard.daemon import RunOptions  # noqa: E402
 from guard.vocabulary import State  # noqa: E402
 
 DEVICE = "bench"
@@ -127,10 +127,12 @@ class Rig:
                                          allowed_hosts=("127.0.0.1",)))
         self.muted_at: list[float] = []
         self.held_at: list[float] = []
-        self.daemon = Daemon(cfg, RunOptions(str(wav), "mock", publish=self._event), parts.detector(cfg))
-        def held() -> None:  # gpiozero's own callback, timed, then posted as the daemon posts it
+        self.daemon = assemble(cfg, RunOptions(str(wav), "mock", publish=self._event), parts.detector(cfg))
+        posted = self.daemon.button._button.when_held  # gpiozero's own callback, timed, then posted as before
+
+        def held() -> None:
             self.held_at.append(time.perf_counter())
-            self.daemon.post_move(ButtonMove.HELD)
+            posted()
         self.daemon.button._button.when_held = held
         self.thread = threading.Thread(target=self.daemon.run, daemon=True)
         self.commander = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="commander")

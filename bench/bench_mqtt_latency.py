@@ -26,7 +26,8 @@ import speech  # noqa: E402
 from mqtt_broker import Broker, Subscriber  # noqa: E402
 
 from guard import config, parts  # noqa: E402
-from guard.daemon import Daemon, RunOptions  # noqa: E402
+from guard.assembly import assemble  # noqa: E402
+from guard.daemon import RunOptions  # noqa: E402
 from guard.dsp import FRAME_SAMPLES, RATE_HZ  # noqa: E402
 from guard.vocabulary import EventKind  # noqa: E402
 
@@ -70,7 +71,7 @@ def main() -> None:
         entered: list[float] = []  # when frame i entered the pipeline
         fed = [0]  # frames the gate has been given
         wake_frames: list[int] = []
-        daemon = Daemon(cfg, RunOptions(str(wav), "none", publish=lambda e: wake_frames.append(fed[0] - 1)
+        daemon = assemble(cfg, RunOptions(str(wav), "none", publish=lambda e: wake_frames.append(fed[0] - 1)
                                         if e.kind is EventKind.WAKE else None), parts.detector(cfg))
         post, feed = daemon.audio.post, daemon.gate.feed
         daemon.audio.post = lambda frame: (entered.append(time.monotonic()), post(frame))

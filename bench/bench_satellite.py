@@ -34,7 +34,8 @@ from wyoming.audio import AudioChunk  # noqa: E402
 from wyoming.pipeline import RunPipeline  # noqa: E402
 
 from guard import config, parts  # noqa: E402
-from guard.daemon import Daemon, RunOptions  # noqa: E402
+from guard.assembly import assemble  # noqa: E402
+from guard.daemon import RunOptions  # noqa: E402
 
 
 def _audio(requests: int) -> np.ndarray:
@@ -75,7 +76,7 @@ def main() -> None:
             if event.kind == "pending":
                 threading.Thread(target=press, daemon=True).start()
 
-        daemon = Daemon(cfg, RunOptions(str(wav), "mock", publish=hook), parts.detector(cfg))
+        daemon = assemble(cfg, RunOptions(str(wav), "mock", publish=hook), parts.detector(cfg))
         thread = threading.Thread(target=daemon.run)
         thread.start()
         home_assistant = HomeAssistant(port)

@@ -42,6 +42,7 @@ from conftest import consent_window_open  # noqa: E402
 from mqtt_broker import Broker, Subscriber  # noqa: E402
 
 from guard import audio, audit, config, parts  # noqa: E402
+from guard.assembly import assemble  # noqa: E402
 from guard.daemon import Daemon, RunOptions  # noqa: E402
 from guard.dsp import FRAME_SAMPLES, RATE_HZ  # noqa: E402
 from guard.vocabulary import EventKind  # noqa: E402
@@ -267,7 +268,7 @@ def main() -> None:
             threading.Thread(target=press_later, daemon=True).start()
 
     cfg = soak_config(work, broker.port)
-    daemon = Daemon(cfg, RunOptions("mic", "mock", fast=True, publish=on_event), parts.detector(cfg))
+    daemon = assemble(cfg, RunOptions("mic", "mock", fast=True, publish=on_event), parts.detector(cfg))
     daemons.append(daemon)
     loop = threading.Thread(target=daemon.run, name="loop")
     started, rss = time.monotonic(), []

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from guard import __version__, audit, boards, config, confirm, confusables, demo, esphome, models, mqtt, parts, sinks
+from guard.assembly import assemble
 from guard.audio import list_devices
 from guard.config import ENGINES
 from guard.daemon import Daemon, RunOptions, serve
@@ -155,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("config: %s", path or "built-in defaults")
     if args.device and args.source == "mic":  # a microphone named by hand is checked now (exit 2 if absent);
         parts.microphone(cfg.audio).close()                     # the configured one is waited for, as a service must
-    daemon = Daemon(cfg, RunOptions(args.source, args.gpio, args.fast, publish=_print_event),
+    daemon = assemble(cfg, RunOptions(args.source, args.gpio, args.fast, publish=_print_event),
                     parts.detector(cfg))
     for part, status in daemon.health.items():
         log.info("%s: %s", part, status)

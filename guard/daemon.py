@@ -11,19 +11,18 @@ import logging
 import queue
 import signal
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from guard import esphome, health, parts, sinks
 from guard.audit import AuditLog
 from guard.config import Config
 from guard.dsp import FRAME_SECONDS
 from guard.errors import ExitStatus
 from guard.esphome import EsphomeServer
 from guard.gate import Delivery, Gate
+from guard.hardware import Apa102Leds, ConsentButton, StatusLed, UsbRing
 from guard.inbox import (
     ButtonMove,
     ButtonMoved,
@@ -43,11 +42,11 @@ from guard.inbox import (
 from guard.microphone import Microphone
 from guard.mqtt import MqttLink
 from guard.satellite import AssistSatellite
+from guard.sinks import Sink
 from guard.sound import Chimes, Speaker
 from guard.systemd import Notifier
 from guard.timers import Ringer, Timer, Timers
-from guard.vocabulary import Event, EventKind, LedPattern, State
-from guard.wake import WakeDetector
+from guard.vocabulary import Event, EventKind, State
 
 log = logging.getLogger(__name__)
 
@@ -117,88 +116,39 @@ class Deliveries:
         self.unfinished = []
 
 
+@dataclass(eq=False)
 class Daemon:
-    """Wires source, detector, gate, button, LED, sinks and audit together, and runs the loop."""
+    """Runs the loop over parts `assembly.assemble` built from the config: one message at a time, then the timers
+    and the watchdog; at exit everything held is wiped and every part closed."""
 
-    def __init__(self, config: Config, options: RunOptions, detector: WakeDetector) -> None:
-        self.config, self.options = config, options
-        self.inbox = Inbox()  # every thread posts here; the loop serves the button's lane first
-        self._dropped_reported = 0
-        self.listening = threading.Event()
-        self.listening.set()
-        self.stopping = threading.Event()
-        self.clock = AudioClock() if options.fast else time.monotonic
-        device_id = config.device.resolved_id()
-        self.audit = AuditLog(config.audit.resolved_path(), device_id)
-        self.mqtt = MqttLink(config.mqtt, device_id, self.post_command, self.audit,
-                             config.audit.resolved_path().parent / "mqtt-discovered") \
-            if config.mqtt.host else None
-        self.speaker = Speaker(config.audio.output_device) if config.audio.output_device else None
-        self.chimes = Chimes(self.speaker, config.audio.chime_volume) if config.audio.chimes else None
-        self.satellite = AssistSatellite(config.wyoming, device_id, self.inbox.post, list(config.wake.models),
-                                         self.speaker) if config.wyoming.uri else None
-        self.esphome = EsphomeServer(esphome.read_key(config.esphome.resolved_key_file()), device_id,
-                                     self.inbox.post, config.esphome.host, config.esphome.port,
-                                     announce=config.esphome.zeroconf, speaker=self.speaker,
-                                     wake_words=config.wake.models) \
-            if config.esphome.port else None
-        self.sinks = sinks.build(config.sinks, device_id, self.mqtt, self.satellite, self.esphome)
-        self.pin_factory, self.button, self.led = parts.gpio(config, options.gpio, self.post_move)
-        self.deliveries = Deliveries(self.inbox.post)
-        self.gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, self.sinks, self.audit,
-                         accepts={name: sink.confirm for name, sink in config.sinks.items()},
-                         confirmation=parts.spoken_confirmation(config), publish=self._publish,
-                         show=self._show, set_listening=self._set_listening, hold_playback=self._hold_playback,
-                         clock=self.clock, deliver=self.deliveries.put)
-        self.health: dict[str, str] = {}
-        self.audio = Microphone(config.audio, options.source, options.fast, self.inbox, self.listening,
-                                self.stopping, self.gate.fault, self.gate.recovered, self.stop, self.health)
-        self.health.update(health.lines(config, options.gpio, self.gate, self.audio, self.mqtt is not None,
-                                        self.satellite, self.sinks))
-        if self.mqtt is not None:
-            self.mqtt.health = self.health
-        self.notifier = Notifier()
-        self.timers = Timers(self._ring, self.clock)
-        self.ringer = Ringer(self.speaker, config.audio.chime_volume) if self.speaker else None
-        self._pattern = LedPattern.IDLE  # what the gate wants the LED to show (a ring shows over it)
-        self._swallowing = False  # the press that stopped a ring: its up (and a long hold) go nowhere
+    config: Config
+    options: RunOptions
+    inbox: Inbox  # every thread posts here; the loop serves the button's lane first
+    clock: Callable[[], float]
+    listening: threading.Event  # cleared while muted: the audio thread then closes the microphone
+    stopping: threading.Event
+    audit: AuditLog
+    mqtt: MqttLink | None
+    speaker: Speaker | None
+    chimes: Chimes | None
+    satellite: AssistSatellite | None
+    esphome: EsphomeServer | None
+    sinks: list[Sink]
+    pin_factory: object | None  # tests press its mock pins
+    button: ConsentButton | None
+    led: StatusLed | Apa102Leds | UsbRing | None
+    deliveries: Deliveries
+    gate: Gate
+    audio: Microphone
+    health: dict[str, str]
+    notifier: Notifier
+    timers: Timers
+    ringer: Ringer | None
+    _dropped_reported: int = field(default=0, init=False)
+    _swallowing: bool = field(default=False, init=False)  # the press that stopped a ring: its up and hold go nowhere
 
-    def _publish(self, event: Event) -> None:
-        if self.chimes is not None:
-            self.chimes.play(event.kind, event.utterance)
-        self.options.publish(event)
-        if self.mqtt is not None:
-            self.mqtt.event(event)
-        if self.esphome is not None:
-            self.esphome.show(event.state)
-
-    def post_move(self, move: ButtonMove) -> None:
-        """The button moved (gpiozero's thread), stamped with the time it happened."""
-        self.inbox.post(ButtonMoved(move, self.clock()))
-
-    def post_command(self, by: str, verb: str) -> None:
-        """A remote command (paho's thread)."""
-        self.inbox.post(Command(by, verb))
-
-    def _show(self, pattern: LedPattern) -> None:
-        self._pattern = pattern
-        if self.led is not None and not self.timers.ringing:
-            self.led.show(pattern)
-
-    def _hold_playback(self, held: bool) -> None:
-        """Nothing from a hub plays while held (the gate decides when: a spoken confirmation may follow)."""
-        for hub in (self.satellite, self.esphome):
-            if hub is not None:
-                (hub.playback_held.set if held else hub.playback_held.clear)()
-
-    def _ring(self, on: bool) -> None:
-        """A finished timer rings (on), or its ring stopped: the LED shows it over the gate's pattern."""
-        if self.led is not None:
-            self.led.show(LedPattern.TIMER if on else self._pattern)
-        if self.ringer is not None:
-            (self.ringer.start if on else self.ringer.stop)()
-
-    def _set_listening(self, on: bool) -> None:
+    def set_listening(self, on: bool) -> None:
+        """The gate's mute (the audio thread closes the microphone; frames already queued are zeroed) or unmute."""
         if on:
             self.audio.listening_again()
             self.listening.set()
@@ -210,8 +160,6 @@ class Daemon:
         """Zero and drop queued frames (mute, exit)."""
         for frame in self.inbox.take_all(Lane.FRAMES):
             frame.samples.fill(0)
-
-    # -- the loop -----------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask the loop to finish (signal handlers call this)."""
@@ -276,7 +224,8 @@ class Daemon:
             self.timers.tick()
             self.notifier.watchdog(self.audio.alive())
             self._report_dropped()
-            self.audio.check(idle=self.gate.state is State.IDLE)
+            if self.audio.check(idle=self.gate.state is State.IDLE):
+                self.stop()
         except Exception as e:  # the loop's edge: log, wipe, show fault, keep serving
             log.exception("fault in the guard loop")
             self.gate.fault(f"{type(e).__name__}: {e}")

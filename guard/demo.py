@@ -10,7 +10,8 @@ import tempfile
 from pathlib import Path
 
 from guard import audit, config, parts
-from guard.daemon import Daemon, RunOptions, serve
+from guard.assembly import assemble
+from guard.daemon import RunOptions, serve
 from guard.errors import ExitStatus
 from guard.inbox import ButtonMove, ButtonMoved
 from guard.vocabulary import Event, EventKind
@@ -53,7 +54,7 @@ def run() -> int:
                 print(f"  (no press: the {cfg.gate.pending_timeout_seconds:g} s window runs out)", flush=True)
 
         print(f"guard demo: {DEMO_WAV.name} holds two requests; only the first gets a button press.\n")
-        daemon = Daemon(cfg, RunOptions(str(DEMO_WAV), "mock", fast=True, publish=on_event), parts.detector(cfg))
+        daemon = assemble(cfg, RunOptions(str(DEMO_WAV), "mock", fast=True, publish=on_event), parts.detector(cfg))
         serve(daemon)
         files = sorted(sink.iterdir())
         print(f"\nreleased to the sink ({sink}):")

@@ -44,18 +44,17 @@ class Microphone:
         inbox: where frames and failures go.
         listening: cleared while muted (a microphone's stream is then closed, a file pauses).
         stopping: set when the guard stops.
-        fault, recovered, stop: what the loop does when the microphone fails, is back, or hangs for good.
+        fault, recovered: the gate's fault and recovery, for a microphone that fails and one that is back.
         health: the guard's health lines (shown at start and in the retained MQTT state); "audio" is kept here.
         clock: monotonic seconds for the rules (zeros, a hung read, flapping, backoff); tests pass their own.
     """
 
     def __init__(self, audio: AudioConfig, source: str, fast: bool, inbox: Inbox, listening: threading.Event,
                  stopping: threading.Event, fault: Callable[[str, bool], None], recovered: Callable[[str], None],
-                 stop: Callable[[], None], health: dict[str, str],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 health: dict[str, str], clock: Callable[[], float] = time.monotonic) -> None:
         self.audio, self.is_mic, self.fast, self.clock = audio, source == "mic", fast, clock
         self.inbox, self.listening, self.stopping = inbox, listening, stopping
-        self._fault, self._recovered, self._stop, self._health = fault, recovered, stop, health
+        self._fault, self._recovered, self._health = fault, recovered, health
         self.down: str | None = None  # why the microphone is failing, until it delivers sound again
         self.failure: str | None = None  # why the source is beyond retrying: `guard run` exits 1
         self._generation = 0  # counts microphones opened afresh: frames of a failed one never prove it is back
@@ -231,20 +230,22 @@ class Microphone:
     def _last_alive(self) -> float:
         return max(self._last_frame, self._heartbeat)
 
-    def check(self, idle: bool) -> None:
+    def check(self, idle: bool) -> bool:
         """A microphone that delivers only exact zeros has failed (open it afresh); one whose read never returns
-        cannot be helped from inside this process (stop, exit 1, systemd restarts). `idle`: the gate is idle."""
+        cannot be helped from inside this process: True, the guard must stop (exit 1, systemd restarts).
+        `idle`: the gate is idle."""
         if not self.is_mic or not self.listening.is_set() or self.failure:
-            return
+            return False
         if self.down is not None and idle:  # unmuted while it is still failing
             self._fault(f"audio source failed: {self.down}; retrying", True)
         now, limit = self.clock(), self.audio.zeros_fault_seconds
         if now - self._last_alive() >= MIC_HUNG_SECONDS:
             self.failure = f"no audio from {self.label} for {MIC_HUNG_SECONDS:g} s (hung)"
             self._fault(f"audio source failed: {self.failure}", False)
-            self._stop()
-        elif limit and self._zeros_since is not None and now - self._zeros_since >= limit:
+            return True
+        if limit and self._zeros_since is not None and now - self._zeros_since >= limit:
             self.failed(f"{self.label} delivered only digital zeros for {limit:g} s (unplugged?)")
+        return False
 
     def failed(self, why: str, generation: int | None = None) -> None:
         """A file that cannot be read ends the run (exit 1); a failing microphone is a fault until a stream

@@ -21,7 +21,8 @@ import speech
 
 from guard import config
 from guard.config import WakeModelSettings
-from guard.daemon import Daemon, RunOptions
+from guard.assembly import assemble
+from guard.daemon import RunOptions
 from guard.wake import WakeDetector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,7 +101,7 @@ def daemon(tmp_path, detector):
     sink.mkdir(exist_ok=True)
     cfg = config.Config(audit=config.AuditConfig(str(tmp_path / "audit.jsonl")),
                         sinks={"box": config.SinkConfig(path=str(sink))})
-    daemon = Daemon(cfg, RunOptions(str(wav), "mock", fast=True), detector)  # fast: its clock is the test's
+    daemon = assemble(cfg, RunOptions(str(wav), "mock", fast=True), detector)  # fast: its clock is the test's
     daemon.audit.open()
     yield daemon
     daemon.audit.close()

@@ -11,8 +11,9 @@ from conftest import run_guard
 from gpiozero.pins.mock import MockFactory, MockSPIDevice
 
 from guard import config, parts
+from guard.assembly import assemble
 from guard.config import WakeModelSettings
-from guard.daemon import Daemon, RunOptions
+from guard.daemon import RunOptions
 from guard.hardware import COLOURS, PATTERNS, RELEASED_FLASHES, Apa102Leds, apa102_frame, spi_problem
 from guard.inbox import ButtonMove, ButtonMoved
 from guard.vocabulary import LedPattern, State
@@ -133,7 +134,7 @@ def test_a_release_still_needs_the_press_while_the_ring_shows_pending(tmp_path, 
     factory = mock_pins()
     strip = LedStrip(factory)
     monkeypatch.setattr(parts, "pin_factory", lambda mode: factory)  # the mock, with the strip on its wire
-    daemon = Daemon(cfg, RunOptions(str(wav), "mock", fast=True), WakeDetector([WakeModelSettings("alexa")]))
+    daemon = assemble(cfg, RunOptions(str(wav), "mock", fast=True), WakeDetector([WakeModelSettings("alexa")]))
     daemon.audit.open()
     try:
         audio = speech.frames(np.concatenate([

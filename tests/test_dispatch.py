@@ -237,10 +237,10 @@ def test_invariant7_the_button_is_served_before_any_waiting_network_message(daem
     lane is bounded and counts what it drops."""
     from guard.inbox import REMOTE_MESSAGES
     for _ in range(REMOTE_MESSAGES + 10):
-        daemon.post_command("remote", "cancel")
+        daemon.inbox.post(Command("remote", "cancel"))
     daemon.audio.post(_loud(1))
-    daemon.post_move(ButtonMove.HELD)
-    daemon.post_command("remote", "mute")
+    daemon.inbox.post(ButtonMoved(ButtonMove.HELD, daemon.clock()))
+    daemon.inbox.post(Command("remote", "mute"))
     assert daemon.inbox.dropped == 10 and daemon.inbox.size(Lane.REMOTE) == REMOTE_MESSAGES
     first, second = daemon.inbox.get(0), daemon.inbox.get(0)
     assert isinstance(first, ButtonMoved) and first.move is ButtonMove.HELD

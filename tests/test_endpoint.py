@@ -12,7 +12,8 @@ import speech
 from conftest import consent_window_open, until
 
 from guard import audit, config
-from guard.daemon import Daemon, RunOptions
+from guard.assembly import assemble
+from guard.daemon import RunOptions
 from guard.dsp import FRAME_SAMPLES, FRAME_SECONDS, level_dbfs
 from guard.endpoint import ANSWER_WAIT_SECONDS, TAIL_FRAMES, EndOfSpeech, Levels, learn
 
@@ -59,7 +60,7 @@ def guard_run(tmp_path, audio: np.ndarray) -> tuple[np.ndarray, list[dict]]:
         gpio=dataclasses.replace(base.gpio, bounce_seconds=0.0),
         audit=config.AuditConfig(str(tmp_path / "audit.jsonl")),
         sinks={"box": config.SinkConfig(type="directory", path=str(tmp_path / "box"))})
-    daemon = Daemon(cfg, RunOptions(str(wav), "mock"), eval_rooms.default_detector("alexa"))
+    daemon = assemble(cfg, RunOptions(str(wav), "mock"), eval_rooms.default_detector("alexa"))
     loop = threading.Thread(target=daemon.run)
     loop.start()
     try:

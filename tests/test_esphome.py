@@ -23,8 +23,8 @@ from aioesphomeapi.model import VoiceAssistantEventType, VoiceAssistantTimerEven
 from conftest import GuardServing, consent_window_open, daemon_config, speaker_home, until
 from mqtt_broker import free_port
 
-from guard import audit, config, esphome, timers
-from guard import daemon as daemon_module
+from guard import assembly, audit, config, esphome, timers
+from guard.assembly import assemble
 from guard.daemon import Daemon, RunOptions
 from guard.errors import ConfigError, GuardError
 from guard.esphome import EsphomeServer
@@ -169,7 +169,7 @@ def _daemon_with_esphome(tmp_path, source, publish=lambda event: None, models=("
     cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=free_port(), host="127.0.0.1",
                                                                key_file=str(key_file), zeroconf=False), **sections)
     cfg = dataclasses.replace(cfg, wake=dataclasses.replace(cfg.wake, models=models))
-    daemon = Daemon(cfg, RunOptions(str(source), "mock", publish=publish), WakeDetector(cfg.wake.settings()))
+    daemon = assemble(cfg, RunOptions(str(source), "mock", publish=publish), WakeDetector(cfg.wake.settings()))
     thread = threading.Thread(target=daemon.run, daemon=True)
     thread.start()
     assert daemon.esphome.serving.wait(10)
@@ -215,7 +215,7 @@ def test_home_assistants_mute_switch_mutes_a_running_guard_and_cannot_lift_a_but
 def test_guard_run_without_the_key_file_says_how_to_make_one(tmp_path, quiet_wav):
     cfg = daemon_config(tmp_path, esphome=config.EsphomeConfig(port=6053, key_file=str(tmp_path / "none.key")))
     with pytest.raises(ConfigError, match=r"none\.key: cannot read the ESPHome key .*guard esphome-key"):
-        Daemon(cfg, RunOptions(str(quiet_wav), "mock"), WakeDetector(cfg.wake.settings()))
+        assemble(cfg, RunOptions(str(quiet_wav), "mock"), WakeDetector(cfg.wake.settings()))
 
 
 def test_the_announcement_names_the_mac_and_the_encryption_home_assistant_asks_the_key_for(server):
@@ -645,7 +645,7 @@ def test_a_question_home_assistant_asks_is_answered_only_after_a_press(tmp_path,
     """Home Assistant's "start conversation": its prompt plays, the answer is captured without a wake word, held
     pending, and reaches Home Assistant as a voice-assistant run only after a press, sample for sample."""
     speaker = RecordingSpeaker()
-    monkeypatch.setattr(daemon_module, "Speaker", lambda device: speaker)
+    monkeypatch.setattr(assembly, "Speaker", lambda device: speaker)
     answer = np.concatenate([speech.silence(7.0), speech.say("pasta please"), speech.silence(20.0)])
     source = speech.write_wav(tmp_path / "answer.wav", answer)
     prompt = speech.write_wav(tmp_path / "prompt.wav", (4000 * np.sin(np.arange(8000) / 5)).astype(np.int16))
@@ -700,7 +700,7 @@ if sys.version_info >= (3, 13):  # HA's ESPHome Assist satellite (2024.10 on) ne
                                                                        key_file=str(key_file), zeroconf=False),
                                 sinks={"box": config.SinkConfig(path=str(tmp_path / "sink")),
                                        "assist": config.SinkConfig(type="esphome")})
-            daemon = Daemon(cfg, RunOptions(str(speech.write_wav(tmp_path / "two.wav", audio)), "mock",
+            daemon = assemble(cfg, RunOptions(str(speech.write_wav(tmp_path / "two.wav", audio)), "mock",
                                             publish=presser), WakeDetector(cfg.wake.settings()))
             presser.daemon = daemon
             thread = threading.Thread(target=daemon.run, daemon=True)

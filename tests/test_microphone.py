@@ -22,12 +22,11 @@ def _clock() -> AudioClock:
 
 
 class Loop:
-    """What the daemon's loop gives the microphone: the gate's fault and recovery, and stop."""
+    """What the daemon's loop gives the microphone: the gate's fault and recovery."""
 
     def __init__(self) -> None:
         self.faults: list[tuple[str, bool]] = []
         self.recoveries: list[str] = []
-        self.stopped = False
         self.health: dict[str, str] = {}
 
 
@@ -38,7 +37,7 @@ def mic():
     microphone = Microphone(AudioConfig(device="no-such-microphone", zeros_fault_seconds=ZEROS_SECONDS), "mic",
                             False, Inbox(), listening, threading.Event(),
                             lambda reason, lasting: loop.faults.append((reason, lasting)), loop.recoveries.append,
-                            lambda: setattr(loop, "stopped", True), loop.health, clock)
+                            loop.health, clock)
     microphone.heard(_sound(), 1)  # the device came, and gave sound: it is back
     loop.faults.clear()
     loop.recoveries.clear()
@@ -53,7 +52,7 @@ def test_a_microphone_absent_at_start_is_waited_for_and_back_with_its_first_soun
     clock, loop, listening = _clock(), Loop(), threading.Event()
     microphone = Microphone(AudioConfig(device="no-such-microphone"), "mic", False, Inbox(), listening,
                             threading.Event(), lambda reason, lasting: loop.faults.append(reason),
-                            loop.recoveries.append, lambda: None, loop.health, clock)
+                            loop.recoveries.append, loop.health, clock)
     assert microphone.down and loop.health["audio"].startswith("waiting for the microphone: ")
     microphone.heard(np.zeros(1280, np.int16), 1)
     assert microphone.down, "exact zeros are no sound"
@@ -91,11 +90,10 @@ def test_one_frame_of_sound_restarts_the_count_of_zeros(mic):
 def test_a_read_that_never_returns_stops_the_guard_for_systemd_to_restart(mic):
     microphone, clock, loop = mic
     clock.seconds += MIC_HUNG_SECONDS - 0.1
-    microphone.check(idle=True)
-    assert not loop.stopped
+    assert microphone.check(idle=True) is False
     clock.seconds += 0.2
-    microphone.check(idle=True)
-    assert loop.stopped and microphone.failure and "(hung)" in microphone.failure
+    assert microphone.check(idle=True) is True, "the guard must stop"
+    assert microphone.failure and "(hung)" in microphone.failure
     assert loop.faults[-1][1] is False, "the hang is final: the guard exits 1"
 
 
@@ -103,8 +101,7 @@ def test_a_muted_microphone_is_never_hung(mic):
     microphone, clock, loop = mic
     microphone.listening.clear()
     clock.seconds += 10 * MIC_HUNG_SECONDS
-    microphone.check(idle=True)
-    assert not loop.stopped and loop.faults == []
+    assert microphone.check(idle=True) is False and loop.faults == []
 
 
 def test_a_microphone_that_fails_again_soon_after_it_came_back_must_give_sound_for_a_while(mic):

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from mqtt_broker import Broker, Subscriber
 
 from guard import audit, config, mqtt
+from guard.assembly import assemble
 from guard.audit import AuditLog
 from guard.commands import CommandError, parse_command
 from guard.daemon import Daemon, RunOptions
@@ -53,7 +54,7 @@ def _config(tmp_path, port: int, **mqtt) -> config.Config:
 
 def _daemon(cfg, source, fast=True, publish=lambda e: None) -> Daemon:
     detector = WakeDetector(cfg.wake.settings())
-    return Daemon(cfg, RunOptions(str(source), "mock", fast=fast, publish=publish), detector)
+    return assemble(cfg, RunOptions(str(source), "mock", fast=fast, publish=publish), detector)
 
 
 def _press_on_first_pending(cfg):

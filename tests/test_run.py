@@ -124,11 +124,12 @@ def test_demo_runs_with_no_hardware_and_no_broker(tmp_path):
 MUTE_SCRIPT = r"""
 import sys, threading, time
 from guard import config
+from guard.assembly import assemble
 from guard.daemon import Daemon, RunOptions
 from guard.wake import WakeDetector
 from guard.config import WakeModelSettings
 cfg, _ = config.load(sys.argv[1])
-daemon = Daemon(cfg, RunOptions("mic", "mock"), WakeDetector([WakeModelSettings("alexa")]))
+daemon = assemble(cfg, RunOptions("mic", "mock"), WakeDetector([WakeModelSettings("alexa")]))
 loop = threading.Thread(target=daemon.run)
 loop.start()
 pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
@@ -368,8 +369,9 @@ def test_a_slow_sink_blocks_neither_the_button_nor_shutdown(tmp_path, request_wa
     import threading
 
     from guard import config
+    from guard.assembly import assemble
     from guard.config import WakeModelSettings
-    from guard.daemon import Daemon, RunOptions
+    from guard.daemon import RunOptions
     from guard.vocabulary import State
     from guard.wake import WakeDetector
 
@@ -393,7 +395,7 @@ def test_a_slow_sink_blocks_neither_the_button_nor_shutdown(tmp_path, request_wa
                 pin.drive_high()
             threading.Thread(target=press, daemon=True).start()
 
-    daemon = Daemon(cfg, RunOptions(str(request_wav), "mock", publish=press_when_pending_shows),
+    daemon = assemble(cfg, RunOptions(str(request_wav), "mock", publish=press_when_pending_shows),
                     WakeDetector([WakeModelSettings("alexa")]))
     daemons.append(daemon)
     loop = threading.Thread(target=daemon.run)

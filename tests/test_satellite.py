@@ -28,7 +28,9 @@ from wyoming.tts import Synthesize
 from wyoming.wake import Detect
 
 from guard import audit, config
+from guard.assembly import assemble
 from guard.daemon import Daemon, RunOptions
+from guard.inbox import Command
 from guard.sound import read_chime
 from guard.vocabulary import Event as GateEvent
 from guard.vocabulary import LedPattern, State
@@ -68,7 +70,8 @@ def _daemon_pressing_on_first_pending(cfg, source) -> tuple[Daemon, dict[str, li
 
 
 def _daemon(cfg, source, publish) -> Daemon:
-    return Daemon(cfg, RunOptions(str(source), "mock", fast=False, publish=publish), WakeDetector(cfg.wake.settings()))
+    return assemble(cfg, RunOptions(str(source), "mock", fast=False, publish=publish),
+                    WakeDetector(cfg.wake.settings()))
 
 
 def test_assist_hears_exactly_the_released_request_and_nothing_before_or_else(tmp_path, two_requests_wav):
@@ -122,7 +125,7 @@ def test_a_pause_mutes_and_requests_to_listen_are_refused(tmp_path, quiet_wav):
         home_assistant.send(PauseSatellite().event())
         assert until(lambda: daemon.gate.state is State.MUTED and daemon.gate.muted_by == "assist")
         assert not daemon.listening.is_set(), "the microphone is closed"
-        daemon.post_command("remote", "unmute")  # an MQTT unmute cannot lift Home Assistant's pause
+        daemon.inbox.post(Command("remote", "unmute"))  # an MQTT unmute cannot lift Home Assistant's pause
         home_assistant.send(Detect(names=["alexa"]).event(),
                             RunPipeline(start_stage=PipelineStage.WAKE, end_stage=PipelineStage.TTS).event(),
                             RunSatellite().event())

@@ -17,6 +17,7 @@ from conftest import ROOT, until
 from mqtt_broker import Broker, Subscriber
 
 from guard import config
+from guard.assembly import assemble
 from guard.config import WakeModelSettings
 from guard.daemon import Daemon, RunOptions
 from guard.microphone import AUDIO_STALL_SECONDS
@@ -241,7 +242,7 @@ def notify(tmp_path, monkeypatch):
 
 def _daemon(tmp_path, wav) -> Daemon:
     cfg = config.Config(audit=config.AuditConfig(str(tmp_path / "audit.jsonl")))
-    return Daemon(cfg, RunOptions(str(wav), "none"), WakeDetector([WakeModelSettings("alexa")]))
+    return assemble(cfg, RunOptions(str(wav), "none"), WakeDetector([WakeModelSettings("alexa")]))
 
 
 def test_ready_after_start_then_watchdog_pings(tmp_path, notify):
