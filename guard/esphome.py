@@ -262,6 +262,61 @@ class MediaPlayer:
         return len(frames) / (rate * width * channels)
 
 
+class EsphomeDevice:
+    """What the guard says of itself over the API: its device info, entities and their states, and what its voice
+    assistant offers (features, wake words). The server answers with these; nothing here touches audio."""
+
+    def __init__(self, device_id: str, wake_words: tuple[str, ...], media: MediaPlayer | None) -> None:
+        self.device_id, self.media = device_id, media
+        self.wake_words, self.active_wake_words = wake_words, wake_words
+        self.mac = device_mac(device_id)
+        self.state = State.IDLE  # what the State sensor shows; the mute switch is on while it is muted, by anyone
+
+    def show(self, state: State) -> list[Message]:
+        """The guard's state after an event; the state messages that changed, for every connection."""
+        if state is self.state:
+            return []
+        was_muted, self.state = self.state is State.MUTED, state
+        return [self.state_text(), *([self.mute_state()] if was_muted is not (state is State.MUTED) else [])]
+
+    def mute_state(self) -> api_pb2.SwitchStateResponse:
+        return api_pb2.SwitchStateResponse(key=MUTE_KEY, state=self.state is State.MUTED)
+
+    def state_text(self) -> api_pb2.TextSensorStateResponse:
+        return api_pb2.TextSensorStateResponse(key=STATE_KEY, state=str(self.state))
+
+    def entities(self) -> list[Message]:
+        return [api_pb2.ListEntitiesSwitchResponse(object_id="mute", key=MUTE_KEY, name="Mute",
+                                                   icon="mdi:microphone-off"),
+                api_pb2.ListEntitiesTextSensorResponse(object_id="state", key=STATE_KEY, name="State",
+                                                       icon="mdi:shield-lock"),
+                *([self.media.entity()] if self.media else []),
+                api_pb2.ListEntitiesDoneResponse()]
+
+    def states(self) -> list[Message]:
+        return [self.mute_state(), self.state_text(), *([self.media.state(False)] if self.media else [])]
+
+    def wake_word_configuration(self) -> api_pb2.VoiceAssistantConfigurationResponse:
+        return api_pb2.VoiceAssistantConfigurationResponse(
+            available_wake_words=[api_pb2.VoiceAssistantWakeWord(
+                id=name, wake_word=name.replace("_", " ").title(), trained_languages=["en"])
+                for name in self.wake_words],
+            active_wake_words=list(self.active_wake_words), max_active_wake_words=len(self.wake_words))
+
+    def features(self) -> int:
+        """What Home Assistant's voice assistant may ask of the device: announcements and questions only with a
+        speaker (a question nobody heard has no answer)."""
+        spoken = ANNOUNCE | START_CONVERSATION if self.media is not None else 0
+        return VOICE_ASSISTANT | API_AUDIO | TIMERS | spoken
+
+    def info(self) -> api_pb2.DeviceInfoResponse:
+        return api_pb2.DeviceInfoResponse(
+            uses_password=False, name=self.device_id, friendly_name=f"pi-guard {self.device_id}",
+            mac_address=self.mac, esphome_version=f"pi-guard {__version__}", model="pi-guard",
+            manufacturer="pi-guard", project_name="pi-guard.privacy-guard", project_version=__version__,
+            api_encryption_supported=True, voice_assistant_feature_flags=self.features())
+
+
 class EsphomeServer:
     """The guard as an ESPHome device: device info, its entities and their states, and their commands.
 
@@ -286,10 +341,8 @@ class EsphomeServer:
         self.host, self.port, self.handshake_seconds, self.announce = host, port, handshake_seconds, announce
         self._zeroconf: AsyncZeroconf | None = None
         self.media = MediaPlayer(speaker, self._broadcast) if speaker is not None else None
-        self.wake_words, self.active_wake_words = wake_words, wake_words
+        self.device = EsphomeDevice(device_id, wake_words, self.media)
         self.playback_held = self.media.held if self.media else threading.Event()  # set: nothing plays
-        self.mac = device_mac(device_id)
-        self.state = State.IDLE  # what the State sensor shows; the mute switch is on while it is muted, by anyone
         self._hub: _Connection | None = None  # the connection that subscribed to voice assistant: Home Assistant
         self._accepted: asyncio.Future | None = None  # Home Assistant's answer to the run being started
         self._connections: set[_Connection] = set()
@@ -320,7 +373,7 @@ class EsphomeServer:
         return AsyncServiceInfo(
             SERVICE_TYPE, f"{self.device_id}.{SERVICE_TYPE}", server=f"{self.device_id}.local.",
             addresses=[socket.inet_aton(address)], port=self.port,
-            properties={"mac": self.mac.replace(":", "").lower(), "version": __version__, "platform": "pi-guard",
+            properties={"mac": self.device.mac.replace(":", "").lower(), "version": __version__, "platform": "pi-guard",
                         "friendly_name": f"pi-guard {self.device_id}", "api_encryption": PROTOCOL.decode()})
 
     async def _advertise(self) -> None:
@@ -355,12 +408,8 @@ class EsphomeServer:
     def show(self, state: State) -> None:
         """The guard's state after an event: the State sensor shows it, and the mute switch whether it is muted
         (by anyone), on every connection."""
-        if state is self.state:
-            return
-        was_muted, self.state = self.state is State.MUTED, state
-        self._loop.call_soon_threadsafe(self._broadcast, self._state_text())
-        if was_muted is not (state is State.MUTED):
-            self._loop.call_soon_threadsafe(self._broadcast, self._mute_state())
+        for message in self.device.show(state):
+            self._loop.call_soon_threadsafe(self._broadcast, message)
 
     def hub(self) -> str:
         """Who a release would go to now: "Home Assistant (host:port)", or "" when none subscribed."""
@@ -412,12 +461,6 @@ class EsphomeServer:
         for connection in list(self._connections):
             connection.send(message)
 
-    def _mute_state(self) -> api_pb2.SwitchStateResponse:
-        return api_pb2.SwitchStateResponse(key=MUTE_KEY, state=self.state is State.MUTED)
-
-    def _state_text(self) -> api_pb2.TextSensorStateResponse:
-        return api_pb2.TextSensorStateResponse(key=STATE_KEY, state=str(self.state))
-
     def gone(self, connection: "_Connection") -> None:
         self._connections.discard(connection)
         if self._hub is connection:
@@ -458,25 +501,21 @@ class EsphomeServer:
             case api_pb2.PingRequest():
                 return [api_pb2.PingResponse()]
             case api_pb2.DeviceInfoRequest():
-                return [self._device_info()]
+                return [self.device.info()]
             case api_pb2.ListEntitiesRequest():
-                return [api_pb2.ListEntitiesSwitchResponse(
-                    object_id="mute", key=MUTE_KEY, name="Mute", icon="mdi:microphone-off"),
-                    api_pb2.ListEntitiesTextSensorResponse(object_id="state", key=STATE_KEY, name="State",
-                                                          icon="mdi:shield-lock"),
-                    *([self.media.entity()] if self.media else []),
-                    api_pb2.ListEntitiesDoneResponse()]
+                return self.device.entities()
             case api_pb2.SubscribeStatesRequest():
-                return [self._mute_state(), self._state_text(), *([self.media.state(False)] if self.media else [])]
+                return self.device.states()
             case api_pb2.VoiceAssistantEventResponse(event_type=api_pb2.VOICE_ASSISTANT_TTS_END, data=data) \
                     if connection is self._hub and self.media is not None:
                 url = next((d.value for d in data if d.name == "url"), "")
                 if url:  # Assist's spoken answer to a released request, converted to the speaker's format
                     self._loop.create_task(self.media.play(url))
             case api_pb2.VoiceAssistantConfigurationRequest():
-                return [self._wake_word_configuration()]
+                return [self.device.wake_word_configuration()]
             case api_pb2.VoiceAssistantSetConfiguration(active_wake_words=names):
-                self.post(ChooseWakeWords(HUB, tuple(str(name)[:64] for name in names[:len(self.wake_words)])))
+                offered = len(self.device.wake_words)
+                self.post(ChooseWakeWords(HUB, tuple(str(name)[:64] for name in names[:offered])))
             case api_pb2.VoiceAssistantAnnounceRequest(media_id=url, preannounce_media_id=chime,
                                                        start_conversation=ask):
                 self._loop.create_task(self._announce(connection, chime, url, ask and connection is self._hub))
@@ -493,20 +532,7 @@ class EsphomeServer:
 
     def show_wake_words(self, active: tuple[str, ...]) -> None:
         """The loop chose these (a subset of the configured ones): the next configuration request says so."""
-        self.active_wake_words = active
-
-    def _wake_word_configuration(self) -> api_pb2.VoiceAssistantConfigurationResponse:
-        return api_pb2.VoiceAssistantConfigurationResponse(
-            available_wake_words=[api_pb2.VoiceAssistantWakeWord(
-                id=name, wake_word=name.replace("_", " ").title(), trained_languages=["en"])
-                for name in self.wake_words],
-            active_wake_words=list(self.active_wake_words), max_active_wake_words=len(self.wake_words))
-
-    def features(self) -> int:
-        """What Home Assistant's voice assistant may ask of the device: announcements and questions only with a
-        speaker (a question nobody heard has no answer)."""
-        spoken = ANNOUNCE | START_CONVERSATION if self.media is not None else 0
-        return VOICE_ASSISTANT | API_AUDIO | TIMERS | spoken
+        self.device.active_wake_words = active
 
     async def _announce(self, connection: "_Connection", chime: str, url: str, ask: bool) -> None:
         """An announcement (after its chime), answered with whether it played; a question (`ask`, from the hub
@@ -521,20 +547,13 @@ class EsphomeServer:
         if ask and played is not None:
             self.post(FollowUp(HUB, (rang or 0.0) + played))
 
-    def _device_info(self) -> api_pb2.DeviceInfoResponse:
-        return api_pb2.DeviceInfoResponse(
-            uses_password=False, name=self.device_id, friendly_name=f"pi-guard {self.device_id}",
-            mac_address=self.mac, esphome_version=f"pi-guard {__version__}", model="pi-guard",
-            manufacturer="pi-guard", project_name="pi-guard.privacy-guard", project_version=__version__,
-            api_encryption_supported=True, voice_assistant_feature_flags=self.features())
-
 
 class _Connection:
     """One client: refused and closed unless it speaks Noise with the owner's key."""
 
     def __init__(self, server: EsphomeServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.server, self.reader, self.writer = server, reader, writer
-        self.noise = NoiseResponder(server.key, server.device_id, server.mac)
+        self.noise = NoiseResponder(server.key, server.device_id, server.device.mac)
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
 

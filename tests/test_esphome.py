@@ -67,7 +67,7 @@ def test_home_assistants_client_with_the_key_reads_the_device_and_its_mute_switc
         return info, entities, states
 
     info, entities, states = _talk(server, server.key_text, steps)
-    assert info.name == "kitchen" and info.mac_address == server.mac and info.api_encryption_supported
+    assert info.name == "kitchen" and info.mac_address == server.device.mac and info.api_encryption_supported
     assert [(e.object_id, e.key, type(e).__name__) for e in entities] == [("mute", 1, "SwitchInfo"),
                                                                           ("state", 3, "TextSensorInfo")]
     assert [(s.key, s.state) for s in states] == [(1, False), (3, "idle")]
@@ -224,7 +224,7 @@ def test_the_announcement_names_the_mac_and_the_encryption_home_assistant_asks_t
         "_esphomelib._tcp.local.", "kitchen._esphomelib._tcp.local.", "kitchen.local.", server.port)
     assert info.parsed_addresses() == ["192.0.2.7"]
     properties = {k.decode(): v.decode() for k, v in info.properties.items()}
-    assert properties["mac"] == server.mac.replace(":", "").lower()  # the form Home Assistant normalizes
+    assert properties["mac"] == server.device.mac.replace(":", "").lower()  # the form Home Assistant normalizes
     assert properties["api_encryption"] == "Noise_NNpsk0_25519_ChaChaPoly_SHA256"
 
 
@@ -611,7 +611,7 @@ def test_home_assistant_chooses_among_the_configured_wake_words_and_the_choice_i
         async def choose(client):
             offered = await client.get_voice_assistant_configuration(10)
             await client.set_voice_assistant_configuration(["hey_jarvis", "ok_google"])
-            assert await asyncio.to_thread(until, lambda: daemon.esphome.active_wake_words == ("hey_jarvis",))
+            assert await asyncio.to_thread(until, lambda: daemon.esphome.device.active_wake_words == ("hey_jarvis",))
             return offered, await client.get_voice_assistant_configuration(10)
 
         offered, after = _talk_to(daemon.esphome.port, key, choose)
