@@ -80,6 +80,23 @@ def test_a_stale_part_from_a_crash_is_removed_and_the_next_release_arrives(tmp_p
     assert Path(sink.deliver(encode_wav(SAMPLES), UTTERANCE)).read_bytes() == encode_wav(SAMPLES)
 
 
+def test_a_folder_that_goes_after_the_check_is_a_failure_and_leaves_nothing(tmp_path, monkeypatch):
+    """A USB stick pulled between the check and the write: a failure naming the folder, no crash, no file."""
+    folder = tmp_path / "stick"
+    folder.mkdir()
+    sink = DirectorySink("stick", folder, "kitchen")
+    checked = sink.problem
+
+    def check_then_pull() -> str | None:
+        problem = checked()
+        folder.rmdir()
+        return problem
+    monkeypatch.setattr(sink, "problem", check_then_pull)
+    with pytest.raises(SinkError, match=f"^sink stick: {folder}: No such file or directory$"):
+        sink.deliver(encode_wav(SAMPLES), UTTERANCE)
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_directory_sink_says_what_is_wrong_with_its_folder(tmp_path):
     assert DirectorySink("box", tmp_path, "k").problem() is None
     assert DirectorySink("box", tmp_path / "gone", "k").problem() == (
@@ -134,6 +151,18 @@ def test_a_command_that_cannot_start_is_a_failure_not_a_crash(tmp_path):
     assert CommandSink("cmd", (str(plain), sys.executable), 5.0, "k").problem() == (
         f"sink cmd: {plain}: not an executable file; give its full path")
     assert CommandSink("cmd", (sys.executable, str(plain)), 5.0, "k").problem() is None
+
+
+def test_a_command_the_kernel_cannot_run_is_a_failure_named_by_its_program(tmp_path):
+    """Executable but not a program (no #! line): it passes the check and fails to start, and is named."""
+    program = tmp_path / "not-a-program"
+    program.write_bytes(b"\x00\x01 not an executable format")
+    program.chmod(0o755)
+    sink = CommandSink("cmd", (str(program), "--quiet"), 5.0, "k")
+    assert sink.problem() is None
+    with pytest.raises(SinkError, match=f"^sink cmd: {program}: Exec format error$") as e:
+        sink.deliver(encode_wav(SAMPLES), UTTERANCE)
+    assert not isinstance(e.value, DeliveryUncertain), "it never started, so nothing was sent"
 
 
 HELPER = ("import subprocess, sys; p = subprocess.Popen(['sleep', '600']); "
@@ -237,6 +266,7 @@ def test_a_wyoming_release_hands_the_satellite_exactly_the_samples():
 
 MQTT = types.SimpleNamespace(url="mqtt://broker:1883", send_audio=print, send_hermes_audio=len)
 ASSIST = types.SimpleNamespace(send=repr, hub=lambda: "Home Assistant (192.0.2.5:41000)")
+ESPHOME = types.SimpleNamespace(send=ascii, hub=lambda: "Home Assistant (192.0.2.6:6053)")
 
 
 def test_sinks_from_a_config_file_are_built_by_their_type(tmp_path):
@@ -246,10 +276,14 @@ def test_sinks_from_a_config_file_are_built_by_their_type(tmp_path):
                                          '[sinks.cmd]\ntype = "command"\ncommand = ["/bin/cat"]\n'
                                          '[sinks.hub]\ntype = "mqtt"\n[sinks.asr]\ntype = "hermes"\n'
                                          '[sinks.ha]\ntype = "wyoming"\n[wyoming]\nuri = "tcp://127.0.0.1:10700"\n'
+                                         '[sinks.api]\ntype = "esphome"\n[esphome]\nport = 6053\n'
                                          '[mqtt]\nhost = "localhost"\nhermes = true\n')
     cfg, _ = config.load(str(tmp_path / "guard.toml"))
-    assert [type(s).__name__ for s in build(cfg.sinks, "k", MQTT, ASSIST)] == [
-        "DirectorySink", "CommandSink", "MqttSink", "HermesSink", "AssistSink"]
+    sinks = build(cfg.sinks, "k", MQTT, ASSIST, ESPHOME)
+    assert [type(s).__name__ for s in sinks] == [
+        "DirectorySink", "CommandSink", "MqttSink", "HermesSink", "AssistSink", "AssistSink"]
+    assert (sinks[4].send, sinks[5].send) == (repr, ascii), "a wyoming sink goes through the satellite, esphome's not"
+    assert sinks[5].destination() == "Home Assistant (192.0.2.6:6053)"
 
 
 def test_sinks_are_built_in_config_order_with_their_settings(tmp_path, monkeypatch):
