@@ -152,10 +152,13 @@ def test_muting_zeroes_and_drops_every_queued_frame(daemon):
 
 
 def test_stop_drains_too(daemon):
+    """Frames still queued when the guard stops are zeroed on the way out, never served."""
+    daemon.audit.close()  # run() opens it itself
     daemon.audio.post(_loud(7))
     queued = daemon.inbox.peek(Lane.FRAMES)[0].samples
-    daemon._drain()
-    assert daemon.inbox.empty() and not queued.any()
+    daemon.stop()
+    daemon.run()  # asked to stop before it began: it only winds down
+    assert daemon.inbox.size(Lane.FRAMES) == 0 and not queued.any()
 
 
 def test_each_remote_verb_reaches_its_gate_action(daemon):
