@@ -44,11 +44,12 @@ class Rig:
     """A gate wired to a mock button and LED, a directory sink and an audit log in tmp_path."""
 
     def __init__(self, tmp_path, detector, factory, sinks=None, long_press_seconds=10.0,
-                 end_silence_seconds=1.0) -> None:
+                 end_silence_seconds=1.0, releases_wait=False) -> None:
         detector.wipe()
         self.factory = factory
         self.clock = AudioClock()
         self.events, self.listening = [], []
+        self.on_the_way: list[Delivery] = []  # with releases_wait: as if the delivery thread had not run them yet
         self.moves: list[tuple[ButtonMove, float]] = []
         self.holding_moves = False  # True: moves wait in the inbox, as while the daemon's loop is busy
         self.sink_dir = tmp_path / "sink"
@@ -60,7 +61,8 @@ class Rig:
                          detector, PRE_ROLL_SECONDS,
                          sinks if sinks is not None else [DirectorySink("box", self.sink_dir, "test")],
                          AuditLog(self.audit_path, "test"), publish=self.events.append, show=self.led.show,
-                         set_listening=self.listening.append, clock=self.clock)
+                         set_listening=self.listening.append, clock=self.clock,
+                         deliver=self.on_the_way.append if releases_wait else None)
         self.button = ConsentButton(gpio, self._move, self.factory)
         self.button_pin = self.factory.pin(gpio.button_pin)
         self.led_pin = self.factory.pin(gpio.led_pins[0])
@@ -95,13 +97,10 @@ class Rig:
         self.button_pin.drive_high()
 
     def release_held(self, audio: np.ndarray) -> Delivery:
-        """Capture `audio`, press, and return the release still on its way (as if the delivery thread had not
-        run it yet)."""
-        on_the_way: list[Delivery] = []
-        self.gate._deliver = on_the_way.append
+        """Capture `audio`, press, and return the release still on its way (a rig made with `releases_wait`)."""
         self.feed(audio)
         self.press()
-        return on_the_way[0]
+        return self.on_the_way[0]
 
     def kinds(self) -> list[str]:
         return [e.kind for e in self.events]
@@ -686,7 +685,7 @@ def test_the_led_shows_released_only_when_nothing_new_is_held(rig, request_audio
     r.feed(request_audio)
     r.press()
     assert r.led.showing == "released"
-    r2 = rig()
+    r2 = rig(releases_wait=True)
     delivery = r2.release_held(request_audio)
     r2.feed(_opening(request_audio, 3.0))  # a new request is being captured
     assert r2.gate.state is State.CAPTURING
@@ -756,7 +755,7 @@ def test_the_wake_record_keeps_the_score_to_four_places(rig, request_audio):
 
 
 def test_an_uncertain_delivery_arriving_during_a_new_capture_does_not_interrupt_it(rig, request_audio):
-    r = rig()
+    r = rig(releases_wait=True)
     delivery = r.release_held(request_audio)
     r.feed(_opening(request_audio, 3.0))
     assert r.gate.state is State.CAPTURING
@@ -773,7 +772,7 @@ def test_an_uncertain_delivery_arriving_during_a_new_capture_does_not_interrupt_
 @pytest.mark.parametrize("state", [State.PENDING, State.MUTED])
 def test_an_uncertain_delivery_arriving_while_pending_or_muted_changes_neither(rig, request_audio, state):
     """The fault it shows waits for idle: a pending request keeps its window, a mute keeps the microphone shut."""
-    r = rig()
+    r = rig(releases_wait=True)
     delivery = r.release_held(request_audio)
     if state is State.PENDING:
         r.feed(request_audio)
@@ -818,7 +817,7 @@ def test_a_press_whose_window_closes_while_the_button_is_down_releases_nothing(r
 
 
 def test_a_delivery_finishing_while_muted_leaves_the_led_showing_muted(rig, request_audio):
-    r = rig()
+    r = rig(releases_wait=True)
     delivery = r.release_held(request_audio)
     r.gate.mute("remote")
     delivery.run()
@@ -863,7 +862,7 @@ def test_with_no_sink_a_press_discards_and_says_why(rig, request_audio):
 def test_a_delivery_abandoned_after_it_started_may_still_arrive(rig, request_audio, tmp_path):
     started = tmp_path / "started"
     slow = f"import sys, time; sys.stdin.buffer.read(); open({str(started)!r}, 'w').close(); time.sleep(5)"
-    r = rig(sinks=[CommandSink("slow", (sys.executable, "-c", slow), 10.0, "test")])
+    r = rig(releases_wait=True, sinks=[CommandSink("slow", (sys.executable, "-c", slow), 10.0, "test")])
     delivery = r.release_held(request_audio)
     runner = threading.Thread(target=delivery.run)
     runner.start()
@@ -880,7 +879,7 @@ def test_a_delivery_abandoned_after_it_started_may_still_arrive(rig, request_aud
 def test_a_delivered_release_gets_its_record_on_a_disk_that_filled_while_it_was_on_its_way(
         rig, request_audio, full_disk):
     """Once the released record waited in memory and never reached the log: `releasing` with no outcome."""
-    r = rig()
+    r = rig(releases_wait=True)
     r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
     delivery = r.release_held(request_audio)
     fill(full_disk)
@@ -919,7 +918,7 @@ def test_nothing_is_pending_without_its_pending_record(rig, request_audio, full_
 
 
 def test_a_long_failure_detail_is_cut_to_200_characters_on_the_record(rig, request_audio):
-    r = rig()
+    r = rig(releases_wait=True)
     delivery = r.release_held(request_audio)
     delivery.outcomes.append(("box", "release-failed", "z" * 500, ""))
     r.gate.delivered(delivery)
@@ -1034,7 +1033,7 @@ def test_a_failed_or_uncertain_release_gets_its_records_on_a_disk_that_filled_wh
         rig, request_audio, full_disk, outcome, to, recorded, state):
     """What became of a release is recorded from the room the log keeps for outcomes, failure included; an
     uncertain one is shown as a fault."""
-    r = rig()
+    r = rig(releases_wait=True)
     r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
     delivery = r.release_held(request_audio)
     fill(full_disk)
@@ -1047,7 +1046,7 @@ def test_a_failed_or_uncertain_release_gets_its_records_on_a_disk_that_filled_wh
 
 def test_an_uncertain_release_gets_its_fault_record_on_a_full_disk_while_a_new_request_is_held(
         rig, request_audio, full_disk):
-    r = rig()
+    r = rig(releases_wait=True)
     r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
     delivery = r.release_held(request_audio)
     r.feed(request_audio)
@@ -1110,8 +1109,8 @@ def test_an_abandoned_delivery_calls_uncertain_only_the_sinks_it_had_not_finishe
     slow = f"import sys, time; sys.stdin.buffer.read(); open({str(started)!r}, 'w').close(); time.sleep(5)"
     folder = tmp_path / "archive"
     folder.mkdir()
-    r = rig(sinks=[DirectorySink("archive", folder, "test"), CommandSink("slow", (sys.executable, "-c", slow), 10.0,
-                                                                         "test")])
+    r = rig(releases_wait=True, sinks=[DirectorySink("archive", folder, "test"),
+                                       CommandSink("slow", (sys.executable, "-c", slow), 10.0, "test")])
     delivery = r.release_held(request_audio)
     runner = threading.Thread(target=delivery.run)
     runner.start()
