@@ -11,8 +11,8 @@ usage: ./install.sh [--dev]
        sudo ./install.sh --system [--with-broker] [--dry-run]
        sudo ./install.sh --uninstall [--purge] [--dry-run]
 
-  (no option)  install guard into ./.venv (needs portaudio19-dev, espeak-ng, gcc, python3-dev: installed via apt
-               when root or sudo)
+  (no option)  install guard into ./.venv (needs portaudio19-dev, espeak-ng, gcc, python3-dev, and swig on a 64-bit
+               Pi with Python 3.13: installed via apt when root or sudo)
   --dev        also install the test tools: mosquitto, sox, alsa-utils, openssl, bubblewrap, systemd, g++ (apt) and pytest,
                ruff, hypothesis, openwakeword (the reference the wake scores are tested against)
   --system     install the hardened systemd service into /opt/guard (see script/install-system --help)
@@ -49,6 +49,13 @@ command -v "$python" >/dev/null || fail "no $python; install Python 3.11 (sudo a
 packages=(portaudio19-dev espeak-ng)  # espeak-ng: guard enroll synthesizes confusables
 "$python" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 packages+=(gcc python3-dev)  # PyAudio has no Linux wheel at all: it is built here, against portaudio19-dev
+build_env=()
+if [ "$(uname -m)" = aarch64 ] && "$python" -c 'import sys; sys.exit(sys.version_info < (3, 13))'; then
+    # lgpio (gpiozero's pins on a 64-bit Pi) has wheels up to Python 3.12; on 3.13 (Trixie) pip builds it with
+    # SWIG, and PYPI=1 (its setup.py's own switch) links in the C library its source carries
+    packages+=(swig)
+    build_env=(PYPI=1)
+fi
 [ "$dev" = 1 ] && packages+=(mosquitto sox alsa-utils openssl bubblewrap systemd g++)  # bubblewrap: the unit emulation;
 # systemd: systemd-analyze; g++: Home Assistant 2025 (the tests' client on Python 3.13) builds pymicro-vad, pyspeex-noise
 
@@ -82,7 +89,7 @@ fi
 [ -x .venv/bin/python ] || { say "creating .venv"; "$python" -m venv .venv; }
 extras=""; [ "$dev" = 1 ] && extras="[dev]"
 say "installing pinned Python packages into .venv${extras:+ (with test tools)}"
-.venv/bin/python -m pip install --disable-pip-version-check -q -e ".$extras" \
+env "${build_env[@]}" .venv/bin/python -m pip install --disable-pip-version-check -q -e ".$extras" \
     || fail "pip install failed; see the messages above"
 .venv/bin/python -c 'from guard import models
 for name in models.wake_model_names() + list(models.FEATURE_MODELS):
