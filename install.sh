@@ -94,5 +94,8 @@ env "${build_env[@]}" .venv/bin/python -m pip install --disable-pip-version-chec
 .venv/bin/python -c 'from guard import models
 for name in models.wake_model_names() + list(models.FEATURE_MODELS):
     models.open_session(models.resolve(name))' || fail "the bundled models did not verify"
+if [ "$(uname -m)" = aarch64 ]; then  # a Pi: gpiozero drives its pins through lgpio
+    .venv/bin/python -c 'import lgpio' || fail "lgpio (gpiozero's pins on a Pi) does not load; see the messages above"
+fi
 echo "$wanted" > "$stamp"
 say "ready: .venv/bin/guard --help"
