@@ -468,5 +468,7 @@ def test_an_event_the_satellite_cannot_handle_drops_neither_the_connection_nor_t
         peer.settimeout(10)
         answer = b""
         while b"\n" not in answer:
-            answer += peer.recv(4096)
+            chunk = peer.recv(4096)
+            assert chunk, "the satellite closed the connection instead of answering the ping"
+            answer += chunk
         assert json.loads(answer.split(b"\n")[0])["type"] == "pong"
