@@ -37,8 +37,9 @@ done
 say() { echo "install.sh: $*"; }
 fail() { echo "install.sh: error: $*" >&2; exit 1; }
 
-case "$(uname -m)" in
-    armv6l|armv7l) fail "32-bit ARM ($(uname -m)): onnxruntime has no build for it, so guard cannot run here; \
+machine=$(uname -m)
+case "$machine" in
+    armv6l|armv7l) fail "32-bit ARM ($machine): onnxruntime has no build for it, so guard cannot run here; \
 install the 64-bit Raspberry Pi OS (Bookworm arm64) and run ./install.sh again" ;;
 esac
 
@@ -50,7 +51,7 @@ packages=(portaudio19-dev espeak-ng)  # espeak-ng: guard enroll synthesizes conf
 "$python" -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
 packages+=(gcc python3-dev)  # PyAudio has no Linux wheel at all: it is built here, against portaudio19-dev
 build_env=()
-if [ "$(uname -m)" = aarch64 ] && "$python" -c 'import sys; sys.exit(sys.version_info < (3, 13))'; then
+if [ "$machine" = aarch64 ] && "$python" -c 'import sys; sys.exit(sys.version_info < (3, 13))'; then
     # lgpio (gpiozero's pins on a 64-bit Pi) has wheels up to Python 3.12; on 3.13 (Trixie) pip builds it with
     # SWIG, and PYPI=1 (its setup.py's own switch) links in the C library its source carries
     packages+=(swig)
@@ -94,7 +95,7 @@ env "${build_env[@]}" .venv/bin/python -m pip install --disable-pip-version-chec
 .venv/bin/python -c 'from guard import models
 for name in models.wake_model_names() + list(models.FEATURE_MODELS):
     models.open_session(models.resolve(name))' || fail "the bundled models did not verify"
-if [ "$(uname -m)" = aarch64 ]; then  # a Pi: gpiozero drives its pins through lgpio
+if [ "$machine" = aarch64 ]; then  # a Pi: gpiozero drives its pins through lgpio
     .venv/bin/python -c 'import lgpio' || fail "lgpio (gpiozero's pins on a Pi) does not load; see the messages above"
 fi
 echo "$wanted" > "$stamp"

@@ -21,7 +21,7 @@ from guard.outputs import Outputs
 from guard.satellite import AssistSatellite
 from guard.sound import Chimes, Speaker
 from guard.systemd import Notifier
-from guard.timers import Ringer, Timers
+from guard.timers import Ringer
 from guard.wake import WakeDetector
 
 
@@ -49,7 +49,7 @@ def assemble(config: Config, options: RunOptions, detector: WakeDetector) -> Dae
     pin_factory, button, led = parts.gpio(config, options.gpio, lambda move: _post_move(inbox, clock, move))
     chimes = Chimes(speaker, config.audio.chime_volume) if config.audio.chimes else None
     ringer = Ringer(speaker, config.audio.chime_volume) if speaker else None
-    outputs = Outputs(options.publish, led, chimes, mqtt, satellite, home_assistant, ringer)
+    outputs = Outputs(options.publish, led, chimes, mqtt, satellite, home_assistant, ringer, clock)
     deliveries = Deliveries(inbox.post)
     health_lines: dict[str, str] = {}
     gate = Gate(config.gate, detector, config.audio.pre_roll_seconds, released_to, audit,
@@ -63,10 +63,10 @@ def assemble(config: Config, options: RunOptions, detector: WakeDetector) -> Dae
     if mqtt is not None:
         mqtt.health = health_lines
     daemon = Daemon(config=config, options=options, inbox=inbox, clock=clock, listening=listening,
-                    stopping=stopping, audit=audit, mqtt=mqtt, speaker=speaker, chimes=chimes, satellite=satellite,
-                    esphome=home_assistant, sinks=released_to, pin_factory=pin_factory, button=button, led=led,
-                    deliveries=deliveries, gate=gate, audio=audio, health=health_lines, notifier=Notifier(),
-                    timers=Timers(outputs.ring, clock), ringer=ringer)
+                    stopping=stopping, audit=audit, mqtt=mqtt, speaker=speaker, satellite=satellite,
+                    esphome=home_assistant, sinks=released_to, pin_factory=pin_factory, button=button,
+                    outputs=outputs, deliveries=deliveries, gate=gate, audio=audio, health=health_lines,
+                    notifier=Notifier(), timers=outputs.timers)
     return daemon
 
 

@@ -22,7 +22,7 @@ from guard.dsp import FRAME_SECONDS
 from guard.errors import ExitStatus
 from guard.esphome import EsphomeServer
 from guard.gate import Delivery, Gate
-from guard.hardware import Apa102Leds, ConsentButton, StatusLed, UsbRing
+from guard.hardware import ConsentButton
 from guard.inbox import (
     ButtonMove,
     ButtonMoved,
@@ -41,11 +41,12 @@ from guard.inbox import (
 )
 from guard.microphone import Microphone
 from guard.mqtt import MqttLink
+from guard.outputs import Outputs
 from guard.satellite import AssistSatellite
 from guard.sinks import Sink
-from guard.sound import Chimes, Speaker
+from guard.sound import Speaker
 from guard.systemd import Notifier
-from guard.timers import Ringer, Timer, Timers
+from guard.timers import Timer, Timers
 from guard.vocabulary import Event, EventKind, State
 
 log = logging.getLogger(__name__)
@@ -130,20 +131,18 @@ class Daemon:
     audit: AuditLog
     mqtt: MqttLink | None
     speaker: Speaker | None
-    chimes: Chimes | None
     satellite: AssistSatellite | None
     esphome: EsphomeServer | None
     sinks: list[Sink]
     pin_factory: object | None  # tests press its mock pins
     button: ConsentButton | None
-    led: StatusLed | Apa102Leds | UsbRing | None
+    outputs: Outputs  # the LED, chimes and ring the gate shows itself through
     deliveries: Deliveries
     gate: Gate
     audio: Microphone
     health: dict[str, str]
     notifier: Notifier
     timers: Timers
-    ringer: Ringer | None
     _dropped_reported: int = field(default=0, init=False)
     _swallowing: bool = field(default=False, init=False)  # the press that stopped a ring: its up and hold go nowhere
 
@@ -211,8 +210,6 @@ class Daemon:
                 self.mqtt.stop()
             if self.esphome is not None:
                 self.esphome.stop()
-            if self.ringer is not None:
-                self.ringer.stop()
             self._close()
 
     def step(self) -> None:
@@ -304,14 +301,12 @@ class Daemon:
 
     def _close(self) -> None:
         self.audit.close()
-        if self.chimes is not None:
-            self.chimes.close()
+        self.outputs.close()
         if self.speaker is not None:
             self.speaker.close()
         self.audio.drop()
-        for part in (self.button, self.led):
-            if part is not None:
-                part.close()
+        if self.button is not None:
+            self.button.close()
 
 
 def serve(daemon: Daemon) -> int:

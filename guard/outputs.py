@@ -11,20 +11,20 @@ from guard.hardware import Apa102Leds, StatusLed, UsbRing
 from guard.mqtt import MqttLink
 from guard.satellite import AssistSatellite
 from guard.sound import Chimes
-from guard.timers import Ringer
+from guard.timers import Ringer, Timers
 from guard.vocabulary import Event, LedPattern
 
 
 class Outputs:
-    """The gate's `publish`, `show` and `hold_playback`, and the timers' `ring`, fanned out to the parts present."""
+    """The gate's `publish`, `show` and `hold_playback`, and its timers' ring, fanned out to the parts present."""
 
     def __init__(self, publish: Callable[[Event], None], led: StatusLed | Apa102Leds | UsbRing | None,
                  chimes: Chimes | None, mqtt: MqttLink | None, satellite: AssistSatellite | None,
-                 esphome: EsphomeServer | None, ringer: Ringer | None) -> None:
+                 esphome: EsphomeServer | None, ringer: Ringer | None, clock: Callable[[], float]) -> None:
         self._publish, self.led, self.chimes, self.ringer = publish, led, chimes, ringer
         self.mqtt, self.satellite, self.esphome = mqtt, satellite, esphome
         self.pattern = LedPattern.IDLE  # what the gate wants the LED to show (a ring shows over it)
-        self.ringing = False
+        self.timers = Timers(self.ring, clock)
 
     def publish(self, event: Event) -> None:
         if self.chimes is not None:
@@ -37,7 +37,7 @@ class Outputs:
 
     def show(self, pattern: LedPattern) -> None:
         self.pattern = pattern
-        if self.led is not None and not self.ringing:
+        if self.led is not None and not self.timers.ringing:
             self.led.show(pattern)
 
     def hold_playback(self, held: bool) -> None:
@@ -48,8 +48,16 @@ class Outputs:
 
     def ring(self, on: bool) -> None:
         """A finished timer rings (on), or its ring stopped: the LED shows it over the gate's pattern."""
-        self.ringing = on
         if self.led is not None:
             self.led.show(LedPattern.TIMER if on else self.pattern)
         if self.ringer is not None:
             (self.ringer.start if on else self.ringer.stop)()
+
+    def close(self) -> None:
+        """At exit: the ring stops, the chimes and the LED are let go (the speaker itself is the caller's)."""
+        if self.ringer is not None:
+            self.ringer.stop()
+        if self.chimes is not None:
+            self.chimes.close()
+        if self.led is not None:
+            self.led.close()

@@ -250,7 +250,7 @@ def consent_window_open(daemon) -> bool:
     which no finger can; such a press rightly does not count.
     """
     expires = daemon.gate.expires_at()
-    return daemon.led.showing.startswith("pending") and expires is not None and expires != float("inf")
+    return daemon.outputs.led.showing.startswith("pending") and expires is not None and expires != float("inf")
 
 
 # Home Assistant's own code as the client, per Python: on 3.11 (Bookworm) the newest HA for it, its MQTT

@@ -158,7 +158,7 @@ def test_a_release_still_needs_the_press_while_the_ring_shows_pending(tmp_path, 
             daemon.clock.seconds += 0.1
         assert daemon.gate.state is State.IDLE
     finally:
-        daemon.led.close()
+        daemon.outputs.led.close()
         daemon.audit.close()
 
 

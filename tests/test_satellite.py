@@ -296,11 +296,11 @@ def test_a_timer_finished_on_the_wyoming_path_rings_on_the_led_until_a_press(tmp
         home_assistant.send(TimerStarted(id="t1", total_seconds=1, name="eggs").event())
         assert until(lambda: "t1" in daemon.timers.active)
         home_assistant.send(TimerFinished(id="t1").event())
-        assert until(lambda: daemon.timers.ringing and daemon.led.showing is LedPattern.TIMER)
+        assert until(lambda: daemon.timers.ringing and daemon.outputs.led.showing is LedPattern.TIMER)
         pin = daemon.pin_factory.pin(cfg.gpio.button_pin)
         pin.drive_low()
         pin.drive_high()
-        assert until(lambda: not daemon.timers.ringing and daemon.led.showing is LedPattern.IDLE)
+        assert until(lambda: not daemon.timers.ringing and daemon.outputs.led.showing is LedPattern.IDLE)
         home_assistant.close()
     finally:
         daemon.stop()

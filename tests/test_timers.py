@@ -85,9 +85,9 @@ def _pending(daemon) -> None:
 
 def test_a_finished_timer_shows_on_the_led_and_a_press_stops_it_and_nothing_else(daemon):
     serve(daemon, TimerHeard(TimerKind.FINISHED, "t1", "", 0, 0))
-    assert daemon.timers.ringing and daemon.led.showing is LedPattern.TIMER
+    assert daemon.timers.ringing and daemon.outputs.led.showing is LedPattern.TIMER
     _press(daemon)
-    assert not daemon.timers.ringing and daemon.led.showing is LedPattern.IDLE
+    assert not daemon.timers.ringing and daemon.outputs.led.showing is LedPattern.IDLE
     assert daemon.gate.state is State.IDLE, "the press that stopped the ring did not mute"
 
 
@@ -95,10 +95,10 @@ def test_invariant1_the_press_that_stops_a_ring_never_releases_a_pending_request
     _pending(daemon)
     daemon.clock.seconds += 0.5
     serve(daemon, TimerHeard(TimerKind.FINISHED, "t1", "", 0, 0))
-    assert daemon.led.showing is LedPattern.TIMER and daemon.gate.state is State.PENDING
+    assert daemon.outputs.led.showing is LedPattern.TIMER and daemon.gate.state is State.PENDING
     _press(daemon)
     assert daemon.gate.state is State.PENDING and not daemon.timers.ringing
-    assert daemon.led.showing is LedPattern.PENDING, "the pending pattern is back"
+    assert daemon.outputs.led.showing is LedPattern.PENDING, "the pending pattern is back"
     assert "releasing" not in [r["event"] for r in audit.read(tmp_path / "audit.jsonl")]
     _press(daemon)  # the next press is a consent press again (its sinks run in the delivery thread, not here)
     last = audit.read(tmp_path / "audit.jsonl")[-1]
@@ -116,4 +116,4 @@ def test_a_ring_nobody_stops_ends_by_itself(daemon):
     serve(daemon, TimerHeard(TimerKind.FINISHED, "t1", "", 0, 0))
     daemon.clock.seconds += timers.RING_SECONDS
     daemon.step()
-    assert not daemon.timers.ringing and daemon.led.showing is LedPattern.IDLE
+    assert not daemon.timers.ringing and daemon.outputs.led.showing is LedPattern.IDLE
