@@ -78,9 +78,10 @@ class Delivery:
             if not self._abandoned:  # after abandon, the record already says what may have happened
                 self.outcomes.append((sink, outcome, detail, to))
 
-    def record(self, record: "Record", state: State) -> set[EventKind]:
+    def record(self, record: "Record", state: State) -> EventKind:
         """Put each sink's outcome on the record (a released or release-unknown one names who received the
-        audio, `to`); returns the kinds of outcome there were."""
+        audio, `to`); returns RELEASED when a sink has the audio, RELEASE_UNKNOWN when one may, else DISCARDED
+        (recorded here: every sink failed)."""
         u = self.utterance.id
         for sink, outcome, detail, to in self.outcomes:
             if outcome is EventKind.RELEASED:
@@ -90,7 +91,13 @@ class Delivery:
             else:
                 log.error("%s", detail)
                 record(outcome, state, u, outcome=True, sink=sink, reason=detail[:200], to=to[:200] or None)
-        return {outcome[1] for outcome in self.outcomes}
+        kinds = {outcome[1] for outcome in self.outcomes}
+        for kind in (EventKind.RELEASED, EventKind.RELEASE_UNKNOWN):
+            if kind in kinds:
+                return kind
+        record(EventKind.DISCARDED, state, u, outcome=True, reason="every sink failed",
+               duration_seconds=self.duration_seconds)
+        return EventKind.DISCARDED
 
     def abandon(self, why: str) -> None:
         """Shutdown while sinks still run: whatever they did not finish may still arrive; then stop them."""
@@ -109,9 +116,9 @@ class Delivery:
 
 
 class Held:
-    """Every sample the gate holds: the pre-roll ring while idle, then the capture of one request and where its
-    talker stopped (so what came after is cut before anything is shown or released), and what the detector
-    and the spoken confirmation keep of recent audio."""
+    """Every sample the gate holds: the pre-roll ring while idle, then the capture of one request (its name,
+    its audio and where its talker stopped, so what came after is cut before anything is shown or released),
+    and what the detector and the spoken confirmation keep of recent audio."""
 
     def __init__(self, pre_roll_seconds: float, settings: GateConfig, detector: WakeDetector,
                  confirmation: SpokenConfirmation | None) -> None:
@@ -119,6 +126,7 @@ class Held:
         self.ring = RingBuffer(pre_roll_seconds)
         self.capture = CaptureBuffer(pre_roll_seconds + settings.max_utterance_seconds)
         self.end = EndOfSpeech(settings.end_silence_seconds, settings.silence_dbfs)
+        self.utterance: Utterance | None = None  # the request held now, from its wake (or question) to its end
 
     def before(self, frame: np.ndarray, frame_dbfs: float) -> None:
         """A frame heard while idle: kept as pre-roll, and measured for the room's level."""
@@ -126,17 +134,22 @@ class Held:
         self.end.hear(frame_dbfs)
 
     def begin(self) -> None:
-        """A wake: the pre-roll becomes the start of the capture, and the ring is wiped."""
+        """A wake: the pre-roll becomes the start of a new request's capture, and the ring is wiped."""
+        self._name()
         self.capture.load(self.ring)
         self.ring.wipe()
         self.end.start(len(self.capture))
 
     def answer(self, prompt_seconds: float) -> None:
-        """A hub's question: the capture starts empty (the pre-roll is the prompt and what came before), and the
-        ring is wiped."""
+        """A hub's question: a new request's capture starts empty (the pre-roll is the prompt and what came
+        before), and the ring is wiped."""
+        self._name()
         self.capture.wipe()
         self.ring.wipe()
         self.end.answer(prompt_seconds)
+
+    def _name(self) -> None:
+        self.utterance = Utterance(uuid.uuid4().hex[:12], datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ"))
 
     def add(self, frame: np.ndarray, frame_dbfs: float) -> bool:
         """A frame of the request; False once the request is complete (full, or its talker stopped)."""
@@ -150,13 +163,15 @@ class Held:
         return round(len(self.capture) / RATE_HZ, 2)
 
     def wipe(self) -> None:
+        self.utterance = None
         self.capture.wipe()
         self.ring.wipe()
         self.detector.wipe()
         if self.confirmation is not None:
             self.confirmation.wipe()
 
-    def is_zero(self) -> bool:
+    def is_wiped(self) -> bool:
+        """True when no buffer holds a sample of audio."""
         return self.capture.is_zero() and self.ring.is_zero() and not self.detector.holds_audio()
 
 
@@ -248,8 +263,6 @@ class Gate:
     a real audit log and a test clock.
 
     Args:
-        settings: the [gate] table.
-        detector: the wake-word detector.
         pre_roll_seconds: audio kept before the wake word ends.
         sinks: where a confirmed utterance goes (may be empty: then nothing can leave).
         audit: the decision log, written before each decision takes effect.
@@ -273,15 +286,13 @@ class Gate:
         self.settings = settings
         self.detector = detector
         self.policy = ConsentPolicy(sinks, accepts or {})
-        self.record = Record(audit, publish, holding=lambda: self._utterance.id if self._utterance else None)
+        self.record = Record(audit, publish, holding=lambda: self.held.utterance.id if self.held.utterance else None)
         self.confirmation = confirmation if self.policy.eligible("voice") else None
         self.held = Held(pre_roll_seconds, settings, detector, self.confirmation)
-        self._show, self._set_listening, self.clock = show, set_listening, clock
-        self._hold_playback = hold_playback
+        self._show, self._set_listening, self._hold_playback, self.clock = show, set_listening, hold_playback, clock
         self._deliver = deliver or self._deliver_here
         self.state = State.IDLE
         self.muted_by: str | None = None
-        self._utterance: Utterance | None = None
         self.press = PressRule(settings.button_quiet_seconds)
         self._fault_until = 0.0
 
@@ -319,9 +330,7 @@ class Gate:
         self._start_capture(EventKind.FOLLOW_UP, lambda: self.held.answer(prompt_seconds), by=by)
 
     def _start_capture(self, kind: EventKind, begin: Callable[[], None], **fields) -> None:
-        heard_at = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         begin()
-        self._utterance = Utterance(uuid.uuid4().hex[:12], heard_at)
         self.press.close()  # no consent window until this utterance's pending is shown
         if not self.record(kind, State.CAPTURING, required=True, **fields):
             self.fault(f"the audit log cannot take the {kind} record; nothing is captured")
@@ -374,12 +383,9 @@ class Gate:
         self.delivered(delivery)
 
     def _release(self, confirmed_by: str, **extra) -> None:
-        """Hand the utterance to every sink that accepts this consent, on the record before and after.
-
-        The held audio is encoded and wiped here; the sinks run in `deliver` (another thread
-        in the daemon, so a slow sink blocks neither the button nor remote mute), and
-        `delivered` records what really happened.
-        """
+        """Hand the utterance to every sink that accepts this consent, on the record before and after: the audio
+        is encoded and wiped here, the sinks run in `deliver` (another thread in the daemon, so a slow sink
+        blocks neither the button nor a mute), and `delivered` records what came of it."""
         eligible = self.policy.eligible(confirmed_by)
         if not eligible:
             self._discard("no sink configured" if not self.policy.all else f"no sink accepts {confirmed_by} consent")
@@ -388,35 +394,31 @@ class Gate:
                             confirmed_by=confirmed_by, duration_seconds=self.held.seconds(), **extra):
             self.fault("the audit log cannot take the release record; nothing was released")
             return
-        delivery = Delivery(self._utterance, encode_wav(self.held.capture.view()), eligible, confirmed_by,
+        delivery = Delivery(self.held.utterance, encode_wav(self.held.capture.view()), eligible, confirmed_by,
                             self.held.seconds(), extra)
         self.held.wipe()
-        self._utterance = None
         self._enter(State.IDLE)
         self._deliver(delivery)
 
     def delivered(self, delivery: Delivery) -> None:
-        """Record each sink's outcome: released, release-failed, or release-unknown (may still arrive); a
-        released or release-unknown record names who received the audio (`to`)."""
-        u = delivery.utterance.id
-        kinds = delivery.record(self.record, self.state)
-        if EventKind.RELEASED in kinds:
+        """The sinks are done: their outcomes go on the record, and the LED shows a release, or a fault when
+        no sink is sure it has the audio (unless a new utterance is held: then only the record says so)."""
+        outcome = delivery.record(self.record, self.state)
+        if outcome is EventKind.RELEASED and self.state is State.IDLE:
+            self._show(LedPattern.RELEASED)
+        elif outcome is EventKind.RELEASE_UNKNOWN:
+            reason, u = "no sink confirmed the release; it may still arrive (see the audit log)", delivery.utterance.id
             if self.state is State.IDLE:
-                self._show(LedPattern.RELEASED)
-        elif EventKind.RELEASE_UNKNOWN in kinds:
-            reason = "no sink confirmed the release; it may still arrive (see the audit log)"
-            if self.state is State.IDLE:  # show it, unless a new utterance is already held
-                self._show_fault(reason, utterance=u, outcome=True)
+                self.fault(reason, utterance=u, outcome=True)
             else:
                 self.record(EventKind.FAULT, self.state, utterance=u, outcome=True, reason=reason)
-        else:
-            self.record(EventKind.DISCARDED, self.state, utterance=u, outcome=True, reason="every sink failed",
-                         duration_seconds=delivery.duration_seconds)
 
     def _discard(self, reason: str) -> None:
+        """Wipe the request held (captured or waiting for consent), on the record; nothing when none is."""
+        if self.state not in (State.CAPTURING, State.PENDING):
+            return
         self.record(EventKind.DISCARDED, State.IDLE, reason=reason, duration_seconds=self.held.seconds())
         self.held.wipe()
-        self._utterance = None
         self._enter(State.IDLE)
 
     def tick(self) -> None:
@@ -439,8 +441,7 @@ class Gate:
         """Close the microphone and wipe everything held; only `by` (or the button) lifts it."""
         if self.state is State.MUTED:
             return
-        if self.state in (State.CAPTURING, State.PENDING):
-            self._discard(EventKind.MUTED)  # the reason: a mute
+        self._discard(EventKind.MUTED)  # the reason: a mute
         self._set_listening(False)
         self.held.wipe()
         self.muted_by = by
@@ -465,48 +466,35 @@ class Gate:
 
     def cancel(self, by: str) -> None:
         """Discard the utterance being captured or waiting for consent, now."""
-        if self.state in (State.CAPTURING, State.PENDING):
-            self._discard(f"cancelled by {by}")
+        self._discard(f"cancelled by {by}")
 
     def wipe(self, by: str) -> None:
         """Discard anything held and zero every buffer, whatever the state."""
-        if self.state in (State.CAPTURING, State.PENDING):
-            self._discard(f"wiped by {by}")
+        self._discard(f"wiped by {by}")
         self.held.wipe()
         self.record(EventKind.WIPED, self.state, by=by)
 
-    def fault(self, reason: str, lasting: bool = False) -> None:
+    def fault(self, reason: str, lasting: bool = False, **fields) -> None:
         """Something broke: close the utterance's record, wipe, and show the fault for FAULT_SHOW_SECONDS (or,
         when `lasting`, until `recovered`); keep serving. A muted guard stays muted: the fault is only recorded."""
-        if self.state in (State.CAPTURING, State.PENDING) and self._utterance is not None:
+        if self.state in (State.CAPTURING, State.PENDING) and self.held.utterance is not None:
             self.record(EventKind.DISCARDED, State.FAULT, reason=f"fault: {reason}"[:200],
                          duration_seconds=self.held.seconds())
         self.held.wipe()
-        self._utterance = None
         if self.state is State.MUTED:
-            self.record(EventKind.FAULT, State.MUTED, reason=reason[:200])
+            self.record(EventKind.FAULT, State.MUTED, reason=reason[:200], **fields)
             return
-        self._show_fault(reason[:200], math.inf if lasting else FAULT_SHOW_SECONDS)
+        self._fault_until = self.clock() + (math.inf if lasting else FAULT_SHOW_SECONDS)
+        self._decide(EventKind.FAULT, State.FAULT, reason=reason[:200], **fields)
 
     def recovered(self, reason: str) -> None:
         """What a lasting fault waited for is back: listen again (a muted guard stays muted)."""
         self._decide(EventKind.RECOVERED, State.IDLE if self.state is State.FAULT else self.state, reason=reason)
 
-    def _show_fault(self, reason: str, seconds: float = FAULT_SHOW_SECONDS, **fields) -> None:
-        self._fault_until = self.clock() + seconds
-        self._decide(EventKind.FAULT, State.FAULT, reason=reason, **fields)
-
     def shutdown(self) -> None:
         """On SIGTERM/SIGINT: nothing held survives the process."""
-        if self.state in (State.CAPTURING, State.PENDING):
-            self._discard("shutdown")
+        self._discard("shutdown")
         self.held.wipe()
-
-    # -- helpers --------------------------------------------------------------------
-
-    def is_wiped(self) -> bool:
-        """True when no buffer holds a sample of audio."""
-        return self.held.is_zero()
 
     def _decide(self, kind: EventKind, state: State, **fields) -> None:
         self.record(kind, state, **fields)

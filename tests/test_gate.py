@@ -145,7 +145,7 @@ def test_invariant1_press_during_pending_releases_exactly_the_utterance(rig, req
     wake_word_start = 16000  # "Alexa" begins after 1 s of silence
     assert starts[0] <= wake_word_start, "pre-roll includes the wake word"
     assert len(released) >= 2.5 * 16000, "the request after the wake word is included"
-    assert r.gate.is_wiped()
+    assert r.gate.held.is_wiped()
     records = audit.read(r.audit_path)
     assert [x["event"] for x in records] == ["wake", "pending", "releasing", "released"]
     assert records[2]["sink"] == "box" and records[2]["confirmed_by"] == "button"
@@ -155,11 +155,11 @@ def test_invariant1_press_during_pending_releases_exactly_the_utterance(rig, req
 def test_invariant1_no_press_wipes_everything_on_timeout(rig, request_audio):
     r = rig()
     r.feed(request_audio)
-    assert r.gate.state is State.PENDING and not r.gate.is_wiped()
+    assert r.gate.state is State.PENDING and not r.gate.held.is_wiped()
     r.wait(10.0)
     assert r.gate.state is State.IDLE and r.kinds()[-1] == "discarded"
     assert r.released_files() == []
-    assert r.gate.is_wiped()
+    assert r.gate.held.is_wiped()
     assert np.array_equal(r.gate.detector.features.embeddings, r.gate.detector.features._initial)
     assert audit.read(r.audit_path)[-1]["reason"] == "timeout"
 
@@ -315,11 +315,11 @@ def test_long_press_mutes_wipes_and_only_the_button_unmutes(rig, request_audio):
     r.button_pin.drive_high()
     assert r.gate.state is State.MUTED and r.gate.muted_by == "button"
     assert r.listening == [False], "the microphone is closed, not ignored"
-    assert r.gate.is_wiped() and r.released_files() == []
+    assert r.gate.held.is_wiped() and r.released_files() == []
     assert r.kinds()[-2:] == ["discarded", "muted"]
     assert r.led.showing == "muted" and r.led_pin.state == 1
     r.feed(request_audio)  # frames that still arrive are dropped
-    assert r.gate.state is State.MUTED and r.gate.is_wiped()
+    assert r.gate.state is State.MUTED and r.gate.held.is_wiped()
     r.gate.unmute("remote")
     assert r.gate.state is State.MUTED and r.kinds()[-1] == "refused"
     r.button_pin.drive_low()
@@ -350,7 +350,7 @@ def test_missing_sink_folder_is_a_fault_and_nothing_is_kept(rig, request_audio, 
     r.feed(request_audio)
     r.press()
     assert r.kinds() == ["wake", "pending", "releasing", "release-failed", "discarded"]
-    assert r.gate.state is State.IDLE and r.gate.is_wiped()
+    assert r.gate.state is State.IDLE and r.gate.held.is_wiped()
     failed = [x for x in audit.read(r.audit_path) if x["event"] == "release-failed"][0]
     assert failed["sink"] == "gone" and "no-such-folder: no such directory; create it" in failed["reason"]
     assert not (tmp_path / "no-such-folder").exists()
@@ -363,7 +363,7 @@ def test_unwritable_sink_leaves_no_partial_file(rig, request_audio, tmp_path):
     r = rig(sinks=[unwritable])
     r.feed(request_audio)
     r.press()
-    assert "release-failed" in r.kinds() and r.kinds()[-1] == "discarded" and r.gate.is_wiped()
+    assert "release-failed" in r.kinds() and r.kinds()[-1] == "discarded" and r.gate.held.is_wiped()
     assert not any(p.name.endswith(".partial") for p in Path("/proc/self").iterdir())
 
 
@@ -377,7 +377,7 @@ def test_failing_sink_command_is_recorded_as_what_happened(rig, request_audio, s
     r = rig(sinks=[CommandSink("cmd", (sys.executable, "-c", script), 1.0, "test")])
     r.feed(request_audio)
     r.press()
-    assert r.gate.state is state and r.gate.is_wiped() and r.kinds()[-1] == last
+    assert r.gate.state is state and r.gate.held.is_wiped() and r.kinds()[-1] == last
     said, = [e for e in r.events if e.kind == outcome]
     assert needle in said.reason
     assert "discarded" not in r.kinds() or outcome == "release-failed", "audio that may have left is never 'discarded'"
@@ -405,7 +405,7 @@ def test_fault_wipes_and_recovers(rig, request_audio):
     r.feed(_opening(request_audio, 3))
     assert r.gate.state is State.CAPTURING
     r.gate.fault("RuntimeError: test")
-    assert r.gate.state is State.FAULT and r.gate.is_wiped() and r.led.showing == "fault"
+    assert r.gate.state is State.FAULT and r.gate.held.is_wiped() and r.led.showing == "fault"
     r.wait(3.0)
     assert r.gate.state is State.IDLE
 
@@ -413,9 +413,9 @@ def test_fault_wipes_and_recovers(rig, request_audio):
 def test_shutdown_during_pending_zeroes_every_buffer(rig, request_audio):
     r = rig()
     r.feed(request_audio)
-    assert not r.gate.is_wiped()
+    assert not r.gate.held.is_wiped()
     r.gate.shutdown()
-    assert r.gate.is_wiped() and r.kinds()[-1] == "discarded" and r.released_files() == []
+    assert r.gate.held.is_wiped() and r.kinds()[-1] == "discarded" and r.released_files() == []
     assert audit.read(r.audit_path)[-1]["reason"] == "shutdown"
 
 
@@ -454,7 +454,7 @@ def test_full_disk_is_a_fault_and_leaves_no_partial_file(rig, request_audio, ful
     r.press()
     failed, = [e for e in r.events if e.kind == "release-failed"]
     assert "No space left on device" in failed.reason
-    assert list(full_disk.iterdir()) == [] and r.gate.is_wiped() and r.kinds()[-1] == "discarded"
+    assert list(full_disk.iterdir()) == [] and r.gate.held.is_wiped() and r.kinds()[-1] == "discarded"
 
 
 def test_invariant5_no_release_without_a_releasing_record(rig, request_audio, full_disk):
@@ -465,7 +465,7 @@ def test_invariant5_no_release_without_a_releasing_record(rig, request_audio, fu
     exhaust(r.gate.record.audit)
     r.press()
     assert r.released_files() == [], "audio left without its releasing record"
-    assert r.gate.state is State.FAULT and r.gate.is_wiped()
+    assert r.gate.state is State.FAULT and r.gate.held.is_wiped()
     assert "releasing" not in r.kinds() and "released" not in r.kinds()
     fault, = [e for e in r.events if e.kind == "fault"]
     assert "nothing was released" in fault.reason
@@ -477,7 +477,7 @@ def test_invariant5_nothing_is_captured_without_a_wake_record_and_the_guard_reco
     r.gate.record.audit = AuditLog(full_disk / "audit.jsonl", "test")
     exhaust(r.gate.record.audit)
     r.feed(request_audio)
-    assert "wake" not in r.kinds() and "fault" in r.kinds() and r.gate.is_wiped()
+    assert "wake" not in r.kinds() and "fault" in r.kinds() and r.gate.held.is_wiped()
     assert r.gate.state is not State.PENDING
     for filler in full_disk.iterdir():
         if filler.name == "filler":
@@ -551,7 +551,7 @@ def test_decisions_a_full_disk_refused_are_written_late_once_it_has_room(rig, re
     exhaust(r.gate.record.audit)  # the last bytes of the log's own page too
     r.wait(r.gate.settings.pending_timeout_seconds + 0.1)
     r.gate.mute("remote")
-    assert r.kinds()[-2:] == ["discarded", "muted"] and r.gate.is_wiped()
+    assert r.kinds()[-2:] == ["discarded", "muted"] and r.gate.held.is_wiped()
     decisions = lambda: [x for x in audit.read(full_disk / "audit.jsonl") if x["event"] != "filler"]  # noqa: E731
     assert [x["event"] for x in decisions()] == ["wake", "pending"]
     (full_disk / "filler").unlink()
@@ -734,7 +734,7 @@ def test_wipe_discards_what_is_held_and_only_then(rig, request_audio):
     assert r.kinds() == ["wiped"]
     r.feed(request_audio)
     r.gate.wipe("remote")
-    assert r.kinds()[-2:] == ["discarded", "wiped"] and r.gate.state is State.IDLE and r.gate.is_wiped()
+    assert r.kinds()[-2:] == ["discarded", "wiped"] and r.gate.state is State.IDLE and r.gate.held.is_wiped()
     r.press()
     assert r.released_files() == []
 
@@ -767,6 +767,19 @@ def test_an_uncertain_delivery_arriving_during_a_new_capture_does_not_interrupt_
     # the new capture goes on to pending as usual
     r.feed(np.zeros(16000 * 2, np.int16))
     assert r.gate.state is State.PENDING
+
+
+def test_an_uncertain_delivery_shown_as_a_fault_wipes_what_was_heard_while_it_was_on_its_way(rig, request_audio):
+    """Like every fault: the pre-roll heard since the press (and the detector's memory of it) is zeroed."""
+    r = rig(releases_wait=True)
+    delivery = r.release_held(request_audio)
+    r.feed(np.random.default_rng(1).normal(0, 300, 12800).astype(np.int16))  # a quiet room, idle
+    assert r.gate.state is State.IDLE and not r.gate.held.is_wiped()
+    delivery.started = True
+    delivery.abandon("stopped")
+    r.gate.delivered(delivery)
+    assert r.gate.state is State.FAULT and r.gate.held.is_wiped()
+    assert r.events[-1].kind == "fault" and r.events[-1].utterance == delivery.utterance.id
 
 
 @pytest.mark.parametrize("state", [State.PENDING, State.MUTED])
@@ -901,7 +914,7 @@ def test_a_release_is_refused_when_no_room_for_its_outcome_is_left(rig, request_
     fill(full_disk)
     exhaust(r.gate.record.audit)
     r.press()
-    assert "releasing" not in r.kinds() and r.released_files() == [] and r.gate.is_wiped()
+    assert "releasing" not in r.kinds() and r.released_files() == [] and r.gate.held.is_wiped()
 
 
 def test_nothing_is_pending_without_its_pending_record(rig, request_audio, full_disk):
@@ -912,7 +925,7 @@ def test_nothing_is_pending_without_its_pending_record(rig, request_audio, full_
     fill(full_disk)
     exhaust(r.gate.record.audit)
     r.feed(np.zeros(16000 * 2, np.int16))
-    assert "pending" not in r.kinds() and r.gate.state is State.FAULT and r.gate.is_wiped()
+    assert "pending" not in r.kinds() and r.gate.state is State.FAULT and r.gate.held.is_wiped()
     r.press()
     assert r.released_files() == []
 
@@ -1021,7 +1034,7 @@ def test_a_wake_the_second_opinion_made_says_so_and_is_wiped_with_the_rest(tmp_p
         assert wake["second_opinion"] == round(heard[0], 4) >= 0.7, "kept to four places, like the score"
         assert r.events[0].second_opinion == wake["second_opinion"]
         r.wait(10.0)
-        assert r.kinds()[-1] == "discarded" and r.gate.is_wiped() and not asked.words[0].second.holds_audio()
+        assert r.kinds()[-1] == "discarded" and r.gate.held.is_wiped() and not asked.words[0].second.holds_audio()
     finally:
         r.close()
 
@@ -1164,7 +1177,7 @@ def test_a_hubs_question_captures_only_the_answer_and_it_leaves_only_on_a_press(
     assert np.array_equal(samples, answer[:len(samples)]), "the answer from the moment the question ended, only"
     records = audit.read(r.audit_path)
     assert [(x["event"], x.get("by")) for x in records][:2] == [("follow-up", "esphome"), ("pending", None)]
-    assert r.gate.is_wiped()
+    assert r.gate.held.is_wiped()
 
 
 def test_a_question_nobody_answers_is_discarded_and_leaves_nothing_to_press_for(rig):
@@ -1173,7 +1186,7 @@ def test_a_question_nobody_answers_is_discarded_and_leaves_nothing_to_press_for(
     r.gate.follow_up("esphome", 0.0)
     r.feed(_frames(speech.silence(ANSWER_WAIT_SECONDS + 0.5)).ravel())
     assert r.gate.state is State.IDLE and r.kinds() == [EventKind.FOLLOW_UP, EventKind.DISCARDED]
-    assert r.events[-1].reason == "unanswered" and r.gate.is_wiped()
+    assert r.events[-1].reason == "unanswered" and r.gate.held.is_wiped()
     r.press()
     assert r.released_files() == []
 

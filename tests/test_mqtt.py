@@ -222,7 +222,7 @@ def test_cancel_wipes_a_pending_utterance(tmp_path, broker, two_requests_wav):
     thread = _start(daemon)
     try:
         assert sub.wait_for(lambda: "pending" in _events(sub), 20)
-        assert not daemon.gate.is_wiped()
+        assert not daemon.gate.held.is_wiped()
         sub.publish(f"{ROOT}/cmd/cancel", "PRESS")
         assert sub.wait_for(lambda: "discarded" in _events(sub))
         assert sub.json(f"{ROOT}/event/discarded")[0]["reason"] == "cancelled by remote"
@@ -232,7 +232,7 @@ def test_cancel_wipes_a_pending_utterance(tmp_path, broker, two_requests_wav):
         daemon.stop()
         thread.join(10)
         sub.close()
-    assert daemon.gate.is_wiped()
+    assert daemon.gate.held.is_wiped()
 
 
 def _numbered(link: MqttLink, first: int, count: int) -> None:
