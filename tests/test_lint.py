@@ -79,3 +79,22 @@ def test_every_message_has_a_lane_and_anything_else_is_refused():
     assert lanes == [L.URGENT, L.URGENT, L.URGENT, L.LOCAL, L.LOCAL, L.REMOTE, L.REMOTE, L.FRAMES]
     with pytest.raises(TypeError):
         inbox.lane_of(("command", ("remote", "mute")))
+
+
+CLASS_LINES = 255  # "no class over about 250 lines": a class past it does a second job; split it
+
+
+def _long_classes(path: Path) -> list[str]:
+    return [f"{path.name}:{node.name} is {node.end_lineno - node.lineno + 1} lines"
+            for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)
+            and node.end_lineno - node.lineno + 1 > CLASS_LINES]
+
+
+def test_no_class_is_over_about_250_lines():
+    assert [line for path in sorted((ROOT / "guard").glob("*.py")) for line in _long_classes(path)] == []
+
+
+def test_the_class_length_check_finds_a_long_class(tmp_path):
+    long = tmp_path / "long.py"
+    long.write_text("class Long:\n" + "    x = 1\n" * CLASS_LINES)
+    assert _long_classes(long) == [f"long.py:Long is {CLASS_LINES + 1} lines"]
