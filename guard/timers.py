@@ -73,15 +73,15 @@ class Timers:
         elif kind is TimerKind.FINISHED:
             self.active.pop(timer.id, None)
             log.info("timer %s finished: ringing until a press stops it (at most %g s)", timer.id, RING_SECONDS)
-            if not self.ringing:
+            ringing, self.ringing_until = self.ringing, self.clock() + RING_SECONDS  # ringing before it sounds
+            if not ringing:
                 self.ring(True)
-            self.ringing_until = self.clock() + RING_SECONDS
 
     def stop(self, why: str) -> None:
         if self.ringing:
-            self.ringing_until = None
             log.info("timer ring stopped: %s", why)
             self.ring(False)
+            self.ringing_until = None  # only once the ring has stopped
 
     def tick(self) -> None:
         if self.ringing and self.clock() >= self.ringing_until:

@@ -392,7 +392,7 @@ def test_a_timer_home_assistant_says_finished_rings_on_the_speaker_until_the_gua
             await asyncio.sleep(1.5)  # Home Assistant keeps the time: nothing rings until it says finished
             assert not played.exists() or played.stat().st_size == 0, "rang before Home Assistant said finished"
             client.send_voice_assistant_timer_event(finished, "t1", "tea", 1, 0, False)
-            await asyncio.to_thread(until, lambda: played.exists() and played.stat().st_size > 4 * 16000 * 2, 20)
+            assert await asyncio.to_thread(until, lambda: played.exists() and played.stat().st_size > 4 * 16000 * 2, 20)
 
         _talk_to(guard.port, key, timer)
     assert guard.process.returncode == 0, guard.stderr
@@ -421,7 +421,7 @@ def test_a_ringing_timer_home_assistant_finished_stops_at_a_press_that_releases_
                                                     "t1", "tea", 1, 1, True)
             client.send_voice_assistant_timer_event(VoiceAssistantTimerEventType.VOICE_ASSISTANT_TIMER_FINISHED,
                                                     "t1", "tea", 1, 0, False)
-            await asyncio.to_thread(until, lambda: played.exists() and played.stat().st_size > 3 * 16000 * 2, 20)
+            assert await asyncio.to_thread(until, lambda: played.exists() and played.stat().st_size > 3 * 16000 * 2, 20)
 
         _talk_to(daemon.esphome.port, key, timer)
         assert daemon.timers.ringing

@@ -41,6 +41,17 @@ def test_a_finished_timer_rings_once_until_stopped_or_the_limit_passes():
     assert rings == [True, False, True, False]
 
 
+def test_a_ring_reads_as_ringing_from_the_moment_it_sounds_until_it_has_stopped():
+    """Another thread that hears the ring (a speaker, a test waiting on the speaker's file) finds `ringing` True
+    for as long as the ring may sound: it is set before the ring starts and cleared once it has stopped (a
+    fresh-clone run under load saw 3 s of ring played while `ringing` still read False)."""
+    seen = []
+    kept = Timers(lambda on: seen.append((on, kept.ringing)), Clock())
+    kept.heard(TimerKind.FINISHED, Timer("t1", "", 0, 0))
+    kept.stop("the button")
+    assert seen == [(True, True), (False, True)] and not kept.ringing
+
+
 def test_no_more_timers_are_kept_than_the_bound():
     kept = Timers(lambda on: None, Clock())
     for i in range(timers.TIMERS_KEPT + 5):
