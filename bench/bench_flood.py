@@ -157,7 +157,7 @@ class Rig:
     def start(self) -> None:
         self.thread.start()
         deadline = time.monotonic() + 60
-        while not (self.daemon.mqtt.connected.is_set() and self.daemon.satellite._thread.is_alive()):
+        while not (self.daemon.mqtt.listening.is_set() and self.daemon.satellite._thread.is_alive()):
             if time.monotonic() > deadline:
                 raise SystemExit("the guard did not come up")
             time.sleep(0.05)

@@ -83,7 +83,7 @@ def main() -> None:
         daemon.gate.feed = counted_feed
         thread = threading.Thread(target=daemon.run)
         thread.start()
-        assert daemon.mqtt.connected.wait(10), "no broker"
+        assert daemon.mqtt.listening.wait(10), "no broker"
         thread.join()
         time.sleep(0.5)
         sub.close()

@@ -83,6 +83,30 @@ def _never_raises(callback: Callable) -> Callable:
     return guarded
 
 
+class Subscriptions:
+    """Whether the broker granted both connections' subscriptions: a command published before that is lost, so
+    `listening` (what a hub or a test waits for before a command) waits for both."""
+
+    def __init__(self, broker: str) -> None:
+        self.broker, self.listening = broker, threading.Event()
+        self._granted: set[paho.Client] = set()
+        self._lock = threading.Lock()
+
+    @_never_raises
+    def answered(self, client, userdata, mid, reason_codes, properties) -> None:
+        """paho's on_subscribe: a refused subscription (the broker's ACL) is named in the log."""
+        refused = [str(code) for code in reason_codes if code.is_failure]
+        if refused:
+            log.error("broker %s refused a subscription (%s): remote commands cannot reach the guard; check the "
+                      "broker's ACL for this user", self.broker, ", ".join(refused))
+        self.heard(client, not refused)
+
+    def heard(self, client: paho.Client, granted: bool) -> None:
+        with self._lock:
+            (self._granted.add if granted else self._granted.discard)(client)
+            (self.listening.set if len(self._granted) == 2 else self.listening.clear)()
+
+
 class _AtMostEvery:
     """True when called for the first time, then at most once per `seconds`."""
 
@@ -184,6 +208,8 @@ class MqttLink:
         self._lock = threading.Lock()  # the outbox and state; never held while calling paho
         self._order = threading.Lock()  # one publisher at a time, so events leave in the order they came
         self.connected = threading.Event()
+        self.subscriptions = Subscriptions(f"{settings.host}:{settings.port}")
+        self.listening = self.subscriptions.listening  # commands are heard from here on
         self.client = self._client(f"guard-{self.device_id}")
         # Mutes come on a connection of their own: a flood of other commands, queued by the broker ahead
         # of them in one ordered stream, cannot hold a mute back.
@@ -197,8 +223,8 @@ class MqttLink:
             client.will_set(f"{self.root}/availability", "offline", qos=1, retain=True)
         client.reconnect_delay_set(min_delay=1, max_delay=self.settings.reconnect_max_seconds)
         client.on_connect = self._on_connect if main else self._on_mute_connect
-        if main:
-            client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self.subscriptions.answered
+        client.on_disconnect = self._on_disconnect
         client.on_message = self.on_message
         return client
 
@@ -255,6 +281,9 @@ class MqttLink:
 
     @_never_raises
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.subscriptions.heard(client, False)
+        if client is not self.client:
+            return
         if self.connected.is_set():
             log.warning("broker connection lost (%s); events wait in the outbox", reason_code)
         self.connected.clear()

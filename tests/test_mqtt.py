@@ -19,7 +19,9 @@ import speech
 from conftest import DEVICE, GUARD, alsa_home, consent_window_open, daemon_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mqtt_broker import Broker, Subscriber
+from mqtt_broker import Broker, Subscriber, free_port
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 
 from guard import audit, config, mqtt
 from guard.assembly import assemble
@@ -195,7 +197,7 @@ def test_remote_unmute_does_not_lift_a_button_mute(tmp_path, broker, quiet_wav):
     daemon = _daemon(cfg, quiet_wav, fast=False)
     thread = _start(daemon)
     try:
-        assert sub.wait_for(lambda: daemon.mqtt.connected.is_set())
+        assert sub.wait_for(lambda: daemon.mqtt.listening.is_set())
         _hold_button(daemon, cfg, lambda: daemon.gate.state is State.MUTED)
         assert daemon.gate.muted_by == "button"
         sub.publish(f"{ROOT}/cmd/unmute", "")
@@ -336,7 +338,7 @@ def hypo_rig(tmp_path_factory, quiet_wav):
     daemon = _daemon(cfg, quiet_wav, fast=False)
     daemon.sink_dir = tmp / "sink"
     daemon.thread = _start(daemon)
-    assert sub.wait_for(lambda: daemon.mqtt.connected.is_set())
+    assert sub.wait_for(lambda: daemon.mqtt.listening.is_set())
     yield sub, daemon
     daemon.stop()
     daemon.thread.join(10)
@@ -366,6 +368,23 @@ def test_password_auth_and_a_private_password_file(tmp_path, quiet_wav):
         thread.join(10)
     finally:
         broker.stop()
+
+
+def test_the_guard_listens_only_once_the_broker_granted_both_connections_subscriptions(caplog):
+    """A command published before the broker acknowledged the subscription is lost: `listening` (what a hub or a
+    test waits for) waits for both SUBACKs, and a refused one (a broker ACL) is named in the log. Driven through
+    the callbacks paho calls, with paho's own reason codes."""
+    link = MqttLink(config.MqttConfig(host="127.0.0.1", port=free_port()), DEVICE, lambda by, verb: None, None)
+    granted, refused = ReasonCode(PacketTypes.SUBACK, identifier=1), ReasonCode(PacketTypes.SUBACK, identifier=0x80)
+    link.client.on_subscribe(link.client, None, 1, [granted, granted], None)
+    assert not link.listening.is_set(), "the mute connection has not subscribed yet"
+    link.mute_client.on_subscribe(link.mute_client, None, 1, [granted], None)
+    assert link.listening.is_set()
+    link.mute_client.on_disconnect(link.mute_client, None, None, ReasonCode(PacketTypes.DISCONNECT), None)
+    assert not link.listening.is_set(), "a lost connection hears nothing until it subscribed again"
+    link.mute_client.on_subscribe(link.mute_client, None, 2, [granted, refused], None)
+    assert not link.listening.is_set()
+    assert "refused a subscription (Unspecified error): remote commands cannot reach the guard" in caplog.text
 
 
 def _openssl(*args: str) -> None:
@@ -561,7 +580,7 @@ def _running(cfg, wav, topics=(f"{ROOT}/#",)):
     daemon = _daemon(cfg, wav, fast=False)
     thread = _start(daemon)
     try:
-        assert sub.wait_for(lambda: daemon.mqtt.connected.is_set())
+        assert sub.wait_for(lambda: daemon.mqtt.listening.is_set())
         yield daemon, sub
     finally:
         daemon.stop()
