@@ -117,7 +117,9 @@ def test_demo_runs_with_no_hardware_and_no_broker(tmp_path):
     result = run_guard("demo", env={**alsa_home(tmp_path / "home", tmp_path / "none.raw")})
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert out.count("released   -> idle") == 1 and "discarded  -> idle" in out and "reason=timeout" in out
+    # one release; the state beside it is whatever the guard was doing when the sink confirmed it (on a loaded
+    # machine the second request may already be capturing: the release never holds up listening)
+    assert out.count("\n  released   -> ") == 1 and "discarded  -> idle" in out and "reason=timeout" in out
     assert "audit chain: 7 records, intact" in out and "releasing" in out
 
 
