@@ -66,7 +66,7 @@ def assemble(config: Config, options: RunOptions, detector: WakeDetector) -> Dae
                     stopping=stopping, audit=audit, mqtt=mqtt, speaker=speaker, satellite=satellite,
                     esphome=home_assistant, sinks=released_to, pin_factory=pin_factory, button=button,
                     outputs=outputs, deliveries=deliveries, gate=gate, audio=audio, health=health_lines,
-                    notifier=Notifier(), timers=outputs.timers)
+                    notifier=Notifier())
     return daemon
 
 

@@ -142,9 +142,13 @@ class Daemon:
     audio: Microphone
     health: dict[str, str]
     notifier: Notifier
-    timers: Timers
     _dropped_reported: int = field(default=0, init=False)
     _swallowing: bool = field(default=False, init=False)  # the press that stopped a ring: its up and hold go nowhere
+
+    @property
+    def timers(self) -> Timers:
+        """Home Assistant's timers: the outputs own them, since a ring shows on the LED over the gate's pattern."""
+        return self.outputs.timers
 
     def set_listening(self, on: bool) -> None:
         """The gate's mute (the audio thread closes the microphone; frames already queued are zeroed) or unmute."""
